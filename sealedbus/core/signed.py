@@ -1,0 +1,164 @@
+"""Objects the key authority signs with its root key (SPEC.md section 6): member certificates,
+epoch descriptions, key grants and revocation lists.
+
+Each travels as ``msgpack([body, signature])`` where ``body`` is the msgpack array of its fields
+and ``signature = Ed25519(root, LABEL || body)`` with a per-kind label, so no signed object can
+stand in for another kind. Decoding checks the signature before looking at any field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import astuple, dataclass
+from typing import Any, ClassVar, Self
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sealedbus.core.suites import PROTOCOL, Suite
+
+FORMAT = 1
+MAX_SIGNED_OBJECT = 1 << 20
+
+
+class SignatureError(ValueError):
+    """A signed object did not verify under the pinned root key, or does not parse."""
+
+
+def fingerprint(public_key: bytes) -> str:
+    """The form in which users pin a root key: ``sha256:`` and the hex digest."""
+    return "sha256:" + hashlib.sha256(public_key).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Signed:
+    LABEL: ClassVar[bytes]
+
+    def body(self) -> bytes:
+        return bytes(msgpack.packb([FORMAT, *_to_wire(astuple(self))], use_bin_type=True))
+
+    def sign(self, root: Ed25519PrivateKey) -> bytes:
+        body = self.body()
+        return bytes(msgpack.packb([body, root.sign(self.LABEL + body)], use_bin_type=True))
+
+    @classmethod
+    def verify(cls, data: bytes, root: Ed25519PublicKey) -> Self:
+        if len(data) > MAX_SIGNED_OBJECT:
+            raise SignatureError("signed object too large")
+        try:
+            body, signature = msgpack.unpackb(data, raw=False, strict_map_key=True)
+            root.verify(signature, cls.LABEL + body)
+            fmt, *fields = msgpack.unpackb(body, raw=False)
+            if fmt != FORMAT:
+                raise SignatureError(f"unknown format {fmt}")
+            return cls._from_fields(fields)
+        except SignatureError:
+            raise
+        except InvalidSignature:
+            raise SignatureError(f"{cls.__name__} signature does not verify") from None
+        except (ValueError, TypeError, KeyError) as exc:  # msgpack and field errors
+            raise SignatureError(f"{cls.__name__} does not parse") from exc
+
+    @classmethod
+    def _from_fields(cls, fields: list[Any]) -> Self:
+        return cls(*fields)
+
+
+def _to_wire(values: tuple[Any, ...]) -> list[Any]:
+    return [list(v) if isinstance(v, tuple | frozenset) else v for v in values]
+
+
+@dataclass(frozen=True)
+class Certificate(_Signed):
+    """A member's keys and what it may do, valid from ``not_before_ms`` to ``not_after_ms``."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" certificate\x00"
+    member: str
+    identity_public: bytes  # Ed25519, 32 bytes
+    receive_suite: Suite
+    receive_public: bytes
+    produce: tuple[str, ...]
+    consume: tuple[str, ...]
+    not_before_ms: int
+    not_after_ms: int
+    serial: int
+
+    @property
+    def cert_id(self) -> bytes:
+        """16 bytes that name this certificate in every envelope its holder seals."""
+        return hashlib.sha256(self.body()).digest()[:16]
+
+    def identity_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.identity_public)
+
+    def valid_at(self, ms: int) -> bool:
+        return self.not_before_ms <= ms <= self.not_after_ms
+
+    @classmethod
+    def _from_fields(cls, fields: list[Any]) -> Self:
+        m, ip, rs, rp, prod, cons, nb, na, serial = fields
+        return cls(m, ip, Suite(rs), rp, tuple(prod), tuple(cons), nb, na, serial)
+
+
+@dataclass(frozen=True)
+class EpochDescription(_Signed):
+    """One epoch of a topic: its public key, when producers use it, when it is destroyed."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" epoch\x00"
+    topic: str
+    epoch: int
+    suite: Suite
+    public_key: bytes
+    not_before_ms: int  # producers switch to it from here
+    not_after_ms: int  # producers stop sealing with it here
+    destroy_after_ms: int  # the private key is destroyed here (retention)
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.body()).digest()
+
+    @classmethod
+    def _from_fields(cls, fields: list[Any]) -> Self:
+        t, e, s, pk, nb, na, da = fields
+        return cls(t, e, Suite(s), pk, nb, na, da)
+
+
+GRANT_INFO = PROTOCOL + b" grant\x00"
+
+
+def grant_info(topic: str, epoch: int, member: str, description_digest: bytes) -> bytes:
+    """HPKE info string of a grant: binds topic, epoch, member and the signed epoch description."""
+    fields = [topic, epoch, member, description_digest]
+    return GRANT_INFO + bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+@dataclass(frozen=True)
+class Grant(_Signed):
+    """An epoch private key sealed (HPKE base mode) to one member's receive key."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" grant\x00"
+    topic: str
+    epoch: int
+    member: str
+    description_digest: bytes
+    sealed_key: bytes
+
+
+@dataclass(frozen=True)
+class RevocationList(_Signed):
+    """Certificates and members the authority revoked, as of ``issued_at_ms``."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" revocations\x00"
+    issued_at_ms: int
+    serial: int
+    cert_ids: tuple[bytes, ...]
+    members: tuple[str, ...]
+
+    def revokes(self, cert: Certificate) -> bool:
+        return cert.cert_id in self.cert_ids or cert.member in self.members
+
+    @classmethod
+    def _from_fields(cls, fields: list[Any]) -> Self:
+        at, serial, ids, members = fields
+        return cls(at, serial, tuple(ids), tuple(members))

@@ -1,0 +1,176 @@
+"""Envelope wire format v1 (SPEC.md section 2): fixed-width big-endian fields, no length-driven
+allocation. ``encode_header`` and ``parse`` are inverses; ``parse`` never trusts a length it has
+not checked against the bytes actually present.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from sealedbus.core import merkle
+from sealedbus.core.suites import Suite
+from sealedbus.errors import MalformedEnvelope, NotAnEnvelope, Reason
+
+MAGIC = b"\x53\xb1"  # "S" then 0xB1: not valid UTF-8 at the start, so no text message matches
+VERSION = 1
+FLAG_BATCH = 0x01
+CERT_ID_LEN = 16
+SESSION_ID_LEN = 32
+SIGNATURE_LEN = 64
+TAG_LEN = 16
+HEADER_FIXED = struct.Struct(">2sBBBI16s32sIQIB")  # through the content-type length byte
+BATCH_FIXED = struct.Struct(">HH")
+MAX_SEQUENCE = 0xFFFFFFFF
+MAX_TTL_MS = 0xFFFFFFFF
+MAX_CONTENT_TYPE = 255
+INNER_HEADERS_LEN = struct.Struct(">H")
+SIGN_ENVELOPE = b"sealedbus/1 envelope\x00"
+SIGN_MESSAGE = b"sealedbus/1 message\x00"
+SIGN_BATCH_ROOT = b"sealedbus/1 batch root\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The clear-text fields of an envelope; all of them are authenticated."""
+
+    suite: Suite
+    batch: bool
+    epoch: int
+    cert_id: bytes
+    session_id: bytes
+    seq: int
+    sent_at_ms: int
+    ttl_ms: int  # 0: no expiry
+    content_type: str
+    encapsulation: bytes  # hybrid suite only
+
+    def encode(self) -> bytes:
+        ct = self.content_type.encode()
+        if len(ct) > MAX_CONTENT_TYPE:
+            raise ValueError("content type longer than 255 bytes")
+        return (
+            HEADER_FIXED.pack(
+                MAGIC,
+                VERSION,
+                self.suite,
+                FLAG_BATCH if self.batch else 0,
+                self.epoch,
+                self.cert_id,
+                self.session_id,
+                self.seq,
+                self.sent_at_ms,
+                self.ttl_ms,
+                len(ct),
+            )
+            + ct
+            + self.encapsulation
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProof:
+    index: int
+    size: int
+    path: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    header: Header
+    header_bytes: bytes
+    signature: bytes  # per-message signature, or the batch root signature
+    proof: BatchProof | None
+    ciphertext: bytes
+
+
+def signed_content(topic: bytes, header_bytes: bytes, commitment: bytes, ciphertext: bytes) -> bytes:
+    """What the sender signs (per message) or hashes into a Merkle leaf (batch): SPEC.md 5."""
+    return (
+        SIGN_ENVELOPE
+        + struct.pack(">H", len(topic))
+        + topic
+        + header_bytes
+        + commitment
+        + ciphertext
+    )
+
+
+def root_signing_input(size: int, root: bytes) -> bytes:
+    return SIGN_BATCH_ROOT + struct.pack(">H", size) + root
+
+
+def encode_batch_proof(proof: BatchProof) -> bytes:
+    return BATCH_FIXED.pack(proof.index, proof.size) + b"".join(proof.path)
+
+
+def is_envelope(data: bytes) -> bool:
+    return data[:2] == MAGIC
+
+
+def parse(data: bytes) -> Parsed:
+    """Split an envelope into its fields; raise a MalformedEnvelope/NotAnEnvelope on any defect."""
+    if data[:2] != MAGIC:
+        raise NotAnEnvelope()
+    if len(data) < HEADER_FIXED.size:
+        raise MalformedEnvelope(Reason.MALFORMED, "truncated header")
+    (_, version, suite_id, flags, epoch, cert_id, session_id, seq, sent_at, ttl, ct_len) = (
+        HEADER_FIXED.unpack_from(data)
+    )
+    if version != VERSION:
+        raise MalformedEnvelope(Reason.VERSION, f"version {version}")
+    try:
+        suite = Suite(suite_id)
+    except ValueError:
+        raise MalformedEnvelope(Reason.SUITE, f"suite id {suite_id}") from None
+    if flags & ~FLAG_BATCH:
+        raise MalformedEnvelope(Reason.MALFORMED, "reserved flag bits set")
+    pos = HEADER_FIXED.size
+    try:
+        content_type = data[pos : pos + ct_len].decode()
+    except UnicodeDecodeError:
+        raise MalformedEnvelope(Reason.MALFORMED, "content type is not UTF-8") from None
+    pos += ct_len
+    encapsulation = data[pos : pos + suite.encapsulation_len]
+    pos += suite.encapsulation_len
+    header_end = pos
+    signature = data[pos : pos + SIGNATURE_LEN]
+    pos += SIGNATURE_LEN
+    proof = None
+    if flags & FLAG_BATCH:
+        if len(data) < pos + BATCH_FIXED.size:
+            raise MalformedEnvelope(Reason.MALFORMED, "truncated batch proof")
+        index, size = BATCH_FIXED.unpack_from(data, pos)
+        pos += BATCH_FIXED.size
+        try:
+            depth = merkle.path_length(index, size)
+        except ValueError:
+            raise MalformedEnvelope(Reason.MALFORMED, "batch index out of range") from None
+        path = [data[p : p + 32] for p in range(pos, pos + 32 * depth, 32)]
+        pos += 32 * depth
+        proof = BatchProof(index, size, path)
+    if len(data) < pos + TAG_LEN:
+        raise MalformedEnvelope(Reason.MALFORMED, "truncated envelope")
+    header = Header(
+        suite=suite,
+        batch=bool(flags & FLAG_BATCH),
+        epoch=epoch,
+        cert_id=cert_id,
+        session_id=session_id,
+        seq=seq,
+        sent_at_ms=sent_at,
+        ttl_ms=ttl,
+        content_type=content_type,
+        encapsulation=encapsulation,
+    )
+    return Parsed(header, data[:header_end], signature, proof, data[pos:])
+
+
+def overhead(suite: Suite, content_type: str = "", batch_size: int | None = None) -> int:
+    """Envelope bytes beyond the body with no application headers (SPEC.md 2.4)."""
+    fixed = HEADER_FIXED.size + len(content_type.encode()) + suite.encapsulation_len
+    fixed += SIGNATURE_LEN + INNER_HEADERS_LEN.size + TAG_LEN
+    if batch_size is None:
+        return fixed
+    depth = max((merkle.path_length(i, batch_size) for i in range(batch_size)), default=0)
+    return fixed + BATCH_FIXED.size + 32 * depth

@@ -1,0 +1,123 @@
+"""What a key authority does, without storage: issue certificates, mint epochs, seal grants, and
+the client side of those (open a grant, check an epoch). ``LocalKeyService`` and the network KDS
+both build on these functions, so their semantics cannot drift apart.
+
+Pure: keys, randomness and times come in as arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sealedbus.core import suites
+from sealedbus.core.signed import Certificate, EpochDescription, Grant, grant_info
+from sealedbus.core.suites import KeyPair, Suite
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class TopicPolicy:
+    """Who may do what on a topic, and how its keys live. Deny by default: empty lists allow none."""
+
+    name: str
+    producers: frozenset[str]
+    consumers: frozenset[str]
+    rotation_ms: int = HOUR_MS
+    retention_ms: int = 7 * DAY_MS
+    suite: Suite = Suite.X25519
+    history: bool = False  # consumers may read epochs from before they were added
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name.encode()) > 249:
+            raise ValueError("topic names are 1 to 249 bytes")
+        if self.rotation_ms < 1000:
+            raise ValueError("rotation period must be at least one second")
+        if self.retention_ms < self.rotation_ms:
+            raise ValueError("retention must be at least one rotation period")
+
+
+def publish_ahead_ms(policy: TopicPolicy) -> int:
+    """How long before an epoch starts its description is published (a tenth of the period)."""
+    return max(policy.rotation_ms // 10, 1)
+
+
+def new_epoch(
+    policy: TopicPolicy, epoch: int, not_before_ms: int, seed: bytes
+) -> tuple[EpochDescription, KeyPair]:
+    keys = suites.keypair_from_seed(policy.suite, seed)
+    description = EpochDescription(
+        topic=policy.name,
+        epoch=epoch,
+        suite=policy.suite,
+        public_key=keys.public,
+        not_before_ms=not_before_ms,
+        not_after_ms=not_before_ms + policy.rotation_ms,
+        destroy_after_ms=not_before_ms + policy.rotation_ms + policy.retention_ms,
+    )
+    return description, keys
+
+
+def issue_certificate(
+    member: str,
+    identity_public: bytes,
+    receive_suite: Suite,
+    receive_public: bytes,
+    produce: list[str],
+    consume: list[str],
+    now_ms: int,
+    lifetime_ms: int,
+    serial: int,
+) -> Certificate:
+    Ed25519PublicKey.from_public_bytes(identity_public)  # raises ValueError on a bad key
+    suites.check_public_key(receive_suite, receive_public)
+    return Certificate(
+        member=member,
+        identity_public=identity_public,
+        receive_suite=receive_suite,
+        receive_public=receive_public,
+        produce=tuple(sorted(produce)),
+        consume=tuple(sorted(consume)),
+        not_before_ms=now_ms - 60_000,  # a minute of clock skew
+        not_after_ms=now_ms + lifetime_ms,
+        serial=serial,
+    )
+
+
+def seal_grant(
+    root: Ed25519PrivateKey, description: EpochDescription, keys: KeyPair, cert: Certificate
+) -> bytes:
+    """The epoch private key, HPKE-sealed to the member's receive key and signed by the root."""
+    info = grant_info(description.topic, description.epoch, cert.member, description.digest)
+    sealed = suites.hpke_seal(cert.receive_suite, cert.receive_public, keys.private, info)
+    grant = Grant(description.topic, description.epoch, cert.member, description.digest, sealed)
+    return grant.sign(root)
+
+
+class GrantError(ValueError):
+    """A grant does not verify, does not match its epoch, or does not open."""
+
+
+def open_grant(
+    root: Ed25519PublicKey, grant_bytes: bytes, description: EpochDescription, member: str,
+    receive: KeyPair,
+) -> KeyPair:
+    """Verify a grant and its binding to ``description`` and ``member``; return the epoch keys."""
+    grant = Grant.verify(grant_bytes, root)
+    if (grant.topic, grant.epoch, grant.member, grant.description_digest) != (
+        description.topic, description.epoch, member, description.digest,
+    ):
+        raise GrantError("grant is for another topic, epoch, member or epoch description")
+    info = grant_info(grant.topic, grant.epoch, member, grant.description_digest)
+    try:
+        private = suites.hpke_open(receive.suite, receive.private, grant.sealed_key, info)
+        keys = suites.keypair_from_seed(description.suite, private)
+    except (InvalidTag, ValueError) as exc:
+        raise GrantError("grant does not open with this receive key") from exc
+    if keys.public != description.public_key:
+        raise GrantError("granted private key does not match the epoch public key")
+    return keys

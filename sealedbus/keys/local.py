@@ -1,0 +1,350 @@
+"""The in-process key service: the embedded default, with the network KDS's semantics.
+
+Topics have produce/consume policies (deny by default); epochs rotate on a schedule, the next one
+published ahead; epoch private keys are destroyed after the retention window; removing a consumer
+or revoking a member rotates its topics at once. Members get KDS-style signed certificates, and
+consumers receive epoch keys as HPKE grants they open with their receive key, as over the network.
+
+Time is read from the injected ``clock`` and schedules advance lazily whenever the service is
+asked something, so no thread runs behind your back; ``tick()`` advances them explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.suites import KeyPair, Suite
+from sealedbus.errors import (
+    AccessDenied,
+    ConfigurationError,
+    Reason,
+    UnknownTopic,
+    UnopenableEnvelope,
+)
+from sealedbus.keys import authority
+from sealedbus.keys.authority import TopicPolicy
+from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.source import EpochKeys
+
+Clock = Callable[[], float]
+Rng = Callable[[int], bytes]
+
+
+@dataclass
+class _Epoch:
+    description: EpochDescription
+    keys: KeyPair | None  # None once destroyed
+
+
+@dataclass
+class _Topic:
+    policy: TopicPolicy
+    epochs: dict[int, _Epoch] = field(default_factory=dict)
+    consumer_since: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """One epoch as an operator sees it."""
+
+    topic: str
+    epoch: int
+    not_before_ms: int
+    not_after_ms: int
+    destroy_after_ms: int
+    destroyed: bool
+
+
+class LocalKeyService:
+    """Key service living in this process. ``enroll()`` hands out a member's ``KeySource``."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.time,
+        rng: Rng = os.urandom,
+        certificate_lifetime: float = 86_400.0,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._root = Ed25519PrivateKey.from_private_bytes(rng(32))
+        self._cert_lifetime_ms = int(certificate_lifetime * 1000)
+        self._lock = threading.RLock()
+        self._topics: dict[str, _Topic] = {}
+        self._members: dict[str, MemberIdentity] = {}
+        self._certs: dict[bytes, Certificate] = {}
+        self._current_cert: dict[str, Certificate] = {}
+        self._revoked: set[str] = set()
+        self._revocations = RevocationList(0, 0, (), ())
+        self._serial = 0
+
+    # -- administration -------------------------------------------------------------------
+
+    @property
+    def root_public_key(self) -> bytes:
+        return self._root.public_key().public_bytes_raw()
+
+    def create_topic(
+        self,
+        name: str,
+        *,
+        producers: Iterable[str] = (),
+        consumers: Iterable[str] = (),
+        rotation_period: float = 3600.0,
+        retention: float = 7 * 86_400.0,
+        suite: str | Suite = Suite.X25519,
+        history: bool = False,
+    ) -> None:
+        """Create a topic. Nobody may produce or consume unless listed (deny by default)."""
+        try:
+            policy = TopicPolicy(
+                name=name,
+                producers=frozenset(producers),
+                consumers=frozenset(consumers),
+                rotation_ms=int(rotation_period * 1000),
+                retention_ms=int(retention * 1000),
+                suite=Suite.parse(suite),
+                history=history,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        with self._lock:
+            if name in self._topics:
+                raise ConfigurationError(f"topic {name!r} exists")
+            now = self._now_ms()
+            topic = self._topics[name] = _Topic(policy)
+            topic.consumer_since = dict.fromkeys(policy.consumers, now)
+            self._add_epoch(topic, now)
+            self._current_cert.clear()  # certificates list topics: reissue on next use
+
+    def set_policy(
+        self,
+        name: str,
+        *,
+        producers: Iterable[str] | None = None,
+        consumers: Iterable[str] | None = None,
+    ) -> None:
+        """Change who may produce or consume; removing a consumer rotates the topic at once."""
+        with self._lock:
+            topic = self._topic(name)
+            now = self._now_ms()
+            policy = topic.policy
+            if producers is not None:
+                policy = replace(policy, producers=frozenset(producers))
+            removed: frozenset[str] = frozenset()
+            if consumers is not None:
+                new = frozenset(consumers)
+                removed = policy.consumers - new
+                for member in new - policy.consumers:
+                    topic.consumer_since[member] = now
+                for member in removed:
+                    topic.consumer_since.pop(member, None)
+                policy = replace(policy, consumers=new)
+            topic.policy = policy
+            self._serial += 1  # certificates name what a member may do: reissue them
+            self._current_cert.clear()
+            if removed:
+                self._rotate(topic, now)
+
+    def rotate(self, name: str) -> int:
+        """Start a new epoch now; returns its number."""
+        with self._lock:
+            return self._rotate(self._topic(name), self._now_ms())
+
+    def revoke(self, member: str) -> None:
+        """Revoke a member: its certificates stop verifying and every topic it reads rotates."""
+        with self._lock:
+            self._revoked.add(member)
+            ids = tuple(c.cert_id for c in self._certs.values() if c.member == member)
+            now = self._now_ms()
+            self._revocations = RevocationList(
+                now,
+                self._revocations.serial + 1,
+                self._revocations.cert_ids + ids,
+                (*self._revocations.members, member),
+            )
+            self._current_cert.pop(member, None)
+            for topic in self._topics.values():
+                if member in topic.policy.consumers:
+                    self._rotate(topic, now)
+
+    def enroll(self, name: str, suite: str | Suite = Suite.X25519) -> LocalMember:
+        """Enroll a service (new keys, certificate) and return its key source."""
+        with self._lock:
+            if name in self._revoked:
+                raise AccessDenied(f"member {name!r} is revoked")
+            if name in self._members:
+                raise ConfigurationError(f"member {name!r} is already enrolled")
+            ident = MemberIdentity.generate(name, self._rng, Suite.parse(suite))
+            self._members[name] = ident
+            return LocalMember(self, ident)
+
+    def epochs(self, name: str) -> list[EpochInfo]:
+        with self._lock:
+            topic = self._topic(name)
+            self._advance(topic, self._now_ms())
+            return [
+                EpochInfo(name, n, e.description.not_before_ms, e.description.not_after_ms,
+                          e.description.destroy_after_ms, e.keys is None)
+                for n, e in sorted(topic.epochs.items())
+            ]
+
+    def tick(self) -> None:
+        """Advance every topic's schedule to now: publish next epochs, destroy expired keys."""
+        with self._lock:
+            now = self._now_ms()
+            for topic in self._topics.values():
+                self._advance(topic, now)
+
+    # -- what members ask (through LocalMember) -----------------------------------------------
+
+    def _certificate_for(self, member: str, now: int) -> Certificate:
+        with self._lock:
+            if member in self._revoked:
+                raise AccessDenied(f"member {member!r} is revoked")
+            cert = self._current_cert.get(member)
+            if cert is None or now > cert.not_after_ms - self._cert_lifetime_ms // 2:
+                ident = self._members[member]
+                produce = [t for t, s in self._topics.items() if member in s.policy.producers]
+                consume = [t for t, s in self._topics.items() if member in s.policy.consumers]
+                self._serial += 1
+                cert = authority.issue_certificate(
+                    member, ident.identity_public, ident.receive.suite, ident.receive.public,
+                    produce, consume, now, self._cert_lifetime_ms, self._serial,
+                )
+                self._certs[cert.cert_id] = cert
+                self._current_cert[member] = cert
+            return cert
+
+    def _sealing_epoch(self, member: str, name: str, now: int) -> EpochDescription:
+        with self._lock:
+            topic = self._topic(name)
+            if member in self._revoked or member not in topic.policy.producers:
+                raise AccessDenied(f"{member!r} may not produce to {name!r}")
+            self._advance(topic, now)
+            return self._current(topic, now).description
+
+    def _grant(self, member: str, name: str, epoch: int, now: int) -> tuple[EpochDescription, bytes]:
+        with self._lock:
+            topic = self._topics.get(name)
+            if topic is None:
+                raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN, f"no topic {name!r}")
+            since = topic.consumer_since.get(member)
+            if member in self._revoked or since is None:
+                raise UnopenableEnvelope(Reason.NOT_GRANTED, f"{member!r} may not consume {name!r}")
+            self._advance(topic, now)
+            record = topic.epochs.get(epoch)
+            if record is None:
+                raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN, f"{name!r} has no epoch {epoch}")
+            if record.keys is None:
+                raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{name!r} epoch {epoch}")
+            if not topic.policy.history and record.description.not_after_ms <= since:
+                raise UnopenableEnvelope(Reason.NOT_GRANTED, f"epoch {epoch} predates access")
+            cert = self._certificate_for(member, now)
+            grant = authority.seal_grant(self._root, record.description, record.keys, cert)
+            return record.description, grant
+
+    def _sender(self, cert_id: bytes) -> Certificate | None:
+        with self._lock:
+            return self._certs.get(cert_id)
+
+    def _revocation_list(self) -> RevocationList:
+        with self._lock:
+            return self._revocations
+
+    def _is_destroyed(self, name: str, epoch: int, now: int) -> bool:
+        with self._lock:
+            topic = self._topics.get(name)
+            if topic is None:
+                return True
+            self._advance(topic, now)
+            record = topic.epochs.get(epoch)
+            return record is None or record.keys is None
+
+    # -- schedule -----------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopic(f"no topic {name!r}")
+        return topic
+
+    def _add_epoch(self, topic: _Topic, not_before: int) -> int:
+        number = max(topic.epochs, default=-1) + 1
+        description, keys = authority.new_epoch(
+            topic.policy, number, not_before, self._rng(topic.policy.suite.seed_len)
+        )
+        topic.epochs[number] = _Epoch(description, keys)
+        return number
+
+    def _current(self, topic: _Topic, now: int) -> _Epoch:
+        live = [e for e in topic.epochs.values()
+                if e.keys is not None and e.description.not_before_ms <= now]
+        return max(live, key=lambda e: e.description.epoch)
+
+    def _advance(self, topic: _Topic, now: int) -> None:
+        for record in topic.epochs.values():
+            if record.keys is not None and now >= record.description.destroy_after_ms:
+                record.keys = None  # the only reference: the key bytes go with it
+        latest = topic.epochs[max(topic.epochs)].description
+        if now >= latest.not_after_ms:
+            self._add_epoch(topic, now)  # idle past a whole period: start afresh, no backlog
+        elif now >= latest.not_after_ms - authority.publish_ahead_ms(topic.policy):
+            self._add_epoch(topic, latest.not_after_ms)
+
+    def _rotate(self, topic: _Topic, now: int) -> int:
+        for record in topic.epochs.values():
+            if record.description.not_before_ms > now:
+                record.keys = None  # published ahead but never used: withdraw it
+        return self._add_epoch(topic, now)
+
+
+class LocalMember:
+    """One enrolled member's view of a LocalKeyService; implements ``KeySource``."""
+
+    def __init__(self, service: LocalKeyService, identity: MemberIdentity) -> None:
+        self._service = service
+        self._identity = identity
+        self._root = service._root.public_key()
+        self._keys: dict[tuple[str, int], EpochKeys] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def member(self) -> str:
+        return self._identity.name
+
+    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+        return self._identity.signing_key, self._service._certificate_for(self.member, now_ms)
+
+    def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
+        return self._service._sealing_epoch(self.member, topic, now_ms)
+
+    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        with self._lock:
+            cached = self._keys.get((topic, epoch))
+        if cached is not None and not self._service._is_destroyed(topic, epoch, now_ms):
+            return cached
+        with self._lock:
+            self._keys.pop((topic, epoch), None)  # destroyed: drop our copy too
+        description, grant = self._service._grant(self.member, topic, epoch, now_ms)
+        keys = EpochKeys(description, authority.open_grant(
+            self._root, grant, description, self.member, self._identity.receive))
+        with self._lock:
+            self._keys[(topic, epoch)] = keys
+        return keys
+
+    def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
+        return self._service._sender(cert_id)
+
+    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
+        return self._service._revocation_list().revokes(cert)

@@ -1,0 +1,61 @@
+"""The interface through which sealers and openers get keys, on behalf of one member.
+
+``LocalKeyService.enroll()`` returns one (in-process), ``KeyServiceClient`` is one (network KDS);
+``Sealer`` and ``Opener`` accept either and cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sealedbus.core.signed import Certificate, EpochDescription
+from sealedbus.core.suites import KeyPair
+
+
+@dataclass(frozen=True)
+class EpochKeys:
+    """An epoch's signed description and its key pair, as a consumer holds them."""
+
+    description: EpochDescription
+    keys: KeyPair
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Keys for one enrolled member. Times are milliseconds since the Unix epoch."""
+
+    @property
+    def member(self) -> str:
+        """The member's service name."""
+        ...
+
+    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+        """This member's signing key and a certificate valid at ``now_ms`` (renewed as needed)."""
+        ...
+
+    def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
+        """The epoch producers seal with at ``now_ms`` (verified public part only).
+
+        Raises AccessDenied, UnknownTopic, or KeyServiceUnavailable (retryable).
+        """
+        ...
+
+    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        """The keys of one epoch, for a member allowed to consume it; callers drop their copies
+        at ``description.destroy_after_ms``.
+
+        Raises UnopenableEnvelope (reason not_granted, epoch_unknown or epoch_destroyed), or
+        KeyServiceUnavailable (retryable).
+        """
+        ...
+
+    def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
+        """The verified certificate with this id, or None when the authority never issued it."""
+        ...
+
+    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
+        """Whether the authority's current revocation list names this certificate or member."""
+        ...

@@ -1,0 +1,226 @@
+"""Opener: the consumer side. Runs the opening checks of SPEC.md section 7 in order and returns
+plaintext only when every one of them passed; anything else raises an ``InvalidEnvelope``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from cryptography.exceptions import InvalidTag
+
+from sealedbus.core import envelope, suites, wire
+from sealedbus.core.envelope import HeaderValue
+from sealedbus.core.replay import ReplayGuard, Seen
+from sealedbus.core.suites import SessionKeys, Suite
+from sealedbus.errors import (
+    DuplicateEnvelope,
+    ExpiredEnvelope,
+    InvalidEnvelope,
+    MalformedEnvelope,
+    NotAnEnvelope,
+    Reason,
+    UnauthenticEnvelope,
+    UnopenableEnvelope,
+)
+from sealedbus.keys.source import KeySource
+from sealedbus.metrics import Metrics, NoMetrics
+
+DEFAULT_MAX_ENVELOPE = (16 << 20) + (64 << 10)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedMessage:
+    """A message that passed every check. ``sender`` is the certified member name (None only for
+    plaintext passed through during a migration, see ``Opener(plaintext_passthrough=True)``)."""
+
+    body: bytes
+    headers: dict[str, HeaderValue]
+    topic: str
+    sender: str | None
+    epoch: int
+    sequence: int
+    sent_at: float
+    content_type: str = ""
+    expires_at: float | None = None
+    session: bytes = field(default=b"", repr=False)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):  # noqa: UP046 - Python 3.11 has no PEP 695 syntax
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._d.get(key)
+        if value is not None:
+            self._d.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._d.pop(key, None)
+
+
+class Opener:
+    """Opens envelopes for the topics its member may consume."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        suites: Iterable[str | Suite] = (Suite.X25519, Suite.HYBRID),
+        replay_window: int = 4096,
+        max_sessions: int = 100_000,
+        clock_skew: float = 120.0,
+        max_age: float | None = None,
+        max_envelope: int = DEFAULT_MAX_ENVELOPE,
+        plaintext_passthrough: bool = False,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.suites = frozenset(Suite.parse(s) for s in suites)
+        self._skew_ms = int(clock_skew * 1000)
+        self._max_age_ms = None if max_age is None else int(max_age * 1000)
+        self.max_envelope = max_envelope
+        self.plaintext_passthrough = plaintext_passthrough
+        self.metrics: Metrics = metrics or NoMetrics()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._replay = ReplayGuard(replay_window, max_sessions)
+        self._sessions: _LRU[tuple[str, int, bytes], tuple[SessionKeys, int]] = _LRU(max_sessions)
+        self._roots: _LRU[tuple[bytes, int, bytes, bytes], bool] = _LRU(65_536)
+
+    def open(self, topic: str, data: bytes) -> OpenedMessage:
+        """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
+        ``.reason``) when any check fails, or KeyServiceUnavailable when keys cannot be had now."""
+        start = time.perf_counter()
+        try:
+            message = self._open(topic, bytes(data))
+        except InvalidEnvelope as exc:
+            self.metrics.rejected(topic, exc.reason.value)
+            raise
+        self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
+        return message
+
+    def release(self, message: OpenedMessage) -> None:
+        """Forget that ``message`` was opened, so its redelivery is accepted again. Adapters call
+        this when the application did not take the message (it raised, or the ack failed)."""
+        with self._lock:
+            self._replay.unmark(message.session, message.sequence)
+
+    def _open(self, topic: str, data: bytes) -> OpenedMessage:
+        now = int(self._clock() * 1000)
+        if len(data) > self.max_envelope:
+            raise MalformedEnvelope(Reason.TOO_LARGE, f"{len(data)} bytes")
+        try:
+            parsed = wire.parse(data)
+        except NotAnEnvelope:
+            if not self.plaintext_passthrough:
+                raise
+            return OpenedMessage(data, {}, topic, None, -1, -1, now / 1000)
+        h = parsed.header
+        if h.suite not in self.suites:
+            raise MalformedEnvelope(Reason.SUITE, h.suite.label)
+        if h.sent_at_ms > now + self._skew_ms:
+            raise ExpiredEnvelope(Reason.FROM_FUTURE)
+        if h.ttl_ms and now > h.sent_at_ms + h.ttl_ms + self._skew_ms:
+            raise ExpiredEnvelope(Reason.EXPIRED)
+        if self._max_age_ms is not None and now > h.sent_at_ms + self._max_age_ms + self._skew_ms:
+            raise ExpiredEnvelope(Reason.EXPIRED, "older than max_age")
+
+        cert = self.keys.sender_certificate(h.cert_id, now)
+        if cert is None:
+            raise UnauthenticEnvelope(Reason.UNKNOWN_SENDER)
+        if topic not in cert.produce:
+            raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, cert.member)
+        if not cert.valid_at(h.sent_at_ms):
+            raise UnauthenticEnvelope(Reason.CERTIFICATE_EXPIRED, cert.member)
+        if self.keys.is_revoked(cert, now):
+            raise UnauthenticEnvelope(Reason.SENDER_REVOKED, cert.member)
+
+        topic_b = topic.encode()
+        keys = self._session_keys(topic, topic_b, h, now)
+        leaf = wire.signed_content(topic_b, parsed.header_bytes, keys.commitment, parsed.ciphertext)
+        identity = cert.identity_key()
+        if parsed.proof is None:
+            envelope.verify_single(identity, parsed, leaf)
+        else:
+            try:
+                root = envelope.batch_root(parsed, leaf)
+            except ValueError:
+                raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "bad inclusion path") from None
+            root_key = (h.cert_id, parsed.proof.size, root, parsed.signature)
+            with self._lock:
+                known = self._roots.get(root_key)
+            if not known:
+                envelope.verify_root(identity, parsed, root)
+                with self._lock:
+                    self._roots.put(root_key, True)
+
+        with self._lock:
+            seen = self._replay.check(h.session_id, h.seq)
+        self._refuse_seen(seen)
+        headers, body = envelope.decrypt(topic_b, keys, parsed)
+        with self._lock:  # check again: another thread may have opened the same one meanwhile
+            seen = self._replay.check(h.session_id, h.seq)
+            if seen is Seen.NEW:
+                self._replay.mark(h.session_id, h.seq)
+        self._refuse_seen(seen)
+        return OpenedMessage(
+            body=body,
+            headers=headers,
+            topic=topic,
+            sender=cert.member,
+            epoch=h.epoch,
+            sequence=h.seq,
+            sent_at=h.sent_at_ms / 1000,
+            content_type=h.content_type,
+            expires_at=(h.sent_at_ms + h.ttl_ms) / 1000 if h.ttl_ms else None,
+            session=h.session_id,
+        )
+
+    @staticmethod
+    def _refuse_seen(seen: Seen) -> None:
+        if seen is Seen.DUPLICATE:
+            raise DuplicateEnvelope()
+        if seen is Seen.TOO_OLD:
+            raise DuplicateEnvelope(Reason.TOO_OLD)
+
+    def _session_keys(self, topic: str, topic_b: bytes, h: wire.Header, now: int) -> SessionKeys:
+        cache_key = (topic, h.epoch, h.session_id)
+        with self._lock:
+            cached = self._sessions.get(cache_key)
+            if cached is not None and now >= cached[1]:
+                self._sessions.pop(cache_key)  # the epoch is past retention: forget it
+                cached = None
+        if cached is not None:
+            return cached[0]
+        epoch = self.keys.epoch_keys(topic, h.epoch, now)
+        if epoch.description.suite is not h.suite:
+            raise MalformedEnvelope(Reason.SUITE, "envelope suite differs from the topic's")
+        if now >= epoch.description.destroy_after_ms:
+            raise UnopenableEnvelope(Reason.EPOCH_DESTROYED)
+        try:
+            keys = suites.join_session(
+                h.suite, topic_b, h.epoch, epoch.keys, h.session_id, h.encapsulation
+            )
+        except (ValueError, InvalidTag):
+            raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "session cannot be joined") from None
+        with self._lock:
+            self._sessions.put(cache_key, (keys, epoch.description.destroy_after_ms))
+        return keys

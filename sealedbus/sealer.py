@@ -1,0 +1,230 @@
+"""Sealer: the producer side. Holds one session per topic, reads the clock, draws randomness, and
+calls the pure core (``sealedbus.core``) to seal.
+
+Two signing modes:
+- ``seal()``: one envelope, one Ed25519 signature (lowest latency);
+- ``add()`` / ``flush()``: envelopes join an open batch; when ``batch_size`` is reached or on
+  ``flush()`` one Merkle root is signed for the whole batch and the envelopes come out, in order,
+  each with the caller's ``context`` so adapters can send them where they belong.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sealedbus.core import envelope, suites, wire
+from sealedbus.core.envelope import Headers
+from sealedbus.core.signed import Certificate, EpochDescription
+from sealedbus.core.suites import SessionKeys
+from sealedbus.errors import ConfigurationError
+from sealedbus.keys.source import KeySource
+from sealedbus.metrics import Metrics, NoMetrics
+
+MAX_SESSION_MESSAGES = 1 << 24  # far inside AES-GCM's usage limits for one key
+DEFAULT_MAX_BODY = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A sealed envelope with the topic it was sealed for and the caller's context."""
+
+    topic: str
+    envelope: bytes
+    context: Any = None
+
+
+@dataclass(slots=True)
+class _Session:
+    topic: bytes
+    epoch: EpochDescription
+    keys: SessionKeys
+    next_seq: int
+    expires_ms: int  # epoch end or age limit, whichever comes first
+
+
+@dataclass(slots=True)
+class _Pending:
+    topic: str
+    draft: envelope.Draft
+    size: int
+    context: Any
+
+
+class Sealer:
+    """Seals messages for the topics its member may produce to."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        batch_size: int = 64,
+        max_session_messages: int = 1 << 20,
+        max_session_seconds: float = 3600.0,
+        epoch_check_interval: float = 1.0,
+        max_body: int = DEFAULT_MAX_BODY,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not 1 <= batch_size <= 0xFFFF:
+            raise ConfigurationError("batch_size must be between 1 and 65535")
+        if not 1 <= max_session_messages <= MAX_SESSION_MESSAGES:
+            raise ConfigurationError(f"max_session_messages must be 1..{MAX_SESSION_MESSAGES}")
+        if max_session_seconds <= 0 or epoch_check_interval <= 0 or max_body <= 0:
+            raise ConfigurationError("limits and intervals must be positive")
+        self.keys = keys
+        self.batch_size = batch_size
+        self.max_session_messages = max_session_messages
+        self._max_age_ms = int(max_session_seconds * 1000)
+        self._check_ms = int(epoch_check_interval * 1000)
+        self.max_body = max_body
+        self.metrics: Metrics = metrics or NoMetrics()
+        self._clock = clock
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._checked_ms: dict[str, int] = {}
+        self._identity: tuple[Ed25519PrivateKey, Certificate] | None = None
+        self._identity_checked_ms = -1
+        self._pending: list[_Pending] = []
+        self.pending_since: float | None = None  # clock() when the open batch got its first one
+
+    def seal(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        headers: Headers | None = None,
+        content_type: str = "",
+        ttl: float | None = None,
+    ) -> bytes:
+        """Seal one message with its own signature. Raises AccessDenied, UnknownTopic,
+        KeyServiceUnavailable or ConfigurationError; never returns unsealed bytes."""
+        start = time.perf_counter()
+        with self._lock:
+            signer, d = self._draft(topic, body, headers, content_type, ttl, batch=False)
+            sealed = envelope.finish_single(signer, d)
+        self.metrics.sealed(topic, 1, len(body), time.perf_counter() - start)
+        return sealed
+
+    def add(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        headers: Headers | None = None,
+        content_type: str = "",
+        ttl: float | None = None,
+        context: Any = None,
+    ) -> list[Sealed]:
+        """Add a message to the open batch; returns the whole batch once it is full, else []."""
+        with self._lock:
+            _, d = self._draft(topic, body, headers, content_type, ttl, batch=True)
+            if not self._pending:
+                self.pending_since = self._clock()
+            self._pending.append(_Pending(topic, d, len(body), context))
+            if len(self._pending) < self.batch_size:
+                return []
+            return self._close_batch()
+
+    def flush(self) -> list[Sealed]:
+        """Close the open batch now (adapters call this every few ms and before sending)."""
+        with self._lock:
+            return self._close_batch() if self._pending else []
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _close_batch(self) -> list[Sealed]:
+        start = time.perf_counter()
+        batch, self._pending, self.pending_since = self._pending, [], None
+        signer = self._signer(int(self._clock() * 1000))[0]
+        envelopes = envelope.finish_batch(signer, [p.draft for p in batch])
+        per_topic: dict[str, tuple[int, int]] = {}
+        for p in batch:
+            n, b = per_topic.get(p.topic, (0, 0))
+            per_topic[p.topic] = (n + 1, b + p.size)
+        elapsed = time.perf_counter() - start
+        for t, (n, b) in per_topic.items():
+            self.metrics.sealed(t, n, b, elapsed * n / len(batch))
+        return [Sealed(p.topic, e, p.context) for p, e in zip(batch, envelopes, strict=True)]
+
+    def _draft(
+        self,
+        topic: str,
+        body: bytes,
+        headers: Headers | None,
+        content_type: str,
+        ttl: float | None,
+        *,
+        batch: bool,
+    ) -> tuple[Ed25519PrivateKey, envelope.Draft]:
+        if len(body) > self.max_body:
+            raise ConfigurationError(f"body of {len(body)} bytes exceeds max_body {self.max_body}")
+        ttl_ms = 0 if ttl is None else int(ttl * 1000)
+        if ttl is not None and not 1 <= ttl_ms <= wire.MAX_TTL_MS:
+            raise ConfigurationError("ttl must be between 1 ms and about 49 days")
+        if len(content_type.encode()) > wire.MAX_CONTENT_TYPE:
+            raise ConfigurationError("content_type is limited to 255 bytes")
+        now = int(self._clock() * 1000)
+        signer, cert = self._signer(now)
+        if topic not in cert.produce:  # policy changed since: fetch a fresh certificate once
+            self._identity = None
+            signer, cert = self._signer(now)
+        session = self._session(topic, now)
+        header = wire.Header(
+            suite=session.epoch.suite,
+            batch=batch,
+            epoch=session.epoch.epoch,
+            cert_id=cert.cert_id,
+            session_id=session.keys.session_id,
+            seq=session.next_seq,
+            sent_at_ms=now,
+            ttl_ms=ttl_ms,
+            content_type=content_type,
+            encapsulation=session.keys.encapsulation,
+        )
+        session.next_seq += 1
+        try:
+            return signer, envelope.draft(session.topic, session.keys, header, headers, body)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
+
+    def _signer(self, now: int) -> tuple[Ed25519PrivateKey, Certificate]:
+        if self._identity is None or now - self._identity_checked_ms >= self._check_ms:
+            self._identity = self.keys.identity(now)
+            self._identity_checked_ms = now
+        return self._identity
+
+    def _session(self, topic: str, now: int) -> _Session:
+        session = self._sessions.get(topic)
+        if session is not None and now < session.expires_ms and (
+            now - self._checked_ms[topic] < self._check_ms
+        ) and session.next_seq < self.max_session_messages:
+            return session
+        epoch = self.keys.sealing_epoch(topic, now)
+        self._checked_ms[topic] = now
+        if (
+            session is None
+            or session.epoch.epoch != epoch.epoch
+            or now >= session.expires_ms
+            or session.next_seq >= self.max_session_messages
+        ):
+            topic_b = topic.encode()
+            keys = suites.start_session(
+                epoch.suite, topic_b, epoch.epoch, epoch.public_key, self._rng(32)
+            )
+            session = _Session(
+                topic_b, epoch, keys, 0, min(epoch.not_after_ms, now + self._max_age_ms)
+            )
+            self._sessions[topic] = session
+            self.metrics.session_started(topic)
+        return session
