@@ -1,0 +1,1 @@
+"""Operations: the command line (demo, inspect, KDS, benchmarks)."""
