@@ -11,7 +11,7 @@
     ├── KeyServiceError                the key service refused or could not answer
     │   ├── AccessDenied               policy forbids this member this action (deny by default)
     │   ├── UnknownTopic               no such topic
-    │   └── KeyServiceUnavailable      cannot reach the key service and the cache ran out (retryable)
+    │   └── KeyServiceUnavailable      key service unreachable and the cache ran out (retryable)
     ├── ConfigurationError             the caller passed something that cannot work
     └── BrokerError                    a broker client failed; ``.retryable`` says whether to retry
 
@@ -52,7 +52,7 @@ class SealedbusError(Exception):
     retryable: bool = False
 
 
-class InvalidEnvelope(SealedbusError):  # noqa: N818 - the name users catch, like fernet.InvalidToken
+class InvalidEnvelope(SealedbusError):
     """An envelope failed a check; nothing of it reached the application."""
 
     default_reason: Reason = Reason.MALFORMED

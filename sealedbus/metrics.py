@@ -11,7 +11,18 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 _LATENCY_BUCKETS = (
-    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0,
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.01,
+    0.1,
+    1.0,
 )
 
 
@@ -59,8 +70,12 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._sealed = Counter("sealedbus_messages_sealed", "Messages sealed", ["topic"], registry=r)
-        self._opened = Counter("sealedbus_messages_opened", "Messages opened", ["topic"], registry=r)
+        self._sealed = Counter(
+            "sealedbus_messages_sealed", "Messages sealed", ["topic"], registry=r
+        )
+        self._opened = Counter(
+            "sealedbus_messages_opened", "Messages opened", ["topic"], registry=r
+        )
         self._sealed_bytes = Counter(
             "sealedbus_payload_sealed_bytes", "Payload bytes sealed", ["topic"], registry=r
         )
@@ -68,23 +83,33 @@ class PrometheusMetrics:
             "sealedbus_payload_opened_bytes", "Payload bytes opened", ["topic"], registry=r
         )
         self._rejected = Counter(
-            "sealedbus_envelopes_rejected", "Envelopes refused, by reason", ["topic", "reason"],
+            "sealedbus_envelopes_rejected",
+            "Envelopes refused, by reason",
+            ["topic", "reason"],
             registry=r,
         )
         self._dead = Counter(
-            "sealedbus_envelopes_dead_lettered", "Envelopes sent to the dead-letter destination",
-            ["topic", "reason"], registry=r,
+            "sealedbus_envelopes_dead_lettered",
+            "Envelopes sent to the dead-letter destination",
+            ["topic", "reason"],
+            registry=r,
         )
         self._sessions = Counter(
             "sealedbus_sessions_started", "Producer sessions started", ["topic"], registry=r
         )
         self._seal_seconds = Histogram(
-            "sealedbus_seal_seconds", "Time to seal one message (batch time / batch size)",
-            ["topic"], buckets=_LATENCY_BUCKETS, registry=r,
+            "sealedbus_seal_seconds",
+            "Time to seal one message (batch time / batch size)",
+            ["topic"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self._open_seconds = Histogram(
-            "sealedbus_open_seconds", "Time to open one message", ["topic"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "sealedbus_open_seconds",
+            "Time to open one message",
+            ["topic"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
 
     def sealed(self, topic: str, count: int, payload_bytes: int, seconds: float) -> None:

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealedbus.core import envelope, suites, wire
-from sealedbus.core.envelope import HeaderValue
+from sealedbus.core.envelope import HeaderValue, SessionContext
 from sealedbus.core.replay import ReplayGuard, Seen
-from sealedbus.core.suites import SessionKeys, Suite
+from sealedbus.core.signed import Certificate
+from sealedbus.core.suites import Suite
 from sealedbus.errors import (
     DuplicateEnvelope,
     ExpiredEnvelope,
@@ -54,25 +55,34 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _LRU(Generic[K, V]):  # noqa: UP046 - Python 3.11 has no PEP 695 syntax
+class _Cache(Generic[K, V]):
+    """A bounded map evicting the oldest entry; reads take no lock (dict reads are atomic)."""
+
     def __init__(self, size: int) -> None:
         self.size = size
-        self._d: OrderedDict[K, V] = OrderedDict()
+        self._d: dict[K, V] = {}
+        self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        value = self._d.get(key)
-        if value is not None:
-            self._d.move_to_end(key)
-        return value
+        return self._d.get(key)
 
     def put(self, key: K, value: V) -> None:
-        self._d[key] = value
-        self._d.move_to_end(key)
-        if len(self._d) > self.size:
-            self._d.popitem(last=False)
+        with self._lock:
+            self._d[key] = value
+            if len(self._d) > self.size:
+                del self._d[next(iter(self._d))]
 
     def pop(self, key: K) -> None:
-        self._d.pop(key, None)
+        with self._lock:
+            self._d.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Sender:
+    cert: Certificate
+    identity: Ed25519PublicKey
+    revoked: bool
+    checked_ms: int
 
 
 class Opener:
@@ -89,6 +99,7 @@ class Opener:
         max_age: float | None = None,
         max_envelope: int = DEFAULT_MAX_ENVELOPE,
         plaintext_passthrough: bool = False,
+        revocation_check_interval: float = 1.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -100,10 +111,14 @@ class Opener:
         self.plaintext_passthrough = plaintext_passthrough
         self.metrics: Metrics = metrics or NoMetrics()
         self._clock = clock
+        self._check_ms = int(revocation_check_interval * 1000)
         self._lock = threading.Lock()
         self._replay = ReplayGuard(replay_window, max_sessions)
-        self._sessions: _LRU[tuple[str, int, bytes], tuple[SessionKeys, int]] = _LRU(max_sessions)
-        self._roots: _LRU[tuple[bytes, int, bytes, bytes], bool] = _LRU(65_536)
+        self._sessions: _Cache[tuple[str, int, bytes], tuple[SessionContext, int]] = _Cache(
+            max_sessions
+        )
+        self._roots: _Cache[tuple[bytes, int, bytes, bytes], bool] = _Cache(65_536)
+        self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
 
     def open(self, topic: str, data: bytes) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
@@ -143,44 +158,34 @@ class Opener:
         if self._max_age_ms is not None and now > h.sent_at_ms + self._max_age_ms + self._skew_ms:
             raise ExpiredEnvelope(Reason.EXPIRED, "older than max_age")
 
-        cert = self.keys.sender_certificate(h.cert_id, now)
-        if cert is None:
-            raise UnauthenticEnvelope(Reason.UNKNOWN_SENDER)
+        sender = self._sender(h.cert_id, now)
+        cert = sender.cert
         if topic not in cert.produce:
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, cert.member)
         if not cert.valid_at(h.sent_at_ms):
             raise UnauthenticEnvelope(Reason.CERTIFICATE_EXPIRED, cert.member)
-        if self.keys.is_revoked(cert, now):
+        if sender.revoked:
             raise UnauthenticEnvelope(Reason.SENDER_REVOKED, cert.member)
 
-        topic_b = topic.encode()
-        keys = self._session_keys(topic, topic_b, h, now)
-        leaf = wire.signed_content(topic_b, parsed.header_bytes, keys.commitment, parsed.ciphertext)
-        identity = cert.identity_key()
+        ctx = self._session(topic, h, now)
         if parsed.proof is None:
-            envelope.verify_single(identity, parsed, leaf)
+            envelope.verify_single(sender.identity, parsed, ctx)
         else:
-            try:
-                root = envelope.batch_root(parsed, leaf)
-            except ValueError:
-                raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "bad inclusion path") from None
+            root = envelope.batch_root(parsed, ctx)
             root_key = (h.cert_id, parsed.proof.size, root, parsed.signature)
-            with self._lock:
-                known = self._roots.get(root_key)
-            if not known:
-                envelope.verify_root(identity, parsed, root)
-                with self._lock:
-                    self._roots.put(root_key, True)
+            if not self._roots.get(root_key):
+                envelope.verify_root(sender.identity, parsed, root)
+                self._roots.put(root_key, True)
 
-        with self._lock:
-            seen = self._replay.check(h.session_id, h.seq)
-        self._refuse_seen(seen)
-        headers, body = envelope.decrypt(topic_b, keys, parsed)
-        with self._lock:  # check again: another thread may have opened the same one meanwhile
+        headers, body = envelope.open_body(ctx, parsed)
+        with self._lock:  # checked after decryption, atomically with marking it seen
             seen = self._replay.check(h.session_id, h.seq)
             if seen is Seen.NEW:
                 self._replay.mark(h.session_id, h.seq)
-        self._refuse_seen(seen)
+        if seen is Seen.DUPLICATE:
+            raise DuplicateEnvelope()
+        if seen is Seen.TOO_OLD:
+            raise DuplicateEnvelope(Reason.TOO_OLD)
         return OpenedMessage(
             body=body,
             headers=headers,
@@ -194,22 +199,28 @@ class Opener:
             session=h.session_id,
         )
 
-    @staticmethod
-    def _refuse_seen(seen: Seen) -> None:
-        if seen is Seen.DUPLICATE:
-            raise DuplicateEnvelope()
-        if seen is Seen.TOO_OLD:
-            raise DuplicateEnvelope(Reason.TOO_OLD)
+    def _sender(self, cert_id: bytes, now: int) -> _Sender:
+        """The sender's certificate (cached) and its revocation status (re-checked each
+        ``revocation_check_interval``)."""
+        sender = self._senders.get(cert_id)
+        if sender is None:
+            cert = self.keys.sender_certificate(cert_id, now)
+            if cert is None:
+                raise UnauthenticEnvelope(Reason.UNKNOWN_SENDER)
+            sender = _Sender(cert, cert.identity_key(), self.keys.is_revoked(cert, now), now)
+            self._senders.put(cert_id, sender)
+        elif now - sender.checked_ms >= self._check_ms:
+            sender.revoked = self.keys.is_revoked(sender.cert, now)
+            sender.checked_ms = now
+        return sender
 
-    def _session_keys(self, topic: str, topic_b: bytes, h: wire.Header, now: int) -> SessionKeys:
+    def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
         cache_key = (topic, h.epoch, h.session_id)
-        with self._lock:
-            cached = self._sessions.get(cache_key)
-            if cached is not None and now >= cached[1]:
-                self._sessions.pop(cache_key)  # the epoch is past retention: forget it
-                cached = None
+        cached = self._sessions.get(cache_key)
         if cached is not None:
-            return cached[0]
+            if now < cached[1]:
+                return cached[0]
+            self._sessions.pop(cache_key)  # the epoch is past retention: forget it
         epoch = self.keys.epoch_keys(topic, h.epoch, now)
         if epoch.description.suite is not h.suite:
             raise MalformedEnvelope(Reason.SUITE, "envelope suite differs from the topic's")
@@ -217,10 +228,10 @@ class Opener:
             raise UnopenableEnvelope(Reason.EPOCH_DESTROYED)
         try:
             keys = suites.join_session(
-                h.suite, topic_b, h.epoch, epoch.keys, h.session_id, h.encapsulation
+                h.suite, topic.encode(), h.epoch, epoch.keys, h.session_id, h.encapsulation
             )
         except (ValueError, InvalidTag):
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "session cannot be joined") from None
-        with self._lock:
-            self._sessions.put(cache_key, (keys, epoch.description.destroy_after_ms))
-        return keys
+        ctx = SessionContext(topic.encode(), keys)
+        self._sessions.put(cache_key, (ctx, epoch.description.destroy_after_ms))
+        return ctx

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealedbus.core import envelope, suites, wire
 from sealedbus.core.envelope import Headers
 from sealedbus.core.signed import Certificate, EpochDescription
-from sealedbus.core.suites import SessionKeys
 from sealedbus.errors import ConfigurationError
 from sealedbus.keys.source import KeySource
 from sealedbus.metrics import Metrics, NoMetrics
@@ -42,11 +41,19 @@ class Sealed:
 
 @dataclass(slots=True)
 class _Session:
-    topic: bytes
+    ctx: envelope.SessionContext
     epoch: EpochDescription
-    keys: SessionKeys
     next_seq: int
     expires_ms: int  # epoch end or age limit, whichever comes first
+    heads: dict[tuple[bool, bytes], bytes] = field(default_factory=dict)  # (batch, cert id)
+
+    def head(self, batch: bool, cert_id: bytes) -> bytes:
+        head = self.heads.get((batch, cert_id))
+        if head is None:
+            head = self.heads[(batch, cert_id)] = wire.header_head(
+                self.epoch.suite, batch, self.epoch.epoch, cert_id, self.ctx.keys.session_id
+            )
+        return head
 
 
 @dataclass(slots=True)
@@ -172,7 +179,8 @@ class Sealer:
         ttl_ms = 0 if ttl is None else int(ttl * 1000)
         if ttl is not None and not 1 <= ttl_ms <= wire.MAX_TTL_MS:
             raise ConfigurationError("ttl must be between 1 ms and about 49 days")
-        if len(content_type.encode()) > wire.MAX_CONTENT_TYPE:
+        content_type_b = content_type.encode()
+        if len(content_type_b) > wire.MAX_CONTENT_TYPE:
             raise ConfigurationError("content_type is limited to 255 bytes")
         now = int(self._clock() * 1000)
         signer, cert = self._signer(now)
@@ -180,21 +188,15 @@ class Sealer:
             self._identity = None
             signer, cert = self._signer(now)
         session = self._session(topic, now)
-        header = wire.Header(
-            suite=session.epoch.suite,
-            batch=batch,
-            epoch=session.epoch.epoch,
-            cert_id=cert.cert_id,
-            session_id=session.keys.session_id,
-            seq=session.next_seq,
-            sent_at_ms=now,
-            ttl_ms=ttl_ms,
-            content_type=content_type,
-            encapsulation=session.keys.encapsulation,
+        seq = session.next_seq
+        header_bytes = session.head(batch, cert.cert_id) + wire.header_tail(
+            seq, now, ttl_ms, content_type_b, session.ctx.keys.encapsulation
         )
         session.next_seq += 1
         try:
-            return signer, envelope.draft(session.topic, session.keys, header, headers, body)
+            return signer, envelope.draft(
+                session.ctx, header_bytes, seq, headers, body, batch=batch
+            )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
 
@@ -206,9 +208,12 @@ class Sealer:
 
     def _session(self, topic: str, now: int) -> _Session:
         session = self._sessions.get(topic)
-        if session is not None and now < session.expires_ms and (
-            now - self._checked_ms[topic] < self._check_ms
-        ) and session.next_seq < self.max_session_messages:
+        if (
+            session is not None
+            and now < session.expires_ms
+            and (now - self._checked_ms[topic] < self._check_ms)
+            and session.next_seq < self.max_session_messages
+        ):
             return session
         epoch = self.keys.sealing_epoch(topic, now)
         self._checked_ms[topic] = now
@@ -223,7 +228,10 @@ class Sealer:
                 epoch.suite, topic_b, epoch.epoch, epoch.public_key, self._rng(32)
             )
             session = _Session(
-                topic_b, epoch, keys, 0, min(epoch.not_after_ms, now + self._max_age_ms)
+                envelope.SessionContext(topic_b, keys),
+                epoch,
+                0,
+                min(epoch.not_after_ms, now + self._max_age_ms),
             )
             self._sessions[topic] = session
             self.metrics.session_started(topic)

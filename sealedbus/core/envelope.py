@@ -2,11 +2,13 @@
 
 Sealing: ``draft`` encrypts (AES-256-GCM, counter nonce, header as associated data), then
 ``finish_single`` signs it or ``finish_batch`` signs a Merkle root over many drafts.
-Opening: ``wire.parse``, then ``verify_single`` or ``batch_root`` + a root check, then ``decrypt``.
+Opening: ``wire.parse``, then ``verify_single`` or ``batch_root`` + ``verify_root``, then
+``open_body``. A ``SessionContext`` holds what is the same for every message of a session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +33,45 @@ class Draft:
 
     header_bytes: bytes
     ciphertext: bytes
-    leaf: bytes  # signed content (SPEC.md 5.1)
+    signed: bytes  # per-message: the signed content (SPEC.md 5.1); batch: its Merkle leaf hash
 
 
-def associated_data(topic: bytes, header_bytes: bytes) -> bytes:
-    return _LEN16.pack(len(topic)) + topic + header_bytes
+class SessionContext:
+    """One session on one topic, with everything per-message work can reuse precomputed."""
+
+    __slots__ = ("_aad_prefix", "_leaf_base", "_signed_prefix", "keys", "topic")
+
+    def __init__(self, topic: bytes, keys: SessionKeys) -> None:
+        self.topic = topic
+        self.keys = keys
+        self._aad_prefix = _LEN16.pack(len(topic)) + topic
+        self._signed_prefix = wire.SIGN_ENVELOPE + self._aad_prefix
+        self._leaf_base = hashlib.sha256(b"\x00" + self._signed_prefix)
+
+    def encrypt(self, seq: int, header_bytes: bytes, plaintext: bytes) -> bytes:
+        return self.keys.aead.encrypt(
+            self.keys.nonce(seq), plaintext, self._aad_prefix + header_bytes
+        )
+
+    def decrypt(self, seq: int, header_bytes: bytes, ciphertext: bytes) -> bytes:
+        try:
+            return self.keys.aead.decrypt(
+                self.keys.nonce(seq), ciphertext, self._aad_prefix + header_bytes
+            )
+        except InvalidTag:
+            raise UnopenableEnvelope(Reason.DECRYPT_FAILED) from None
+
+    def signed_content(self, header_bytes: bytes, ciphertext: bytes) -> bytes:
+        """Equals ``wire.signed_content(topic, header_bytes, commitment, ciphertext)``."""
+        return self._signed_prefix + header_bytes + self.keys.commitment + ciphertext
+
+    def leaf_hash(self, header_bytes: bytes, ciphertext: bytes) -> bytes:
+        """Equals ``merkle.leaf_hash(self.signed_content(...))`` without building it."""
+        h = self._leaf_base.copy()
+        h.update(header_bytes)
+        h.update(self.keys.commitment)
+        h.update(ciphertext)
+        return h.digest()
 
 
 def encode_inner(headers: Headers | None, body: bytes) -> bytes:
@@ -65,71 +101,67 @@ def decode_inner(plaintext: bytes) -> tuple[dict[str, HeaderValue], bytes]:
 
 
 def draft(
-    topic: bytes, keys: SessionKeys, header: wire.Header, headers: Headers | None, body: bytes
+    ctx: SessionContext,
+    header_bytes: bytes,
+    seq: int,
+    headers: Headers | None,
+    body: bytes,
+    *,
+    batch: bool,
 ) -> Draft:
-    header_bytes = header.encode()
-    ciphertext = keys.aead.encrypt(
-        keys.nonce(header.seq),
-        encode_inner(headers, body),
-        associated_data(topic, header_bytes),
-    )
-    return Draft(
-        header_bytes,
-        ciphertext,
-        wire.signed_content(topic, header_bytes, keys.commitment, ciphertext),
-    )
+    ciphertext = ctx.encrypt(seq, header_bytes, encode_inner(headers, body))
+    signed = (ctx.leaf_hash if batch else ctx.signed_content)(header_bytes, ciphertext)
+    return Draft(header_bytes, ciphertext, signed)
 
 
 def finish_single(signer: Ed25519PrivateKey, d: Draft) -> bytes:
-    return d.header_bytes + signer.sign(wire.SIGN_MESSAGE + d.leaf) + d.ciphertext
+    return d.header_bytes + signer.sign(wire.SIGN_MESSAGE + d.signed) + d.ciphertext
 
 
 def finish_batch(signer: Ed25519PrivateKey, drafts: Sequence[Draft]) -> list[bytes]:
     size = len(drafts)
     if not 0 < size <= merkle.MAX_TREE_SIZE:
         raise ValueError("a batch holds 1 to 65535 envelopes")
-    root, paths = merkle.build([merkle.leaf_hash(d.leaf) for d in drafts])
+    root, paths = merkle.build([d.signed for d in drafts])
     signature = signer.sign(wire.root_signing_input(size, root))
     return [
-        d.header_bytes
-        + signature
-        + wire.encode_batch_proof(wire.BatchProof(i, size, path))
-        + d.ciphertext
+        d.header_bytes + signature + wire.BATCH_FIXED.pack(i, size) + b"".join(path) + d.ciphertext
         for i, (d, path) in enumerate(zip(drafts, paths, strict=True))
     ]
 
 
-def verify_single(identity: Ed25519PublicKey, parsed: wire.Parsed, leaf: bytes) -> None:
+def verify_single(identity: Ed25519PublicKey, parsed: wire.Parsed, ctx: SessionContext) -> None:
+    signed = ctx.signed_content(parsed.header_bytes, parsed.ciphertext)
     try:
-        identity.verify(parsed.signature, wire.SIGN_MESSAGE + leaf)
+        identity.verify(parsed.signature, wire.SIGN_MESSAGE + signed)
     except InvalidSignature:
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE) from None
 
 
-def batch_root(parsed: wire.Parsed, leaf: bytes) -> bytes:
-    """The Merkle root this envelope's path leads to (its signature is checked by the caller)."""
+def batch_root(parsed: wire.Parsed, ctx: SessionContext) -> bytes:
+    """The Merkle root this envelope's path leads to (its signature is checked by the caller).
+
+    Raises UnauthenticEnvelope when the path does not fit the index and size."""
     proof = parsed.proof
-    assert proof is not None  # noqa: S101 - parse() sets it exactly when the batch flag is set
-    return merkle.root_from_path(proof.index, proof.size, merkle.leaf_hash(leaf), proof.path)
+    if proof is None:
+        raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no batch proof")
+    leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
+    try:
+        return merkle.root_from_path(proof.index, proof.size, leaf, proof.path)
+    except ValueError:
+        raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "bad inclusion path") from None
 
 
 def verify_root(identity: Ed25519PublicKey, parsed: wire.Parsed, root: bytes) -> None:
-    assert parsed.proof is not None  # noqa: S101 - as above
+    proof = parsed.proof
+    if proof is None:
+        raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no batch proof")
     try:
-        identity.verify(parsed.signature, wire.root_signing_input(parsed.proof.size, root))
+        identity.verify(parsed.signature, wire.root_signing_input(proof.size, root))
     except InvalidSignature:
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE) from None
 
 
-def decrypt(
-    topic: bytes, keys: SessionKeys, parsed: wire.Parsed
-) -> tuple[dict[str, HeaderValue], bytes]:
-    try:
-        plaintext = keys.aead.decrypt(
-            keys.nonce(parsed.header.seq),
-            parsed.ciphertext,
-            associated_data(topic, parsed.header_bytes),
-        )
-    except InvalidTag:
-        raise UnopenableEnvelope(Reason.DECRYPT_FAILED) from None
+def open_body(ctx: SessionContext, parsed: wire.Parsed) -> tuple[dict[str, HeaderValue], bytes]:
+    plaintext = ctx.decrypt(parsed.header.seq, parsed.header_bytes, parsed.ciphertext)
     return decode_inner(plaintext)

@@ -29,7 +29,7 @@ def build(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     k = 1 << ((n - 1).bit_length() - 1)  # largest power of two strictly below n
     left, left_paths = build(leaves[:k])
     right, right_paths = build(leaves[k:])
-    paths = [p + [right] for p in left_paths] + [p + [left] for p in right_paths]
+    paths = [[*p, right] for p in left_paths] + [[*p, left] for p in right_paths]
     return node_hash(left, right), paths
 
 
@@ -40,11 +40,10 @@ def path_length(index: int, size: int) -> int:
     fn, sn, count = index, size - 1, 0
     while sn > 0:
         count += 1
-        if fn & 1 or fn == sn:
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
+        if fn == sn and not fn & 1:
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
         fn >>= 1
         sn >>= 1
     return count

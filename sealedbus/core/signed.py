@@ -9,7 +9,8 @@ stand in for another kind. Decoding checks the signature before looking at any f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, ClassVar, Self
 
 import msgpack
@@ -35,11 +36,14 @@ def fingerprint(public_key: bytes) -> str:
 class _Signed:
     LABEL: ClassVar[bytes]
 
+    @cached_property
     def body(self) -> bytes:
-        return bytes(msgpack.packb([FORMAT, *_to_wire(astuple(self))], use_bin_type=True))
+        """The canonical encoding of the fields: what is signed and hashed."""
+        values = [getattr(self, f.name) for f in fields(self)]
+        return bytes(msgpack.packb([FORMAT, *_to_wire(values)], use_bin_type=True))
 
     def sign(self, root: Ed25519PrivateKey) -> bytes:
-        body = self.body()
+        body = self.body
         return bytes(msgpack.packb([body, root.sign(self.LABEL + body)], use_bin_type=True))
 
     @classmethod
@@ -65,7 +69,7 @@ class _Signed:
         return cls(*fields)
 
 
-def _to_wire(values: tuple[Any, ...]) -> list[Any]:
+def _to_wire(values: list[Any]) -> list[Any]:
     return [list(v) if isinstance(v, tuple | frozenset) else v for v in values]
 
 
@@ -84,10 +88,10 @@ class Certificate(_Signed):
     not_after_ms: int
     serial: int
 
-    @property
+    @cached_property
     def cert_id(self) -> bytes:
         """16 bytes that name this certificate in every envelope its holder seals."""
-        return hashlib.sha256(self.body()).digest()[:16]
+        return hashlib.sha256(self.body).digest()[:16]
 
     def identity_key(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.identity_public)
@@ -114,9 +118,9 @@ class EpochDescription(_Signed):
     not_after_ms: int  # producers stop sealing with it here
     destroy_after_ms: int  # the private key is destroyed here (retention)
 
-    @property
+    @cached_property
     def digest(self) -> bytes:
-        return hashlib.sha256(self.body()).digest()
+        return hashlib.sha256(self.body).digest()
 
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:

@@ -33,7 +33,7 @@ HYBRID_ENCAPSULATION_LEN = hpke.KEM.MLKEM768_X25519.enc_length() + _HYBRID_SECRE
 
 
 class Suite(IntEnum):
-    """A cipher suite: session KEM, HKDF-SHA256, AES-256-GCM, Ed25519. The id travels on the wire."""
+    """A cipher suite: session KEM, HKDF-SHA256, AES-256-GCM, Ed25519."""
 
     X25519 = 1
     HYBRID = 2  # X25519 + ML-KEM-768 (HPKE hybrid KEM), for data that must stay secret for decades
@@ -93,7 +93,9 @@ def _x25519_private(private: bytes) -> x25519.X25519PrivateKey:
     return x25519.X25519PrivateKey.from_private_bytes(private[:_X25519_LEN])
 
 
-def _hpke_public(suite: Suite, public: bytes) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+def _hpke_public(
+    suite: Suite, public: bytes
+) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
     if suite is Suite.X25519:
         if len(public) != _X25519_LEN:
             raise ValueError("X25519 public key must be 32 bytes")
@@ -145,7 +147,7 @@ class SessionKeys:
         return (self.nonce_base ^ seq).to_bytes(12, "big")
 
 
-class WeakSharedSecret(ValueError):  # noqa: N818 - a ValueError, named for what it is
+class WeakSharedSecret(ValueError):
     """The X25519 result was all zero (a small-order point): the session must be refused."""
 
 

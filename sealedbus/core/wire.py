@@ -20,17 +20,20 @@ SESSION_ID_LEN = 32
 SIGNATURE_LEN = 64
 TAG_LEN = 16
 HEADER_FIXED = struct.Struct(">2sBBBI16s32sIQIB")  # through the content-type length byte
+HEADER_HEAD = struct.Struct(">2sBBBI16s32s")  # the part that is the same for a whole session
+HEADER_TAIL = struct.Struct(">IQIB")  # sequence, sent at, ttl, content-type length
 BATCH_FIXED = struct.Struct(">HH")
 MAX_SEQUENCE = 0xFFFFFFFF
 MAX_TTL_MS = 0xFFFFFFFF
 MAX_CONTENT_TYPE = 255
 INNER_HEADERS_LEN = struct.Struct(">H")
+_SUITES = {int(s): s for s in Suite}
 SIGN_ENVELOPE = b"sealedbus/1 envelope\x00"
 SIGN_MESSAGE = b"sealedbus/1 message\x00"
 SIGN_BATCH_ROOT = b"sealedbus/1 batch root\x00"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     """The clear-text fields of an envelope; all of them are authenticated."""
 
@@ -46,36 +49,37 @@ class Header:
     encapsulation: bytes  # hybrid suite only
 
     def encode(self) -> bytes:
-        ct = self.content_type.encode()
-        if len(ct) > MAX_CONTENT_TYPE:
-            raise ValueError("content type longer than 255 bytes")
-        return (
-            HEADER_FIXED.pack(
-                MAGIC,
-                VERSION,
-                self.suite,
-                FLAG_BATCH if self.batch else 0,
-                self.epoch,
-                self.cert_id,
-                self.session_id,
-                self.seq,
-                self.sent_at_ms,
-                self.ttl_ms,
-                len(ct),
-            )
-            + ct
-            + self.encapsulation
+        head = header_head(self.suite, self.batch, self.epoch, self.cert_id, self.session_id)
+        return head + header_tail(
+            self.seq, self.sent_at_ms, self.ttl_ms, self.content_type.encode(), self.encapsulation
         )
 
 
-@dataclass(frozen=True, slots=True)
+def header_head(suite: Suite, batch: bool, epoch: int, cert_id: bytes, session_id: bytes) -> bytes:
+    """Header bytes from the magic through the session id (fixed for a session and mode)."""
+    flags = FLAG_BATCH if batch else 0
+    return HEADER_HEAD.pack(MAGIC, VERSION, suite, flags, epoch, cert_id, session_id)
+
+
+def header_tail(
+    seq: int, sent_at_ms: int, ttl_ms: int, content_type: bytes, encapsulation: bytes
+) -> bytes:
+    """Header bytes after the session id: per-message fields, content type, encapsulation."""
+    if len(content_type) > MAX_CONTENT_TYPE:
+        raise ValueError("content type longer than 255 bytes")
+    return (
+        HEADER_TAIL.pack(seq, sent_at_ms, ttl_ms, len(content_type)) + content_type + encapsulation
+    )
+
+
+@dataclass(slots=True)
 class BatchProof:
     index: int
     size: int
     path: list[bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Parsed:
     header: Header
     header_bytes: bytes
@@ -84,7 +88,9 @@ class Parsed:
     ciphertext: bytes
 
 
-def signed_content(topic: bytes, header_bytes: bytes, commitment: bytes, ciphertext: bytes) -> bytes:
+def signed_content(
+    topic: bytes, header_bytes: bytes, commitment: bytes, ciphertext: bytes
+) -> bytes:
     """What the sender signs (per message) or hashes into a Merkle leaf (batch): SPEC.md 5."""
     return (
         SIGN_ENVELOPE
@@ -98,10 +104,6 @@ def signed_content(topic: bytes, header_bytes: bytes, commitment: bytes, ciphert
 
 def root_signing_input(size: int, root: bytes) -> bytes:
     return SIGN_BATCH_ROOT + struct.pack(">H", size) + root
-
-
-def encode_batch_proof(proof: BatchProof) -> bytes:
-    return BATCH_FIXED.pack(proof.index, proof.size) + b"".join(proof.path)
 
 
 def is_envelope(data: bytes) -> bool:
@@ -119,10 +121,9 @@ def parse(data: bytes) -> Parsed:
     )
     if version != VERSION:
         raise MalformedEnvelope(Reason.VERSION, f"version {version}")
-    try:
-        suite = Suite(suite_id)
-    except ValueError:
-        raise MalformedEnvelope(Reason.SUITE, f"suite id {suite_id}") from None
+    suite = _SUITES.get(suite_id)
+    if suite is None:
+        raise MalformedEnvelope(Reason.SUITE, f"suite id {suite_id}")
     if flags & ~FLAG_BATCH:
         raise MalformedEnvelope(Reason.MALFORMED, "reserved flag bits set")
     pos = HEADER_FIXED.size

@@ -22,7 +22,7 @@ DAY_MS = 24 * HOUR_MS
 
 @dataclass(frozen=True)
 class TopicPolicy:
-    """Who may do what on a topic, and how its keys live. Deny by default: empty lists allow none."""
+    """Who may do what on a topic and how its keys live; deny by default."""
 
     name: str
     producers: frozenset[str]
@@ -103,13 +103,19 @@ class GrantError(ValueError):
 
 
 def open_grant(
-    root: Ed25519PublicKey, grant_bytes: bytes, description: EpochDescription, member: str,
+    root: Ed25519PublicKey,
+    grant_bytes: bytes,
+    description: EpochDescription,
+    member: str,
     receive: KeyPair,
 ) -> KeyPair:
     """Verify a grant and its binding to ``description`` and ``member``; return the epoch keys."""
     grant = Grant.verify(grant_bytes, root)
     if (grant.topic, grant.epoch, grant.member, grant.description_digest) != (
-        description.topic, description.epoch, member, description.digest,
+        description.topic,
+        description.epoch,
+        member,
+        description.digest,
     ):
         raise GrantError("grant is for another topic, epoch, member or epoch description")
     info = grant_info(grant.topic, grant.epoch, member, grant.description_digest)

@@ -36,8 +36,13 @@ class MemberIdentity:
 
     def to_bytes(self) -> bytes:
         """Secret: write only to a file with 0600 permissions."""
-        fields = [_FORMAT, self.name, self.signing_key.private_bytes_raw(),
-                  int(self.receive.suite), self.receive.private]
+        fields = [
+            _FORMAT,
+            self.name,
+            self.signing_key.private_bytes_raw(),
+            int(self.receive.suite),
+            self.receive.private,
+        ]
         return bytes(msgpack.packb(fields, use_bin_type=True))
 
     @classmethod
@@ -46,7 +51,10 @@ class MemberIdentity:
             fmt, name, sk, suite, private = msgpack.unpackb(data, raw=False)
             if fmt != _FORMAT:
                 raise ValueError("not a sealedbus member key file")
-            return cls(name, Ed25519PrivateKey.from_private_bytes(sk),
-                       suites.keypair_from_seed(Suite(suite), private))
+            return cls(
+                name,
+                Ed25519PrivateKey.from_private_bytes(sk),
+                suites.keypair_from_seed(Suite(suite), private),
+            )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"member key file does not parse: {exc}") from exc

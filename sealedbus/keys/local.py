@@ -191,8 +191,14 @@ class LocalKeyService:
             topic = self._topic(name)
             self._advance(topic, self._now_ms())
             return [
-                EpochInfo(name, n, e.description.not_before_ms, e.description.not_after_ms,
-                          e.description.destroy_after_ms, e.keys is None)
+                EpochInfo(
+                    name,
+                    n,
+                    e.description.not_before_ms,
+                    e.description.not_after_ms,
+                    e.description.destroy_after_ms,
+                    e.keys is None,
+                )
                 for n, e in sorted(topic.epochs.items())
             ]
 
@@ -216,8 +222,15 @@ class LocalKeyService:
                 consume = [t for t, s in self._topics.items() if member in s.policy.consumers]
                 self._serial += 1
                 cert = authority.issue_certificate(
-                    member, ident.identity_public, ident.receive.suite, ident.receive.public,
-                    produce, consume, now, self._cert_lifetime_ms, self._serial,
+                    member,
+                    ident.identity_public,
+                    ident.receive.suite,
+                    ident.receive.public,
+                    produce,
+                    consume,
+                    now,
+                    self._cert_lifetime_ms,
+                    self._serial,
                 )
                 self._certs[cert.cert_id] = cert
                 self._current_cert[member] = cert
@@ -231,7 +244,9 @@ class LocalKeyService:
             self._advance(topic, now)
             return self._current(topic, now).description
 
-    def _grant(self, member: str, name: str, epoch: int, now: int) -> tuple[EpochDescription, bytes]:
+    def _grant(
+        self, member: str, name: str, epoch: int, now: int
+    ) -> tuple[EpochDescription, bytes]:
         with self._lock:
             topic = self._topics.get(name)
             if topic is None:
@@ -288,8 +303,11 @@ class LocalKeyService:
         return number
 
     def _current(self, topic: _Topic, now: int) -> _Epoch:
-        live = [e for e in topic.epochs.values()
-                if e.keys is not None and e.description.not_before_ms <= now]
+        live = [
+            e
+            for e in topic.epochs.values()
+            if e.keys is not None and e.description.not_before_ms <= now
+        ]
         return max(live, key=lambda e: e.description.epoch)
 
     def _advance(self, topic: _Topic, now: int) -> None:
@@ -337,8 +355,12 @@ class LocalMember:
         with self._lock:
             self._keys.pop((topic, epoch), None)  # destroyed: drop our copy too
         description, grant = self._service._grant(self.member, topic, epoch, now_ms)
-        keys = EpochKeys(description, authority.open_grant(
-            self._root, grant, description, self.member, self._identity.receive))
+        keys = EpochKeys(
+            description,
+            authority.open_grant(
+                self._root, grant, description, self.member, self._identity.receive
+            ),
+        )
         with self._lock:
             self._keys[(topic, epoch)] = keys
         return keys

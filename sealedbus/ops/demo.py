@@ -59,17 +59,24 @@ def run(args: argparse.Namespace) -> int:
         return now[0]
 
     ks = LocalKeyService(clock=clock)
-    ks.create_topic(TOPIC, producers=["admissions-api"], consumers=["billing-svc"],
-                    rotation_period=ROTATION, retention=RETENTION)
+    ks.create_topic(
+        TOPIC,
+        producers=["admissions-api"],
+        consumers=["billing-svc"],
+        rotation_period=ROTATION,
+        retention=RETENTION,
+    )
     ks.create_topic("lab-results", producers=["lab-api"], consumers=["billing-svc"])
     producer_keys = ks.enroll("admissions-api")
     sealer = Sealer(producer_keys, batch_size=64, clock=clock)
     opener = Opener(ks.enroll("billing-svc"), clock=clock)
     bus = MemoryBus()
     sub = bus.subscribe(TOPIC, "billing")
-    print(f"topic {TOPIC!r}: producer admissions-api (write-only), consumer billing-svc; suite "
-          f"x25519; batch signatures (N=64); keys rotate every {ROTATION:.0f} s and are destroyed "
-          f"{RETENTION:.0f} s later; simulated time runs {STEP * 1000:.0f} ms per event")
+    print(
+        f"topic {TOPIC!r}: producer admissions-api (write-only), consumer billing-svc; suite "
+        f"x25519; batch signatures (N=64); keys rotate every {ROTATION:.0f} s and are destroyed "
+        f"{RETENTION:.0f} s later; simulated time runs {STEP * 1000:.0f} ms per event"
+    )
 
     rng = random.Random(7)
     bodies = [patient_event(i, rng) for i in range(n)]
@@ -77,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for body in bodies:
         now[0] += STEP
-        for s in sealer.add(TOPIC, body, headers={"schema": "patient-event/1"},
-                            content_type="application/json"):
+        for s in sealer.add(
+            TOPIC, body, headers={"schema": "patient-event/1"}, content_type="application/json"
+        ):
             bus.publish(TOPIC, s.envelope)
         _consume(sub, opener, received)
     for s in sealer.flush():
@@ -90,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     switch = next((i for i, m in enumerate(received) if m.epoch), len(received))
     _table(held, received, args.show, switch)
     epochs = sorted({m.epoch for m in received})
-    print(f"\nrotation: the producer moved through epochs {epochs} on the schedule, without a gap "
-          "and without a single failed open")
+    print(
+        f"\nrotation: the producer moved through epochs {epochs} on the schedule, without a gap "
+        "and without a single failed open"
+    )
     if len(epochs) < 2:
         problems.append("no key rotation happened")
 
@@ -100,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     leaked = sum(1 for r in held for b in bodies[:50] if b[:24] in r.value)
     ids = {json.loads(b)["patient_id"].encode() for b in bodies}
     leaked += sum(1 for r in held if any(pid in r.value for pid in ids))
-    print(f"plaintext on the broker: {leaked} of {len(held)} stored envelopes contain a patient id"
-          " or event text")
+    print(
+        f"plaintext on the broker: {leaked} of {len(held)} stored envelopes contain a patient id"
+        " or event text"
+    )
     if leaked:
         problems.append("plaintext found on the broker")
 
@@ -112,12 +124,16 @@ def run(args: argparse.Namespace) -> int:
     _expect(opener, TOPIC, bytes(tampered), "tampered envelope (1 bit flipped)", problems)
     _expect(opener, TOPIC, victim, "replayed envelope (sent again)", problems)
     _expect(opener, "lab-results", victim, "envelope moved to topic 'lab-results'", problems)
-    _expect(opener, TOPIC, b'{"patient_id":"P-00000"}', "plaintext injected on the topic",
-            problems)
+    _expect(opener, TOPIC, b'{"patient_id":"P-00000"}', "plaintext injected on the topic", problems)
 
     shredded = Opener(opener.keys, clock=clock)  # a restarted consumer: no cached sessions
-    _expect(shredded, TOPIC, held[0].value,
-            f"epoch-0 envelope {now[0] - t0:.0f} s later (destroyed)", problems)
+    _expect(
+        shredded,
+        TOPIC,
+        held[0].value,
+        f"epoch-0 envelope {now[0] - t0:.0f} s later (destroyed)",
+        problems,
+    )
 
     per_msg = Sealer(producer_keys, clock=clock)
     start = time.perf_counter()
@@ -127,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
         fresh.open(TOPIC, e)
     per_msg_rate = len(singles) / (time.perf_counter() - start)
     overhead = len(held[0].value) - len(bodies[0])
-    print(f"\nthroughput (seal + open, one thread): batch signatures {n / elapsed:,.0f} msgs/s, "
-          f"per-message signatures {per_msg_rate:,.0f} msgs/s; "
-          f"overhead {overhead} bytes/message at N=64 (content type and sealed headers included)")
+    print(
+        f"\nthroughput (seal + open, one thread): batch signatures {n / elapsed:,.0f} msgs/s, "
+        f"per-message signatures {per_msg_rate:,.0f} msgs/s; "
+        f"overhead {overhead} bytes/message at N=64 (content type and sealed headers included)"
+    )
     if problems:
         print("\nUNEXPECTED: " + "; ".join(problems))
         return 1
@@ -147,12 +165,16 @@ def _consume(sub: Subscription, opener: Opener, received: list[OpenedMessage]) -
 def _table(held: list[Any], received: list[OpenedMessage], rows: int, switch: int) -> None:
     picks = sorted({*range(rows // 2), *range(max(switch - 1, 0), switch - 1 + rows - rows // 2)})
     picks = [i for i in picks if i < len(received)]
-    print(f"\n{'#':>5}  {'the broker holds (hex)':<26} {'bytes':>5}  "
-          f"{'billing-svc receives':<44} {'sender':<15} epoch")
+    print(
+        f"\n{'#':>5}  {'the broker holds (hex)':<26} {'bytes':>5}  "
+        f"{'billing-svc receives':<44} {'sender':<15} epoch"
+    )
     for i in picks:
         raw, msg = held[i].value, received[i]
-        print(f"{i:>5}  {raw[-12:].hex():<26} {len(raw):>5}  "
-              f"{_clip(msg.body.decode(), 44):<44} {msg.sender or '-':<15} {msg.epoch}")
+        print(
+            f"{i:>5}  {raw[-12:].hex():<26} {len(raw):>5}  "
+            f"{_clip(msg.body.decode(), 44):<44} {msg.sender or '-':<15} {msg.epoch}"
+        )
 
 
 def _expect(opener: Opener, topic: str, data: bytes, what: str, problems: list[str]) -> None:
@@ -163,4 +185,3 @@ def _expect(opener: Opener, topic: str, data: bytes, what: str, problems: list[s
         return
     problems.append(f"{what} was accepted")
     print(f"  {what:<42} -> ACCEPTED (unexpected)")
-

@@ -17,8 +17,12 @@ from sealedbus.errors import InvalidEnvelope
 def register(sub: Any) -> None:
     p = sub.add_parser("inspect", help="show an envelope's public header fields (no key needed)")
     p.add_argument("file", nargs="?", default="-", help="envelope file, or - for standard input")
-    p.add_argument("--format", choices=["raw", "hex", "base64"], default="raw",
-                   help="encoding of the input (default raw bytes)")
+    p.add_argument(
+        "--format",
+        choices=["raw", "hex", "base64"],
+        default="raw",
+        help="encoding of the input (default raw bytes)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -36,8 +40,11 @@ def describe(data: bytes) -> dict[str, Any]:
         "session": h.session_id.hex(),
         "sequence": h.seq,
         "sent_at": dt.datetime.fromtimestamp(h.sent_at_ms / 1000, dt.UTC).isoformat(),
-        "expires_at": (dt.datetime.fromtimestamp((h.sent_at_ms + h.ttl_ms) / 1000, dt.UTC)
-                       .isoformat() if h.ttl_ms else None),
+        "expires_at": (
+            dt.datetime.fromtimestamp((h.sent_at_ms + h.ttl_ms) / 1000, dt.UTC).isoformat()
+            if h.ttl_ms
+            else None
+        ),
         "content_type": h.content_type,
         "ciphertext_bytes": len(parsed.ciphertext),
         "total_bytes": len(data),
