@@ -46,6 +46,7 @@ class _Epoch:
 @dataclass
 class _Topic:
     policy: TopicPolicy
+    token_key: bytes
     epochs: dict[int, _Epoch] = field(default_factory=dict)
     consumer_since: dict[str, int] = field(default_factory=dict)
 
@@ -119,7 +120,7 @@ class LocalKeyService:
             if name in self._topics:
                 raise ConfigurationError(f"topic {name!r} exists")
             now = self._now_ms()
-            topic = self._topics[name] = _Topic(policy)
+            topic = self._topics[name] = _Topic(policy, self._rng(32))
             topic.consumer_since = dict.fromkeys(policy.consumers, now)
             self._add_epoch(topic, now)
             self._current_cert.clear()  # certificates list topics: reissue on next use
@@ -266,6 +267,14 @@ class LocalKeyService:
             grant = authority.seal_grant(self._root, record.description, record.keys, cert)
             return record.description, grant
 
+    def _topic_key(self, member: str, name: str) -> bytes:
+        with self._lock:
+            topic = self._topic(name)
+            allowed = member in topic.policy.producers or member in topic.consumer_since
+            if member in self._revoked or not allowed:
+                raise AccessDenied(f"{member!r} neither produces to nor consumes {name!r}")
+            return topic.token_key
+
     def _sender(self, cert_id: bytes) -> Certificate | None:
         with self._lock:
             return self._certs.get(cert_id)
@@ -364,6 +373,9 @@ class LocalMember:
         with self._lock:
             self._keys[(topic, epoch)] = keys
         return keys
+
+    def topic_key(self, topic: str, now_ms: int) -> bytes:
+        return self._service._topic_key(self.member, topic)
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self._service._sender(cert_id)

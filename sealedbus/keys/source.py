@@ -52,6 +52,13 @@ class KeySource(Protocol):
         """
         ...
 
+    def topic_key(self, topic: str, now_ms: int) -> bytes:
+        """A 32-byte secret shared by the topic's producers and consumers and stable across
+        epochs: the HMAC key that tokenizes message keys (Kafka partitioning) so identifiers
+        never reach the broker in clear. Raises AccessDenied, UnknownTopic or
+        KeyServiceUnavailable."""
+        ...
+
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         """The verified certificate with this id, or None when the authority never issued it."""
         ...

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from sealedbus.core import suites
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
-from sealedbus.core.suites import KeyPair, Suite
+from sealedbus.core.suites import Suite
 from sealedbus.keys import authority
 from sealedbus.keys.source import EpochKeys
 from sealedbus.sealer import Sealer
@@ -81,6 +81,9 @@ class VectorKeys:
         if (topic, epoch) != (self.description.topic, self.description.epoch):
             raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN)
         return EpochKeys(self.description, self.epoch)
+
+    def topic_key(self, topic: str, now_ms: int) -> bytes:
+        return seed("topic key")
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self.cert if cert_id == self.cert.cert_id else None
@@ -220,33 +223,58 @@ def negative(vectors: dict[str, Any]) -> list[dict[str, str]]:
     head = 74 + len("application/json")
     return [
         {"name": "no magic", "envelope": b"plain text".hex(), "reason": "not_envelope"},
-        {"name": "version 2", "envelope": (good[:2] + b"\x02" + good[3:]).hex(),
-         "reason": "unsupported_version"},
-        {"name": "unknown suite 9", "envelope": (good[:3] + b"\x09" + good[4:]).hex(),
-         "reason": "suite_not_allowed"},
-        {"name": "reserved flag bit", "envelope": (good[:4] + b"\x02" + good[5:]).hex(),
-         "reason": "malformed"},
+        {
+            "name": "version 2",
+            "envelope": (good[:2] + b"\x02" + good[3:]).hex(),
+            "reason": "unsupported_version",
+        },
+        {
+            "name": "unknown suite 9",
+            "envelope": (good[:3] + b"\x09" + good[4:]).hex(),
+            "reason": "suite_not_allowed",
+        },
+        {
+            "name": "reserved flag bit",
+            "envelope": (good[:4] + b"\x02" + good[5:]).hex(),
+            "reason": "malformed",
+        },
         {"name": "truncated header", "envelope": good[:40].hex(), "reason": "malformed"},
         {"name": "truncated tag", "envelope": good[: head + 64 + 10].hex(), "reason": "malformed"},
         {"name": "epoch changed", "envelope": flip(good, 8), "reason": "epoch_unknown"},
-        {"name": "sender certificate id changed", "envelope": flip(good, 9),
-         "reason": "unknown_sender"},
+        {
+            "name": "sender certificate id changed",
+            "envelope": flip(good, 9),
+            "reason": "unknown_sender",
+        },
         {"name": "sequence changed", "envelope": flip(good, 60), "reason": "bad_signature"},
         {"name": "content type changed", "envelope": flip(good, 75), "reason": "bad_signature"},
         {"name": "signature changed", "envelope": flip(good, head + 3), "reason": "bad_signature"},
-        {"name": "ciphertext changed", "envelope": flip(good, len(good) - 20),
-         "reason": "bad_signature"},
+        {
+            "name": "ciphertext changed",
+            "envelope": flip(good, len(good) - 20),
+            "reason": "bad_signature",
+        },
         {"name": "tag changed", "envelope": flip(good, len(good) - 1), "reason": "bad_signature"},
-        {"name": "extended by one byte", "envelope": (good + b"\x00").hex(),
-         "reason": "bad_signature"},
-        {"name": "batch path element changed", "envelope": flip(batch, 74 + 64 + 4 + 5),
-         "reason": "bad_signature"},
-        {"name": "batch index out of range",
-         "envelope": (batch[: 74 + 64] + b"\x00\x09\x00\x05" + batch[74 + 68 :]).hex(),
-         "reason": "malformed"},
-        {"name": "batch root signature from another batch",
-         "envelope": (batch[:74] + other_batch[74:138] + batch[138:]).hex(),
-         "reason": "bad_signature"},
+        {
+            "name": "extended by one byte",
+            "envelope": (good + b"\x00").hex(),
+            "reason": "bad_signature",
+        },
+        {
+            "name": "batch path element changed",
+            "envelope": flip(batch, 74 + 64 + 4 + 5),
+            "reason": "bad_signature",
+        },
+        {
+            "name": "batch index out of range",
+            "envelope": (batch[: 74 + 64] + b"\x00\x09\x00\x05" + batch[74 + 68 :]).hex(),
+            "reason": "malformed",
+        },
+        {
+            "name": "batch root signature from another batch",
+            "envelope": (batch[:74] + other_batch[74:138] + batch[138:]).hex(),
+            "reason": "bad_signature",
+        },
     ]
 
 
