@@ -16,6 +16,7 @@
     └── BrokerError                    a broker client failed; ``.retryable`` says whether to retry
 
 Errors carry no secrets: messages name topics, epochs and members, never key bytes or plaintext.
+The reason codes (``Reason``) and the check each one stands for are listed in SPEC.md section 8.
 """
 
 from __future__ import annotations

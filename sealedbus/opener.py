@@ -79,6 +79,9 @@ class _Cache(Generic[K, V]):
             self._d.pop(key, None)
 
 
+_SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
+
+
 @dataclass(slots=True)
 class _Sender:
     cert: Certificate
@@ -120,9 +123,7 @@ class Opener:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sealedbus-open")
         self._lock = threading.Lock()
         self._replay = ReplayGuard(replay_window, max_sessions)
-        self._sessions: _Cache[tuple[str, int, bytes], tuple[SessionContext, int]] = _Cache(
-            max_sessions
-        )
+        self._sessions: _Cache[_SessionKey, tuple[SessionContext, int]] = _Cache(max_sessions)
         self._roots: _Cache[tuple[bytes, int, bytes, bytes], bool] = _Cache(65_536)
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
 
@@ -243,7 +244,7 @@ class Opener:
         return sender
 
     def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
-        cache_key = (topic, h.epoch, h.session_id)
+        cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips the check below
         cached = self._sessions.get(cache_key)
         if cached is not None:
             if now < cached[1]:

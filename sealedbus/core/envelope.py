@@ -75,7 +75,15 @@ class SessionContext:
 
 
 def encode_inner(headers: Headers | None, body: bytes) -> bytes:
-    packed = bytes(msgpack.packb(dict(headers), use_bin_type=True)) if headers else b""
+    """Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
+    if headers and not all(
+        isinstance(k, str) and isinstance(v, str | bytes | int) for k, v in headers.items()
+    ):
+        raise TypeError("sealed headers map str to str, bytes or int")
+    try:
+        packed = bytes(msgpack.packb(dict(headers), use_bin_type=True)) if headers else b""
+    except OverflowError:
+        raise ValueError("header integers must fit in 64 bits") from None
     if len(packed) > MAX_HEADERS_BYTES:
         raise ValueError("sealed headers exceed 65535 bytes")
     return _LEN16.pack(len(packed)) + packed + body
@@ -94,7 +102,7 @@ def decode_inner(plaintext: bytes) -> tuple[dict[str, HeaderValue], bytes]:
     except (ValueError, TypeError) as exc:
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse") from exc
     if not isinstance(headers, dict) or not all(
-        isinstance(v, str | bytes | int) for v in headers.values()
+        isinstance(k, str) and isinstance(v, str | bytes | int) for k, v in headers.items()
     ):
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers are not a string map")
     return headers, plaintext[2 + n :]

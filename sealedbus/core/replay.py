@@ -33,7 +33,8 @@ class ReplayWindow:
     def mark(self, seq: int) -> None:
         """Record ``seq`` (call only after ``check`` returned NEW)."""
         if seq > self._highest:
-            self._bits = (self._bits << (seq - self._highest)) | 1
+            shift = seq - self._highest  # a jump past the window forgets it: no jump-wide bitmap
+            self._bits = (self._bits << shift) | 1 if shift < self.size else 1
             self._highest = seq
             if self._bits.bit_length() > 2 * self.size:  # trim now and then, not on every mark
                 self._bits &= (1 << self.size) - 1

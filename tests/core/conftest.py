@@ -1,0 +1,17 @@
+"""Fixtures for tests/core: a hand-moved clock and a fresh world on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ._support import Clock, World, make_world
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return make_world(clock=clock)

@@ -1,0 +1,333 @@
+"""Regression tests, each named after the weakness it closes."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from collections.abc import Callable
+
+import msgpack
+import pytest
+
+from sealedbus import InvalidEnvelope, Reason
+from sealedbus.core import envelope, suites, wire
+from sealedbus.core.replay import ReplayWindow, Seen
+from sealedbus.core.signed import Certificate, SignatureError
+from sealedbus.core.suites import Suite
+from sealedbus.errors import ConfigurationError, MalformedEnvelope
+from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
+
+from ._support import Clock, World, make_world, rejected, split, tampered_rejected, with_proof
+
+# Curve25519 points of small order (and non-canonical encodings of them), little-endian.
+LOW_ORDER_POINTS = [
+    bytes(32),
+    b"\x01" + bytes(31),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+def _peak_bytes(call: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+    except (InvalidEnvelope, ValueError):
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_nonce_reuse_impossible_across_sessions(world: World) -> None:
+    sealer = world.sealer(max_session_messages=4)
+    envelopes = [sealer.seal("orders", b"%d" % i) for i in range(20)]
+    headers = [wire.parse(e).header for e in envelopes]
+    assert len({(h.session_id, h.seq) for h in headers}) == 20
+    sessions = {h.session_id for h in headers}
+    assert len(sessions) == 5
+    epoch = world.members["consumer"].epoch_keys("orders", 0, world.clock.ms)
+    joined = [suites.join_session(Suite.X25519, b"orders", 0, epoch.keys, s, b"") for s in sessions]
+    # every session has its own key (commitment stands in for it) and nonce base
+    assert len({k.commitment for k in joined}) == len({k.nonce_base for k in joined}) == 5
+    nonces = {(k.commitment, k.nonce(seq)) for k in joined for seq in range(4)}
+    assert len(nonces) == 20
+    # the counter cannot run past the session limit, so a nonce cannot wrap within a session
+    with pytest.raises(ConfigurationError):
+        Sealer(world.members["producer"], max_session_messages=MAX_SESSION_MESSAGES + 1)
+    assert MAX_SESSION_MESSAGES <= wire.MAX_SEQUENCE
+
+
+def test_nonce_counter_is_injective_within_a_session() -> None:
+    epoch = suites.keypair_from_seed(Suite.X25519, os.urandom(32))
+    keys = suites.start_session(Suite.X25519, b"t", 0, epoch.public, os.urandom(32))
+    assert len({keys.nonce(s) for s in range(10_000)}) == 10_000
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p.hex()[:8])
+def test_all_zero_dh_rejected(world: World, point: bytes) -> None:
+    envelope_ = world.sealer().seal("orders", b"x")
+    forged = reencode_session(envelope_, point)
+    rejected(lambda: world.opener().open("orders", forged), Reason.DECRYPT_FAILED)
+    epoch = world.members["consumer"].epoch_keys("orders", 0, world.clock.ms)
+    with pytest.raises(ValueError):
+        suites.join_session(Suite.X25519, b"orders", 0, epoch.keys, point, b"")
+    with pytest.raises(ValueError):  # a producer never starts a session against such a key
+        suites.start_session(Suite.X25519, b"orders", 0, point, os.urandom(32))
+    # OpenSSL refuses these already; the library's own all-zero check stays as a second line
+    with pytest.raises(suites.WeakSharedSecret):
+        suites._check_shared(bytes(32))
+    suites._check_shared(b"\x01" + bytes(31))
+
+
+def reencode_session(data: bytes, session_id: bytes) -> bytes:
+    parsed = wire.parse(data)
+    h = parsed.header
+    header = wire.Header(
+        h.suite,
+        h.batch,
+        h.epoch,
+        h.cert_id,
+        session_id,
+        h.seq,
+        h.sent_at_ms,
+        h.ttl_ms,
+        h.content_type,
+        h.encapsulation,
+    )
+    return header.encode() + data[len(parsed.header_bytes) :]
+
+
+def test_header_suite_cannot_downgrade(world: World) -> None:
+    hybrid = world.sealer().seal("vault", b"x")
+    classic = world.sealer().seal("orders", b"x")
+    pq_only = world.opener(suites=["x25519-mlkem768"])
+    rejected(lambda: pq_only.open("orders", classic), Reason.SUITE)
+    # the suite byte of a hybrid envelope flipped to X25519, with and without a cached session
+    opener = world.opener()
+    header, rest = hybrid[:4], hybrid[4:]
+    assert header[3] == Suite.HYBRID
+    downgraded = header[:3] + bytes([Suite.X25519]) + rest
+    tampered_rejected(opener, "vault", downgraded)
+    assert opener.open("vault", hybrid).body == b"x"
+    tampered_rejected(opener, "vault", downgraded)
+    tampered_rejected(pq_only, "vault", downgraded)
+
+
+def test_cached_session_does_not_skip_the_suite_check(world: World) -> None:
+    """Even a properly signed envelope cannot claim another suite than its topic's, also when the
+    opener already holds the session (the cache must not bypass the check on a cache miss)."""
+    now = world.clock.ms
+    signer, cert = world.members["producer"].identity(now)
+    epoch = world.members["producer"].sealing_epoch("vault", now)
+    keys = suites.start_session(
+        Suite.HYBRID, b"vault", epoch.epoch, epoch.public_key, os.urandom(32)
+    )
+    ctx = envelope.SessionContext(b"vault", keys)
+
+    def seal(suite: Suite, seq: int) -> bytes:
+        encapsulation = keys.encapsulation if suite is Suite.HYBRID else b""
+        header = wire.Header(
+            suite, False, epoch.epoch, cert.cert_id, keys.session_id, seq, now, 0, "", encapsulation
+        ).encode()
+        return envelope.finish_single(
+            signer, envelope.draft(ctx, header, seq, None, b"m%d" % seq, batch=False)
+        )
+
+    opener = world.opener()
+    assert opener.open("vault", seal(Suite.HYBRID, 0)).body == b"m0"  # session now cached
+    rejected(lambda: opener.open("vault", seal(Suite.X25519, 1)), Reason.SUITE)
+    rejected(lambda: world.opener().open("vault", seal(Suite.X25519, 2)), Reason.SUITE)
+
+
+def test_batch_signature_bytes_swapped_after_cache(world: World) -> None:
+    sealer = world.sealer(batch_size=4)
+    a = [s.envelope for i in range(4) for s in sealer.add("orders", b"a%d" % i)]
+    b = [s.envelope for i in range(4) for s in sealer.add("orders", b"b%d" % i)]
+    opener = world.opener()
+    assert opener.open("orders", a[0]).body == b"a0"
+    assert opener.open("orders", b[0]).body == b"b0"  # both roots verified and cached
+    a_head, a_sig, a_proof, a_ct = split(a[1])
+    _, b_sig, b_proof, _ = split(b[1])
+    for forged in (
+        a_head + b_sig + a_proof + a_ct,  # the other batch's (cached) signature
+        a_head + b_sig + b_proof + a_ct,  # and its path
+        a_head + a_sig[::-1] + a_proof + a_ct,
+        a_head + a_sig[32:] + a_sig[:32] + a_proof + a_ct,  # R and S swapped
+        a_head + bytes(64) + a_proof + a_ct,
+    ):
+        rejected(lambda f=forged: opener.open("orders", f), Reason.BAD_SIGNATURE)  # type: ignore[misc]
+    proof = wire.parse(a[1]).proof
+    assert proof is not None
+    rejected(
+        lambda: opener.open("orders", with_proof(a[1], 0, 4, proof.path)), Reason.BAD_SIGNATURE
+    )
+    assert [opener.open("orders", e).body for e in a[1:]] == [b"a1", b"a2", b"a3"]
+
+
+def test_verified_root_is_bound_to_its_sender(world: World) -> None:
+    sealer = world.sealer(batch_size=2)
+    a0, a1 = (s.envelope for i in range(2) for s in sealer.add("orders", b"a%d" % i))
+    opener = world.opener()
+    opener.open("orders", a0)
+    other = wire.parse(world.sealer("producer2").seal("orders", b"y")).header.cert_id
+    h = wire.parse(a1).header
+    relabelled = wire.Header(
+        h.suite,
+        h.batch,
+        h.epoch,
+        other,
+        h.session_id,
+        h.seq,
+        h.sent_at_ms,
+        h.ttl_ms,
+        h.content_type,
+        h.encapsulation,
+    ).encode()
+    rejected(
+        lambda: opener.open("orders", relabelled + a1[len(split(a1)[0]) :]), Reason.BAD_SIGNATURE
+    )
+
+
+def test_commitment_blocks_resigning_by_another_producer(world: World) -> None:
+    """producer2 takes producer's envelope, puts its own certificate in and signs it: it cannot,
+    because the signed content includes a key commitment only key holders can compute."""
+    original = world.sealer().seal("orders", b"secret")
+    now = world.clock.ms
+    signer, cert = world.members["producer2"].identity(now)
+    parsed = wire.parse(original)
+    h = parsed.header
+    header = wire.Header(
+        h.suite,
+        h.batch,
+        h.epoch,
+        cert.cert_id,
+        h.session_id,
+        h.seq,
+        h.sent_at_ms,
+        h.ttl_ms,
+        h.content_type,
+        h.encapsulation,
+    ).encode()
+    for guess in (bytes(32), os.urandom(32)):
+        content = wire.signed_content(b"orders", header, guess, parsed.ciphertext)
+        forged = header + signer.sign(wire.SIGN_MESSAGE + content) + parsed.ciphertext
+        rejected(
+            lambda f=forged: world.opener().open("orders", f),  # type: ignore[misc]
+            Reason.BAD_SIGNATURE,
+        )
+
+
+def test_hostile_length_fields_do_not_allocate(world: World) -> None:
+    valid = world.sealer().seal("orders", b"x")
+    head = bytearray(valid[: wire.HEADER_FIXED.size])
+    head[-1] = 255  # content-type length at its maximum, with nothing behind it
+    batch_head = bytearray(valid[: wire.HEADER_FIXED.size])
+    batch_head[4] |= wire.FLAG_BATCH
+    batch_head[-1] = 0
+    hybrid_head = bytearray(valid[: wire.HEADER_FIXED.size])
+    hybrid_head[3] = Suite.HYBRID
+    hostile = [
+        bytes(head),
+        bytes(head) + bytes(10),
+        bytes(batch_head) + bytes(64) + wire.BATCH_FIXED.pack(0xFFFE, 0xFFFF),
+        bytes(batch_head) + bytes(64) + wire.BATCH_FIXED.pack(0, 0),
+        bytes(batch_head) + bytes(64) + wire.BATCH_FIXED.pack(0xFFFF, 0xFFFF),
+        bytes(hybrid_head) + bytes(40),
+    ]
+    opener = world.opener()
+    for data in hostile:
+        with pytest.raises(MalformedEnvelope):
+            wire.parse(data)
+        rejected(lambda d=data: opener.open("orders", d), Reason.MALFORMED)  # type: ignore[misc]
+        assert _peak_bytes(lambda d=data: wire.parse(d)) < 64 << 10  # type: ignore[misc]
+        assert _peak_bytes(lambda d=data: opener.open("orders", d)) < 256 << 10  # type: ignore[misc]
+    # inner header length larger than what the plaintext holds
+    with pytest.raises(MalformedEnvelope):
+        envelope.decode_inner(b"\xff\xff" + b"abc")
+    # msgpack lengths claiming gigabytes inside signed objects
+    root = world.members["consumer"]._root
+    for data in (
+        b"\xdd\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff",
+        msgpack.packb([b"\xdd\xff\xff\xff\xff", bytes(64)]),
+    ):
+        with pytest.raises(SignatureError):
+            Certificate.verify(data, root)
+        assert _peak_bytes(lambda d=data: Certificate.verify(d, root)) < 64 << 10  # type: ignore[misc]
+
+
+def test_replay_window_far_jump_does_not_allocate() -> None:
+    """An authenticated sender (a compromised producer) choosing a sequence number far ahead must
+    not make the consumer build a bitmap as wide as the jump."""
+    w = ReplayWindow(4096)
+    w.mark(0)
+    assert _peak_bytes(lambda: w.mark(1 << 28)) < 64 << 10
+    assert w.check(1 << 28) is Seen.DUPLICATE
+    assert w.check((1 << 28) - 1) is Seen.NEW
+    assert w.check(0) is Seen.TOO_OLD
+    assert _peak_bytes(lambda: w.mark(wire.MAX_SEQUENCE)) < 64 << 10
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"a": 1.5},
+        {"a": None},
+        {"a": [1, 2]},
+        {"a": {"b": 1}},
+        {b"k": "v"},
+        {1: "v"},
+        {"a": 2**64},
+        {"a": -(2**63) - 1},
+    ],
+    ids=["float", "none", "list", "map", "bytes-key", "int-key", "too-big", "too-small"],
+)
+def test_headers_the_opener_refuses_cannot_be_sealed(world: World, headers: object) -> None:
+    """Fail at the producer, not silently at every consumer (where it would be dead-lettered)."""
+    sealer = world.sealer()
+    with pytest.raises(ConfigurationError):
+        sealer.seal("orders", b"x", headers=headers)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        sealer.add("orders", b"x", headers=headers)  # type: ignore[arg-type]
+    assert sealer.pending == 0
+    assert world.opener().open("orders", sealer.seal("orders", b"ok")).body == b"ok"
+
+
+def test_inner_headers_with_non_string_keys_are_refused() -> None:
+    packed = msgpack.packb({b"k": "v"}, use_bin_type=True)
+    with pytest.raises(MalformedEnvelope):
+        envelope.decode_inner(len(packed).to_bytes(2, "big") + packed + b"body")
+
+
+def test_destroyed_epoch_not_served_from_opener_cache(clock: Clock) -> None:
+    world = make_world(clock=clock, rotation_period=10, retention=10)
+    sealer, opener = world.sealer(), world.opener()
+    first, second = sealer.seal("orders", b"1"), sealer.seal("orders", b"2")
+    opener.open("orders", first)
+    clock.advance(20)
+    rejected(lambda: opener.open("orders", second), Reason.EPOCH_DESTROYED)
+
+
+def test_replay_into_another_topic_rejected(world: World) -> None:
+    envelope_ = world.sealer().seal("orders", b"x")
+    opener = world.opener()
+    opener.open("orders", envelope_)
+    rejected(lambda: opener.open("mirror", envelope_), Reason.BAD_SIGNATURE)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: removing a producer reissues certificates but old ones stay valid until "
+    "they expire (default 24 h), so a removed producer's key can still sign for the topic",
+)
+def test_removed_producer_cannot_keep_sending(world: World, clock: Clock) -> None:
+    sealer = world.sealer("producer2")
+    sealer.seal("orders", b"warm up")
+    world.ks.set_policy("orders", producers=["producer"])
+    late = sealer.seal("orders", b"after removal")  # within the sealer's check interval
+    rejected(lambda: world.opener().open("orders", late), Reason.SENDER_NOT_ALLOWED)

@@ -1,0 +1,106 @@
+"""Replay windows: mark, check, unmark, sliding, and the bounded LRU of sessions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sealedbus.core.replay import ReplayGuard, ReplayWindow, Seen
+
+from ._support import FAST
+
+
+def test_window_basics() -> None:
+    w = ReplayWindow(8)
+    assert w.check(0) is Seen.NEW
+    w.mark(0)
+    assert w.check(0) is Seen.DUPLICATE
+    assert w.check(1) is Seen.NEW
+    w.mark(5)
+    assert [w.check(s) for s in range(7)] == [
+        Seen.DUPLICATE,
+        Seen.NEW,
+        Seen.NEW,
+        Seen.NEW,
+        Seen.NEW,
+        Seen.DUPLICATE,
+        Seen.NEW,
+    ]
+    w.mark(3)  # below the highest, inside the window
+    assert w.check(3) is Seen.DUPLICATE
+
+
+def test_window_slides() -> None:
+    w = ReplayWindow(8)
+    w.mark(0)
+    w.mark(7)
+    assert w.check(0) is Seen.DUPLICATE  # offset 7: the last slot inside
+    w.mark(8)
+    assert w.check(0) is Seen.TOO_OLD  # slid out
+    assert w.check(1) is Seen.NEW  # inside, never seen
+    assert w.check(7) is Seen.DUPLICATE
+    w.mark(100)
+    assert w.check(92) is Seen.TOO_OLD
+    assert w.check(93) is Seen.NEW
+    assert w.check(8) is Seen.TOO_OLD
+
+
+def test_unmark() -> None:
+    w = ReplayWindow(8)
+    for s in (1, 2, 3):
+        w.mark(s)
+    w.unmark(2)
+    assert [w.check(s) for s in (1, 2, 3)] == [Seen.DUPLICATE, Seen.NEW, Seen.DUPLICATE]
+    w.unmark(3)  # the highest: forgotten, and the window does not move back
+    assert w.check(3) is Seen.NEW
+    w.unmark(500)  # outside: nothing happens
+    w.unmark(-5)
+    assert w.check(1) is Seen.DUPLICATE
+
+
+@FAST
+@given(st.lists(st.integers(0, 200), max_size=200), st.integers(1, 64))
+def test_window_matches_a_model(seqs: list[int], size: int) -> None:
+    w = ReplayWindow(size)
+    seen: set[int] = set()
+    highest = -1
+    for s in seqs:
+        if s > highest:
+            expected = Seen.NEW
+        elif highest - s >= size:
+            expected = Seen.TOO_OLD
+        else:
+            expected = Seen.DUPLICATE if s in seen else Seen.NEW
+        assert w.check(s) is expected
+        if expected is Seen.NEW:
+            w.mark(s)
+            seen.add(s)
+            highest = max(highest, s)
+
+
+def test_guard_keeps_sessions_apart() -> None:
+    g = ReplayGuard(window=8, max_sessions=10)
+    g.mark(b"a", 1)
+    assert g.check(b"a", 1) is Seen.DUPLICATE
+    assert g.check(b"b", 1) is Seen.NEW
+    g.unmark(b"a", 1)
+    assert g.check(b"a", 1) is Seen.NEW
+    g.unmark(b"never", 1)  # unknown session: nothing happens
+
+
+def test_guard_evicts_least_recently_used_session() -> None:
+    g = ReplayGuard(window=8, max_sessions=2)
+    g.mark(b"a", 1)
+    g.mark(b"b", 1)
+    g.mark(b"a", 2)  # a is now the most recently used
+    g.mark(b"c", 1)  # evicts b
+    assert g.check(b"a", 1) is Seen.DUPLICATE
+    assert g.check(b"c", 1) is Seen.DUPLICATE
+    assert g.check(b"b", 1) is Seen.NEW
+
+
+@pytest.mark.parametrize(("window", "sessions"), [(0, 1), (1, 0), (-1, 5)])
+def test_guard_rejects_nonsense_limits(window: int, sessions: int) -> None:
+    with pytest.raises(ValueError):
+        ReplayGuard(window, sessions)
