@@ -21,6 +21,7 @@ from sealedbus.core.replay import ReplayGuard, Seen
 from sealedbus.core.signed import Certificate
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
+    ConfigurationError,
     DuplicateEnvelope,
     ExpiredEnvelope,
     InvalidEnvelope,
@@ -110,7 +111,13 @@ class Opener:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
-        self.suites = frozenset(Suite.parse(s) for s in suites)
+        try:
+            self.suites = frozenset(Suite.parse(s) for s in suites)
+            self._replay = ReplayGuard(replay_window, max_sessions)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        if not self.suites or threads < 1 or max_envelope < 1:
+            raise ConfigurationError("need at least one suite, one thread and a positive size")
         self._skew_ms = int(clock_skew * 1000)
         self._max_age_ms = None if max_age is None else int(max_age * 1000)
         self.max_envelope = max_envelope
@@ -122,7 +129,6 @@ class Opener:
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sealedbus-open")
         self._lock = threading.Lock()
-        self._replay = ReplayGuard(replay_window, max_sessions)
         self._sessions: _Cache[_SessionKey, tuple[SessionContext, int]] = _Cache(max_sessions)
         self._roots: _Cache[tuple[bytes, int, bytes, bytes], bool] = _Cache(65_536)
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sealedbus import AccessDenied, Opener, Reason
+from sealedbus import AccessDenied, LocalKeyService, Opener, Reason
 from sealedbus.core import wire
 from sealedbus.errors import ConfigurationError, UnknownTopic
 
@@ -286,3 +286,20 @@ def test_sealer_refuses_unworkable_messages(world: World) -> None:
     with pytest.raises(ConfigurationError):
         sealer.seal("orders", b"x", headers={"big": b"\0" * 70_000})
     assert world.opener().open("orders", sealer.seal("orders", b"x" * 10)).body == b"x" * 10
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"suites": ["bogus"]},
+        {"suites": []},
+        {"replay_window": 0},
+        {"max_sessions": 0},
+        {"threads": 0},
+        {"max_envelope": 0},
+    ],
+)
+def test_bad_opener_settings_raise_configuration_error(kwargs: dict[str, object]) -> None:
+    ks = LocalKeyService()
+    with pytest.raises(ConfigurationError):
+        Opener(ks.enroll("c"), **kwargs)  # type: ignore[arg-type]
