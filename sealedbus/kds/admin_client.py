@@ -1,0 +1,67 @@
+"""The admin side of the KDS API, used by ``sealedbus admin`` and by tests. Every call is signed
+with the admin's key and carries a TOTP code from ``totp`` (called per request, so it can prompt
+or compute)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sealedbus.kds import auth
+from sealedbus.keys.client import SignedHttp
+from sealedbus.keys.identity import MemberIdentity
+
+
+class AdminClient:
+    def __init__(
+        self, url: str, admin: MemberIdentity, totp: Callable[[], str], **http_options: Any
+    ) -> None:
+        self._http = SignedHttp(url, admin.name, admin.signing_key, **http_options)
+        self._totp = totp
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        return self._http.call(method, path, json, headers={auth.TOTP_CODE: self._totp()})
+
+    def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
+        doc = self._call("POST", "/v1/admin/tokens",
+                         {"member": member, "roles": roles or [], "ttl_seconds": ttl})
+        return str(doc["token"])
+
+    def create_topic(
+        self, name: str, *, producers: Sequence[str] = (), consumers: Sequence[str] = (),
+        rotation: int = 3600, retention: int = 7 * 86_400, suite: str = "x25519",
+        history: bool = False,
+    ) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/admin/topics", {
+            "name": name, "producers": list(producers), "consumers": list(consumers),
+            "rotation_seconds": rotation, "retention_seconds": retention, "suite": suite,
+            "history": history}))
+
+    def set_policy(
+        self, name: str, *, producers: list[str] | None = None,
+        consumers: list[str] | None = None,
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in (("producers", producers), ("consumers", consumers))
+                if v is not None}
+        return dict(self._call("PATCH", f"/v1/admin/topics/{name}", body))
+
+    def topics(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/admin/topics"))
+
+    def topic(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/admin/topics/{name}"))
+
+    def rotate(self, name: str) -> int:
+        return int(self._call("POST", f"/v1/admin/topics/{name}/rotate")["epoch"])
+
+    def epochs(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/v1/admin/topics/{name}/epochs"))
+
+    def revoke(self, member: str) -> None:
+        self._call("POST", f"/v1/admin/members/{member}/revoke")
+
+    def audit(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/admin/audit"))
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,506 @@
+"""The KDS HTTP API (FastAPI on uvicorn). Binary values travel as standard base64; every signed
+object is the msgpack form from ``sealedbus.core.signed``, verified by clients against the pinned
+root key, so nothing here needs to be trusted for integrity beyond that signature.
+
+Members authenticate every request with their identity key (``sealedbus.kds.auth``); admins do the
+same with their admin key plus a TOTP code. Refusals are JSON ``{"error": code, "reason": text}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from cryptography.exceptions import InvalidSignature
+from fastapi import Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sealedbus.core.signed import fingerprint
+from sealedbus.core.suites import Suite
+from sealedbus.kds import auth
+from sealedbus.kds.service import KeyDistributionService, ServiceError
+from sealedbus.keys.authority import TopicPolicy
+
+log = logging.getLogger("sealedbus.kds")
+
+MAX_BODY = 64 * 1024
+_B64 = r"^[A-Za-z0-9+/]*={0,2}$"
+ENTRY_PATTERN = r"^(role:)?[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,127}$"
+Name = Annotated[str, StringConstraints(pattern=auth.NAME_PATTERN)]
+Entry = Annotated[str, StringConstraints(pattern=ENTRY_PATTERN)]
+TopicName = Annotated[str, Path(pattern=auth.TOPIC_PATTERN)]
+MemberName = Annotated[str, Path(pattern=auth.NAME_PATTERN)]
+B64 = Annotated[str, StringConstraints(pattern=_B64, max_length=8192)]
+SuiteName = Literal["x25519", "x25519-mlkem768"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(_Model):
+    error: str
+    reason: str
+
+
+class Root(_Model):
+    public_key: str
+    fingerprint: str
+
+
+class EnrollRequest(_Model):
+    token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
+    member: Name
+    identity_public: B64
+    receive_suite: SuiteName = "x25519"
+    receive_public: B64
+    proof: B64
+
+
+class CertificateOut(_Model):
+    certificate: str
+
+
+class RevocationsOut(_Model):
+    revocations: str
+
+
+class SealingEpochOut(_Model):
+    description: str
+    next: str | None = None
+
+
+class GrantOut(_Model):
+    description: str
+    grant: str
+
+
+class SealedKeyOut(_Model):
+    sealed: str
+
+
+class TokenRequest(_Model):
+    member: Name
+    roles: list[Name] = Field(default_factory=list, max_length=16)
+    ttl_seconds: int = Field(default=900, ge=10, le=86_400)
+
+
+class TokenOut(_Model):
+    token: str
+    expires_in: int
+
+
+class TopicIn(_Model):
+    name: Annotated[str, StringConstraints(pattern=auth.TOPIC_PATTERN)]
+    producers: list[Entry] = Field(default_factory=list, max_length=256)
+    consumers: list[Entry] = Field(default_factory=list, max_length=256)
+    rotation_seconds: int = Field(default=3600, ge=1, le=366 * 86_400)
+    retention_seconds: int = Field(default=7 * 86_400, ge=1, le=100 * 366 * 86_400)
+    suite: SuiteName = "x25519"
+    history: bool = False
+
+
+class PolicyPatch(_Model):
+    producers: list[Entry] | None = Field(default=None, max_length=256)
+    consumers: list[Entry] | None = Field(default=None, max_length=256)
+
+
+class EpochOut(_Model):
+    epoch: int
+    not_before_ms: int
+    not_after_ms: int
+    destroy_after_ms: int
+    destroyed: bool
+
+
+class RotateOut(_Model):
+    epoch: int
+
+
+class AuditOut(_Model):
+    entries: int
+    checkpoints: int
+    ok: bool
+    problem: str
+
+
+class Health(_Model):
+    status: str
+    replica: str
+    leader: bool
+
+
+def _b64(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(422, "invalid_request", f"{field} is not valid base64") from None
+
+
+def _enc(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _topic_out(p: TopicPolicy) -> TopicIn:
+    return TopicIn(name=p.name, producers=sorted(p.producers), consumers=sorted(p.consumers),
+                   rotation_seconds=p.rotation_ms // 1000, retention_seconds=p.retention_ms // 1000,
+                   suite="x25519" if p.suite is Suite.X25519 else "x25519-mlkem768",
+                   history=p.history)
+
+
+class Metrics:
+    """The KDS's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sealedbus_kds_requests_total", "HTTP requests",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("sealedbus_kds_request_seconds", "HTTP request latency",
+                                 ["route"], registry=r)
+        self.refusals = Counter("sealedbus_kds_refusals_total", "Refused requests by code",
+                                ["code"], registry=r)
+        self.grants = Counter("sealedbus_kds_grants_total", "Epoch key grants issued", registry=r)
+        self.enrollments = Counter("sealedbus_kds_enrollments_total", "Members enrolled",
+                                   registry=r)
+        self.published = Counter("sealedbus_kds_epochs_published_total",
+                                 "Epochs published by the scheduler", registry=r)
+        self.destroyed = Counter("sealedbus_kds_epochs_destroyed_total",
+                                 "Epoch private keys destroyed after retention", registry=r)
+        self.leader = Gauge("sealedbus_kds_scheduler_leader",
+                            "1 while this replica runs the rotation scheduler", registry=r)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length claims."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await _too_large(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send) -> None:
+    body = b'{"error":"too_large","reason":"request body exceeds the limit"}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RateLimit:
+    """A token bucket per client address (enrollment: ``per_minute``, bursts of the same)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            if len(self._buckets) > 10_000:
+                self._buckets.clear()
+            tokens, at = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1, now)
+            return True
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+def _verify(request: Request, body: bytes, admin: bool) -> str:
+    """Check a signed request (``sealedbus.kds.auth``); returns the principal's name."""
+    service: KeyDistributionService = request.app.state.service
+    h = request.headers
+    principal, stamp = h.get(auth.PRINCIPAL, ""), h.get(auth.TIMESTAMP, "")
+    nonce, signature = h.get(auth.NONCE, ""), h.get(auth.SIGNATURE, "")
+    if not (principal and stamp and nonce and signature):
+        raise ServiceError(401, "unauthenticated", "request signature headers are missing")
+    if len(principal) > 128 or not stamp.isdigit() or len(stamp) > 16 \
+            or len(nonce) != 32 or len(signature) != 88:
+        raise ServiceError(401, "unauthenticated", "request signature headers are malformed")
+    now = service.now_ms()
+    if abs(now - int(stamp)) > auth.MAX_SKEW_MS:
+        raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
+    if admin:
+        creds = service.admin_credentials(principal)
+        if creds is None:
+            raise ServiceError(401, "unknown_admin", "no such admin")
+        key, totp_secret = creds
+    else:
+        key = service.member_key(principal)
+    target = request.scope.get("raw_path") or request.url.path.encode()
+    if request.scope.get("query_string"):
+        target += b"?" + request.scope["query_string"]
+    try:
+        key.verify(_b64(signature, "signature"),
+                   auth.request_message(request.method, target, int(stamp), nonce, body))
+    except (InvalidSignature, ServiceError):
+        raise ServiceError(401, "bad_signature", "request signature does not verify") from None
+    kind = "admin" if admin else "member"
+    if not service.remember_nonce(f"{kind}:{principal}", nonce,
+                                  int(stamp) + 2 * auth.MAX_SKEW_MS):
+        raise ServiceError(401, "replayed_request", "this request was seen before")
+    if admin and not auth.totp_ok(totp_secret, h.get(auth.TOTP_CODE, ""), now / 1000):
+        service.record(f"admin:{principal}", "admin.totp_refused")
+        raise ServiceError(401, "bad_totp", "second factor (TOTP) missing or wrong")
+    return principal
+
+
+def _member(request: Request, body: Annotated[bytes, Depends(_raw_body)]) -> str:
+    return _verify(request, body, admin=False)
+
+
+def _admin(request: Request, body: Annotated[bytes, Depends(_raw_body)]) -> str:
+    return "admin:" + _verify(request, body, admin=True)
+
+
+Member = Annotated[str, Depends(_member)]
+Admin = Annotated[str, Depends(_admin)]
+
+
+def create_app(
+    service: KeyDistributionService,
+    *,
+    max_body: int = MAX_BODY,
+    enroll_per_minute: int = 10,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
+    is_leader: Callable[[], bool] = lambda: False,
+) -> FastAPI:
+    m = metrics or Metrics()
+    limiter = RateLimit(enroll_per_minute, time.monotonic)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup:
+            on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown:
+                on_shutdown()
+
+    app = FastAPI(title="sealedbus key distribution service", version="1", lifespan=lifespan,
+                  responses={400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error},
+                             404: {"model": Error}, 413: {"model": Error}})
+    app.state.metrics = m
+    app.state.service = service
+
+    @app.exception_handler(ServiceError)
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, ServiceError):  # pragma: no cover - registered for that type
+            raise exc
+        m.refusals.labels(exc.code).inc()
+        return JSONResponse({"error": exc.code, "reason": exc.reason}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, RequestValidationError):  # pragma: no cover
+            raise exc
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()[:5])
+        m.refusals.labels("invalid_request").inc()
+        return JSONResponse({"error": "invalid_request", "reason": problems}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error: %s", type(exc).__name__)  # no trace, no values: may be secret
+        return JSONResponse({"error": "internal_error", "reason": "internal error"},
+                            status_code=500)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        m.requests.labels(name, str(response.status_code)).inc()
+        m.latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
+        return Health(status="ok", replica=service.replica, leader=is_leader())
+
+    @app.get("/readyz", response_model=Health, tags=["operations"],
+             responses={503: {"model": Error}})
+    def readyz() -> Health:
+        try:
+            service.store.ping()
+        except Exception as exc:
+            raise ServiceError(503, "not_ready", "database unreachable") from exc
+        return Health(status="ready", replica=service.replica, leader=is_leader())
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics_endpoint() -> Response:
+        m.leader.set(1 if is_leader() else 0)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/root", response_model=Root, tags=["members"])
+    def root() -> Root:
+        public = service.root_public.public_bytes_raw()
+        return Root(public_key=_enc(public), fingerprint=fingerprint(public))
+
+    @app.post("/v1/enroll", response_model=CertificateOut, tags=["members"],
+              responses={429: {"model": Error}})
+    def enroll(body: EnrollRequest, request: Request) -> CertificateOut:
+        if not limiter.allow(request.client.host if request.client else "?"):
+            raise ServiceError(429, "rate_limited", "too many enrollment attempts; retry later")
+        try:
+            cert = service.enroll(
+                body.token, body.member, _b64(body.identity_public, "identity_public"),
+                Suite.parse(body.receive_suite), _b64(body.receive_public, "receive_public"),
+                _b64(body.proof, "proof"))
+        except ServiceError as exc:
+            service.record(f"member:{body.member}", "enrollment.refused", code=exc.code)
+            raise
+        m.enrollments.inc()
+        return CertificateOut(certificate=_enc(cert))
+
+    @app.get("/v1/certificate", response_model=CertificateOut, tags=["members"])
+    def certificate(who: Member) -> CertificateOut:
+        return CertificateOut(certificate=_enc(service.certificate(who)))
+
+    @app.get("/v1/certificates/{cert_id}", response_model=CertificateOut, tags=["members"])
+    def certificate_by_id(
+        cert_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], who: Member
+    ) -> CertificateOut:
+        signed = service.certificate_by_id(bytes.fromhex(cert_id))
+        if signed is None:
+            raise ServiceError(404, "unknown_certificate", "no certificate with this id")
+        return CertificateOut(certificate=_enc(signed))
+
+    @app.get("/v1/revocations", response_model=RevocationsOut, tags=["members"])
+    def revocation_list(who: Member) -> RevocationsOut:
+        return RevocationsOut(revocations=_enc(service.revocation_list()))
+
+    @app.get("/v1/topics/{topic}/sealing-epoch", response_model=SealingEpochOut, tags=["members"])
+    def sealing_epoch(topic: TopicName, who: Member) -> SealingEpochOut:
+        current, ahead = service.sealing_epoch(who, topic)
+        return SealingEpochOut(description=_enc(current), next=_enc(ahead) if ahead else None)
+
+    @app.get("/v1/topics/{topic}/epochs/{epoch}/grant", response_model=GrantOut, tags=["members"],
+             responses={410: {"model": Error}})
+    def grant(
+        topic: TopicName, epoch: Annotated[int, Path(ge=0, le=0xFFFFFFFF)], who: Member
+    ) -> GrantOut:
+        description, sealed = service.grant(who, topic, epoch)
+        m.grants.inc()
+        return GrantOut(description=_enc(description), grant=_enc(sealed))
+
+    @app.get("/v1/topics/{topic}/topic-key", response_model=SealedKeyOut, tags=["members"])
+    def topic_key(topic: TopicName, who: Member) -> SealedKeyOut:
+        return SealedKeyOut(sealed=_enc(service.topic_key(who, topic)))
+
+    @app.post("/v1/admin/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
+    def create_token(body: TokenRequest, who: Admin) -> TokenOut:
+        token = service.create_token(who, body.member, body.roles, body.ttl_seconds * 1000)
+        return TokenOut(token=token, expires_in=body.ttl_seconds)
+
+    @app.get("/v1/admin/topics", response_model=list[TopicIn], tags=["admin"])
+    def list_topics(who: Admin) -> list[TopicIn]:
+        return [_topic_out(p) for p in service.topics()]
+
+    @app.post("/v1/admin/topics", response_model=TopicIn, status_code=201, tags=["admin"],
+              responses={409: {"model": Error}})
+    def create_topic(body: TopicIn, who: Admin) -> TopicIn:
+        try:
+            policy = TopicPolicy(
+                name=body.name, producers=frozenset(body.producers),
+                consumers=frozenset(body.consumers), rotation_ms=body.rotation_seconds * 1000,
+                retention_ms=body.retention_seconds * 1000, suite=Suite.parse(body.suite),
+                history=body.history)
+        except ValueError as exc:
+            raise ServiceError(422, "invalid_policy", str(exc)) from None
+        service.create_topic(who, policy)
+        return _topic_out(policy)
+
+    @app.get("/v1/admin/topics/{topic}", response_model=TopicIn, tags=["admin"])
+    def show_topic(topic: TopicName, who: Admin) -> TopicIn:
+        return _topic_out(service.topic(topic))
+
+    @app.patch("/v1/admin/topics/{topic}", response_model=TopicIn, tags=["admin"])
+    def change_topic(topic: TopicName, body: PolicyPatch, who: Admin) -> TopicIn:
+        service.set_policy(who, topic, body.producers, body.consumers)
+        return _topic_out(service.topic(topic))
+
+    @app.post("/v1/admin/topics/{topic}/rotate", response_model=RotateOut, tags=["admin"])
+    def rotate(topic: TopicName, who: Admin) -> RotateOut:
+        return RotateOut(epoch=service.rotate(who, topic))
+
+    @app.get("/v1/admin/topics/{topic}/epochs", response_model=list[EpochOut], tags=["admin"])
+    def list_epochs(topic: TopicName, who: Admin) -> list[EpochOut]:
+        return [EpochOut(epoch=e.epoch, not_before_ms=e.not_before_ms,
+                         not_after_ms=e.not_after_ms, destroy_after_ms=e.destroy_after_ms,
+                         destroyed=e.destroyed) for e in service.epochs(topic)]
+
+    @app.post("/v1/admin/members/{member}/revoke", status_code=204, tags=["admin"],
+              response_class=Response)
+    def revoke(member: MemberName, who: Admin) -> Response:
+        service.revoke(who, member)
+        return Response(status_code=204)
+
+    @app.get("/v1/admin/audit", response_model=AuditOut, tags=["admin"])
+    def verify_audit(who: Admin) -> AuditOut:
+        report = service.verify_audit()
+        return AuditOut(entries=report.entries, checkpoints=report.checkpoints, ok=report.ok,
+                        problem=report.problem)
+
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+

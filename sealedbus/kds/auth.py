@@ -1,0 +1,92 @@
+"""How members and admins prove who they are to the KDS, shared by the server and its clients.
+
+A request carries four headers: the principal's name, a millisecond timestamp, a random nonce and
+an Ed25519 signature over ``LABEL || msgpack([method, target, timestamp, nonce, sha256(body)])``
+where ``target`` is the raw path with its query string. The server refuses timestamps outside
+``MAX_SKEW_MS`` and any (principal, nonce) it has seen. Admin requests also carry a TOTP code
+(RFC 6238). Enrollment is signed the same way by the new identity key over what it enrolls.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor import InvalidToken
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from sealedbus.core.suites import PROTOCOL
+
+PRINCIPAL = "x-sealedbus-principal"
+TIMESTAMP = "x-sealedbus-timestamp"
+NONCE = "x-sealedbus-nonce"
+SIGNATURE = "x-sealedbus-signature"
+TOTP_CODE = "x-sealedbus-totp"
+MAX_SKEW_MS = 60_000
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,127}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,248}$"
+TOTP_STEP = 30
+
+_REQUEST_LABEL = PROTOCOL + b" request\x00"
+_ENROLL_LABEL = PROTOCOL + b" enroll\x00"
+
+
+def request_message(
+    method: str, target: bytes, timestamp_ms: int, nonce: str, body: bytes
+) -> bytes:
+    fields = [method.upper(), target, timestamp_ms, nonce, hashlib.sha256(body).digest()]
+    return _REQUEST_LABEL + bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+def sign_request(
+    key: Ed25519PrivateKey, principal: str, method: str, target: bytes, body: bytes,
+    now_ms: int, nonce: bytes,
+) -> dict[str, str]:
+    """The authentication headers for one request; ``nonce`` is 16 fresh random bytes."""
+    nonce_text = nonce.hex()
+    signature = key.sign(request_message(method, target, now_ms, nonce_text, body))
+    return {
+        PRINCIPAL: principal,
+        TIMESTAMP: str(now_ms),
+        NONCE: nonce_text,
+        SIGNATURE: base64.b64encode(signature).decode(),
+    }
+
+
+def enrollment_message(
+    token: str, member: str, identity_public: bytes, suite: int, receive_public: bytes
+) -> bytes:
+    """What a new member signs with its identity key: binds its receive key to it and the token."""
+    token_hash = hashlib.sha256(token.encode()).digest()
+    fields = [token_hash, member, identity_public, suite, receive_public]
+    return _ENROLL_LABEL + bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def totp(secret: bytes) -> TOTP:
+    return TOTP(secret, 6, SHA1(), TOTP_STEP, enforce_key_length=True)  # noqa: S303 - RFC 6238 default; authenticator apps expect it
+
+
+def totp_ok(secret: bytes, code: str, now_s: float) -> bool:
+    """RFC 6238 check allowing one step of clock drift either way."""
+    if len(code) != 6 or not code.isdigit():
+        return False
+    checker = totp(secret)
+    for drift in (0, -TOTP_STEP, TOTP_STEP):
+        try:
+            checker.verify(code.encode(), int(now_s) + drift)
+            return True
+        except InvalidToken:
+            continue
+    return False
+
+
+def totp_uri(secret: bytes, account: str) -> str:
+    """otpauth:// URI for an authenticator app (a secret: write it to a 0600 file only)."""
+    return totp(secret).get_provisioning_uri(account, "sealedbus-kds")

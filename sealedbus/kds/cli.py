@@ -1,0 +1,361 @@
+"""``sealedbus kds serve|init|rotate-master-key``, ``sealedbus admin ...`` and ``sealedbus enroll``.
+
+Secrets (keys, tokens, TOTP seeds) only ever go to files created with 0600 permissions; the
+commands print paths, names and public fingerprints. Heavy imports happen inside the commands.
+"""
+
+# ruff: noqa: PLC0415 - imports live inside the commands so `sealedbus --help` stays instant
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+DB_ENV = "SEALEDBUS_KDS_DATABASE_URL"
+URL_ENV = "SEALEDBUS_KDS_URL"
+FINGERPRINT_ENV = "SEALEDBUS_KDS_ROOT_FINGERPRINT"
+TOTP_ENV = "SEALEDBUS_TOTP"
+
+
+def register(sub: Any) -> None:
+    kds = sub.add_parser("kds", help="run and set up the key distribution service")
+    kds_sub = kds.add_subparsers(dest="kds_command", required=True, metavar="ACTION")
+
+    init = kds_sub.add_parser("init", help="create the root key, master key and first admin")
+    _data_options(init)
+    init.add_argument("--admin", default="admin", help="name of the first admin")
+    init.set_defaults(func=_init)
+
+    serve = kds_sub.add_parser("serve", help="serve the KDS API (TLS unless --insecure-http)")
+    _data_options(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path,
+                       help="require client certificates issued by this CA (mutual TLS)")
+    serve.add_argument("--insecure-http", action="store_true",
+                       help="plain HTTP on a loopback address, for development only")
+    serve.add_argument("--replica", default=f"{socket.gethostname()}-{os.getpid()}",
+                       help="this replica's name in the scheduler lease and audit log")
+    serve.add_argument("--scheduler-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument("--lease", type=float, default=10.0, metavar="SECONDS",
+                       help="scheduler lease: a dead leader is replaced after this long")
+    serve.add_argument("--certificate-lifetime", type=float, default=3600.0, metavar="SECONDS")
+    serve.add_argument("--enroll-per-minute", type=int, default=10)
+    serve.set_defaults(func=_serve)
+
+    rewrap = kds_sub.add_parser(
+        "rotate-master-key", help="add a new master key and re-wrap every stored key under it")
+    _data_options(rewrap)
+    rewrap.set_defaults(func=_rotate_master)
+
+    admin = sub.add_parser("admin", help="administer a KDS (needs the admin key and a TOTP code)")
+    _client_options(admin)
+    admin.add_argument("--key", type=Path, default=Path("admin.key"), help="admin key file")
+    admin.add_argument("--totp", help=f"TOTP code (default ${TOTP_ENV}, else prompt)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+
+    token = admin_sub.add_parser("token", help="create a one-time enrollment token")
+    token.add_argument("member")
+    token.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    token.add_argument("--ttl", type=int, default=900, metavar="SECONDS")
+    token.add_argument("--out", type=Path, required=True, help="file for the token (0600)")
+    token.set_defaults(func=_admin, action="token")
+
+    topic = admin_sub.add_parser("topic", help="create, change, list and show topics")
+    topic_sub = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
+    create = topic_sub.add_parser("create", help="create a topic (deny by default)")
+    create.add_argument("name")
+    create.add_argument("--producers", default="", help="comma-separated names or role:NAME")
+    create.add_argument("--consumers", default="", help="comma-separated names or role:NAME")
+    create.add_argument("--rotation", type=int, default=3600, metavar="SECONDS")
+    create.add_argument("--retention", type=int, default=7 * 86_400, metavar="SECONDS")
+    create.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
+    create.add_argument("--history", action="store_true",
+                        help="new consumers may read epochs from before they were added")
+    create.set_defaults(func=_admin, action="topic-create")
+    change = topic_sub.add_parser("set", help="replace who may produce or consume")
+    change.add_argument("name")
+    change.add_argument("--producers", help="comma-separated; '' for nobody")
+    change.add_argument("--consumers", help="comma-separated; '' for nobody (rotates at once)")
+    change.set_defaults(func=_admin, action="topic-set")
+    topic_sub.add_parser("list", help="list topics").set_defaults(func=_admin, action="topics")
+    show = topic_sub.add_parser("show", help="show a topic's policy")
+    show.add_argument("name")
+    show.set_defaults(func=_admin, action="topic-show")
+
+    rotate = admin_sub.add_parser("rotate", help="start a new epoch now")
+    rotate.add_argument("name")
+    rotate.set_defaults(func=_admin, action="rotate")
+    revoke = admin_sub.add_parser("revoke", help="revoke a member (rotates its topics)")
+    revoke.add_argument("member")
+    revoke.set_defaults(func=_admin, action="revoke")
+    epochs = admin_sub.add_parser("epochs", help="list a topic's epochs")
+    epochs.add_argument("name")
+    epochs.set_defaults(func=_admin, action="epochs")
+    admin_sub.add_parser("audit", help="verify the audit log's hash chain and checkpoints")\
+        .set_defaults(func=_admin, action="audit")
+
+    enroll = sub.add_parser("enroll", help="create a member's key file and enroll it")
+    _client_options(enroll)
+    enroll.add_argument("--name", required=True, help="the service name the token was made for")
+    enroll.add_argument("--token-file", type=Path, required=True)
+    enroll.add_argument("--key-out", type=Path, required=True, help="member key file (0600)")
+    enroll.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
+    enroll.set_defaults(func=_enroll)
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path("."),
+                        help="where the key files live (default: the current directory)")
+    parser.add_argument("--db", default=os.environ.get(DB_ENV),
+                        help=f"database URL (default ${DB_ENV}, else sqlite in --data-dir)")
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get(URL_ENV), help=f"KDS URL (${URL_ENV})")
+    parser.add_argument("--root-fingerprint", default=os.environ.get(FINGERPRINT_ENV),
+                        help=f"pinned KDS root key fingerprint (${FINGERPRINT_ENV})")
+    parser.add_argument("--ca", type=Path, help="CA bundle to verify the KDS TLS certificate")
+    parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    return str(args.db or f"sqlite:///{(args.data_dir / 'kds.db').resolve()}")
+
+
+def _http_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.url:
+        raise SystemExit(f"error: --url or ${URL_ENV} is required")
+    options: dict[str, Any] = {"verify": str(args.ca) if args.ca else True}
+    if args.client_cert:
+        options["cert"] = (str(args.client_cert), str(args.client_key or args.client_cert))
+    return options
+
+
+def _init(args: argparse.Namespace) -> int:
+    from sealedbus.core.signed import fingerprint
+    from sealedbus.kds import auth, secrets
+    from sealedbus.kds.service import KeyDistributionService
+    from sealedbus.kds.store import Store
+    from sealedbus.keys.identity import MemberIdentity
+
+    data: Path = args.data_dir
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = [data / n for n in (secrets.ROOT_KEY_FILE, secrets.MASTER_KEYS_FILE, "admin.key",
+                                "admin.totp")]
+    if any(p.exists() for p in paths):
+        print(f"error: {data} already holds KDS key files; refusing to overwrite", file=sys.stderr)
+        return 1
+    root = secrets.new_root_key_file(paths[0])
+    master = secrets.MasterKeyring.generate()
+    secrets.write_secret(paths[1], master.to_bytes())
+    admin = MemberIdentity.generate(args.admin, os.urandom)
+    secrets.write_secret(paths[2], admin.to_bytes())
+    totp_secret = os.urandom(20)
+    secrets.write_secret(paths[3], auth.totp_uri(totp_secret, args.admin).encode() + b"\n")
+    store = Store(_db_url(args))
+    store.create_schema()
+    KeyDistributionService(store, root, master).add_admin(
+        args.admin, admin.identity_public, totp_secret)
+    store.dispose()
+    public = root.public_key().public_bytes_raw()
+    print(f"root key fingerprint: {fingerprint(public)}")
+    print(f"wrote {', '.join(str(p) for p in paths)} (mode 0600)")
+    print(f"load {paths[3]} into an authenticator app, then keep it offline")
+    return 0
+
+
+def _open_service(args: argparse.Namespace, replica: str) -> Any:
+    from sealedbus.kds import secrets
+    from sealedbus.kds.service import KeyDistributionService
+    from sealedbus.kds.store import Store
+
+    root = secrets.load_root_key(args.data_dir / secrets.ROOT_KEY_FILE)
+    master = secrets.MasterKeyring.load(args.data_dir / secrets.MASTER_KEYS_FILE)
+    store = Store(_db_url(args))
+    store.create_schema()
+    lifetime = int(getattr(args, "certificate_lifetime", 3600.0) * 1000)
+    return KeyDistributionService(store, root, master, replica=replica,
+                                  certificate_lifetime_ms=lifetime)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import ssl
+
+    import uvicorn
+
+    from sealedbus.kds.api import Metrics, create_app
+    from sealedbus.kds.scheduler import Scheduler
+    from sealedbus.kds.secrets import SecretError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    tls = args.tls_cert is not None or args.tls_key is not None
+    if tls and args.insecure_http:
+        print("error: choose TLS (--tls-cert/--tls-key) or --insecure-http", file=sys.stderr)
+        return 2
+    if not tls and not args.insecure_http:
+        print("error: --tls-cert and --tls-key are required (or --insecure-http on loopback)",
+              file=sys.stderr)
+        return 2
+    if args.insecure_http and not _loopback(args.host):
+        print(f"error: --insecure-http only binds loopback addresses, not {args.host}",
+              file=sys.stderr)
+        return 2
+    try:
+        service = _open_service(args, args.replica)
+    except SecretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    metrics = Metrics()
+    scheduler = Scheduler(service, interval=args.scheduler_interval, lease_seconds=args.lease,
+                          metrics=metrics)
+    app = create_app(service, metrics=metrics, enroll_per_minute=args.enroll_per_minute,
+                     on_startup=scheduler.start, on_shutdown=scheduler.stop,
+                     is_leader=lambda: scheduler.leader)
+    options: dict[str, Any] = {}
+    if tls:
+        options.update(ssl_certfile=str(args.tls_cert), ssl_keyfile=str(args.tls_key))
+        if args.tls_client_ca:
+            options.update(ssl_ca_certs=str(args.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    else:
+        banner = ("!" * 78 + "\n!! INSECURE: the KDS serves plain HTTP. Development on loopback "
+                  "only; never\n!! expose it. Use --tls-cert/--tls-key in any real deployment.\n"
+                  + "!" * 78)
+        print(banner, file=sys.stderr, flush=True)
+        logging.getLogger("sealedbus.kds").warning("serving plain HTTP (--insecure-http)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **options)
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _rotate_master(args: argparse.Namespace) -> int:
+    from sealedbus.kds import secrets
+
+    path = args.data_dir / secrets.MASTER_KEYS_FILE
+    if os.environ.get(secrets.MASTER_KEYS_ENV):
+        print(f"error: unset ${secrets.MASTER_KEYS_ENV} and rotate the file, or rotate the "
+              "secret in your secret store and restart replicas one by one", file=sys.stderr)
+        return 1
+    service = _open_service(args, f"{socket.gethostname()}-rotate-master-key")
+    service.master = service.master.with_new_key()
+    secrets.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas reload it
+    count = service.rewrap()
+    retired = service.master.key_ids - service.master_keys_in_use() - {service.master.current}
+    secrets.write_secret(path, service.master.without(retired).to_bytes(), overwrite=True)
+    print(f"master key {service.master.current} is current; re-wrapped {count} values; "
+          f"retired {sorted(retired) or 'none'}")
+    return 0
+
+
+def _totp_code(args: argparse.Namespace) -> str:
+    code = args.totp or os.environ.get(TOTP_ENV)
+    if code:
+        return str(code)
+    if not sys.stdin.isatty():
+        raise SystemExit(f"error: pass --totp or set ${TOTP_ENV}")
+    return getpass.getpass("TOTP code: ")
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from sealedbus.errors import KeyServiceError
+    from sealedbus.kds.admin_client import AdminClient
+    from sealedbus.kds.secrets import read_secret, write_secret
+    from sealedbus.keys.client import Refused
+    from sealedbus.keys.identity import MemberIdentity
+
+    admin = MemberIdentity.from_bytes(read_secret(args.key))
+    code = _totp_code(args)
+    client = AdminClient(args.url, admin, lambda: code, **_http_options(args))
+    out: Any = None
+    try:
+        if args.action == "token":
+            token = client.create_token(args.member, args.role, args.ttl)
+            write_secret(args.out, token.encode() + b"\n")
+            print(f"wrote a one-time token for {args.member} to {args.out} "
+                  f"(expires in {args.ttl} s)")
+        elif args.action == "topic-create":
+            out = client.create_topic(
+                args.name, producers=_names(args.producers), consumers=_names(args.consumers),
+                rotation=args.rotation, retention=args.retention, suite=args.suite,
+                history=args.history)
+        elif args.action == "topic-set":
+            out = client.set_policy(
+                args.name,
+                producers=None if args.producers is None else _names(args.producers),
+                consumers=None if args.consumers is None else _names(args.consumers))
+        elif args.action == "topics":
+            out = client.topics()
+        elif args.action == "topic-show":
+            out = client.topic(args.name)
+        elif args.action == "rotate":
+            out = {"topic": args.name, "epoch": client.rotate(args.name)}
+        elif args.action == "revoke":
+            client.revoke(args.member)
+            print(f"revoked {args.member}; its topics rotated")
+        elif args.action == "epochs":
+            out = client.epochs(args.name)
+        elif args.action == "audit":
+            out = client.audit()
+    except Refused as exc:
+        print(f"error: {exc.code}: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if out is not None:
+        print(json.dumps(out, indent=2))
+        if args.action == "audit" and not out.get("ok"):
+            return 1
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from sealedbus.core.suites import Suite
+    from sealedbus.errors import KeyServiceError
+    from sealedbus.kds.secrets import write_secret
+    from sealedbus.keys.client import Refused, enroll
+    from sealedbus.keys.identity import MemberIdentity
+
+    if not args.root_fingerprint:
+        print(f"error: --root-fingerprint or ${FINGERPRINT_ENV} is required", file=sys.stderr)
+        return 2
+    token = args.token_file.read_text().strip()
+    identity = MemberIdentity.generate(args.name, os.urandom, Suite.parse(args.suite))
+    write_secret(args.key_out, identity.to_bytes())
+    try:
+        cert = enroll(args.url, identity, token, args.root_fingerprint, **_http_options(args))
+    except (Refused, KeyServiceError) as exc:
+        args.key_out.unlink()
+        print(f"error: enrollment failed: {exc}", file=sys.stderr)
+        return 1
+    until = datetime.fromtimestamp(cert.not_after_ms / 1000, UTC).isoformat(timespec="seconds")
+    print(f"enrolled {cert.member}; key file {args.key_out} (0600); certificate valid until "
+          f"{until}; may produce {list(cert.produce)}, consume {list(cert.consume)}")
+    return 0

@@ -1,0 +1,583 @@
+"""What the KDS does, over its store: the semantics of ``LocalKeyService`` (deny by default,
+epochs published ahead, forced rotation withdrawing pre-published epochs, consumer access windows,
+destruction after retention, revocation rotating the member's topics), built on the same pure
+functions in ``sealedbus.keys.authority``, plus enrollment, tokens, admins and the audit log.
+
+Refusals raise ``ServiceError`` with the HTTP status, a stable code and a reason for the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
+
+from sealedbus.core import suites
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.suites import Suite
+from sealedbus.kds import audit
+from sealedbus.kds.auth import enrollment_message, token_hash
+from sealedbus.kds.sealing import seal_topic_key
+from sealedbus.kds.secrets import MasterKeyring
+from sealedbus.kds.store import (
+    Store,
+    admins,
+    certificates,
+    consumer_since,
+    epoch_keys,
+    epochs,
+    heads,
+    members,
+    nonces,
+    revocations,
+    tokens,
+    topics,
+)
+from sealedbus.keys import authority
+from sealedbus.keys.authority import HOUR_MS, TopicPolicy
+from sealedbus.keys.local import EpochInfo
+
+LIVE, WITHDRAWN, DESTROYED = "live", "withdrawn", "destroyed"
+ROLE_PREFIX = "role:"
+
+
+class ServiceError(Exception):
+    """A refusal: HTTP ``status``, stable ``code`` and a ``reason`` safe to show the caller."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TickReport:
+    published: int
+    destroyed: int
+
+
+def _key_context(topic: str, epoch: int) -> bytes:
+    return bytes(msgpack.packb(["epoch key", topic, epoch], use_bin_type=True))
+
+
+def _token_context(topic: str) -> bytes:
+    return bytes(msgpack.packb(["token key", topic], use_bin_type=True))
+
+
+def _entries(member: str, roles: Iterable[str]) -> frozenset[str]:
+    """The policy entries that name this member: its name and ``role:R`` for each of its roles."""
+    return frozenset([member, *(ROLE_PREFIX + r for r in roles)])
+
+
+def _policy(row: Row[Any]) -> TopicPolicy:
+    return TopicPolicy(
+        name=row.name, producers=frozenset(json.loads(row.producers)),
+        consumers=frozenset(json.loads(row.consumers)), rotation_ms=row.rotation_ms,
+        retention_ms=row.retention_ms, suite=Suite(row.suite), history=row.history,
+    )
+
+
+def _needs_epoch(policy: TopicPolicy, latest_not_after: int | None, now: int) -> bool:
+    return latest_not_after is None or now >= latest_not_after - authority.publish_ahead_ms(policy)
+
+
+class KeyDistributionService:
+    def __init__(
+        self,
+        store: Store,
+        root: Ed25519PrivateKey,
+        master: MasterKeyring,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        certificate_lifetime_ms: int = HOUR_MS,
+        replica: str = "kds",
+    ) -> None:
+        self.store = store
+        self.root = root
+        self.root_public = root.public_key()
+        self.master = master
+        self.clock = clock
+        self._rng = rng
+        self.certificate_lifetime_ms = certificate_lifetime_ms
+        self.replica = replica
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- admins and tokens -------------------------------------------------------------------
+
+    def add_admin(self, name: str, identity_public: bytes, totp_secret: bytes) -> None:
+        Ed25519PublicKey.from_public_bytes(identity_public)
+        wrapped = self.master.wrap(totp_secret, b"admin totp " + name.encode())
+        with self.store.write() as conn:
+            conn.execute(delete(admins).where(admins.c.name == name))
+            conn.execute(insert(admins).values(
+                name=name, identity_public=identity_public, totp_wrapped=wrapped,
+                key_id=self.master.key_id_of(wrapped)))
+            audit.append(conn, self.root, self.now_ms(), f"kds:{self.replica}", "admin.added",
+                         admin=name)
+
+    def admin_credentials(self, name: str) -> tuple[Ed25519PublicKey, bytes] | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(admins).where(admins.c.name == name)).first()
+        if row is None:
+            return None
+        totp_secret = self.master.unwrap(row.totp_wrapped, b"admin totp " + name.encode())
+        return Ed25519PublicKey.from_public_bytes(row.identity_public), totp_secret
+
+    def create_token(self, actor: str, member: str, roles: list[str], ttl_ms: int) -> str:
+        """A one-time enrollment token for ``member`` (a secret: shown to the admin once)."""
+        token = secrets.token_urlsafe(32)
+        now = self.now_ms()
+        with self.store.write() as conn:
+            row = conn.execute(select(members.c.revoked).where(members.c.name == member)).first()
+            if row is not None and row.revoked:
+                raise ServiceError(409, "member_revoked", f"member {member!r} is revoked")
+            conn.execute(insert(tokens).values(
+                token_hash=token_hash(token), member=member, roles=json.dumps(sorted(roles)),
+                expires_ms=now + ttl_ms, used_ms=None))
+            audit.append(conn, self.root, now, actor, "token.created", member=member,
+                         roles=sorted(roles), expires_ms=now + ttl_ms)
+        return token
+
+    def record(self, actor: str, action: str, **detail: Any) -> None:
+        """Audit an act that changes nothing else (a refused enrollment, a wrong TOTP)."""
+        with self.store.write() as conn:
+            audit.append(conn, self.root, self.now_ms(), actor, action, **detail)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    def create_topic(self, actor: str, policy: TopicPolicy) -> None:
+        now = self.now_ms()
+        token_key = self.master.wrap(self._rng(32), _token_context(policy.name))
+        with self.store.write() as conn:
+            if conn.execute(select(topics.c.name).where(topics.c.name == policy.name)).first():
+                raise ServiceError(409, "topic_exists", f"topic {policy.name!r} exists")
+            conn.execute(insert(topics).values(
+                name=policy.name, producers=json.dumps(sorted(policy.producers)),
+                consumers=json.dumps(sorted(policy.consumers)), rotation_ms=policy.rotation_ms,
+                retention_ms=policy.retention_ms, suite=int(policy.suite), history=policy.history,
+                token_key=token_key, key_id=self.master.key_id_of(token_key)))
+            for entry in policy.consumers:
+                conn.execute(insert(consumer_since).values(
+                    topic=policy.name, entry=entry, since_ms=now))
+            audit.append(conn, self.root, now, actor, "topic.created", topic=policy.name,
+                         producers=sorted(policy.producers), consumers=sorted(policy.consumers),
+                         rotation_ms=policy.rotation_ms, retention_ms=policy.retention_ms,
+                         suite=policy.suite.label, history=policy.history)
+            self._add_epoch(conn, policy, now, now, actor)
+
+    def set_policy(
+        self, actor: str, name: str, producers: list[str] | None, consumers: list[str] | None
+    ) -> None:
+        """Change who may produce or consume; removing a consumer rotates the topic at once."""
+        now = self.now_ms()
+        with self.store.write() as conn:
+            policy = self._policy(conn, name)
+            if producers is not None:
+                policy = replace(policy, producers=frozenset(producers))
+            removed: frozenset[str] = frozenset()
+            if consumers is not None:
+                new = frozenset(consumers)
+                removed = policy.consumers - new
+                for entry in new - policy.consumers:
+                    conn.execute(insert(consumer_since).values(topic=name, entry=entry,
+                                                               since_ms=now))
+                if removed:
+                    conn.execute(delete(consumer_since).where(
+                        consumer_since.c.topic == name, consumer_since.c.entry.in_(removed)))
+                policy = replace(policy, consumers=new)
+            conn.execute(update(topics).where(topics.c.name == name).values(
+                producers=json.dumps(sorted(policy.producers)),
+                consumers=json.dumps(sorted(policy.consumers))))
+            audit.append(conn, self.root, now, actor, "topic.policy_changed", topic=name,
+                         producers=sorted(policy.producers), consumers=sorted(policy.consumers))
+            if removed:
+                self._rotate(conn, policy, now, actor)
+
+    def topic(self, name: str) -> TopicPolicy:
+        with self.store.read() as conn:
+            return self._policy(conn, name)
+
+    def topics(self) -> list[TopicPolicy]:
+        with self.store.read() as conn:
+            return [_policy(r) for r in conn.execute(select(topics).order_by(topics.c.name))]
+
+    def rotate(self, actor: str, name: str) -> int:
+        """Start a new epoch now (withdrawing any published ahead); returns its number."""
+        with self.store.write() as conn:
+            return self._rotate(conn, self._policy(conn, name), self.now_ms(), actor)
+
+    def epochs(self, name: str) -> list[EpochInfo]:
+        with self.store.read() as conn:
+            self._policy(conn, name)
+            rows = conn.execute(select(epochs).where(epochs.c.topic == name)
+                                .order_by(epochs.c.epoch))
+            return [EpochInfo(name, r.epoch, r.not_before_ms, r.not_after_ms,
+                              r.destroy_after_ms, r.state != LIVE) for r in rows]
+
+    # -- members ----------------------------------------------------------------------------
+
+    def revoke(self, actor: str, member: str) -> None:
+        """Revoke a member: its certificates stop verifying and every topic it reads rotates."""
+        now = self.now_ms()
+        with self.store.write() as conn:
+            row = conn.execute(select(members).where(members.c.name == member)).first()
+            if row is None:
+                raise ServiceError(404, "unknown_member", f"no member {member!r}")
+            conn.execute(update(members).where(members.c.name == member).values(revoked=True))
+            ids = tuple(conn.execute(
+                select(certificates.c.cert_id).where(certificates.c.member == member)).scalars())
+            old = self._revocations(conn)
+            new = RevocationList(now, old.serial + 1, old.cert_ids + ids, (*old.members, member))
+            conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
+            audit.append(conn, self.root, now, actor, "member.revoked", member=member,
+                         certificates=len(ids))
+            names = _entries(member, json.loads(row.roles))
+            for t in conn.execute(select(topics)).all():
+                policy = _policy(t)
+                if policy.consumers & names:
+                    self._rotate(conn, policy, now, actor)
+
+    def member_key(self, name: str) -> Ed25519PublicKey:
+        """The identity key requests from ``name`` must be signed with; refuses revoked members."""
+        with self.store.read() as conn:
+            row = conn.execute(select(members).where(members.c.name == name)).first()
+        if row is None:
+            raise ServiceError(401, "unknown_member", "no such member; enroll first")
+        if row.revoked:
+            raise ServiceError(403, "member_revoked", f"member {name!r} is revoked")
+        return Ed25519PublicKey.from_public_bytes(row.identity_public)
+
+    def remember_nonce(self, principal: str, nonce: str, expires_ms: int) -> bool:
+        """False when this principal used this nonce before (a replayed request)."""
+        return self.store.insert_unique(
+            nonces, {"principal": principal, "nonce": nonce, "expires_ms": expires_ms})
+
+    def enroll(
+        self, token: str, member: str, identity_public: bytes, receive_suite: Suite,
+        receive_public: bytes, proof: bytes,
+    ) -> bytes:
+        """Redeem a one-time token: record the member's keys and return its signed certificate."""
+        try:
+            identity = Ed25519PublicKey.from_public_bytes(identity_public)
+            suites.check_public_key(receive_suite, receive_public)
+            identity.verify(proof, enrollment_message(
+                token, member, identity_public, int(receive_suite), receive_public))
+        except (ValueError, InvalidSignature):
+            raise ServiceError(400, "bad_enrollment",
+                               "keys malformed or proof not signed by the identity key") from None
+        now = self.now_ms()
+        with self.store.write() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.token_hash == token_hash(token)))\
+                .first()
+            if row is None or row.member != member:
+                raise ServiceError(401, "invalid_token", "unknown token, or one for another name")
+            if row.used_ms is not None:
+                raise ServiceError(401, "token_used", "this enrollment token was already used")
+            if now >= row.expires_ms:
+                raise ServiceError(401, "token_expired", "this enrollment token has expired")
+            existing = conn.execute(select(members.c.revoked).where(members.c.name == member))\
+                .first()
+            if existing is not None and existing.revoked:
+                raise ServiceError(403, "member_revoked", f"member {member!r} is revoked")
+            conn.execute(update(tokens).where(tokens.c.token_hash == row.token_hash)
+                         .values(used_ms=now))
+            values = {"identity_public": identity_public, "receive_suite": int(receive_suite),
+                      "receive_public": receive_public, "roles": row.roles, "revoked": False,
+                      "enrolled_ms": now}
+            if existing is None:
+                conn.execute(insert(members).values(name=member, **values))
+            else:
+                conn.execute(update(members).where(members.c.name == member).values(**values))
+            audit.append(conn, self.root, now, f"member:{member}", "member.enrolled",
+                         member=member, roles=json.loads(row.roles), suite=receive_suite.label)
+            return self._issue(conn, member, now)
+
+    def certificate(self, member: str) -> bytes:
+        """The member's current certificate, reissued when stale or when its topics changed."""
+        now = self.now_ms()
+        with self.store.read() as conn:
+            latest = self._latest_certificate(conn, member)
+            if latest is not None:
+                cert = Certificate.verify(latest, self.root_public)
+                produce, consume = self._rights(conn, member)
+                fresh = cert.not_after_ms - now > self.certificate_lifetime_ms // 2
+                if fresh and (cert.produce, cert.consume) == (produce, consume):
+                    return latest
+        with self.store.write() as conn:
+            return self._issue(conn, member, now)
+
+    def certificate_by_id(self, cert_id: bytes) -> bytes | None:
+        with self.store.read() as conn:
+            return conn.execute(select(certificates.c.signed)
+                                .where(certificates.c.cert_id == cert_id)).scalar()
+
+    def revocation_list(self) -> bytes:
+        with self.store.read() as conn:
+            signed = conn.execute(select(revocations.c.signed)
+                                  .order_by(revocations.c.serial.desc()).limit(1)).scalar()
+        return signed if signed is not None else RevocationList(0, 0, (), ()).sign(self.root)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def sealing_epoch(self, member: str, topic: str) -> tuple[bytes, bytes | None]:
+        """The signed description producers seal with now, and the next one if published."""
+        now = self.now_ms()
+        with self.store.read() as conn:
+            policy = self._policy(conn, topic)
+            if not policy.producers & self._member_entries(conn, member):
+                raise ServiceError(403, "access_denied",
+                                   f"{member!r} may not produce to {topic!r}")
+            latest = self._latest_not_after(conn, topic)
+        if _needs_epoch(policy, latest, now):
+            with self.store.write() as conn:  # the scheduler is behind: catch up, once
+                self._advance(conn, self._policy(conn, topic), now, f"kds:{self.replica}")
+        with self.store.read() as conn:
+            live = (epochs.c.topic == topic, epochs.c.state == LIVE)
+            current = conn.execute(select(epochs.c.description).where(
+                *live, epochs.c.not_before_ms <= now).order_by(epochs.c.epoch.desc()).limit(1))\
+                .scalar()
+            ahead = conn.execute(select(epochs.c.description).where(
+                *live, epochs.c.not_before_ms > now).order_by(epochs.c.epoch).limit(1)).scalar()
+        if current is None:
+            raise ServiceError(503, "no_epoch", f"{topic!r} has no current epoch yet")
+        return current, ahead
+
+    def grant(self, member: str, topic: str, epoch: int) -> tuple[bytes, bytes]:
+        """The signed description of an epoch and its private key sealed to the member."""
+        now = self.now_ms()
+        with self.store.read() as conn:
+            t = conn.execute(select(topics).where(topics.c.name == topic)).first()
+            if t is None:
+                raise ServiceError(404, "epoch_unknown", f"no topic {topic!r}")
+            policy = _policy(t)
+            matching = policy.consumers & self._member_entries(conn, member)
+            if not matching:
+                raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
+            since = conn.execute(select(func.min(consumer_since.c.since_ms)).where(
+                consumer_since.c.topic == topic, consumer_since.c.entry.in_(matching))).scalar()
+            row = conn.execute(select(epochs).where(
+                epochs.c.topic == topic, epochs.c.epoch == epoch)).first()
+            if row is None:
+                raise ServiceError(404, "epoch_unknown", f"{topic!r} has no epoch {epoch}")
+            wrapped = conn.execute(select(epoch_keys.c.wrapped).where(
+                epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch)).scalar()
+            if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
+                raise ServiceError(410, "epoch_destroyed", f"{topic!r} epoch {epoch} is destroyed")
+            if not policy.history and since is not None and row.not_after_ms <= since:
+                raise ServiceError(403, "not_granted",
+                                   f"epoch {epoch} predates {member!r}'s access")
+            cert_bytes = self._latest_certificate(conn, member)
+        if cert_bytes is None:
+            raise ServiceError(403, "not_granted", f"{member!r} holds no certificate")
+        description = EpochDescription.verify(row.description, self.root_public)
+        seed = self.master.unwrap(wrapped, _key_context(topic, epoch))
+        keys = suites.keypair_from_seed(description.suite, seed)
+        grant = authority.seal_grant(
+            self.root, description, keys, Certificate.verify(cert_bytes, self.root_public))
+        with self.store.write() as conn:
+            audit.append(conn, self.root, now, f"member:{member}", "grant.issued",
+                         topic=topic, epoch=epoch)
+        return row.description, grant
+
+    def topic_key(self, member: str, topic: str) -> bytes:
+        """The topic's tokenization key sealed to a member that produces to or consumes it."""
+        with self.store.read() as conn:
+            row = conn.execute(select(topics).where(topics.c.name == topic)).first()
+            if row is None:
+                raise ServiceError(404, "unknown_topic", f"no topic {topic!r}")
+            policy = _policy(row)
+            if not (policy.producers | policy.consumers) & self._member_entries(conn, member):
+                raise ServiceError(403, "access_denied",
+                                   f"{member!r} neither produces to nor consumes {topic!r}")
+            m = conn.execute(select(members).where(members.c.name == member)).one()
+        key = self.master.unwrap(row.token_key, _token_context(topic))
+        return seal_topic_key(self.root, topic, member, Suite(m.receive_suite), m.receive_public,
+                              key)
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    def tick(self, actor: str) -> TickReport:
+        """Publish next epochs that are due, destroy keys past retention, forget old nonces."""
+        now = self.now_ms()
+        with self.store.read() as conn:
+            highest = select(epochs.c.topic, func.max(epochs.c.epoch).label("epoch"))\
+                .group_by(epochs.c.topic).subquery()
+            latest = {t: n for t, n in conn.execute(select(epochs.c.topic, epochs.c.not_after_ms)
+                      .join(highest, (epochs.c.topic == highest.c.topic)
+                            & (epochs.c.epoch == highest.c.epoch)))}
+            due = [p for p in map(_policy, conn.execute(select(topics)))
+                   if _needs_epoch(p, latest.get(p.name), now)]
+            expired = [(t, n) for t, n in conn.execute(select(epochs.c.topic, epochs.c.epoch)
+                       .where(epochs.c.state == LIVE, epochs.c.destroy_after_ms <= now))]
+        published = 0
+        for policy in due:
+            with self.store.write() as conn:
+                published += self._advance(conn, self._policy(conn, policy.name), now, actor)
+        if expired:
+            with self.store.write() as conn:
+                for topic, number in expired:
+                    self._drop_key(conn, topic, number, DESTROYED)
+                    audit.append(conn, self.root, now, actor, "epoch.destroyed",
+                                 topic=topic, epoch=number)
+            self.store.compact()
+        with self.store.write() as conn:
+            conn.execute(delete(nonces).where(nonces.c.expires_ms < now))
+        return TickReport(published, len(expired))
+
+    def rewrap(self, batch: int = 500) -> int:
+        """Re-wrap every value wrapped under an older master key with the current one."""
+        done = 0
+        while True:
+            with self.store.write() as conn:
+                rows = conn.execute(select(epoch_keys).where(
+                    epoch_keys.c.key_id != self.master.current).limit(batch)).all()
+                for r in rows:
+                    context = _key_context(r.topic, r.epoch)
+                    wrapped = self.master.wrap(self.master.unwrap(r.wrapped, context), context)
+                    conn.execute(update(epoch_keys).where(
+                        epoch_keys.c.topic == r.topic, epoch_keys.c.epoch == r.epoch)
+                        .values(wrapped=wrapped, key_id=self.master.current))
+            done += len(rows)
+            if len(rows) < batch:
+                break
+        with self.store.write() as conn:
+            for t in conn.execute(select(topics.c.name, topics.c.token_key).where(
+                    topics.c.key_id != self.master.current)).all():
+                context = _token_context(t.name)
+                wrapped = self.master.wrap(self.master.unwrap(t.token_key, context), context)
+                conn.execute(update(topics).where(topics.c.name == t.name)
+                             .values(token_key=wrapped, key_id=self.master.current))
+                done += 1
+            for a in conn.execute(select(admins).where(
+                    admins.c.key_id != self.master.current)).all():
+                context = b"admin totp " + a.name.encode()
+                wrapped = self.master.wrap(self.master.unwrap(a.totp_wrapped, context), context)
+                conn.execute(update(admins).where(admins.c.name == a.name)
+                             .values(totp_wrapped=wrapped, key_id=self.master.current))
+                done += 1
+            audit.append(conn, self.root, self.now_ms(), f"kds:{self.replica}",
+                         "master_key.rewrapped", key_id=self.master.current, values=done)
+        return done
+
+    def master_keys_in_use(self) -> set[str]:
+        with self.store.read() as conn:
+            used = set(conn.execute(select(epoch_keys.c.key_id).distinct()).scalars())
+            used |= set(conn.execute(select(topics.c.key_id).distinct()).scalars())
+            return used | set(conn.execute(select(admins.c.key_id).distinct()).scalars())
+
+    def verify_audit(self) -> audit.AuditReport:
+        with self.store.read() as conn:
+            return audit.verify(conn, self.root_public)
+
+    # -- inside transactions ------------------------------------------------------------------
+
+    def _policy(self, conn: Connection, name: str) -> TopicPolicy:
+        row = conn.execute(select(topics).where(topics.c.name == name)).first()
+        if row is None:
+            raise ServiceError(404, "unknown_topic", f"no topic {name!r}")
+        return _policy(row)
+
+    def _member_entries(self, conn: Connection, member: str) -> frozenset[str]:
+        roles = conn.execute(select(members.c.roles).where(members.c.name == member)).scalar()
+        return _entries(member, json.loads(roles or "[]"))
+
+    def _rights(self, conn: Connection, member: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        names = self._member_entries(conn, member)
+        produce, consume = [], []
+        for row in conn.execute(select(topics.c.name, topics.c.producers, topics.c.consumers)):
+            if names & set(json.loads(row.producers)):
+                produce.append(row.name)
+            if names & set(json.loads(row.consumers)):
+                consume.append(row.name)
+        return tuple(sorted(produce)), tuple(sorted(consume))
+
+    def _latest_certificate(self, conn: Connection, member: str) -> bytes | None:
+        return conn.execute(select(certificates.c.signed).where(certificates.c.member == member)
+                            .order_by(certificates.c.serial.desc()).limit(1)).scalar()
+
+    def _issue(self, conn: Connection, member: str, now: int) -> bytes:
+        row = conn.execute(select(members).where(members.c.name == member)).one()
+        serial = conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one() + 1
+        conn.execute(update(heads).where(heads.c.name == "serial").values(seq=serial))
+        produce, consume = self._rights(conn, member)
+        cert = authority.issue_certificate(
+            member, row.identity_public, Suite(row.receive_suite), row.receive_public,
+            list(produce), list(consume), now, self.certificate_lifetime_ms, serial)
+        signed = cert.sign(self.root)
+        conn.execute(insert(certificates).values(
+            cert_id=cert.cert_id, member=member, serial=serial, signed=signed,
+            not_after_ms=cert.not_after_ms))
+        audit.append(conn, self.root, now, f"kds:{self.replica}", "certificate.issued",
+                     member=member, serial=serial, cert_id=cert.cert_id.hex())
+        return signed
+
+    def _revocations(self, conn: Connection) -> RevocationList:
+        signed = conn.execute(select(revocations.c.signed)
+                              .order_by(revocations.c.serial.desc()).limit(1)).scalar()
+        if signed is None:
+            return RevocationList(0, 0, (), ())
+        return RevocationList.verify(signed, self.root_public)
+
+    def _latest_not_after(self, conn: Connection, topic: str) -> int | None:
+        """When the highest-numbered epoch ends (it may end before a withdrawn one would)."""
+        return conn.execute(select(epochs.c.not_after_ms).where(epochs.c.topic == topic)
+                            .order_by(epochs.c.epoch.desc()).limit(1)).scalar()
+
+    def _advance(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
+        """Publish the next epoch when due (re-checked under the write lock): 1 if published."""
+        latest = self._latest_not_after(conn, policy.name)
+        if not _needs_epoch(policy, latest, now):
+            return 0
+        # idle past a whole period: start afresh at now, no backlog
+        start = now if latest is None or now >= latest else latest
+        self._add_epoch(conn, policy, start, now, actor)
+        return 1
+
+    def _rotate(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
+        ahead = conn.execute(select(epochs.c.epoch).where(
+            epochs.c.topic == policy.name, epochs.c.state == LIVE,
+            epochs.c.not_before_ms > now)).scalars().all()
+        for number in ahead:  # published ahead but never used: withdraw it
+            self._drop_key(conn, policy.name, number, WITHDRAWN)
+        audit.append(conn, self.root, now, actor, "topic.rotated", topic=policy.name,
+                     withdrawn=list(ahead))
+        return self._add_epoch(conn, policy, now, now, actor)
+
+    def _add_epoch(
+        self, conn: Connection, policy: TopicPolicy, not_before: int, now: int, actor: str
+    ) -> int:
+        highest = conn.execute(select(func.max(epochs.c.epoch))
+                               .where(epochs.c.topic == policy.name)).scalar()
+        number = 0 if highest is None else highest + 1
+        description, keys = authority.new_epoch(
+            policy, number, not_before, self._rng(policy.suite.seed_len))
+        conn.execute(insert(epochs).values(
+            topic=policy.name, epoch=number, description=description.sign(self.root),
+            not_before_ms=description.not_before_ms, not_after_ms=description.not_after_ms,
+            destroy_after_ms=description.destroy_after_ms, state=LIVE))
+        wrapped = self.master.wrap(keys.private, _key_context(policy.name, number))
+        conn.execute(insert(epoch_keys).values(
+            topic=policy.name, epoch=number, wrapped=wrapped,
+            key_id=self.master.key_id_of(wrapped)))
+        audit.append(conn, self.root, now, actor, "epoch.published", topic=policy.name,
+                     epoch=number, not_before_ms=not_before)
+        return number
+
+    def _drop_key(self, conn: Connection, topic: str, number: int, state: str) -> None:
+        conn.execute(update(epochs).where(epochs.c.topic == topic, epochs.c.epoch == number)
+                     .values(state=state))
+        conn.execute(delete(epoch_keys).where(
+            epoch_keys.c.topic == topic, epoch_keys.c.epoch == number))

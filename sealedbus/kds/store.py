@@ -1,0 +1,260 @@
+"""The KDS data layer: one SQLAlchemy schema for an embedded SQLite file or PostgreSQL.
+
+Every mutating transaction starts by locking the audit head row (``write()``), which orders all
+changes across replicas and keeps the audit hash chain linear; reads take no lock. On SQLite the
+connection runs with ``secure_delete`` so a destroyed epoch key's bytes are overwritten in the
+file, and ``compact()`` checkpoints the write-ahead log so no old page keeps them either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+
+topics = Table(
+    "topics", metadata,
+    Column("name", String(249), primary_key=True),
+    Column("producers", Text, nullable=False),  # JSON list of member names and role:NAME entries
+    Column("consumers", Text, nullable=False),
+    Column("rotation_ms", BigInteger, nullable=False),
+    Column("retention_ms", BigInteger, nullable=False),
+    Column("suite", Integer, nullable=False),
+    Column("history", Boolean, nullable=False),
+    Column("token_key", LargeBinary, nullable=False),  # wrapped per-topic tokenization key
+    Column("key_id", String(63), nullable=False),
+)
+consumer_since = Table(
+    "consumer_since", metadata,
+    Column("topic", String(249), nullable=False),
+    Column("entry", String(133), nullable=False),
+    Column("since_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("topic", "entry"),
+)
+epochs = Table(
+    "epochs", metadata,
+    Column("topic", String(249), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("description", LargeBinary, nullable=False),  # signed EpochDescription
+    Column("not_before_ms", BigInteger, nullable=False),
+    Column("not_after_ms", BigInteger, nullable=False),
+    Column("destroy_after_ms", BigInteger, nullable=False, index=True),
+    Column("state", String(10), nullable=False),  # live | withdrawn | destroyed
+    PrimaryKeyConstraint("topic", "epoch"),
+)
+epoch_keys = Table(  # a row per live epoch; deleting it is the destruction
+    "epoch_keys", metadata,
+    Column("topic", String(249), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("key_id", String(63), nullable=False, index=True),
+    PrimaryKeyConstraint("topic", "epoch"),
+)
+members = Table(
+    "members", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("identity_public", LargeBinary, nullable=False),
+    Column("receive_suite", Integer, nullable=False),
+    Column("receive_public", LargeBinary, nullable=False),
+    Column("roles", Text, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+    Column("enrolled_ms", BigInteger, nullable=False),
+)
+certificates = Table(
+    "certificates", metadata,
+    Column("cert_id", LargeBinary(16), primary_key=True),
+    Column("member", String(128), nullable=False, index=True),
+    Column("serial", BigInteger, nullable=False),
+    Column("signed", LargeBinary, nullable=False),
+    Column("not_after_ms", BigInteger, nullable=False),
+)
+tokens = Table(
+    "tokens", metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("member", String(128), nullable=False),
+    Column("roles", Text, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("used_ms", BigInteger),
+)
+nonces = Table(
+    "nonces", metadata,
+    Column("principal", String(134), nullable=False),
+    Column("nonce", String(64), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False, index=True),
+    PrimaryKeyConstraint("principal", "nonce"),
+)
+admins = Table(
+    "admins", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("identity_public", LargeBinary, nullable=False),
+    Column("totp_wrapped", LargeBinary, nullable=False),
+    Column("key_id", String(63), nullable=False),
+)
+revocations = Table(
+    "revocations", metadata,
+    Column("serial", BigInteger, primary_key=True),
+    Column("signed", LargeBinary, nullable=False),
+)
+audit = Table(
+    "audit", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+audit_checkpoints = Table(
+    "audit_checkpoints", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
+heads = Table(  # singleton rows: "audit" (last seq and hash), "serial" (certificate serials)
+    "heads", metadata,
+    Column("name", String(16), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+leases = Table(
+    "leases", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
+GENESIS = bytes(32)
+SCHEDULER_LEASE = "scheduler"
+
+
+def database_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Store:
+    """An engine plus the transaction discipline described in the module docstring."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        url = database_url(url)
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for name in ("audit", "serial"):
+                _insert_missing(conn, heads, {"name": name, "seq": 0, "hash": GENESIS})
+            _insert_missing(
+                conn, leases, {"name": SCHEDULER_LEASE, "holder": "", "expires_ms": 0}
+            )
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that holds the global write lock (the audit head row) until it ends."""
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+            conn.execute(select(heads.c.seq).where(heads.c.name == "audit").with_for_update())
+            yield conn
+
+    def insert_unique(self, table: Table, values: dict[str, Any]) -> bool:
+        """Insert one row in its own transaction; False when the key exists (e.g. a replay)."""
+        try:
+            with self.engine.connect().execution_options(sqlite_immediate=True) as conn, \
+                    conn.begin():
+                conn.execute(insert(table).values(**values))
+            return True
+        except IntegrityError:
+            return False
+
+    def try_lease(self, holder: str, now_ms: int, ttl_ms: int) -> bool:
+        """Take or extend the scheduler lease; True while ``holder`` holds it."""
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+            result = conn.execute(
+                update(leases)
+                .where(leases.c.name == SCHEDULER_LEASE)
+                .where((leases.c.holder == holder) | (leases.c.expires_ms < now_ms))
+                .values(holder=holder, expires_ms=now_ms + ttl_ms)
+            )
+            return result.rowcount == 1
+
+    def release_lease(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(leases)
+                .where(leases.c.name == SCHEDULER_LEASE, leases.c.holder == holder)
+                .values(expires_ms=0)
+            )
+
+    def compact(self) -> None:
+        """After keys were destroyed: make sure no journal or free page keeps their bytes."""
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM epoch_keys")
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _insert_missing(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    key = next(iter(table.primary_key.columns))
+    if conn.execute(select(key).where(key == values[key.name])).first() is None:
+        conn.execute(insert(table).values(**values))
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun by _sqlite_begin
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA secure_delete=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

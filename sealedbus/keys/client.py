@@ -1,0 +1,477 @@
+"""KeyServiceClient: a ``KeySource`` backed by the network KDS (needs the ``kds`` extra).
+
+Trust comes from the pinned root key fingerprint, not from the transport: every certificate,
+epoch description, grant and revocation list is verified against it, so a proxy that terminates
+TLS can neither read epoch keys nor substitute them (``UntrustedResponse``).
+
+Caching, after PyJWKClient: epoch descriptions are re-checked every ``epoch_refresh`` seconds and
+the next one is prefetched; epoch keys are kept until their ``destroy_after`` and dropped then;
+a key id (epoch, certificate) not in the cache is fetched once. When the KDS cannot be reached
+the client keeps answering from its cache while the cached epochs, certificate and revocation
+list still cover the request, and raises ``KeyServiceUnavailable`` (retryable) after that.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sealedbus.core.signed import (
+    Certificate,
+    EpochDescription,
+    RevocationList,
+    SignatureError,
+    fingerprint,
+)
+from sealedbus.errors import (
+    AccessDenied,
+    KeyServiceError,
+    KeyServiceUnavailable,
+    Reason,
+    UnknownTopic,
+    UnopenableEnvelope,
+)
+from sealedbus.kds import auth
+from sealedbus.kds.sealing import open_topic_key
+from sealedbus.keys import authority
+from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.source import EpochKeys
+
+_GRANT_REASONS = {403: Reason.NOT_GRANTED, 404: Reason.EPOCH_UNKNOWN, 410: Reason.EPOCH_DESTROYED}
+_MAX_CACHED_CERTS = 10_000
+_IDENTITY_RECHECK_MS = 1000
+_PREFETCH_RETRY_MS = 1000
+
+
+class UntrustedResponse(KeyServiceError):
+    """A KDS answer did not verify under the pinned root key, or does not match the question:
+    someone between this client and the KDS altered it. Nothing from it was used."""
+
+
+class Refused(KeyServiceError):
+    """The KDS answered with a 4xx refusal; ``status``, ``code`` and ``reason`` say why."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"KDS refused ({status} {code}): {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+def tls_context(verify: Any = True, cert: Any = None) -> ssl.SSLContext | bool:
+    """An SSL context from a CA file path (or True: the system store) and an optional client
+    certificate ``(cert_file, key_file)`` for mutual TLS; an SSLContext passes through."""
+    if isinstance(verify, ssl.SSLContext) or (verify is False and cert is None):
+        return verify
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    return context
+
+
+class SignedHttp:
+    """HTTP to the KDS with every request signed by a principal's Ed25519 key."""
+
+    def __init__(
+        self,
+        url: str,
+        principal: str,
+        key: Ed25519PrivateKey,
+        *,
+        http: httpx.Client | None = None,
+        verify: Any = True,
+        cert: Any = None,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._owned = http is None
+        self.http = http or httpx.Client(base_url=url, verify=tls_context(verify, cert),
+                                         timeout=timeout)
+        self.principal = principal
+        self._key = key
+        self._clock = clock
+        self._rng = rng
+
+    def call(
+        self, method: str, path: str, json: Any = None, *, signed: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request; return its JSON. Raises Refused (4xx) or KeyServiceUnavailable."""
+        request = self.http.build_request(method, path, json=json, headers=headers)
+        if signed:
+            request.headers.update(auth.sign_request(
+                self._key, self.principal, method, request.url.raw_path, request.content,
+                int(self._clock() * 1000), self._rng(16)))
+        try:
+            response = self.http.send(request)
+        except httpx.HTTPError as exc:
+            raise KeyServiceUnavailable(f"KDS unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise KeyServiceUnavailable(f"KDS answered {response.status_code}")
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            raise UntrustedResponse("KDS answer is not JSON") from None
+        if response.status_code >= 400:
+            doc = body if isinstance(body, dict) else {}
+            raise Refused(response.status_code, str(doc.get("error", "refused")),
+                          str(doc.get("reason", doc.get("detail", ""))))
+        return body
+
+    def close(self) -> None:
+        if self._owned:
+            self.http.close()
+
+
+def _field(doc: Any, name: str) -> bytes:
+    try:
+        return base64.b64decode(doc[name], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise UntrustedResponse(f"KDS answer lacks a valid {name!r}") from None
+
+
+def fetch_root(http: SignedHttp, root_fingerprint: str) -> Ed25519PublicKey:
+    """The KDS root public key, accepted only if it has the pinned fingerprint."""
+    public = _field(http.call("GET", "/v1/root", signed=False), "public_key")
+    if fingerprint(public) != root_fingerprint:
+        raise UntrustedResponse("KDS root key does not match the pinned fingerprint")
+    return Ed25519PublicKey.from_public_bytes(public)
+
+
+def enroll(
+    url: str, identity: MemberIdentity, token: str, root_fingerprint: str, **http_options: Any
+) -> Certificate:
+    """Enroll ``identity`` with a one-time token; returns the verified certificate."""
+    http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
+    try:
+        root = fetch_root(http, root_fingerprint)
+        proof = identity.signing_key.sign(auth.enrollment_message(
+            token, identity.name, identity.identity_public, int(identity.receive.suite),
+            identity.receive.public))
+        doc = http.call("POST", "/v1/enroll", {
+            "token": token, "member": identity.name,
+            "identity_public": base64.b64encode(identity.identity_public).decode(),
+            "receive_suite": identity.receive.suite.label,
+            "receive_public": base64.b64encode(identity.receive.public).decode(),
+            "proof": base64.b64encode(proof).decode()}, signed=False)
+        return _check_certificate(_field(doc, "certificate"), root, identity)
+    finally:
+        http.close()
+
+
+def _check_certificate(signed: bytes, root: Ed25519PublicKey, identity: MemberIdentity
+                       ) -> Certificate:
+    try:
+        cert = Certificate.verify(signed, root)
+    except SignatureError as exc:
+        raise UntrustedResponse(str(exc)) from None
+    if (cert.member, cert.identity_public, cert.receive_public) != (
+            identity.name, identity.identity_public, identity.receive.public):
+        raise UntrustedResponse("certificate is for another member or other keys")
+    return cert
+
+
+@dataclass
+class _TopicEpochs:
+    current: EpochDescription
+    ahead: EpochDescription | None
+    fetched_ms: int
+
+    def at(self, now: int) -> EpochDescription | None:
+        for d in (self.ahead, self.current):
+            if d is not None and d.not_before_ms <= now < d.not_after_ms:
+                return d
+        return None
+
+
+class KeyServiceClient:
+    """One enrolled member's keys from a KDS; implements ``KeySource``."""
+
+    def __init__(
+        self,
+        url: str,
+        identity: MemberIdentity,
+        root_fingerprint: str,
+        *,
+        http: httpx.Client | None = None,
+        verify: Any = True,
+        cert: Any = None,
+        timeout: float = 5.0,
+        epoch_refresh: float = 10.0,
+        revocation_refresh: float = 30.0,
+        certificate_refresh: float = 60.0,
+        outage_backoff: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._identity = identity
+        self._fingerprint = root_fingerprint
+        self._http = SignedHttp(url, identity.name, identity.signing_key, http=http,
+                                verify=verify, cert=cert, timeout=timeout, clock=clock, rng=rng)
+        self._epoch_refresh_ms = int(epoch_refresh * 1000)
+        self._revocation_refresh_ms = int(revocation_refresh * 1000)
+        self._cert_refresh_ms = int(certificate_refresh * 1000)
+        self._backoff_ms = int(outage_backoff * 1000)
+        self._lock = threading.RLock()
+        self._root: Ed25519PublicKey | None = None
+        self._cert: Certificate | None = None
+        self._cert_fetched_ms = 0
+        self._identity_asked_ms = -1
+        self._epochs: dict[str, _TopicEpochs] = {}
+        self._highest: dict[str, int] = {}
+        self._keys: dict[tuple[str, int], EpochKeys] = {}
+        self._prefetched: dict[tuple[str, int], int] = {}
+        self._next_prefetch_ms = 0
+        self._certs: dict[bytes, Certificate] = {}
+        self._topic_keys: dict[str, bytes] = {}
+        self._revocations: RevocationList | None = None
+        self._revocations_fetched_ms = 0
+        self._down_until_ms = 0
+
+    @property
+    def member(self) -> str:
+        return self._identity.name
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- KeySource ----------------------------------------------------------------------------
+
+    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+        with self._lock:
+            cert = self._cert
+            # Sealers ask once per check interval (a second); asking again sooner means the
+            # caller found the certificate wanting (a topic it may now produce to is missing).
+            again = 0 <= now_ms - self._identity_asked_ms < _IDENTITY_RECHECK_MS
+            self._identity_asked_ms = now_ms
+            due = cert is None or again or now_ms - self._cert_fetched_ms >= self._cert_refresh_ms \
+                or now_ms >= cert.not_after_ms - (cert.not_after_ms - cert.not_before_ms) // 4
+            if due and not (cert is not None and cert.valid_at(now_ms) and self._down(now_ms)):
+                try:
+                    doc = self._call("GET", "/v1/certificate", now_ms)
+                    cert = self._cert = _check_certificate(
+                        _field(doc, "certificate"), self._root_key(now_ms), self._identity)
+                    self._cert_fetched_ms = now_ms
+                except KeyServiceUnavailable:
+                    if cert is None or not cert.valid_at(now_ms):
+                        raise
+                except Refused as exc:
+                    raise AccessDenied(exc.reason) from None
+            if cert is None:  # pragma: no cover - the fetch above either set it or raised
+                raise KeyServiceUnavailable("no certificate")
+            return self._identity.signing_key, cert
+
+    def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
+        with self._lock:
+            cached = self._epochs.get(topic)
+            usable = cached.at(now_ms) if cached else None
+            fresh = cached is not None and now_ms - cached.fetched_ms < self._epoch_refresh_ms
+            if usable is not None and (fresh or self._down(now_ms)):
+                return usable
+            try:
+                doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch", now_ms)
+            except KeyServiceUnavailable:
+                if usable is not None:
+                    return usable
+                raise
+            except Refused as exc:
+                if exc.status == 404:
+                    raise UnknownTopic(exc.reason) from None
+                raise AccessDenied(exc.reason) from None
+            root = self._root_key(now_ms)
+            current = self._description(_field(doc, "description"), topic, root)
+            ahead = None
+            if doc.get("next"):
+                ahead = self._description(_field(doc, "next"), topic, root)
+            # Current epochs only move forward: an older one is a replay of a signed answer
+            # (say, from before a consumer was removed), not something the KDS would say.
+            if current.epoch < self._highest.get(topic, -1) or (
+                    ahead is not None and ahead.epoch <= current.epoch):
+                raise UntrustedResponse("KDS answered with an older epoch (rollback)")
+            self._highest[topic] = current.epoch
+            self._epochs[topic] = _TopicEpochs(current, ahead, now_ms)
+            if self._cert is not None and topic not in self._cert.produce:
+                self._cert_fetched_ms = -self._cert_refresh_ms  # renew on the next identity()
+            return self._epochs[topic].at(now_ms) or current
+
+    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        with self._lock:
+            cached = self._keys.get((topic, epoch))
+            if cached is not None and now_ms >= cached.description.destroy_after_ms:
+                del self._keys[(topic, epoch)]  # past retention: forget it, as the KDS did
+                raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{topic!r} epoch {epoch}")
+        if cached is not None:
+            self._prefetch_due(now_ms)
+            return cached
+        return self._fetch_grant(topic, epoch, now_ms)
+
+    def topic_key(self, topic: str, now_ms: int) -> bytes:
+        with self._lock:
+            cached = self._topic_keys.get(topic)
+        if cached is not None:
+            return cached
+        try:
+            doc = self._call("GET", f"/v1/topics/{topic}/topic-key", now_ms)
+        except Refused as exc:
+            if exc.status == 404:
+                raise UnknownTopic(exc.reason) from None
+            raise AccessDenied(exc.reason) from None
+        try:
+            key = open_topic_key(self._root_key(now_ms), _field(doc, "sealed"), topic,
+                                 self.member, self._identity.receive)
+        except ValueError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        with self._lock:
+            self._topic_keys[topic] = key
+        return key
+
+    def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
+        with self._lock:
+            cached = self._certs.get(cert_id)
+        if cached is not None:
+            return cached
+        try:
+            doc = self._call("GET", f"/v1/certificates/{cert_id.hex()}", now_ms)
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise AccessDenied(exc.reason) from None
+        try:
+            cert = Certificate.verify(_field(doc, "certificate"), self._root_key(now_ms))
+        except SignatureError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        if cert.cert_id != cert_id:
+            raise UntrustedResponse("KDS answered with another certificate")
+        with self._lock:
+            if len(self._certs) >= _MAX_CACHED_CERTS:
+                self._certs.clear()
+            self._certs[cert_id] = cert
+        return cert
+
+    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
+        self._prefetch_due(now_ms)  # every open asks this: the cheap moment to look ahead
+        with self._lock:
+            current = self._revocations
+            stale = now_ms - self._revocations_fetched_ms >= self._revocation_refresh_ms
+            if current is None or (stale and not self._down(now_ms)):
+                try:
+                    doc = self._call("GET", "/v1/revocations", now_ms)
+                    fetched = RevocationList.verify(_field(doc, "revocations"),
+                                                    self._root_key(now_ms))
+                except SignatureError as exc:
+                    raise UntrustedResponse(str(exc)) from None
+                except KeyServiceUnavailable:
+                    if current is None:
+                        raise
+                    fetched = current  # the outage: keep the list we have
+                except Refused as exc:
+                    raise AccessDenied(exc.reason) from None
+                if current is not None and fetched.serial < current.serial:
+                    raise UntrustedResponse("KDS answered with an older revocation list")
+                self._revocations = current = fetched
+                self._revocations_fetched_ms = now_ms
+            return current.revokes(cert)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _down(self, now_ms: int) -> bool:
+        return now_ms < self._down_until_ms
+
+    def _call(self, method: str, path: str, now_ms: int) -> Any:
+        try:
+            return self._http.call(method, path)
+        except KeyServiceUnavailable:
+            self._down_until_ms = now_ms + self._backoff_ms
+            raise
+
+    def _root_key(self, now_ms: int) -> Ed25519PublicKey:
+        with self._lock:
+            if self._root is None:
+                try:
+                    self._root = fetch_root(self._http, self._fingerprint)
+                except KeyServiceUnavailable:
+                    self._down_until_ms = now_ms + self._backoff_ms
+                    raise
+            return self._root
+
+    def _description(self, signed: bytes, topic: str, root: Ed25519PublicKey) -> EpochDescription:
+        try:
+            description = EpochDescription.verify(signed, root)
+        except SignatureError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        if description.topic != topic:
+            raise UntrustedResponse("epoch description is for another topic")
+        return description
+
+    def _fetch_grant(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        try:
+            doc = self._call("GET", f"/v1/topics/{topic}/epochs/{epoch}/grant", now_ms)
+        except Refused as exc:
+            reason = _GRANT_REASONS.get(exc.status)
+            if reason is None:
+                raise AccessDenied(exc.reason) from None
+            raise UnopenableEnvelope(reason, exc.reason) from None
+        root = self._root_key(now_ms)
+        try:
+            description = EpochDescription.verify(_field(doc, "description"), root)
+            if (description.topic, description.epoch) != (topic, epoch):
+                raise UntrustedResponse("grant is for another topic or epoch")
+            keys = authority.open_grant(root, _field(doc, "grant"), description, self.member,
+                                        self._identity.receive)
+        except (SignatureError, authority.GrantError) as exc:
+            raise UntrustedResponse(str(exc)) from None
+        if now_ms >= description.destroy_after_ms:
+            raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{topic!r} epoch {epoch}")
+        result = EpochKeys(description, keys)
+        with self._lock:
+            self._keys = {k: v for k, v in self._keys.items()
+                          if now_ms < v.description.destroy_after_ms}
+            self._keys[(topic, epoch)] = result
+            self._next_prefetch_ms = 0
+        return result
+
+    def _prefetch_due(self, now_ms: int) -> None:
+        """Near the end of the newest epoch cached for a topic, fetch the next one's grant in
+        the background (retried each second until published), so no open waits for it."""
+        due: list[tuple[str, int]] = []
+        with self._lock:
+            if now_ms < self._next_prefetch_ms or self._down(now_ms):
+                return
+            newest: dict[str, EpochDescription] = {}
+            for (topic, _), held in self._keys.items():
+                if topic not in newest or held.description.epoch > newest[topic].epoch:
+                    newest[topic] = held.description
+            next_check = now_ms + 3_600_000
+            for d in newest.values():
+                start = d.not_after_ms - (d.not_after_ms - d.not_before_ms) // 10
+                if now_ms < start:
+                    next_check = min(next_check, start)
+                elif now_ms < d.not_after_ms:
+                    key = (d.topic, d.epoch + 1)
+                    if now_ms - self._prefetched.get(key, -_PREFETCH_RETRY_MS) >= \
+                            _PREFETCH_RETRY_MS:
+                        self._prefetched[key] = now_ms
+                        due.append(key)
+                    next_check = min(next_check, now_ms + _PREFETCH_RETRY_MS)
+            self._next_prefetch_ms = next_check
+            if len(self._prefetched) > _MAX_CACHED_CERTS:
+                self._prefetched.clear()
+
+        def fetch(topic: str, epoch: int) -> None:
+            with contextlib.suppress(Exception):  # best effort: the open path fetches on a miss
+                self._fetch_grant(topic, epoch, now_ms)
+
+        for topic, epoch in due:
+            threading.Thread(target=fetch, args=(topic, epoch), name="kds-prefetch",
+                             daemon=True).start()

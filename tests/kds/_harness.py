@@ -1,0 +1,126 @@
+"""An in-process KDS on a hand-moved clock: the real app, service and SQLite store, reached
+through Starlette's TestClient (an httpx.Client), so KeyServiceClient runs unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+
+from sealedbus.core.signed import fingerprint
+from sealedbus.kds import auth
+from sealedbus.kds.admin_client import AdminClient
+from sealedbus.kds.api import create_app
+from sealedbus.kds.secrets import MasterKeyring
+from sealedbus.kds.service import KeyDistributionService
+from sealedbus.kds.store import Store
+from sealedbus.keys.client import KeyServiceClient, enroll
+from sealedbus.keys.identity import MemberIdentity
+
+T0 = 1_700_000_000.0
+
+
+class AsgiTransport(httpx.BaseTransport):
+    """A synchronous httpx transport into an ASGI app, on an event loop in its own thread
+    (Starlette's TestClient does the same but now warns that it is deprecated)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            response = await self._inner.handle_async_request(request)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  content=content)
+
+        return asyncio.run_coroutine_threadsafe(send(), self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def http_client(app: FastAPI) -> httpx.Client:
+    return httpx.Client(transport=AsgiTransport(app), base_url="http://testserver")
+
+
+@dataclass
+class Clock:
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Kds:
+    """One KDS and the admin that runs it."""
+
+    clock: Clock
+    store: Store
+    service: KeyDistributionService
+    app: FastAPI
+    http: httpx.Client
+    admin: AdminClient
+    admin_identity: MemberIdentity
+    totp_secret: bytes
+    root_fingerprint: str
+    clients: list[KeyServiceClient] = field(default_factory=list)
+
+    def clock_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def totp(self) -> str:
+        return auth.totp(self.totp_secret).generate(int(self.clock())).decode()
+
+    def member(
+        self, name: str, *, roles: list[str] | None = None, http: httpx.Client | None = None,
+        **options: Any,
+    ) -> KeyServiceClient:
+        """Enroll a new member with a fresh token and return its client."""
+        identity = MemberIdentity.generate(name, os.urandom)
+        token = self.admin.create_token(name, roles)
+        enroll("http://testserver", identity, token, self.root_fingerprint, http=self.http,
+               clock=self.clock)
+        return self.client(identity, http=http, **options)
+
+    def client(
+        self, identity: MemberIdentity, *, http: httpx.Client | None = None, **options: Any
+    ) -> KeyServiceClient:
+        client = KeyServiceClient("http://testserver", identity, self.root_fingerprint,
+                                  http=http or self.http, clock=self.clock, **options)
+        self.clients.append(client)
+        return client
+
+
+def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> Kds:
+    clock = clock or Clock()
+    store = Store(url or f"sqlite:///{path / 'kds.db'}")
+    store.create_schema()
+    root = Ed25519PrivateKey.generate()
+    service = KeyDistributionService(store, root, MasterKeyring.generate(), clock=clock,
+                                     replica="test")
+    admin_identity = MemberIdentity.generate("root-admin", os.urandom)
+    totp_secret = os.urandom(20)
+    service.add_admin(admin_identity.name, admin_identity.identity_public, totp_secret)
+    app = create_app(service, enroll_per_minute=1000)
+    http = http_client(app)
+    kds = Kds(clock, store, service, app, http, None, admin_identity, totp_secret,  # type: ignore[arg-type]
+              fingerprint(root.public_key().public_bytes_raw()))
+    kds.admin = AdminClient("http://testserver", admin_identity, kds.totp, http=http, clock=clock)
+    return kds

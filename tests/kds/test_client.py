@@ -1,0 +1,96 @@
+"""KeyServiceClient's cache: refresh once on an unknown key id, prefetch, and keep working
+through a KDS outage while cached epochs are valid, then fail with a retryable error."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from sealedbus import KeyServiceUnavailable, Opener, Sealer
+
+from ._harness import AsgiTransport, Kds
+
+
+class Switch(httpx.BaseTransport):
+    """Forwards to the KDS while ``up``; counts requests by path."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.up = True
+        self.paths: list[str] = []
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("KDS down", request=request)
+        with self.lock:
+            self.paths.append(request.url.path)
+        return self.inner.handle_request(request)
+
+
+def switched(kds: Kds, name: str) -> tuple[Switch, Sealer, Opener]:
+    switch = Switch(AsgiTransport(kds.app))
+    client = kds.member(name, http=httpx.Client(transport=switch, base_url="http://testserver"))
+    return switch, Sealer(client, clock=kds.clock), Opener(client, clock=kds.clock)
+
+
+def test_works_through_an_outage_while_cached_epochs_last(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["pc"], consumers=["pc"], rotation=100)
+    switch, sealer, opener = switched(kds, "pc")
+    assert opener.open("orders", sealer.seal("orders", b"before")).body == b"before"
+    switch.up = False
+    for _ in range(8):  # 80 s of outage inside epoch 0: sealing and opening go on
+        kds.clock.advance(10)
+        assert opener.open("orders", sealer.seal("orders", b"during")).body == b"during"
+    kds.clock.advance(25)  # epoch 0 is over and the next one was never fetched
+    with pytest.raises(KeyServiceUnavailable) as unavailable:
+        sealer.seal("orders", b"too late")
+    assert unavailable.value.retryable
+    switch.up = True
+    kds.clock.advance(6)  # past the client's outage backoff
+    assert opener.open("orders", sealer.seal("orders", b"after")).body == b"after"
+
+
+def test_opening_an_uncached_epoch_during_an_outage_is_retryable(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    switch, _, opener = switched(kds, "c")
+    opener.open("orders", sealer.seal("orders", b"warm the cache"))
+    kds.admin.rotate("orders")
+    kds.clock.advance(11)
+    envelope = sealer.seal("orders", b"new epoch")
+    switch.up = False
+    with pytest.raises(KeyServiceUnavailable):
+        opener.open("orders", envelope)
+    switch.up = True
+    kds.clock.advance(6)
+    assert opener.open("orders", envelope).epoch == 1
+
+
+def test_unknown_epoch_is_fetched_once_then_served_from_cache(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    switch, _, opener = switched(kds, "c")
+    for i in range(20):
+        opener.open("orders", sealer.seal("orders", b"m%d" % i))
+    assert switch.paths.count("/v1/topics/orders/epochs/0/grant") == 1
+    certificate_lookups = [p for p in switch.paths if p.startswith("/v1/certificates/")]
+    assert len(certificate_lookups) == 1
+
+
+def test_next_epoch_grant_is_prefetched(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"], rotation=100)
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    switch, _, opener = switched(kds, "c")
+    opener.open("orders", sealer.seal("orders", b"m"))
+    kds.clock.advance(95)
+    kds.service.tick("test")  # epoch 1 is published ahead
+    opener.open("orders", sealer.seal("orders", b"m"))  # near the end: prefetch starts
+    for thread in threading.enumerate():
+        if thread.name == "kds-prefetch":
+            thread.join()
+    switch.up = False  # epoch 1 opens without the KDS
+    kds.clock.advance(6)
+    assert opener.open("orders", sealer.seal("orders", b"next")).epoch == 1
