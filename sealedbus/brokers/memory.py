@@ -3,6 +3,11 @@
 Topics are append-only logs. Each consumer group reads a topic once, at least once: a record
 handed out by ``poll`` stays in flight until ``ack``; ``nack`` (or closing the subscription)
 puts it back for the group's next ``poll``. Thread-safe; ``poll`` can block with a timeout.
+
+``MemoryProducer`` and ``MemoryConsumer`` seal and open on top of it with the same contract as the
+RabbitMQ and Kafka adapters: duplicates are acknowledged and counted, never delivered; messages
+that do not open go to a dead-letter topic (``<topic>.dlq`` unless configured) with the reason in
+the ``x-sealedbus-reason`` header; ``KeyServiceUnavailable`` puts the records back and is raised.
 """
 
 from __future__ import annotations
@@ -10,7 +15,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from sealedbus.brokers._common import (
+    SEALED_KEY_HEADER,
+    KeyTokenizer,
+    check_headers,
+    dead_letter_headers,
+    is_duplicate,
+    original_key,
+    tokenize_key,
+)
+from sealedbus.core.envelope import HeaderValue
+from sealedbus.errors import InvalidEnvelope, KeyServiceUnavailable
+from sealedbus.opener import OpenedMessage, Opener
+from sealedbus.sealer import Sealer
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +154,122 @@ class Subscription:
         for offset in sorted(self._mine):
             self.bus._settle(self.topic, self.group, offset, requeue=True)
         self._mine.clear()
+
+
+class MemoryProducer:
+    """Seals each message (one signature each) and appends it to a ``MemoryBus`` topic."""
+
+    def __init__(
+        self, bus: MemoryBus, sealer: Sealer, *, key_tokenizer: KeyTokenizer | None = None
+    ) -> None:
+        self.bus = bus
+        self.sealer = sealer
+        self.key_tokenizer = key_tokenizer
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, HeaderValue] | None = None,
+        content_type: str = "",
+        ttl: float | None = None,
+    ) -> int:
+        """Seal ``value`` with ``headers`` for ``topic`` and publish it; returns the offset."""
+        clear_key, sealed_headers = tokenize_key(
+            self.key_tokenizer, topic, key, check_headers(headers)
+        )
+        data = self.sealer.seal(
+            topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+        )
+        return self.bus.publish(topic, data, key=clear_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An opened message and the record it came in."""
+
+    message: OpenedMessage
+    record: Record
+
+    @property
+    def value(self) -> bytes:
+        return self.message.body
+
+    @property
+    def headers(self) -> dict[str, HeaderValue]:
+        """The sealed application headers."""
+        return {k: v for k, v in self.message.headers.items() if k != SEALED_KEY_HEADER}
+
+    @property
+    def key(self) -> bytes | None:
+        """The key the producer gave (restored from the sealed copy when it was tokenized)."""
+        return original_key(self.message.headers, self.record.key)
+
+    @property
+    def sender(self) -> str | None:
+        return self.message.sender
+
+
+class MemoryConsumer:
+    """Opens what a consumer group reads from one topic. ``poll`` returns only messages that passed
+    every check; ``ack`` them when done, or ``nack`` them to have them delivered again."""
+
+    def __init__(
+        self,
+        bus: MemoryBus,
+        opener: Opener,
+        topic: str,
+        group: str,
+        *,
+        dead_letter_topic: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.opener = opener
+        self.topic = topic
+        self.dead_letter_topic = dead_letter_topic or f"{topic}.dlq"
+        self._sub = bus.subscribe(topic, group)
+
+    def poll(self, timeout: float = 0.0, max_records: int = 500) -> list[Delivery]:
+        """Up to ``max_records`` opened messages, waiting at most ``timeout`` seconds for any.
+
+        Raises KeyServiceUnavailable (retryable) when keys cannot be had and nothing opened; the
+        records concerned go back to the group.
+        """
+        records = self._sub.poll(timeout, max_records)
+        out: list[Delivery] = []
+        for i, record in enumerate(records):
+            try:
+                message = self.opener.open(self.topic, record.value)
+            except KeyServiceUnavailable:
+                for rest in records[i:]:
+                    self._sub.nack(rest)
+                if out:
+                    return out
+                raise
+            except InvalidEnvelope as exc:
+                if not is_duplicate(exc):
+                    self._dead_letter(record, exc)
+                self._sub.ack(record)
+                continue
+            out.append(Delivery(message, record))
+        return out
+
+    def ack(self, delivery: Delivery) -> None:
+        self._sub.ack(delivery.record)
+
+    def nack(self, delivery: Delivery) -> None:
+        """Give the message back: it is delivered again (and accepted again) later."""
+        self.opener.release(delivery.message)
+        self._sub.nack(delivery.record)
+
+    def close(self) -> None:
+        """Give back everything not acknowledged (as a broker does when a consumer goes away)."""
+        self._sub.close()
+
+    def _dead_letter(self, record: Record, exc: InvalidEnvelope) -> None:
+        extra = {k: v.encode() for k, v in dead_letter_headers(self.topic, exc).items()}
+        headers = {**record.headers, **extra}
+        self.bus.publish(self.dead_letter_topic, record.value, key=record.key, headers=headers)
+        self.opener.metrics.dead_lettered(self.topic, exc.reason.value)

@@ -1,0 +1,440 @@
+"""Kafka through kafka-python: wrappers around ``KafkaProducer`` and ``KafkaConsumer`` that seal
+on ``send()`` and open while iterating. Import this module only where kafka-python is installed
+(``pip install sealedbus[kafka]``). Build the clients as usual (SSL and SASL settings included);
+sealedbus does not touch their configuration.
+
+The sealing topic is the Kafka topic name: a record copied to another topic does not open there.
+Record values are envelopes; record headers carry nothing in clear (the application's headers are
+sealed inside); keys travel as given, or as HMAC tokens with a ``KeyTokenizer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
+from kafka.future import Future
+
+from sealedbus.brokers._common import (
+    SEALED_KEY_HEADER,
+    KeyTokenizer,
+    check_headers,
+    dead_letter_headers,
+    is_duplicate,
+    original_key,
+    tokenize_key,
+)
+from sealedbus.core.envelope import HeaderValue
+from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope
+from sealedbus.opener import OpenedMessage, Opener
+from sealedbus.sealer import Sealer
+
+
+def broker_error(what: str, exc: BaseException) -> BrokerError:
+    """kafka-python's exception as a BrokerError, retryable when kafka says it is retriable."""
+    error = BrokerError(f"{what}: {exc!r}", retryable=bool(getattr(exc, "retriable", False)))
+    error.__cause__ = exc
+    return error
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (KafkaError, ValueError) as exc:  # kafka-python raises ValueError for bad arguments
+        raise broker_error(what, exc) from exc
+
+
+class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type information
+    """kafka-python's ``Future``, resolved with the record's ``RecordMetadata`` once the broker
+    has the sealed record; failures are ``BrokerError`` (the kafka error as ``__cause__``)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done = threading.Event()
+
+    def success(self, value: Any) -> Any:
+        result = super().success(value)
+        self._done.set()
+        return result
+
+    def failure(self, e: BaseException | type[BaseException]) -> Any:
+        if isinstance(e, type):
+            e = e()
+        if not isinstance(e, BrokerError):
+            e = broker_error("sending", e)
+        result = super().failure(e)
+        self._done.set()
+        return result
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
+        if not self._done.wait(timeout):
+            raise BrokerError("the record was not acknowledged in time", retryable=True)
+        if self.exception is not None:
+            raise self.exception
+        return self.value
+
+    def follow(self, kafka_future: Any) -> None:
+        kafka_future.add_callback(self.success)
+        kafka_future.add_errback(self.failure)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    key: bytes | None
+    partition: int | None
+    timestamp_ms: int | None
+    future: SealedFuture
+
+
+KafkaHeaders = Iterable[tuple[str, HeaderValue]] | Mapping[str, HeaderValue]
+
+
+class SealedKafkaProducer:
+    """Seals what it sends through a ``KafkaProducer``.
+
+    With ``batch`` (the default) envelopes are signed in Merkle batches that close no later than
+    the producer would send: after ``linger`` seconds (the producer's ``linger_ms`` unless given),
+    when the sealer's ``batch_size`` messages or the producer's ``batch_size`` bytes are waiting,
+    and on ``flush()`` / ``close()``. With ``linger`` 0 (kafka-python's default) or ``batch=False``
+    each record gets its own signature. Give a batching producer a ``Sealer`` of its own.
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        sealer: Sealer,
+        *,
+        batch: bool = True,
+        linger: float | None = None,
+        key_tokenizer: KeyTokenizer | None = None,
+    ) -> None:
+        self.producer = producer
+        self.sealer = sealer
+        self.key_tokenizer = key_tokenizer
+        self.linger = producer.config["linger_ms"] / 1000 if linger is None else linger
+        if self.linger < 0:
+            raise ConfigurationError("linger must not be negative")
+        self.batch = batch and self.linger > 0
+        self._batch_bytes = int(producer.config["batch_size"])
+        self._cond = threading.Condition()
+        self._started: float | None = None  # monotonic time of the open batch's first record
+        self._bytes = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self.batch:
+            self._thread = threading.Thread(
+                target=self._linger_loop, name="sealedbus-kafka-linger", daemon=True
+            )
+            self._thread.start()
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: KafkaHeaders | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        *,
+        content_type: str = "",
+        ttl: float | None = None,
+    ) -> SealedFuture:
+        """Seal ``value`` and ``headers`` for ``topic`` and send, as ``KafkaProducer.send``.
+
+        Raises AccessDenied / UnknownTopic (not a producer of ``topic``), KeyServiceUnavailable
+        or ConfigurationError at once. Broker failures arrive through the returned future; when
+        not batching, what kafka-python's ``send`` raises at once comes as a BrokerError.
+        """
+        clear_key, sealed_headers = tokenize_key(
+            self.key_tokenizer, topic, key, check_headers(_header_map(headers))
+        )
+        future = SealedFuture()
+        context = _Context(clear_key, partition, timestamp_ms, future)
+        with self._cond:
+            if self._closed:
+                raise ConfigurationError("the producer is closed")
+            if not self.batch:
+                data = self.sealer.seal(
+                    topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+                )
+                self._send_sealed(topic, data, context)
+                return future
+            ready = self.sealer.add(
+                topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
+                context=context,
+            )
+            self._bytes += len(value)
+            if not ready and self._bytes >= self._batch_bytes:
+                ready = self.sealer.flush()
+            if ready:
+                self._send_batch(ready)
+            elif self._started is None:
+                self._started = time.monotonic()
+                self._cond.notify_all()
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Close the open sealed batch, then wait for everything to be acknowledged."""
+        with self._cond:
+            self._send_batch(self.sealer.flush())
+        with translate_errors("flush"):
+            self.producer.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send the open sealed batch, stop the linger thread and close the producer."""
+        with self._cond:
+            if not self._closed:
+                self._send_batch(self.sealer.flush())
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with translate_errors("close"):
+            self.producer.close(timeout=timeout)
+
+    def _linger_loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._started is None:
+                    self._cond.wait()
+                    continue
+                delay = self._started + self.linger - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                self._send_batch(self.sealer.flush())
+
+    def _send_batch(self, batch: list[Any]) -> None:
+        """Hand a closed batch to the producer, in order (callers hold ``_cond``)."""
+        self._started = None
+        self._bytes = 0
+        failed: BrokerError | None = None
+        for sealed in batch:
+            context = sealed.context
+            if not isinstance(context, _Context):
+                raise ConfigurationError("the sealer's batch holds another adapter's messages")
+            if failed is not None:  # keep per-key order: nothing after a failed send goes out
+                context.future.failure(failed)
+                continue
+            try:
+                self._send_sealed(sealed.topic, sealed.envelope, context)
+            except BrokerError as exc:
+                context.future.failure(exc)
+                failed = exc
+
+    def _send_sealed(self, topic: str, data: bytes, context: _Context) -> None:
+        with translate_errors(f"sending to {topic!r}"):
+            sent = self.producer.send(
+                topic, data, key=context.key, partition=context.partition,
+                timestamp_ms=context.timestamp_ms,
+            )
+        context.future.follow(sent)
+
+
+def _header_map(headers: KafkaHeaders | None) -> dict[str, HeaderValue] | None:
+    if headers is None:
+        return None
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ConfigurationError("sealed headers need distinct names")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """An opened record: the plaintext value and sealed headers, with where it came from."""
+
+    message: OpenedMessage
+    record: Any  # kafka-python's ConsumerRecord (its value is the envelope)
+
+    @property
+    def value(self) -> bytes:
+        return self.message.body
+
+    @property
+    def headers(self) -> dict[str, HeaderValue]:
+        """The sealed application headers."""
+        return {k: v for k, v in self.message.headers.items() if k != SEALED_KEY_HEADER}
+
+    @property
+    def key(self) -> bytes | None:
+        """The key the producer gave (restored from the sealed copy when it was tokenized)."""
+        return original_key(self.message.headers, self.record.key)
+
+    @property
+    def sender(self) -> str | None:
+        return self.message.sender
+
+    @property
+    def topic(self) -> str:
+        return str(self.record.topic)
+
+    @property
+    def partition(self) -> int:
+        return int(self.record.partition)
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
+class SealedKafkaConsumer:
+    """Opens what a ``KafkaConsumer`` reads; iterate it for ``ConsumedRecord``s.
+
+    The consumer must have ``enable_auto_commit=False``: offsets are committed only for records
+    the application has had (before the next fetch, on a rebalance and on ``close()``), so a
+    crash loses nothing (it may redeliver). Records that do not open go to
+    ``dead_letter_topic`` (``<topic>.dlq`` unless given) through ``dead_letter_producer``, with
+    the reason in the ``x-sealedbus-reason`` header, and count as handled once the broker has
+    them. On ``KeyServiceUnavailable`` the record stays first in line and the error is raised:
+    iterate again later to retry it. Iteration ends after ``consumer_timeout_ms`` without records,
+    as kafka-python's does.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        opener: Opener,
+        *,
+        dead_letter_producer: Any,
+        dead_letter_topic: str | None = None,
+        dead_letter_timeout: float = 30.0,
+        poll_timeout: float = 0.5,
+        max_records: int = 500,
+    ) -> None:
+        if consumer.config["enable_auto_commit"]:
+            raise ConfigurationError(
+                "SealedKafkaConsumer commits itself: build the KafkaConsumer with "
+                "enable_auto_commit=False"
+            )
+        self.consumer = consumer
+        self.opener = opener
+        self.dead_letter_producer = dead_letter_producer
+        self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_timeout = dead_letter_timeout
+        self.poll_timeout_ms = int(poll_timeout * 1000)
+        self.max_records = max_records
+        self._buffer: deque[Any] = deque()
+        self._done: dict[Any, int] = {}  # TopicPartition -> next offset to commit
+        self._revoked_partitions: set[Any] = set()  # filled by the rebalance listener
+        self._listener = _Listener(self)
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        """Subscribe (as ``KafkaConsumer.subscribe``) with a listener that commits what was
+        handled before partitions move to another member of the group."""
+        with translate_errors("subscribe"):
+            self.consumer.subscribe(list(topics), listener=self._listener)
+
+    def __iter__(self) -> Iterator[ConsumedRecord]:
+        timeout = self.consumer.config["consumer_timeout_ms"] / 1000
+        idle_since = time.monotonic()
+        while True:
+            if not self._buffer:
+                self.commit()
+                with translate_errors("poll"):
+                    fetched = self.consumer.poll(
+                        timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+                    )
+                if self._revoked_partitions:
+                    self._drop_revoked()
+                for records in fetched.values():
+                    self._buffer.extend(records)
+                if not self._buffer:
+                    if time.monotonic() - idle_since >= timeout:
+                        return
+                    continue
+                idle_since = time.monotonic()
+            record = self._buffer[0]
+            opened = self._open(record)  # KeyServiceUnavailable leaves it first in line
+            self._buffer.popleft()
+            self._done[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            if opened is not None:
+                yield opened
+
+    def commit(self) -> None:
+        """Commit the offsets of every record handed out (or dead-lettered) so far."""
+        if not self._done:
+            return
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._done.items()}
+        with translate_errors("commit"):
+            self.consumer.commit(offsets=offsets)
+        for tp, off in offsets.items():
+            if self._done.get(tp) == off.offset:
+                del self._done[tp]
+
+    def close(self) -> None:
+        """Commit what the application had, then close the consumer."""
+        try:
+            self.commit()
+        finally:
+            with translate_errors("close"):
+                self.consumer.close(autocommit=False)
+
+    def _revoked(self, partitions: Iterable[Any]) -> None:
+        """Runs on kafka-python's IO thread during a rebalance (it must not block there).
+
+        What was handed out is normally committed already (``__iter__`` commits before each
+        fetch, and rebalances happen inside that fetch); an asynchronous commit covers the rest.
+        Buffered records of the revoked partitions are dropped by ``__iter__``: the new owner
+        reads them from the last commit.
+        """
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in dict(self._done).items()}
+        if offsets:
+            with contextlib.suppress(KafkaError):
+                self.consumer.commit_async(offsets=offsets)
+        self._revoked_partitions.update(partitions)
+
+    def _drop_revoked(self) -> None:
+        gone, self._revoked_partitions = self._revoked_partitions, set()
+        self._buffer = deque(
+            r for r in self._buffer if TopicPartition(r.topic, r.partition) not in gone
+        )
+        for tp in gone:
+            self._done.pop(tp, None)
+
+    def _open(self, record: Any) -> ConsumedRecord | None:
+        try:
+            message = self.opener.open(record.topic, record.value or b"")
+        except InvalidEnvelope as exc:
+            if not is_duplicate(exc):
+                self._dead_letter(record, exc)
+            return None
+        return ConsumedRecord(message, record)
+
+    def _dead_letter(self, record: Any, exc: InvalidEnvelope) -> None:
+        topic = self.dead_letter_topic or f"{record.topic}.dlq"
+        extra = {
+            **dead_letter_headers(record.topic, exc),
+            "x-sealedbus-partition": str(record.partition),
+            "x-sealedbus-offset": str(record.offset),
+        }
+        headers = [*(record.headers or []), *((k, v.encode()) for k, v in extra.items())]
+        with translate_errors(f"dead-lettering to {topic!r}"):
+            self.dead_letter_producer.send(
+                topic, record.value, key=record.key, headers=headers
+            ).get(timeout=self.dead_letter_timeout)
+        self.opener.metrics.dead_lettered(record.topic, exc.reason.value)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
+    def __init__(self, owner: SealedKafkaConsumer) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._owner._revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass

@@ -1,0 +1,325 @@
+"""RabbitMQ through pika: a wrapper around a ``BlockingChannel`` that seals on publish and opens
+on consume. Import this module only where pika is installed (``pip install sealedbus[rabbitmq]``).
+
+Topic binding: a publish is sealed for the *sealing topic* of its exchange, the exchange name
+unless ``topics`` maps it to another name (the default exchange ``""`` needs such a mapping). The
+consuming side opens each delivery for the sealing topic of the exchange it came through, so an
+envelope moved (re-published) to another exchange does not open there: it is dead-lettered.
+
+Properties: ``headers`` and ``content_type`` are sealed into the envelope and do not travel in
+clear; ``expiration`` also becomes the envelope's expiry. Every other property travels as given.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from sealedbus.brokers._common import (
+    SEALED_CONTENT_TYPE,
+    check_headers,
+    dead_letter_headers,
+    is_duplicate,
+)
+from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, KeyServiceUnavailable
+from sealedbus.opener import OpenedMessage, Opener
+from sealedbus.sealer import Sealer
+
+DEFAULT_DEAD_LETTER_EXCHANGE = "sealedbus.dead-letter"
+
+_NOT_RETRYABLE = (
+    pika.exceptions.AuthenticationError,
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.IncompatibleProtocolError,
+)
+_RETRYABLE = (
+    pika.exceptions.AMQPConnectionError,  # includes a lost stream and a closed connection
+    pika.exceptions.ChannelWrongStateError,  # the channel went with its connection
+    pika.exceptions.NackError,  # the broker could not take the message now
+)
+
+Delivery = tuple[Any, Any, OpenedMessage]
+"""What consumers get: pika's ``Basic.Deliver`` method, its ``BasicProperties``, the message."""
+OnMessage = Callable[["SealedChannel", Any, Any, OpenedMessage], None]
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn pika's exceptions into ``BrokerError`` (retryable when reconnecting may help)."""
+    try:
+        yield
+    except _NOT_RETRYABLE as exc:
+        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
+    except _RETRYABLE as exc:
+        raise BrokerError(f"{what}: {exc!r}", retryable=True) from exc
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
+
+
+class SealedChannel:
+    """A pika ``BlockingChannel`` that seals what it publishes and opens what it consumes.
+
+    ``sealer`` is needed to publish, ``opener`` to consume. Declarations, QoS and the rest go to
+    the pika channel itself (``.channel``). A delivery that does not open is published to
+    ``dead_letter_exchange`` (declared, with a queue of the same name, unless
+    ``declare_dead_letter`` is false) through a confirmed channel, then acknowledged.
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        *,
+        sealer: Sealer | None = None,
+        opener: Opener | None = None,
+        topics: Mapping[str, str] | None = None,
+        dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE,
+        declare_dead_letter: bool = True,
+    ) -> None:
+        self.channel = channel
+        self.sealer = sealer
+        self.opener = opener
+        self.topics = dict(topics or {})
+        self.dead_letter_exchange = dead_letter_exchange
+        self._unacked: dict[int, OpenedMessage] = {}
+        self._dead_letter_channel: Any = None
+        if opener is not None:
+            with translate_errors("opening the dead-letter channel"):
+                dl = channel.connection.channel()
+                dl.confirm_delivery()
+                if declare_dead_letter:
+                    dl.exchange_declare(dead_letter_exchange, "fanout", durable=True)
+                    dl.queue_declare(dead_letter_exchange, durable=True)
+                    dl.queue_bind(dead_letter_exchange, dead_letter_exchange)
+            self._dead_letter_channel = dl
+
+    def topic_of(self, exchange: str) -> str:
+        """The sealing topic of ``exchange``."""
+        topic = self.topics.get(exchange, exchange)
+        if not topic:
+            raise ConfigurationError("the default exchange needs a sealing topic: topics={'': ...}")
+        return topic
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def confirm_delivery(self) -> None:
+        """Turn on publisher confirms: ``basic_publish`` then returns once the broker has it."""
+        with translate_errors("confirm_delivery"):
+            self.channel.confirm_delivery()
+
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Seal ``body`` for the exchange's topic and publish it, as pika's ``basic_publish``.
+
+        Raises AccessDenied or UnknownTopic (not a producer), KeyServiceUnavailable, or
+        BrokerError (with confirms: NackError is retryable, UnroutableError is not).
+        """
+        if self.sealer is None:
+            raise ConfigurationError("this SealedChannel has no sealer")
+        topic = self.topic_of(exchange)
+        props = copy.copy(properties) if properties is not None else pika.BasicProperties()
+        ttl = None
+        if props.expiration is not None:
+            try:
+                ttl = int(props.expiration) / 1000
+            except ValueError:
+                raise ConfigurationError("expiration must be milliseconds as a string") from None
+        data = self.sealer.seal(
+            topic,
+            body,
+            headers=check_headers(props.headers),
+            content_type=props.content_type or "",
+            ttl=ttl,
+        )
+        props.headers = None
+        props.content_type = SEALED_CONTENT_TYPE
+        with translate_errors(f"publishing to {exchange!r}"):
+            self.channel.basic_publish(exchange, routing_key, data, props, mandatory)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        inactivity_timeout: float | None = None,
+    ) -> Iterator[Delivery | tuple[None, None, None]]:
+        """As pika's ``consume()``, yielding ``(method, properties, OpenedMessage)``; with an
+        ``inactivity_timeout``, ``(None, None, None)`` when nothing came for that long.
+
+        Acknowledge with ``basic_ack(method.delivery_tag)`` unless ``auto_ack``.
+        """
+        opener = self._require_opener()
+        with translate_errors(f"consuming {queue!r}"):
+            deliveries = self.channel.consume(
+                queue, auto_ack=auto_ack, exclusive=exclusive,
+                arguments=dict(arguments) if arguments else None,
+                inactivity_timeout=inactivity_timeout,
+            )
+        while True:
+            with translate_errors(f"consuming {queue!r}"):
+                item = next(deliveries, None)
+            if item is None:
+                return
+            method, properties, body = item
+            if method is None:
+                yield None, None, None
+                continue
+            message = self._open(opener, method, properties, body, auto_ack)
+            if message is not None:
+                yield method, properties, message
+
+    def cancel(self) -> int:
+        """Cancel the ``consume()`` generator; its prefetched messages go back to the queue."""
+        with translate_errors("cancel"):
+            return int(self.channel.cancel())
+
+    def basic_consume(
+        self,
+        queue: str,
+        on_message_callback: OnMessage,
+        auto_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> str:
+        """As pika's ``basic_consume``; the callback gets ``(sealed_channel, method, properties,
+        OpenedMessage)``. When it raises, the message goes back to the queue (and will be
+        accepted again) and the exception propagates out of ``start_consuming``."""
+        opener = self._require_opener()
+
+        def deliver(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            message = self._open(opener, method, properties, body, auto_ack)
+            if message is None:
+                return
+            try:
+                on_message_callback(self, method, properties, message)
+            except BaseException:
+                opener.release(message)
+                if not auto_ack:
+                    self._unacked.pop(method.delivery_tag, None)
+                    with translate_errors("requeueing after a failed callback"):
+                        self.channel.basic_nack(method.delivery_tag, requeue=True)
+                raise
+
+        with translate_errors(f"consuming {queue!r}"):
+            return str(self.channel.basic_consume(
+                queue, deliver, auto_ack=auto_ack, exclusive=exclusive,
+                consumer_tag=consumer_tag, arguments=dict(arguments) if arguments else None,
+            ))
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        with translate_errors("basic_cancel"):
+            self.channel.basic_cancel(consumer_tag)
+
+    def start_consuming(self) -> None:
+        with translate_errors("start_consuming"):
+            self.channel.start_consuming()
+
+    def stop_consuming(self) -> None:
+        with translate_errors("stop_consuming"):
+            self.channel.stop_consuming()
+
+    def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
+        self._settled(delivery_tag, multiple, requeue=False)
+        with translate_errors("basic_ack"):
+            self.channel.basic_ack(delivery_tag, multiple)
+
+    def basic_nack(
+        self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        """Give messages back (``requeue``, accepted again when redelivered) or drop them."""
+        self._settled(delivery_tag, multiple, requeue=requeue)
+        with translate_errors("basic_nack"):
+            self.channel.basic_nack(delivery_tag, multiple, requeue)
+
+    def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        self._settled(delivery_tag, False, requeue=requeue)
+        with translate_errors("basic_reject"):
+            self.channel.basic_reject(delivery_tag, requeue)
+
+    def close(self) -> None:
+        """Close the dead-letter channel and the wrapped channel."""
+        with translate_errors("closing the channel"):
+            for ch in (self._dead_letter_channel, self.channel):
+                if ch is not None and ch.is_open:
+                    ch.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _require_opener(self) -> Opener:
+        if self.opener is None:
+            raise ConfigurationError("this SealedChannel has no opener")
+        return self.opener
+
+    def _settled(self, delivery_tag: int, multiple: bool, *, requeue: bool) -> None:
+        if multiple:
+            tags = [t for t in self._unacked if delivery_tag == 0 or t <= delivery_tag]
+        else:
+            tags = [delivery_tag]
+        for tag in tags:
+            message = self._unacked.pop(tag, None)
+            if message is not None and requeue and self.opener is not None:
+                self.opener.release(message)
+
+    def _open(
+        self, opener: Opener, method: Any, properties: Any, body: bytes, auto_ack: bool
+    ) -> OpenedMessage | None:
+        """The opened message, or None when it was a duplicate or went to the dead letters."""
+        tag = method.delivery_tag
+        topic = self.topics.get(method.exchange, method.exchange)
+        try:
+            message = opener.open(topic, body)
+        except KeyServiceUnavailable:
+            if not auto_ack:
+                with translate_errors("requeueing while keys are unavailable"):
+                    self.channel.basic_nack(tag, requeue=True)
+            raise
+        except InvalidEnvelope as exc:
+            if not is_duplicate(exc):
+                self._dead_letter(topic, method, properties, body, exc, auto_ack)
+            if not auto_ack:
+                with translate_errors("acknowledging a refused message"):
+                    self.channel.basic_ack(tag)
+            return None
+        if not auto_ack:
+            self._unacked[tag] = message
+        return message
+
+    def _dead_letter(
+        self, topic: str, method: Any, properties: Any, body: bytes, exc: InvalidEnvelope,
+        auto_ack: bool,
+    ) -> None:
+        props = copy.copy(properties) if properties is not None else pika.BasicProperties()
+        props.headers = {
+            **(props.headers or {}),
+            **dead_letter_headers(topic, exc),
+            "x-sealedbus-exchange": method.exchange,
+            "x-sealedbus-routing-key": method.routing_key,
+        }
+        props.expiration = None  # an expired envelope must still reach the dead letters
+        try:
+            with translate_errors("dead-lettering"):
+                self._dead_letter_channel.basic_publish(
+                    self.dead_letter_exchange, method.routing_key, body, props, mandatory=True
+                )
+        except BrokerError:
+            if not auto_ack:  # not lost: back to the queue, and the caller learns why
+                with translate_errors("requeueing after failed dead-lettering"):
+                    self.channel.basic_nack(method.delivery_tag, requeue=True)
+            raise
+        if self.opener is not None:
+            self.opener.metrics.dead_lettered(topic, exc.reason.value)

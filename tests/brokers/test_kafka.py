@@ -1,0 +1,266 @@
+"""Kafka-specific behaviour of the sealed producer and consumer against a real broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from sealedbus.brokers._common import KeyTokenizer
+from sealedbus.brokers.kafka import SealedKafkaConsumer, SealedKafkaProducer
+from sealedbus.core import wire
+from sealedbus.errors import BrokerError, ConfigurationError, KeyServiceUnavailable, Reason
+from sealedbus.opener import Opener
+from tests.brokers.conftest import World, make_world
+from tests.brokers.drivers import WAIT, Driver, KafkaDriver, KafkaReceiver, kafka_consumer
+from tests.brokers.test_rabbitmq import FlakyKeys
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def world(kafka_driver: Driver) -> Iterator[World]:
+    w = make_world(kafka_driver)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def bootstrap(world: World) -> str:
+    assert isinstance(world.driver, KafkaDriver)
+    return world.driver.bootstrap
+
+
+def test_batches_close_when_the_producer_would_send(world: World, bootstrap: str) -> None:
+    sealer = world.sealer(batch_size=16)
+    producer = SealedKafkaProducer(KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50), sealer)
+    try:
+        # 40 = two full sealed batches of 16, then 8 that only the linger timer closes
+        futures = [producer.send(world.topic, f"{i}".encode(), key=b"k") for i in range(40)]
+        metadata = [f.get(timeout=WAIT) for f in futures]  # no flush: the linger thread sends
+        assert [m.offset for m in metadata] == list(range(40))
+        late = producer.send(world.topic, b"flushed", key=b"k")
+        producer.flush(timeout=WAIT)
+        assert late.succeeded()
+    finally:
+        producer.close(timeout=WAIT)
+    stored = world.driver.stored(world.topic, 41)
+    assert all(wire.parse(raw).proof is not None for raw in stored)  # Merkle-batch envelopes
+    sizes = [wire.parse(raw).proof.size for raw in stored]  # type: ignore[union-attr]
+    assert sizes[:32] == [16] * 32 and sizes[40] == 1
+    got = world.receiver().take(41)
+    assert [g.body for g in got] == [f"{i}".encode() for i in range(40)] + [b"flushed"]
+
+
+def test_send_failures_arrive_as_broker_errors(world: World, bootstrap: str) -> None:
+    producer = SealedKafkaProducer(
+        KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=2000), world.sealer()
+    )
+    world.keys.create_topic("sb-missing-topic-x", producers=["producer"])
+    try:
+        with pytest.raises(BrokerError):
+            producer.send("sb-missing-topic-x", b"x", partition=999).get(timeout=WAIT)
+    finally:
+        producer.close(timeout=WAIT)
+
+
+def test_keys_are_tokenized_and_restored(world: World, bootstrap: str) -> None:
+    tokenizer = KeyTokenizer.from_secret(b"s" * 32)
+    producer = SealedKafkaProducer(
+        KafkaProducer(bootstrap_servers=bootstrap), world.sealer(), key_tokenizer=tokenizer
+    )
+    try:
+        for i in range(12):
+            producer.send(world.topic, f"{i}".encode(), key=f"patient-{i % 3}".encode())
+        producer.flush(timeout=WAIT)
+    finally:
+        producer.close(timeout=WAIT)
+    raw = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                        enable_auto_commit=False, consumer_timeout_ms=2000)
+    raw.subscribe([world.topic])
+    records = []
+    for r in raw:
+        records.append(r)
+        if len(records) == 12:
+            break
+    raw.close(autocommit=False)
+    assert len(records) == 12
+    for r in records:
+        assert b"patient" not in r.key and b"patient" not in r.value
+    by_token: dict[bytes, set[int]] = {}
+    for r in records:
+        by_token.setdefault(r.key, set()).add(r.partition)
+    assert len(by_token) == 3 and all(len(p) == 1 for p in by_token.values())  # stable
+    assert set(by_token) == {tokenizer.tokenize(world.topic, f"patient-{i}".encode())
+                             for i in range(3)}
+    got = world.receiver().take(12)
+    assert sorted((g.key or b"", int(g.body)) for g in got) == sorted(
+        (f"patient-{i % 3}".encode(), i) for i in range(12))
+    assert all(g.headers == {} for g in got)
+
+
+def test_offsets_are_committed_only_for_what_the_application_had(
+    world: World, bootstrap: str
+) -> None:
+    sender = world.sender()
+    for i in range(10):
+        sender.send(f"{i}".encode(), key=b"k")
+    group = "g-" + world.topic
+    first = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group)
+    assert [int(g.body) for g in first.take(4)] == [0, 1, 2, 3]
+    first.close()  # a clean stop commits the four it handed out
+
+    second = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group)
+    got = [int(g.body) for g in second.take(2)]
+    # a crash: the process dies before any commit covers 4 and 5 (simulated by leaving the
+    # group without committing anything)
+    second.consumer.commit = lambda: None  # type: ignore[method-assign]
+    second.consumer._revoked = lambda partitions: None  # type: ignore[method-assign]
+    second.close()
+
+    third = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group)
+    try:
+        got += [int(g.body) for g in third.take(6)]
+    finally:
+        third.close()
+    assert got == [4, 5, 4, 5, 6, 7, 8, 9]  # 4 and 5 come again: nothing was lost
+
+
+def test_auto_commit_is_refused(bootstrap: str, world: World) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="g", enable_auto_commit=True)
+    try:
+        with pytest.raises(ConfigurationError):
+            SealedKafkaConsumer(consumer, world.opener(), dead_letter_producer=None)
+    finally:
+        consumer.close()
+
+
+def test_key_service_outage_keeps_the_record_first_in_line(world: World, bootstrap: str) -> None:
+    sender = world.sender()
+    for body in (b"a", b"b"):
+        sender.send(body, key=b"k")
+    receiver = KafkaReceiver(
+        bootstrap, world.topic, Opener(FlakyKeys(world.consumer, 1), metrics=world.metrics)
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        with pytest.raises(KeyServiceUnavailable):
+            while time.monotonic() < deadline:
+                list(receiver.consumer)
+        assert [g.body for g in receiver.take(2)] == [b"a", b"b"]
+    finally:
+        receiver.close()
+    assert world.driver.dead_letters(world.topic) == []
+
+
+@pytest.mark.slow
+def test_consumer_group_rebalance_loses_and_repeats_nothing(world: World, bootstrap: str) -> None:
+    total = 400
+    sender = world.sender()
+    for i in range(total // 2):
+        sender.send(f"{i}".encode(), key=f"key{i % 7}".encode())
+    group = "g-" + world.topic
+    handed: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run(receiver: KafkaReceiver) -> None:
+        try:
+            while not stop.is_set():
+                for r in receiver.consumer:
+                    with lock:
+                        handed.append(int(r.value))
+                    time.sleep(0.002)  # slow enough that the second member joins mid-stream
+                    if stop.is_set():
+                        break
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            receiver.close()
+
+    a = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group,
+                      max_poll_records=20)
+    thread_a = threading.Thread(target=run, args=(a,))
+    thread_a.start()
+    deadline = time.monotonic() + WAIT
+    while not handed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group, max_poll_records=20)
+    thread_b = threading.Thread(target=run, args=(b,))
+    thread_b.start()
+    for i in range(total // 2, total):
+        sender.send(f"{i}".encode(), key=f"key{i % 7}".encode())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with lock:
+            if len(handed) >= total:
+                break
+        time.sleep(0.1)
+    stop.set()
+    thread_a.join(WAIT)
+    thread_b.join(WAIT)
+    assert not errors
+    assert sorted(handed) == list(range(total))  # every record once, across both members
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_stream_loses_and_repeats_nothing(
+    world: World, bootstrap: str, kafka_service: Any
+) -> None:
+    total = 300
+    sender = world.sender()
+    for i in range(total // 2):
+        sender.send(f"{i}".encode(), key=f"key{i % 5}".encode())
+    opener = world.opener()  # the application's opener lives on across the restart
+    group = "g-" + world.topic
+    receiver = KafkaReceiver(bootstrap, world.topic, opener, group=group, max_poll_records=25)
+    handed = [int(g.body) for g in receiver.take(100)]
+
+    # No kafka-python client stays connected while the broker is down: kafka-python 3.0.12 keeps
+    # the socket of every refused reconnect in a suspended coroutine until the interpreter exits,
+    # which filterwarnings=error turns into a failed session. So the application stops its
+    # clients (committing what it had), the broker restarts, and the stream resumes.
+    receiver.close()
+    world.close()
+    world.driver.close()
+    kafka_service.restart()
+    world.driver.reconnect()  # type: ignore[attr-defined]
+    receiver = KafkaReceiver(bootstrap, world.topic, opener, group=group, max_poll_records=25)
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    sealed = SealedKafkaProducer(producer, world.sealer())
+    try:
+        futures = [sealed.send(world.topic, f"{i}".encode(), key=f"key{i % 5}".encode())
+                   for i in range(total // 2, total)]
+        for f in futures:
+            f.get(timeout=60)
+    finally:
+        sealed.close(timeout=WAIT)
+    deadline = time.monotonic() + 90
+    while len(handed) < total and time.monotonic() < deadline:
+        try:
+            handed.extend(int(r.value) for r in receiver.consumer)
+        except BrokerError as exc:  # the coordinator may still be loading: retry
+            assert exc.retryable, exc
+    receiver.close()
+    assert sorted(handed) == list(range(total))
+    assert set(world.metrics.rejections()) <= {Reason.DUPLICATE.value}
+
+
+def test_raw_consumer_is_rejected_without_sealedbus(world: World, bootstrap: str) -> None:
+    """A plain kafka-python consumer of the same topic only ever sees envelopes."""
+    world.sender().send(b"attending physician: Dr. Who", key=b"k")
+    raw = kafka_consumer(bootstrap, "raw-" + world.topic)
+    raw.subscribe([world.topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + WAIT
+    while not values and time.monotonic() < deadline:
+        values = [r.value for r in raw]
+    raw.close(autocommit=False)
+    assert len(values) == 1
+    assert values[0][:2] == wire.MAGIC and b"Dr. Who" not in values[0]

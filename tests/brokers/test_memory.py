@@ -1,0 +1,74 @@
+"""In-memory bus specifics: giving messages back, key-service outages, key tokenization."""
+
+from __future__ import annotations
+
+import pytest
+
+from sealedbus.brokers._common import KeyTokenizer
+from sealedbus.brokers.memory import MemoryBus, MemoryConsumer, MemoryProducer
+from sealedbus.errors import ConfigurationError, KeyServiceUnavailable
+from sealedbus.opener import Opener
+from tests.brokers.conftest import World, make_world
+from tests.brokers.drivers import MemoryDriver
+from tests.brokers.test_rabbitmq import FlakyKeys
+
+
+@pytest.fixture
+def world() -> World:
+    return make_world(MemoryDriver())
+
+
+def bus_of(world: World) -> MemoryBus:
+    assert isinstance(world.driver, MemoryDriver)
+    return world.driver.bus
+
+
+def test_nack_gives_back_and_the_redelivery_is_accepted(world: World) -> None:
+    MemoryProducer(bus_of(world), world.sealer()).send(world.topic, b"again")
+    consumer = MemoryConsumer(bus_of(world), world.opener(), world.topic, "g")
+    [first] = consumer.poll(timeout=1)
+    consumer.nack(first)
+    [second] = consumer.poll(timeout=1)
+    consumer.ack(second)
+    assert second.record.redelivered and second.value == b"again"
+    assert world.metrics.rejections() == {}
+
+
+def test_key_service_outage_puts_records_back(world: World) -> None:
+    MemoryProducer(bus_of(world), world.sealer()).send(world.topic, b"kept")
+    opener = Opener(FlakyKeys(world.consumer, failures=1), metrics=world.metrics)
+    consumer = MemoryConsumer(bus_of(world), opener, world.topic, "g")
+    with pytest.raises(KeyServiceUnavailable):
+        consumer.poll(timeout=1)
+    [delivery] = consumer.poll(timeout=1)
+    assert delivery.value == b"kept"
+    assert bus_of(world).records(f"{world.topic}.dlq") == []
+
+
+def test_tokenized_keys_stay_stable_and_come_back(world: World) -> None:
+    tokenizer = KeyTokenizer.from_secret(bytes(range(32)))
+    producer = MemoryProducer(bus_of(world), world.sealer(), key_tokenizer=tokenizer)
+    for _ in range(2):
+        producer.send(world.topic, b"x", key=b"patient-42")
+    stored = bus_of(world).records(world.topic)
+    assert stored[0].key == stored[1].key == tokenizer.tokenize(world.topic, b"patient-42")
+    assert tokenizer.tokenize("other-topic", b"patient-42") != stored[0].key
+    consumer = MemoryConsumer(bus_of(world), world.opener(), world.topic, "g")
+    got = consumer.poll(timeout=1)
+    assert [d.key for d in got] == [b"patient-42"] * 2 and got[0].headers == {}
+
+
+@pytest.mark.parametrize("headers", [{"f": 1.5}, {"b": True}, {"sealedbus.key": b"x"}])
+def test_unsealable_headers_are_refused_before_sending(
+    world: World, headers: dict[str, object]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryProducer(bus_of(world), world.sealer()).send(
+            world.topic, b"x", headers=headers  # type: ignore[arg-type]
+        )
+    assert bus_of(world).records(world.topic) == []
+
+
+def test_short_tokenization_secret_is_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        KeyTokenizer.from_secret(b"short")

@@ -1,0 +1,279 @@
+"""RabbitMQ-specific behaviour of ``SealedChannel`` against a real broker."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from sealedbus.brokers._common import SEALED_CONTENT_TYPE
+from sealedbus.brokers.rabbitmq import SealedChannel
+from sealedbus.errors import BrokerError, ConfigurationError, KeyServiceUnavailable, Reason
+from sealedbus.keys.source import EpochKeys
+from sealedbus.opener import Opener
+from tests.brokers.conftest import World, make_world
+from tests.brokers.drivers import WAIT, Driver, RabbitDriver
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def world(rabbit_driver: Driver) -> Iterator[World]:
+    w = make_world(rabbit_driver)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def connect(amqp_url: str) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def open_connection() -> Any:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        made.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in made:
+        if connection.is_open:
+            connection.close()
+
+
+def producer(world: World, connection: Any) -> SealedChannel:
+    channel = SealedChannel(connection.channel(), sealer=world.sealer())
+    channel.confirm_delivery()
+    return channel
+
+
+def consumer(world: World, connection: Any, opener: Opener | None = None) -> SealedChannel:
+    return SealedChannel(
+        connection.channel(), opener=opener or world.opener(),
+        dead_letter_exchange=f"{world.topic}.dlx",
+    )
+
+
+def drain(channel: SealedChannel, queue: str, count: int) -> list[tuple[Any, Any, Any]]:
+    out: list[tuple[Any, Any, Any]] = []
+    for method, props, message in channel.consume(queue, inactivity_timeout=WAIT):
+        assert method is not None, "nothing arrived in time"
+        out.append((method, props, message))
+        if len(out) == count:
+            break
+    return out
+
+
+def test_properties_are_sealed_and_expiration_follows_the_envelope(
+    world: World, connect: Any
+) -> None:
+    pub = producer(world, connect())
+    props = pika.BasicProperties(
+        headers={"patient": "p-1"}, content_type="application/json", expiration="60000",
+        correlation_id="c-1", delivery_mode=2,
+    )
+    pub.basic_publish(world.topic, "rk", b'{"x": 1}', props)
+    raw_method, raw_props, raw_body = pub.channel.basic_get(f"{world.topic}.tap", auto_ack=True)
+    assert raw_method is not None
+    assert raw_props.headers is None and raw_props.content_type == SEALED_CONTENT_TYPE
+    assert raw_props.expiration == "60000" and raw_props.correlation_id == "c-1"
+    assert b"p-1" not in raw_body and b'{"x": 1}' not in raw_body
+
+    sub = consumer(world, connect())
+    [(method, got_props, message)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_ack(method.delivery_tag)
+    assert message.body == b'{"x": 1}' and message.headers == {"patient": "p-1"}
+    assert message.content_type == "application/json"
+    assert message.expires_at is not None and message.expires_at - message.sent_at == 60
+    assert got_props.correlation_id == "c-1" and method.exchange == world.topic
+
+
+def test_publisher_confirms_report_unroutable(world: World, connect: Any) -> None:
+    connection = connect()
+    connection.channel().exchange_declare(f"{world.topic}.nowhere", "direct")
+    world.keys.create_topic(f"{world.topic}.nowhere", producers=["producer"])
+    pub = producer(world, connection)
+    with pytest.raises(BrokerError) as info:
+        pub.basic_publish(f"{world.topic}.nowhere", "rk", b"x", mandatory=True)
+    assert not info.value.retryable
+    assert isinstance(info.value.__cause__, pika.exceptions.UnroutableError)
+
+
+def test_default_exchange_needs_an_explicit_topic(world: World, connect: Any) -> None:
+    connection = connect()
+    with pytest.raises(ConfigurationError):
+        producer(world, connection).basic_publish("", f"{world.topic}.q", b"x")
+    mapped = SealedChannel(connection.channel(), sealer=world.sealer(), topics={"": world.topic})
+    mapped.basic_publish("", f"{world.topic}.q", b"via the default exchange")
+    sub = SealedChannel(connection.channel(), opener=world.opener(), topics={"": world.topic},
+                        dead_letter_exchange=f"{world.topic}.dlx")
+    [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_ack(method.delivery_tag)
+    assert message.body == b"via the default exchange"
+
+
+def test_callback_consumer_and_a_raising_callback_requeues(world: World, connect: Any) -> None:
+    pub = producer(world, connect())
+    for i in range(3):
+        pub.basic_publish(world.topic, "", f"m{i}".encode())
+    sub = consumer(world, connect())
+    seen: list[bytes] = []
+
+    def on_message(ch: SealedChannel, method: Any, _props: Any, message: Any) -> None:
+        if message.body == b"m1" and b"m1" not in seen:
+            seen.append(message.body)
+            raise RuntimeError("application failed")
+        seen.append(message.body)
+        ch.basic_ack(method.delivery_tag)
+        if len(seen) == 4:
+            ch.stop_consuming()
+
+    sub.channel.basic_qos(prefetch_count=1)  # one at a time: the requeued m1 comes back next
+    sub.basic_consume(f"{world.topic}.q", on_message)
+    with pytest.raises(RuntimeError, match="application failed"):
+        sub.start_consuming()
+    sub.channel.connection.call_later(WAIT, sub.channel.stop_consuming)  # bound the wait
+    sub.start_consuming()
+    assert seen == [b"m0", b"m1", b"m1", b"m2"]
+    assert world.metrics.rejections() == {}
+
+
+def test_nack_gives_a_message_back_and_it_is_accepted_again(world: World, connect: Any) -> None:
+    producer(world, connect()).basic_publish(world.topic, "", b"again")
+    sub = consumer(world, connect())
+    [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_nack(method.delivery_tag, requeue=True)
+    [(method2, _, message2)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_ack(method2.delivery_tag)
+    assert method2.redelivered and message2.body == message.body == b"again"
+    assert world.metrics.rejections() == {}
+
+
+class FlakyKeys:
+    """A key source whose epoch keys are unavailable the first ``failures`` times."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def member(self) -> str:
+        return str(self.inner.member)
+
+    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        if self.failures:
+            self.failures -= 1
+            raise KeyServiceUnavailable("the key service is down")
+        result: EpochKeys = self.inner.epoch_keys(topic, epoch, now_ms)
+        return result
+
+
+def test_key_service_outage_requeues_instead_of_dead_lettering(
+    world: World, connect: Any
+) -> None:
+    producer(world, connect()).basic_publish(world.topic, "", b"keep me")
+    opener = Opener(FlakyKeys(world.consumer, failures=1), metrics=world.metrics)
+    sub = consumer(world, connect(), opener)
+    with pytest.raises(KeyServiceUnavailable):
+        drain(sub, f"{world.topic}.q", 1)
+    sub.cancel()
+    [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_ack(method.delivery_tag)
+    assert message.body == b"keep me"
+    assert world.driver.dead_letters(world.topic) == []
+
+
+def test_moved_to_another_exchange_is_dead_lettered(world: World, connect: Any) -> None:
+    other = world.new_topic()
+    producer(world, connect()).basic_publish(world.topic, "", b"for the first exchange")
+    raw = connect().channel()
+    method, props, body = raw.basic_get(f"{world.topic}.tap", auto_ack=True)
+    assert method is not None
+    raw.basic_publish(other, "", body, props)  # an operator's shovel, or an attacker
+    pub_other = SealedChannel(connect().channel(), sealer=world.sealer())
+    pub_other.basic_publish(other, "", b"sentinel")
+    sub = SealedChannel(connect().channel(), opener=world.opener(),
+                        dead_letter_exchange=f"{other}.dlx")
+    [(method, _, message)] = drain(sub, f"{other}.q", 1)
+    sub.basic_ack(method.delivery_tag)
+    assert message.body == b"sentinel"
+    dead = world.driver.dead_letters(other)
+    assert dead == [(Reason.BAD_SIGNATURE.value, body)]
+
+
+def test_tls_with_the_test_ca(world: World, amqp_tls: Any) -> None:
+    params = pika.URLParameters(amqp_tls.url)
+    params.ssl_options = pika.SSLOptions(amqp_tls.ssl_context(), amqp_tls.server_hostname)
+    connection = pika.BlockingConnection(params)
+    try:
+        pub = producer(world, connection)
+        pub.basic_publish(world.topic, "", b"over tls")
+        sub = consumer(world, connection)
+        [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
+        sub.basic_ack(method.delivery_tag)
+        assert message.body == b"over tls"
+    finally:
+        connection.close()
+    untrusting = pika.URLParameters(amqp_tls.url)
+    untrusting.ssl_options = pika.SSLOptions(ssl.create_default_context(), "localhost")
+    with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError)):
+        pika.BlockingConnection(untrusting)  # the broker's certificate is from the test CA
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_stream_loses_nothing_and_repeats_nothing(
+    world: World, amqp_url: str, rabbitmq_service: Any
+) -> None:
+    assert isinstance(world.driver, RabbitDriver)
+    total = 300
+    queue = f"{world.topic}.q"
+
+    def publish(start: int, stop: int) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        pub = producer(world, connection)
+        for i in range(start, stop):
+            persistent = pika.BasicProperties(delivery_mode=2)
+            pub.basic_publish(world.topic, "", str(i).encode(), persistent)
+        connection.close()
+
+    publish(0, total // 2)
+    opener = world.opener()  # survives reconnects: its replay window drops redeliveries
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    sub = consumer(world, connection, opener)
+    sub.channel.basic_qos(prefetch_count=50)
+    handed: list[int] = []
+    for method, _, message in sub.consume(queue, inactivity_timeout=WAIT):
+        assert method is not None and message is not None
+        handed.append(int(message.body))
+        if len(handed) <= 80:  # the last 20 are handed over but their acks die with the broker
+            sub.basic_ack(method.delivery_tag)
+        if len(handed) == 100:
+            break
+
+    rabbitmq_service.restart()
+    world.driver.reconnect()
+    with pytest.raises(BrokerError) as info:
+        sub.basic_ack(0, multiple=True)
+        drain(sub, queue, 1)
+    assert info.value.retryable
+
+    publish(total // 2, total)
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        sub = consumer(world, connection, opener)
+        for method, _, message in sub.consume(queue, inactivity_timeout=WAIT):
+            assert method is not None and message is not None
+            handed.append(int(message.body))
+            sub.basic_ack(method.delivery_tag)
+            if len(handed) == total:
+                break
+    finally:
+        connection.close()
+    assert sorted(handed) == list(range(total))  # each exactly once
+    rejected = world.metrics.rejections()  # the 20 came back and were dropped as duplicates
+    assert set(rejected) == {Reason.DUPLICATE.value} and rejected[Reason.DUPLICATE.value] >= 20
