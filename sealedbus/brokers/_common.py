@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives import hashes
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sealedbus.core.envelope import Headers
 from sealedbus.errors import ConfigurationError, InvalidEnvelope, Reason
+from sealedbus.keys.source import KeySource
 
 REASON_HEADER = "x-sealedbus-reason"
 TOPIC_HEADER = "x-sealedbus-topic"
@@ -64,13 +66,19 @@ class KeyTokenizer:
     """Replaces a message key with HMAC-SHA256(per-topic key, key): partitioning stays stable and
     the broker never sees the identifier (a patient id, say) in clear.
 
-    Every producer of a topic must use the same per-topic key. ``topic_key`` returns it; the KDS
-    will serve it (until then, derive it from a shared secret with ``from_secret``).
+    Every producer of a topic must use the same per-topic key: ``from_keys`` takes it from the
+    key service (``KeySource.topic_key``, served sealed to each member); ``from_secret`` derives
+    it from a secret the producers share instead.
     """
 
     def __init__(self, topic_key: Callable[[str], bytes]) -> None:
         self._topic_key = topic_key
         self._cache: dict[str, bytes] = {}
+
+    @classmethod
+    def from_keys(cls, keys: KeySource) -> KeyTokenizer:
+        """Per-topic keys from the key service (the same for every producer and consumer)."""
+        return cls(lambda topic: keys.topic_key(topic, int(time.time() * 1000)))
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyTokenizer:

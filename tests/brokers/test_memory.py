@@ -6,7 +6,7 @@ import pytest
 
 from sealedbus.brokers._common import KeyTokenizer
 from sealedbus.brokers.memory import MemoryBus, MemoryConsumer, MemoryProducer
-from sealedbus.errors import ConfigurationError, KeyServiceUnavailable
+from sealedbus.errors import AccessDenied, ConfigurationError, KeyServiceUnavailable
 from sealedbus.opener import Opener
 from tests.brokers.conftest import World, make_world
 from tests.brokers.drivers import MemoryDriver
@@ -72,3 +72,14 @@ def test_unsealable_headers_are_refused_before_sending(
 def test_short_tokenization_secret_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         KeyTokenizer.from_secret(b"short")
+
+
+def test_tokenizer_from_the_key_service_agrees_between_members(world: World) -> None:
+    producer_side = KeyTokenizer.from_keys(world.producer)
+    consumer_side = KeyTokenizer.from_keys(world.consumer)
+    token = producer_side.tokenize(world.topic, b"patient-42")
+    assert token == consumer_side.tokenize(world.topic, b"patient-42")
+    assert b"patient-42" not in token and len(token) == 32
+    outsider = world.keys.enroll("outsider")
+    with pytest.raises(AccessDenied):
+        KeyTokenizer.from_keys(outsider).tokenize(world.topic, b"patient-42")
