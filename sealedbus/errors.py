@@ -11,6 +11,8 @@
     ├── KeyServiceError                the key service refused or could not answer
     │   ├── AccessDenied               policy forbids this member this action (deny by default)
     │   ├── UnknownTopic               no such topic
+    │   ├── Refused                    the KDS answered 4xx; ``status``, ``code``, ``reason``
+    │   ├── UntrustedResponse          a KDS answer failed verification against the pinned root
     │   └── KeyServiceUnavailable      key service unreachable and the cache ran out (retryable)
     ├── ConfigurationError             the caller passed something that cannot work
     └── BrokerError                    a broker client failed; ``.retryable`` says whether to retry
@@ -110,6 +112,21 @@ class AccessDenied(KeyServiceError):
 
 class UnknownTopic(KeyServiceError):
     """The topic does not exist in the key service."""
+
+
+class Refused(KeyServiceError):
+    """The KDS answered with a 4xx refusal; ``status``, ``code`` and ``reason`` say why."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(f"KDS refused ({status} {code}): {reason}")
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+class UntrustedResponse(KeyServiceError):
+    """A KDS answer did not verify under the pinned root key or does not match the question:
+    someone between the client and the KDS altered it. Nothing from it was used."""
 
 
 class KeyServiceUnavailable(KeyServiceError):

@@ -185,8 +185,7 @@ class Sealer:
         now = int(self._clock() * 1000)
         signer, cert = self._signer(now)
         if topic not in cert.produce:  # policy changed since: fetch a fresh certificate once
-            self._identity = None
-            signer, cert = self._signer(now)
+            signer, cert = self._signer(now, refresh=True)
         session = self._session(topic, now)
         seq = session.next_seq
         header_bytes = session.head(batch, cert.cert_id) + wire.header_tail(
@@ -200,9 +199,9 @@ class Sealer:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
 
-    def _signer(self, now: int) -> tuple[Ed25519PrivateKey, Certificate]:
-        if self._identity is None or now - self._identity_checked_ms >= self._check_ms:
-            self._identity = self.keys.identity(now)
+    def _signer(self, now: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
+        if refresh or self._identity is None or now - self._identity_checked_ms >= self._check_ms:
+            self._identity = self.keys.identity(now, refresh)
             self._identity_checked_ms = now
         return self._identity
 

@@ -276,10 +276,9 @@ def _totp_code(args: argparse.Namespace) -> str:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from sealedbus.errors import KeyServiceError
+    from sealedbus.errors import KeyServiceError, Refused
     from sealedbus.kds.admin_client import AdminClient
     from sealedbus.kds.secrets import read_secret, write_secret
-    from sealedbus.keys.client import Refused
     from sealedbus.keys.identity import MemberIdentity
 
     admin = MemberIdentity.from_bytes(read_secret(args.key))
@@ -338,9 +337,9 @@ def _enroll(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from sealedbus.core.suites import Suite
-    from sealedbus.errors import KeyServiceError
+    from sealedbus.errors import KeyServiceError, Refused
     from sealedbus.kds.secrets import write_secret
-    from sealedbus.keys.client import Refused, enroll
+    from sealedbus.keys.client import enroll
     from sealedbus.keys.identity import MemberIdentity
 
     if not args.root_fingerprint:

@@ -35,11 +35,12 @@ from sealedbus.core.signed import (
 )
 from sealedbus.errors import (
     AccessDenied,
-    KeyServiceError,
     KeyServiceUnavailable,
     Reason,
+    Refused,
     UnknownTopic,
     UnopenableEnvelope,
+    UntrustedResponse,
 )
 from sealedbus.kds import auth
 from sealedbus.kds.sealing import open_topic_key
@@ -49,23 +50,7 @@ from sealedbus.keys.source import EpochKeys
 
 _GRANT_REASONS = {403: Reason.NOT_GRANTED, 404: Reason.EPOCH_UNKNOWN, 410: Reason.EPOCH_DESTROYED}
 _MAX_CACHED_CERTS = 10_000
-_IDENTITY_RECHECK_MS = 1000
 _PREFETCH_RETRY_MS = 1000
-
-
-class UntrustedResponse(KeyServiceError):
-    """A KDS answer did not verify under the pinned root key, or does not match the question:
-    someone between this client and the KDS altered it. Nothing from it was used."""
-
-
-class Refused(KeyServiceError):
-    """The KDS answered with a 4xx refusal; ``status``, ``code`` and ``reason`` say why."""
-
-    def __init__(self, status: int, code: str, reason: str) -> None:
-        super().__init__(f"KDS refused ({status} {code}): {reason}")
-        self.status = status
-        self.code = code
-        self.reason = reason
 
 
 def tls_context(verify: Any = True, cert: Any = None) -> ssl.SSLContext | bool:
@@ -227,7 +212,6 @@ class KeyServiceClient:
         self._root: Ed25519PublicKey | None = None
         self._cert: Certificate | None = None
         self._cert_fetched_ms = 0
-        self._identity_asked_ms = -1
         self._epochs: dict[str, _TopicEpochs] = {}
         self._highest: dict[str, int] = {}
         self._keys: dict[tuple[str, int], EpochKeys] = {}
@@ -248,15 +232,17 @@ class KeyServiceClient:
 
     # -- KeySource ----------------------------------------------------------------------------
 
-    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(
+        self, now_ms: int, refresh: bool = False
+    ) -> tuple[Ed25519PrivateKey, Certificate]:
         with self._lock:
             cert = self._cert
-            # Sealers ask once per check interval (a second); asking again sooner means the
-            # caller found the certificate wanting (a topic it may now produce to is missing).
-            again = 0 <= now_ms - self._identity_asked_ms < _IDENTITY_RECHECK_MS
-            self._identity_asked_ms = now_ms
-            due = cert is None or again or now_ms - self._cert_fetched_ms >= self._cert_refresh_ms \
+            due = (
+                cert is None
+                or refresh
+                or now_ms - self._cert_fetched_ms >= self._cert_refresh_ms
                 or now_ms >= cert.not_after_ms - (cert.not_after_ms - cert.not_before_ms) // 4
+            )
             if due and not (cert is not None and cert.valid_at(now_ms) and self._down(now_ms)):
                 try:
                     doc = self._call("GET", "/v1/certificate", now_ms)

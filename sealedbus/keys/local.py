@@ -350,7 +350,9 @@ class LocalMember:
     def member(self) -> str:
         return self._identity.name
 
-    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(
+        self, now_ms: int, refresh: bool = False
+    ) -> tuple[Ed25519PrivateKey, Certificate]:  # always current: policy changes reissue it
         return self._identity.signing_key, self._service._certificate_for(self.member, now_ms)
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:

@@ -32,8 +32,11 @@ class KeySource(Protocol):
         """The member's service name."""
         ...
 
-    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
-        """This member's signing key and a certificate valid at ``now_ms`` (renewed as needed)."""
+    def identity(
+        self, now_ms: int, refresh: bool = False
+    ) -> tuple[Ed25519PrivateKey, Certificate]:
+        """This member's signing key and a certificate valid at ``now_ms`` (renewed as needed;
+        ``refresh`` asks for a new one now, e.g. when it lacks a topic the member may use)."""
         ...
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:

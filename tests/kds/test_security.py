@@ -17,13 +17,14 @@ from sqlalchemy import select, update
 
 from sealedbus import Opener, Sealer
 from sealedbus.core.signed import EpochDescription
+from sealedbus.errors import Refused, UntrustedResponse
 from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
 from sealedbus.kds.secrets import MasterKeyring, SecretError, read_secret, write_secret
 from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import audit, epoch_keys
-from sealedbus.keys.client import Refused, UntrustedResponse, enroll
+from sealedbus.keys.client import enroll
 from sealedbus.keys.identity import MemberIdentity
 
 from ._harness import AsgiTransport, Kds

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sealedbus import AccessDenied, KeySource, Opener, Reason, Sealer
-from sealedbus.errors import UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
+from sealedbus.errors import Refused, UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
 from sealedbus.kds import auth
-from sealedbus.keys.client import Refused
 
 from ._harness import Kds
 

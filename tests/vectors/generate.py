@@ -69,7 +69,9 @@ class VectorKeys:
     def member(self) -> str:
         return "orders-api"
 
-    def identity(self, now_ms: int) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(
+        self, now_ms: int, refresh: bool = False
+    ) -> tuple[Ed25519PrivateKey, Certificate]:
         return self.signing, self.cert
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
