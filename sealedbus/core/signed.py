@@ -149,6 +149,24 @@ class Grant(_Signed):
     sealed_key: bytes
 
 
+TOPIC_KEY_INFO = PROTOCOL + b" topic key\x00"
+
+
+def topic_key_info(topic: str, member: str) -> bytes:
+    """HPKE info string of a topic key grant: binds topic and member."""
+    return TOPIC_KEY_INFO + bytes(msgpack.packb([topic, member], use_bin_type=True))
+
+
+@dataclass(frozen=True)
+class TopicKeyGrant(_Signed):
+    """A topic's 32-byte tokenization key sealed (HPKE base mode) to one member's receive key."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" topic key\x00"
+    topic: str
+    member: str
+    sealed_key: bytes
+
+
 @dataclass(frozen=True)
 class RevocationList(_Signed):
     """Certificates and members the authority revoked, as of ``issued_at_ms``."""

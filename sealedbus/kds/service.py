@@ -26,7 +26,6 @@ from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.kds import audit
 from sealedbus.kds.auth import enrollment_message, token_hash
-from sealedbus.kds.sealing import seal_topic_key
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.store import (
     Store,
@@ -402,10 +401,12 @@ class KeyDistributionService:
             if not (policy.producers | policy.consumers) & self._member_entries(conn, member):
                 raise ServiceError(403, "access_denied",
                                    f"{member!r} neither produces to nor consumes {topic!r}")
-            m = conn.execute(select(members).where(members.c.name == member)).one()
+            cert_bytes = self._latest_certificate(conn, member)
+        if cert_bytes is None:
+            raise ServiceError(403, "access_denied", f"{member!r} holds no certificate")
         key = self.master.unwrap(row.token_key, _token_context(topic))
-        return seal_topic_key(self.root, topic, member, Suite(m.receive_suite), m.receive_public,
-                              key)
+        cert = Certificate.verify(cert_bytes, self.root_public)
+        return authority.seal_topic_key(self.root, topic, cert, key)
 
     # -- schedule ---------------------------------------------------------------------------
 

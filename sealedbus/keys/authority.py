@@ -13,7 +13,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core import suites
-from sealedbus.core.signed import Certificate, EpochDescription, Grant, grant_info
+from sealedbus.core.signed import (
+    Certificate,
+    EpochDescription,
+    Grant,
+    SignatureError,
+    TopicKeyGrant,
+    grant_info,
+    topic_key_info,
+)
 from sealedbus.core.suites import KeyPair, Suite
 
 HOUR_MS = 3_600_000
@@ -96,6 +104,34 @@ def seal_grant(
     sealed = suites.hpke_seal(cert.receive_suite, cert.receive_public, keys.private, info)
     grant = Grant(description.topic, description.epoch, cert.member, description.digest, sealed)
     return grant.sign(root)
+
+
+def seal_topic_key(root: Ed25519PrivateKey, topic: str, cert: Certificate, key: bytes) -> bytes:
+    """A topic's tokenization key, HPKE-sealed to the member's receive key, signed by the root."""
+    info = topic_key_info(topic, cert.member)
+    sealed = suites.hpke_seal(cert.receive_suite, cert.receive_public, key, info)
+    return TopicKeyGrant(topic, cert.member, sealed).sign(root)
+
+
+def open_topic_key(
+    root: Ed25519PublicKey, data: bytes, topic: str, member: str, receive: KeyPair
+) -> bytes:
+    """Verify a topic key grant and its binding to ``topic`` and ``member``; return the key."""
+    try:
+        grant = TopicKeyGrant.verify(data, root)
+    except SignatureError as exc:
+        raise GrantError(str(exc)) from exc
+    if (grant.topic, grant.member) != (topic, member):
+        raise GrantError("topic key is for another topic or member")
+    try:
+        key = suites.hpke_open(
+            receive.suite, receive.private, grant.sealed_key, topic_key_info(topic, member)
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise GrantError("topic key does not open with this receive key") from exc
+    if len(key) != 32:
+        raise GrantError("topic key must be 32 bytes")
+    return key
 
 
 class GrantError(ValueError):

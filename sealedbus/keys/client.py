@@ -43,7 +43,6 @@ from sealedbus.errors import (
     UntrustedResponse,
 )
 from sealedbus.kds import auth
-from sealedbus.kds.sealing import open_topic_key
 from sealedbus.keys import authority
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.source import EpochKeys
@@ -314,8 +313,8 @@ class KeyServiceClient:
                 raise UnknownTopic(exc.reason) from None
             raise AccessDenied(exc.reason) from None
         try:
-            key = open_topic_key(self._root_key(now_ms), _field(doc, "sealed"), topic,
-                                 self.member, self._identity.receive)
+            key = authority.open_topic_key(self._root_key(now_ms), _field(doc, "sealed"), topic,
+                                           self.member, self._identity.receive)
         except ValueError as exc:
             raise UntrustedResponse(str(exc)) from None
         with self._lock:

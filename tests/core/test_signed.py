@@ -19,6 +19,7 @@ from sealedbus.core.signed import (
 )
 from sealedbus.core.suites import Suite
 from sealedbus.keys import authority
+from sealedbus.keys.identity import MemberIdentity
 
 from ._support import flip, make_world
 
@@ -175,3 +176,29 @@ def test_key_service_objects_verify_under_its_root() -> None:
     assert Certificate.verify(cert.sign(world.ks._root), member._root) == cert
     with pytest.raises(SignatureError):
         Certificate.verify(cert.sign(world.ks._root), root)
+
+
+def test_topic_key_grant_binds_topic_and_member_and_root() -> None:
+    root = Ed25519PrivateKey.generate()
+    member = MemberIdentity.generate("billing", os.urandom)
+    cert = authority.issue_certificate(
+        "billing", member.identity_public, member.receive.suite, member.receive.public,
+        [], ["orders"], 0, 1000, 1,
+    )
+    key = os.urandom(32)
+    sealed = authority.seal_topic_key(root, "orders", cert, key)
+    assert authority.open_topic_key(
+        root.public_key(), sealed, "orders", "billing", member.receive
+    ) == key
+    other = MemberIdentity.generate("other", os.urandom)
+    refused = [
+        (root.public_key(), sealed, "invoices", "billing", member.receive),  # another topic
+        (root.public_key(), sealed, "orders", "other", member.receive),  # another member
+        (root.public_key(), sealed, "orders", "billing", other.receive),  # wrong receive key
+        (Ed25519PrivateKey.generate().public_key(), sealed, "orders", "billing", member.receive),
+        (root.public_key(), sealed[:-1] + bytes([sealed[-1] ^ 1]), "orders", "billing",
+         member.receive),
+    ]
+    for args in refused:
+        with pytest.raises(authority.GrantError):
+            authority.open_topic_key(*args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sealedbus import AccessDenied, KeySource, Opener, Reason, Sealer
+from sealedbus.brokers._common import KeyTokenizer
 from sealedbus.errors import Refused, UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
 from sealedbus.kds import auth
 
@@ -167,3 +168,16 @@ def test_producer_added_later_seals_at_once(kds: Kds) -> None:
     sealer.seal("a", b"first")
     kds.admin.create_topic("b", producers=["p"], consumers=["c"])
     assert opener.open("b", sealer.seal("b", b"new topic")).body == b"new topic"
+
+
+def test_topic_key_is_shared_by_the_topics_members_only(kds: Kds) -> None:
+    sealer, opener = pair(kds)
+    producer_key = sealer.keys.topic_key("orders", kds.clock_ms())
+    assert producer_key == opener.keys.topic_key("orders", kds.clock_ms())
+    assert len(producer_key) == 32
+    token = KeyTokenizer.from_keys(sealer.keys).tokenize("orders", b"patient-42")
+    assert token == KeyTokenizer.from_keys(opener.keys).tokenize("orders", b"patient-42")
+    with pytest.raises(AccessDenied):
+        kds.member("stranger").topic_key("orders", kds.clock_ms())
+    with pytest.raises(UnknownTopic):
+        sealer.keys.topic_key("nope", kds.clock_ms())
