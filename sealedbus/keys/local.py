@@ -24,6 +24,7 @@ from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import (
     AccessDenied,
     ConfigurationError,
+    KeyServiceUnavailable,
     Reason,
     UnknownTopic,
     UnopenableEnvelope,
@@ -317,6 +318,8 @@ class LocalKeyService:
             for e in topic.epochs.values()
             if e.keys is not None and e.description.not_before_ms <= now
         ]
+        if not live:  # the caller's clock is behind the topic's first epoch
+            raise KeyServiceUnavailable(f"{topic.policy.name!r} has no epoch yet at {now} ms")
         return max(live, key=lambda e: e.description.epoch)
 
     def _advance(self, topic: _Topic, now: int) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from sealedbus import AccessDenied, KeySource, LocalKeyService, Opener, Reason, Sealer
 from sealedbus.core import wire
-from sealedbus.errors import ConfigurationError, UnknownTopic
+from sealedbus.errors import ConfigurationError, KeyServiceUnavailable, UnknownTopic
 
 from ._support import Clock, World, make_world, reencode, rejected
 
@@ -258,3 +258,13 @@ def test_certificates_renew_as_they_age(clock: Clock) -> None:
     clock.advance(60)  # the first certificate has expired; what it signed while valid still opens
     opener = Opener(c, clock=clock)
     assert [opener.open("t", e).body for e in (first, second)] == [b"1", b"2"]
+
+
+def test_sealing_before_the_first_epoch_is_a_clear_retryable_error() -> None:
+    t = [1_000_000.0]
+    ks = LocalKeyService(clock=lambda: t[0])
+    ks.create_topic("orders", producers=["p"], consumers=["c"])
+    sealer = Sealer(ks.enroll("p"), clock=lambda: t[0] - 3600)  # an hour behind
+    with pytest.raises(KeyServiceUnavailable, match="no epoch yet") as info:
+        sealer.seal("orders", b"x")
+    assert info.value.retryable
