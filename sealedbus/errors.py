@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SUITE = "suite_not_allowed"
     EXPIRED = "expired"
     FROM_FUTURE = "from_future"
+    OUTSIDE_EPOCH = "outside_epoch_window"
     DUPLICATE = "duplicate"
     TOO_OLD = "outside_replay_window"
     UNKNOWN_SENDER = "unknown_sender"

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sealedbus.core import envelope, suites, wire
 from sealedbus.core.envelope import HeaderValue, SessionContext
 from sealedbus.core.replay import ReplayGuard, Seen
-from sealedbus.core.signed import Certificate
+from sealedbus.core.signed import Certificate, EpochDescription
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
     ConfigurationError,
@@ -129,7 +129,9 @@ class Opener:
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sealedbus-open")
         self._lock = threading.Lock()
-        self._sessions: _Cache[_SessionKey, tuple[SessionContext, int]] = _Cache(max_sessions)
+        self._sessions: _Cache[_SessionKey, tuple[SessionContext, EpochDescription]] = _Cache(
+            max_sessions
+        )
         self._roots: _Cache[tuple[bytes, int, bytes, bytes], bool] = _Cache(65_536)
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
 
@@ -250,12 +252,25 @@ class Opener:
         return sender
 
     def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
-        cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips the check below
+        cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check
         cached = self._sessions.get(cache_key)
-        if cached is not None:
-            if now < cached[1]:
-                return cached[0]
-            self._sessions.pop(cache_key)  # the epoch is past retention: forget it
+        if cached is None or now >= cached[1].destroy_after_ms:
+            if cached is not None:
+                self._sessions.pop(cache_key)  # the epoch is past retention: forget it
+            cached = self._join(topic, h, now)
+            self._sessions.put(cache_key, cached)
+        ctx, epoch = cached
+        if (
+            not epoch.not_before_ms - self._skew_ms
+            <= h.sent_at_ms
+            <= epoch.not_after_ms + self._skew_ms
+        ):
+            raise ExpiredEnvelope(Reason.OUTSIDE_EPOCH, f"epoch {h.epoch}")
+        return ctx
+
+    def _join(
+        self, topic: str, h: wire.Header, now: int
+    ) -> tuple[SessionContext, EpochDescription]:
         epoch = self.keys.epoch_keys(topic, h.epoch, now)
         if epoch.description.suite is not h.suite:
             raise MalformedEnvelope(Reason.SUITE, "envelope suite differs from the topic's")
@@ -267,6 +282,4 @@ class Opener:
             )
         except (ValueError, InvalidTag):
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "session cannot be joined") from None
-        ctx = SessionContext(topic.encode(), keys)
-        self._sessions.put(cache_key, (ctx, epoch.description.destroy_after_ms))
-        return ctx
+        return SessionContext(topic.encode(), keys), epoch.description

@@ -41,6 +41,7 @@ REASON_CLASS: dict[Reason, type[InvalidEnvelope]] = {
     Reason.SUITE: MalformedEnvelope,
     Reason.EXPIRED: ExpiredEnvelope,
     Reason.FROM_FUTURE: ExpiredEnvelope,
+    Reason.OUTSIDE_EPOCH: ExpiredEnvelope,
     Reason.DUPLICATE: DuplicateEnvelope,
     Reason.TOO_OLD: DuplicateEnvelope,
     Reason.UNKNOWN_SENDER: UnauthenticEnvelope,

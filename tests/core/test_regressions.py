@@ -12,7 +12,7 @@ import pytest
 from sealedbus import InvalidEnvelope, Reason
 from sealedbus.core import envelope, suites, wire
 from sealedbus.core.replay import ReplayWindow, Seen
-from sealedbus.core.signed import Certificate, SignatureError
+from sealedbus.core.signed import Certificate, EpochDescription, SignatureError
 from sealedbus.core.suites import Suite
 from sealedbus.errors import ConfigurationError, MalformedEnvelope
 from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
@@ -331,3 +331,44 @@ def test_removed_producer_cannot_keep_sending(world: World, clock: Clock) -> Non
     world.ks.set_policy("orders", producers=["producer"])
     late = sealer.seal("orders", b"after removal")  # within the sealer's check interval
     rejected(lambda: world.opener().open("orders", late), Reason.SENDER_NOT_ALLOWED)
+
+
+def test_properly_signed_envelope_outside_its_epoch_window_is_refused(world: World) -> None:
+    """A producer fed a stale epoch (a replayed KDS answer) seals with it long after its window:
+    the opener refuses, whether the session was cached or not."""
+    member = world.members["producer"]
+
+    def seal_at(epoch: EpochDescription, sent_at: int, seq: int) -> bytes:
+        signer, cert = member.identity(world.clock.ms)
+        keys = suites.start_session(
+            Suite.X25519, b"orders", epoch.epoch, epoch.public_key, bytes(range(1, 33))
+        )
+        header = wire.Header(
+            Suite.X25519,
+            False,
+            epoch.epoch,
+            cert.cert_id,
+            keys.session_id,
+            seq,
+            sent_at,
+            0,
+            "",
+            b"",
+        ).encode()
+        ctx = envelope.SessionContext(b"orders", keys)
+        return envelope.finish_single(
+            signer, envelope.draft(ctx, header, seq, None, b"m", batch=False)
+        )
+
+    first = member.sealing_epoch("orders", world.clock.ms)
+    inside = seal_at(first, world.clock.ms, 0)
+    late = seal_at(first, first.not_after_ms + 121_000, 1)  # past the window and the skew
+    world.clock.advance((first.not_after_ms - world.clock.ms) / 1000 + 200)
+    second = member.sealing_epoch("orders", world.clock.ms)
+    assert second.epoch == first.epoch + 1
+    early = seal_at(second, second.not_before_ms - 121_000, 0)
+    opener = world.opener()
+    assert opener.open("orders", inside).body == b"m"  # session now cached
+    rejected(lambda: opener.open("orders", late), Reason.OUTSIDE_EPOCH)
+    rejected(lambda: world.opener().open("orders", late), Reason.OUTSIDE_EPOCH)
+    rejected(lambda: opener.open("orders", early), Reason.OUTSIDE_EPOCH)
