@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,17 @@ from sealedbus.core.signed import Certificate, EpochDescription
 from sealedbus.errors import ConfigurationError
 from sealedbus.keys.source import KeySource
 from sealedbus.metrics import Metrics, NoMetrics
+
+_LIVE: weakref.WeakSet[Sealer] = weakref.WeakSet()
+
+
+def _reset_in_forked_child() -> None:
+    for sealer in list(_LIVE):
+        sealer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_in_forked_child)
 
 MAX_SESSION_MESSAGES = 1 << 24  # far inside AES-GCM's usage limits for one key
 DEFAULT_MAX_BODY = 16 << 20
@@ -102,6 +114,16 @@ class Sealer:
         self._identity_checked_ms = -1
         self._pending: list[_Pending] = []
         self.pending_since: float | None = None  # clock() when the open batch got its first one
+        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child shares the parent's sessions and sequence numbers: continuing them would
+        reuse AES-GCM nonces. It starts afresh; the parent still sends the open batch."""
+        self._lock = threading.Lock()
+        self._sessions.clear()
+        self._checked_ms.clear()
+        self._pending = []
+        self.pending_since = None
 
     def seal(
         self,
@@ -152,8 +174,8 @@ class Sealer:
 
     def _close_batch(self) -> list[Sealed]:
         start = time.perf_counter()
+        signer = self._signer(int(self._clock() * 1000))[0]  # may raise: keep the batch till then
         batch, self._pending, self.pending_since = self._pending, [], None
-        signer = self._signer(int(self._clock() * 1000))[0]
         envelopes = envelope.finish_batch(signer, [p.draft for p in batch])
         per_topic: dict[str, tuple[int, int]] = {}
         for p in batch:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
 
-from sealedbus import InvalidEnvelope, Reason
+from sealedbus import InvalidEnvelope, KeySource, Reason
 from sealedbus.core import envelope, suites, wire
 from sealedbus.core.replay import ReplayWindow, Seen
 from sealedbus.core.signed import Certificate, EpochDescription, SignatureError
 from sealedbus.core.suites import Suite
-from sealedbus.errors import ConfigurationError, MalformedEnvelope
+from sealedbus.errors import ConfigurationError, KeyServiceUnavailable, MalformedEnvelope
 from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
 
 from ._support import Clock, World, make_world, rejected, split, tampered_rejected, with_proof
@@ -372,3 +373,51 @@ def test_properly_signed_envelope_outside_its_epoch_window_is_refused(world: Wor
     rejected(lambda: opener.open("orders", late), Reason.OUTSIDE_EPOCH)
     rejected(lambda: world.opener().open("orders", late), Reason.OUTSIDE_EPOCH)
     rejected(lambda: opener.open("orders", early), Reason.OUTSIDE_EPOCH)
+
+
+def test_forked_sealer_does_not_reuse_nonces(world: World) -> None:
+    """A child process continuing its parent's session would repeat (session, seq) pairs."""
+    sealer = world.sealer()
+    sealer.seal("orders", b"parent warms up the session")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: seal one message and hand it back
+        try:
+            os.write(write_end, sealer.seal("orders", b"child"))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read_end, 1 << 16)
+    os.close(read_end)
+    assert status == 0 and child
+    parent = sealer.seal("orders", b"parent")
+    child_header, parent_header = wire.parse(child).header, wire.parse(parent).header
+    assert child_header.session_id != parent_header.session_id
+
+
+def test_failed_batch_signature_keeps_the_batch(world: World) -> None:
+    class FailingOnce:
+        def __init__(self, inner: KeySource) -> None:
+            self.inner, self.fail = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def identity(self, now_ms: int, refresh: bool = False) -> Any:
+            if self.fail:
+                self.fail = False
+                raise KeyServiceUnavailable("down")
+            return self.inner.identity(now_ms, refresh)
+
+    keys = FailingOnce(world.members["producer"])
+    sealer = Sealer(keys, batch_size=10, clock=world.clock, epoch_check_interval=0.001)
+    sealer.add("orders", b"a")
+    sealer.add("orders", b"b")
+    world.clock.advance(1)
+    keys.fail = True
+    with pytest.raises(KeyServiceUnavailable):
+        sealer.flush()
+    assert sealer.pending == 2
+    opener = world.opener()
+    assert [opener.open("orders", s.envelope).body for s in sealer.flush()] == [b"a", b"b"]
