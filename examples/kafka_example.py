@@ -3,8 +3,9 @@
     scripts/services/start-kafka             # or any broker; prints its bootstrap address
     SEALEDBUS_KAFKA_BOOTSTRAP=127.0.0.1:29092 .venv/bin/python examples/kafka_example.py
 
-Producer and consumer share one in-process key service here; separate processes will share the
-network KDS instead. Keys are tokenized: the broker never sees the patient id.
+Producer and consumer share one in-process key service here; kafka_producer.py and
+kafka_consumer.py do the same as two processes sharing the network KDS (see README.md here).
+Keys are tokenized: the broker never sees the patient id.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> None:
     keys = LocalKeyService()
     producer_keys, consumer_keys = keys.enroll("lab"), keys.enroll("clinic")
     keys.create_topic(topic, producers=["lab"], consumers=["clinic"])
-    tokenizer = KeyTokenizer.from_secret(os.urandom(32))  # the KDS will serve per-topic keys
+    tokenizer = KeyTokenizer.from_secret(os.urandom(32))  # with a KDS: .from_keys(keys)
 
     producer = SealedKafkaProducer(
         KafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5),  # SSL/SASL settings go here

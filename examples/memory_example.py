@@ -2,8 +2,9 @@
 
     .venv/bin/python examples/memory_example.py
 
-Producer and consumer share one in-process key service here; separate processes will share the
-network KDS instead.
+Producer and consumer share one in-process key service and one in-memory bus, so both live in
+this one process. The broker examples come as separate producer and consumer processes that share
+the network KDS (see README.md in this folder).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
     export SEALEDBUS_AMQP_URL=amqp://guest:guest@127.0.0.1:25674/%2F
     .venv/bin/python examples/rabbitmq_example.py
 
-Producer and consumer share one in-process key service here; separate processes will share the
-network KDS instead. The exchange name is the sealing topic.
+Producer and consumer share one in-process key service here; rabbitmq_producer.py and
+rabbitmq_consumer.py do the same as two processes sharing the network KDS (see README.md here).
+The exchange name is the sealing topic.
 """
 
 from __future__ import annotations
