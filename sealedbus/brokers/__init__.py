@@ -1,0 +1,6 @@
+"""Broker adapters. ``memory`` needs nothing; ``rabbitmq`` needs pika and ``kafka`` needs
+kafka-python, each imported only by its own module."""
+
+from sealedbus.brokers._common import KeyTokenizer
+
+__all__ = ["KeyTokenizer"]
