@@ -51,7 +51,7 @@ class OpenedMessage:
     sent_at: float
     content_type: str = ""
     expires_at: float | None = None
-    session: bytes = field(default=b"", repr=False)
+    session: bytes = field(default=b"", repr=False)  # sender certificate id + session id
 
 
 K = TypeVar("K")
@@ -173,7 +173,11 @@ class Opener:
         """Forget that ``message`` was opened, so its redelivery is accepted again. Adapters call
         this when the application did not take the message (it raised, or the ack failed)."""
         with self._lock:
-            self._replay.unmark(message.session, message.sequence)
+            self._replay.unmark(
+                (message.topic, message.session[:16]),
+                (message.epoch, message.session[16:]),
+                message.sequence,
+            )
 
     def _open(self, topic: str, data: bytes) -> OpenedMessage:
         now = int(self._clock() * 1000)
@@ -215,10 +219,11 @@ class Opener:
                 self._roots.put(root_key, True)
 
         headers, body = envelope.open_body(ctx, parsed)
+        replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
         with self._lock:  # checked after decryption, atomically with marking it seen
-            seen = self._replay.check(h.session_id, h.seq)
+            seen = self._replay.check(replay_sender, replay_session, h.seq)
             if seen is Seen.NEW:
-                self._replay.mark(h.session_id, h.seq)
+                self._replay.mark(replay_sender, replay_session, h.seq)
         if seen is Seen.DUPLICATE:
             raise DuplicateEnvelope()
         if seen is Seen.TOO_OLD:
@@ -233,7 +238,7 @@ class Opener:
             sent_at=h.sent_at_ms / 1000,
             content_type=h.content_type,
             expires_at=(h.sent_at_ms + h.ttl_ms) / 1000 if h.ttl_ms else None,
-            session=h.session_id,
+            session=h.cert_id + h.session_id,
         )
 
     def _sender(self, cert_id: bytes, now: int) -> _Sender:

@@ -1,8 +1,9 @@
-"""Sliding replay windows, one per producer session, in a bounded LRU map."""
+"""Sliding replay windows, one per producer session, in bounded maps."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from enum import Enum
 
 
@@ -49,30 +50,56 @@ class ReplayWindow:
 
 
 class ReplayGuard:
-    """Replay windows keyed by session id, keeping the ``max_sessions`` most recently used."""
+    """Replay windows per producer session, grouped by sender (a topic and a certificate).
 
-    def __init__(self, window: int = 4096, max_sessions: int = 100_000) -> None:
-        if window < 1 or max_sessions < 1:
-            raise ValueError("window and max_sessions must be positive")
+    Memory is bounded twice: each sender keeps at most ``max_sessions_per_sender`` windows (its
+    least recently used go first), and all senders together at most ``max_sessions`` (taken
+    from the sender holding the most). A producer that floods sessions therefore evicts only
+    its own windows, never another sender's; what an evicted window forgets, the message's
+    expiry or the opener's ``max_age`` must cover (SPEC.md section 7, step 10).
+    """
+
+    def __init__(
+        self, window: int = 4096, max_sessions: int = 100_000, max_sessions_per_sender: int = 1024
+    ) -> None:
+        if window < 1 or max_sessions < 1 or max_sessions_per_sender < 1:
+            raise ValueError("window and session limits must be positive")
         self.window = window
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[bytes, ReplayWindow] = OrderedDict()
+        self.max_sessions_per_sender = max_sessions_per_sender
+        self._senders: dict[Hashable, OrderedDict[Hashable, ReplayWindow]] = {}
+        self._count = 0
 
-    def check(self, session: bytes, seq: int) -> Seen:
-        w = self._sessions.get(session)
+    def _window(self, sender: Hashable, session: Hashable) -> ReplayWindow | None:
+        sessions = self._senders.get(sender)
+        return None if sessions is None else sessions.get(session)
+
+    def check(self, sender: Hashable, session: Hashable, seq: int) -> Seen:
+        w = self._window(sender, session)
         return Seen.NEW if w is None else w.check(seq)
 
-    def mark(self, session: bytes, seq: int) -> None:
-        w = self._sessions.get(session)
+    def mark(self, sender: Hashable, session: Hashable, seq: int) -> None:
+        sessions = self._senders.setdefault(sender, OrderedDict())
+        w = sessions.get(session)
         if w is None:
-            w = self._sessions[session] = ReplayWindow(self.window)
-            if len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            w = sessions[session] = ReplayWindow(self.window)
+            self._count += 1
+            if len(sessions) > self.max_sessions_per_sender:
+                self._evict(sender)
+            if self._count > self.max_sessions:
+                self._evict(max(self._senders, key=lambda k: len(self._senders[k])))
         else:
-            self._sessions.move_to_end(session)
+            sessions.move_to_end(session)
         w.mark(seq)
 
-    def unmark(self, session: bytes, seq: int) -> None:
-        w = self._sessions.get(session)
+    def unmark(self, sender: Hashable, session: Hashable, seq: int) -> None:
+        w = self._window(sender, session)
         if w is not None:
             w.unmark(seq)
+
+    def _evict(self, sender: Hashable) -> None:
+        sessions = self._senders[sender]
+        sessions.popitem(last=False)
+        self._count -= 1
+        if not sessions:
+            del self._senders[sender]

@@ -251,7 +251,8 @@ def test_opened_message_fields(world: World, clock: Clock) -> None:
     )
     assert message.sent_at == clock.t
     assert message.expires_at is None
-    assert message.session == wire.parse(envelope).header.session_id
+    header = wire.parse(envelope).header
+    assert message.session == header.cert_id + header.session_id
 
 
 # -- sealer arguments -----------------------------------------------------------------------

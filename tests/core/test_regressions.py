@@ -421,3 +421,38 @@ def test_failed_batch_signature_keeps_the_batch(world: World) -> None:
     assert sealer.pending == 2
     opener = world.opener()
     assert [opener.open("orders", s.envelope).body for s in sealer.flush()] == [b"a", b"b"]
+
+
+def test_replay_state_cannot_be_poisoned_from_another_topic() -> None:
+    """A member that produces and consumes its own topic can compute the DH for any session id
+    it sees on the wire; replay windows must not be shared across topics or senders."""
+    topics: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+        "orders": (("producer",), ("consumer",), "x25519"),
+        "scratch": (("producer2",), ("consumer", "producer2"), "x25519"),
+    }
+    w = make_world(topics=topics)
+    honest, opener = w.sealer("producer"), w.opener("consumer")
+    first = honest.seal("orders", b"h1")
+    assert opener.open("orders", first).body == b"h1"
+    stolen_session = wire.parse(first).header.session_id
+    mallory, now = w.members["producer2"], w.clock.ms
+    signer, cert = mallory.identity(now)
+    epoch = mallory.sealing_epoch("scratch", now)
+    keys = suites.join_session(
+        Suite.X25519,
+        b"scratch",
+        epoch.epoch,
+        mallory.epoch_keys("scratch", epoch.epoch, now).keys,
+        stolen_session,
+        b"",
+    )
+    top = 0xFFFFFFFF
+    header = wire.header_head(Suite.X25519, False, epoch.epoch, cert.cert_id, stolen_session)
+    header += wire.header_tail(top, now, 0, b"", b"")
+    ctx = envelope.SessionContext(b"scratch", keys)
+    forged = envelope.finish_single(
+        signer, envelope.draft(ctx, header, top, None, b"x", batch=False)
+    )
+    assert opener.open("scratch", forged).sender == "producer2"  # valid on its own topic
+    for i in range(3):  # ...and it does not push the honest session out of its window
+        assert opener.open("orders", honest.seal("orders", b"h%d" % i)).body == b"h%d" % i

@@ -79,25 +79,42 @@ def test_window_matches_a_model(seqs: list[int], size: int) -> None:
             highest = max(highest, s)
 
 
-def test_guard_keeps_sessions_apart() -> None:
+def test_guard_keeps_senders_and_sessions_apart() -> None:
     g = ReplayGuard(window=8, max_sessions=10)
-    g.mark(b"a", 1)
-    assert g.check(b"a", 1) is Seen.DUPLICATE
-    assert g.check(b"b", 1) is Seen.NEW
-    g.unmark(b"a", 1)
-    assert g.check(b"a", 1) is Seen.NEW
-    g.unmark(b"never", 1)  # unknown session: nothing happens
+    g.mark("s1", b"a", 1)
+    assert g.check("s1", b"a", 1) is Seen.DUPLICATE
+    assert g.check("s1", b"b", 1) is Seen.NEW
+    assert g.check("s2", b"a", 1) is Seen.NEW  # the same session id from another sender
+    g.unmark("s1", b"a", 1)
+    assert g.check("s1", b"a", 1) is Seen.NEW
+    g.unmark("s1", b"never", 1)  # unknown session: nothing happens
+    g.unmark("nobody", b"a", 1)
 
 
-def test_guard_evicts_least_recently_used_session() -> None:
-    g = ReplayGuard(window=8, max_sessions=2)
-    g.mark(b"a", 1)
-    g.mark(b"b", 1)
-    g.mark(b"a", 2)  # a is now the most recently used
-    g.mark(b"c", 1)  # evicts b
-    assert g.check(b"a", 1) is Seen.DUPLICATE
-    assert g.check(b"c", 1) is Seen.DUPLICATE
-    assert g.check(b"b", 1) is Seen.NEW
+def test_guard_evicts_a_senders_least_recently_used_session() -> None:
+    g = ReplayGuard(window=8, max_sessions=100, max_sessions_per_sender=2)
+    g.mark("s", b"a", 1)
+    g.mark("s", b"b", 1)
+    g.mark("s", b"a", 2)  # a is now the most recently used
+    g.mark("s", b"c", 1)  # evicts b
+    assert g.check("s", b"a", 1) is Seen.DUPLICATE
+    assert g.check("s", b"c", 1) is Seen.DUPLICATE
+    assert g.check("s", b"b", 1) is Seen.NEW
+
+
+def test_a_flooding_sender_evicts_only_its_own_windows() -> None:
+    g = ReplayGuard(window=8, max_sessions=50, max_sessions_per_sender=20)
+    for honest in range(3):
+        g.mark(f"honest{honest}", b"s", 7)
+    for i in range(10_000):
+        g.mark("flooder", i.to_bytes(4, "big"), 0)
+    for honest in range(3):
+        assert g.check(f"honest{honest}", b"s", 7) is Seen.DUPLICATE
+    many = ReplayGuard(window=8, max_sessions=50, max_sessions_per_sender=20)
+    for sender in range(10):  # many senders: the global bound takes from the largest
+        for i in range(sender + 1):
+            many.mark(sender, i, 0)
+    assert many.check(0, 0, 0) is Seen.DUPLICATE  # the smallest sender kept its window
 
 
 @pytest.mark.parametrize(("window", "sessions"), [(0, 1), (1, 0), (-1, 5)])
