@@ -34,7 +34,9 @@ from sealedbus.errors import (
 from sealedbus.keys.source import KeySource
 from sealedbus.metrics import Metrics, NoMetrics
 
-DEFAULT_MAX_ENVELOPE = (16 << 20) + (64 << 10)
+# The largest body a default Sealer seals (16 MiB) with 64 KiB of sealed headers, a full content
+# type, the hybrid encapsulation and the longest batch proof, and room to spare.
+DEFAULT_MAX_ENVELOPE = (16 << 20) + (128 << 10)
 
 
 @dataclass(frozen=True, slots=True)

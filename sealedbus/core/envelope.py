@@ -74,12 +74,26 @@ class SessionContext:
         return h.digest()
 
 
+def _is_header(key: object, value: object) -> bool:
+    return (
+        isinstance(key, str)
+        and isinstance(value, str | bytes | int)
+        and value is not True
+        and value is not False
+    )
+
+
+def _unique_pairs(pairs: list[tuple[object, object]]) -> dict[object, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate header name")
+    return result
+
+
 def encode_inner(headers: Headers | None, body: bytes) -> bytes:
     """Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
-    if headers and not all(
-        isinstance(k, str) and isinstance(v, str | bytes | int) for k, v in headers.items()
-    ):
-        raise TypeError("sealed headers map str to str, bytes or int")
+    if headers and not all(_is_header(k, v) for k, v in headers.items()):
+        raise TypeError("sealed headers map str to str, bytes or int (not bool)")
     try:
         packed = bytes(msgpack.packb(dict(headers), use_bin_type=True)) if headers else b""
     except OverflowError:
@@ -98,12 +112,12 @@ def decode_inner(plaintext: bytes) -> tuple[dict[str, HeaderValue], bytes]:
     if n == 0:
         return {}, plaintext[2:]
     try:
-        headers = msgpack.unpackb(plaintext[2 : 2 + n], raw=False, strict_map_key=True)
-    except (ValueError, TypeError) as exc:
-        raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse") from exc
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | bytes | int) for k, v in headers.items()
-    ):
+        headers = msgpack.unpackb(
+            plaintext[2 : 2 + n], raw=False, strict_map_key=True, object_pairs_hook=_unique_pairs
+        )
+    except (ValueError, TypeError):
+        raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse") from None
+    if not isinstance(headers, dict) or not all(_is_header(k, v) for k, v in headers.items()):
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers are not a string map")
     return headers, plaintext[2 + n :]
 

@@ -56,7 +56,9 @@ class _Signed:
             fmt, *fields = msgpack.unpackb(body, raw=False)
             if fmt != FORMAT:
                 raise SignatureError(f"unknown format {fmt}")
-            return cls._from_fields(fields)
+            obj = cls._from_fields(fields)
+            obj.__dict__["body"] = bytes(body)  # ids and digests hash the bytes that were signed
+            return obj
         except SignatureError:
             raise
         except InvalidSignature:
@@ -184,3 +186,17 @@ class RevocationList(_Signed):
     def _from_fields(cls, fields: list[Any]) -> Self:
         at, serial, ids, members = fields
         return cls(at, serial, tuple(ids), tuple(members))
+
+
+@dataclass(frozen=True)
+class SealingEpochAnswer(_Signed):
+    """The KDS's answer to one producer's sealing-epoch request: which epoch descriptions
+    (by digest; ``next_digest`` empty when none is published) it named, for the request carrying
+    ``nonce``, at ``issued_at_ms``. A recorded answer cannot be replayed to another request."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" sealing epoch\x00"
+    topic: str
+    current_digest: bytes
+    next_digest: bytes
+    nonce: bytes
+    issued_at_ms: int

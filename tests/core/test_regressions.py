@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealedbus import InvalidEnvelope, KeySource, Reason
 from sealedbus.core import envelope, suites, wire
@@ -456,3 +458,31 @@ def test_replay_state_cannot_be_poisoned_from_another_topic() -> None:
     assert opener.open("scratch", forged).sender == "producer2"  # valid on its own topic
     for i in range(3):  # ...and it does not push the honest session out of its window
         assert opener.open("orders", honest.seal("orders", b"h%d" % i)).body == b"h%d" % i
+
+
+def test_duplicate_or_boolean_sealed_headers_are_refused() -> None:
+    # a map with the name "a" twice: fixmap of 2, then "a": "x", "a": "y"
+    packed = b"\x82\xa1a\xa1x\xa1a\xa1y"
+    with pytest.raises(MalformedEnvelope):
+        envelope.decode_inner(len(packed).to_bytes(2, "big") + packed + b"body")
+    packed_bool = msgpack.packb({"flag": True})
+    with pytest.raises(MalformedEnvelope):
+        envelope.decode_inner(len(packed_bool).to_bytes(2, "big") + packed_bool)
+    with pytest.raises(TypeError):
+        envelope.encode_inner({"flag": True}, b"")
+
+
+def test_certificate_id_hashes_the_signed_bytes_not_a_reencoding() -> None:
+    """Another authority's msgpack encoder may choose longer integer forms; ids must follow the
+    bytes that were signed, or certificate lookups break between implementations."""
+    root = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    member = Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32).public_key().public_bytes_raw()
+    receive = suites.keypair_from_seed(Suite.X25519, bytes([2]) * 32)
+    fields = [1, "m", member, 1, receive.public, ["t"], [], 0, 1000, 7]
+    body = msgpack.packb(fields)
+    longer = body[:-1] + b"\xcf" + (7).to_bytes(8, "big")  # serial 7 as a uint64
+    assert msgpack.unpackb(longer) == fields
+    signed_bytes = msgpack.packb([longer, root.sign(Certificate.LABEL + longer)])
+    cert = Certificate.verify(signed_bytes, root.public_key())
+    assert cert.serial == 7
+    assert cert.cert_id == hashlib.sha256(longer).digest()[:16]

@@ -182,22 +182,35 @@ def test_topic_key_grant_binds_topic_and_member_and_root() -> None:
     root = Ed25519PrivateKey.generate()
     member = MemberIdentity.generate("billing", os.urandom)
     cert = authority.issue_certificate(
-        "billing", member.identity_public, member.receive.suite, member.receive.public,
-        [], ["orders"], 0, 1000, 1,
+        "billing",
+        member.identity_public,
+        member.receive.suite,
+        member.receive.public,
+        [],
+        ["orders"],
+        0,
+        1000,
+        1,
     )
     key = os.urandom(32)
     sealed = authority.seal_topic_key(root, "orders", cert, key)
-    assert authority.open_topic_key(
-        root.public_key(), sealed, "orders", "billing", member.receive
-    ) == key
+    assert (
+        authority.open_topic_key(root.public_key(), sealed, "orders", "billing", member.receive)
+        == key
+    )
     other = MemberIdentity.generate("other", os.urandom)
     refused = [
         (root.public_key(), sealed, "invoices", "billing", member.receive),  # another topic
         (root.public_key(), sealed, "orders", "other", member.receive),  # another member
         (root.public_key(), sealed, "orders", "billing", other.receive),  # wrong receive key
         (Ed25519PrivateKey.generate().public_key(), sealed, "orders", "billing", member.receive),
-        (root.public_key(), sealed[:-1] + bytes([sealed[-1] ^ 1]), "orders", "billing",
-         member.receive),
+        (
+            root.public_key(),
+            sealed[:-1] + bytes([sealed[-1] ^ 1]),
+            "orders",
+            "billing",
+            member.receive,
+        ),
     ]
     for args in refused:
         with pytest.raises(authority.GrantError):
