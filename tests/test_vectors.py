@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealedbus.core.signed import Certificate, EpochDescription
+from sealedbus.core import suites
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.suites import Suite
 from sealedbus.errors import InvalidEnvelope
+from sealedbus.keys import authority
 from sealedbus.opener import Opener
 from tests.vectors.generate import CASES, T0_MS, VectorKeys, _schedule_values, seal_case, seed
 
@@ -18,6 +21,7 @@ VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors/envelopes
 NEGATIVE: list[dict[str, str]] = json.loads(
     (Path(__file__).parent / "vectors/negative.json").read_text()
 )
+OBJECTS: dict[str, str] = json.loads((Path(__file__).parent / "vectors/objects.json").read_text())
 
 
 def _opener(keys: VectorKeys) -> Opener:
@@ -34,6 +38,9 @@ def test_fixed_keys_match_vectors() -> None:
     description = EpochDescription.verify(bytes.fromhex(VECTORS["epoch_description"]), root)
     assert description.public_key.hex() == VECTORS["epoch_public_key"]
     assert keys.epoch.private.hex() == VECTORS["epoch_private_key"]
+    # Ed25519 is deterministic: re-signing pins every label, field order and encoding
+    assert keys.cert.sign(keys.root).hex() == VECTORS["certificate"]
+    assert keys.description.sign(keys.root).hex() == VECTORS["epoch_description"]
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"])
@@ -67,9 +74,50 @@ def test_vectors_open_to_their_inputs(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("vector", NEGATIVE, ids=lambda v: v["name"])
 def test_negative_vector_refused_with_reason(vector: dict[str, str]) -> None:
+    opener, data = _opener(VectorKeys()), bytes.fromhex(vector["envelope"])
+    if vector.get("open_first"):
+        opener.open("orders", data)
     with pytest.raises(InvalidEnvelope) as info:
-        _opener(VectorKeys()).open("orders", bytes.fromhex(vector["envelope"]))
+        opener.open(vector.get("topic", "orders"), data)
     assert info.value.reason.value == vector["reason"]
+
+
+def test_grant_and_topic_key_vectors_open_with_the_consumer_key() -> None:
+    keys = VectorKeys()
+    root = keys.root.public_key()
+    receive = suites.keypair_from_seed(
+        Suite.X25519, bytes.fromhex(OBJECTS["consumer_receive_private"])
+    )
+    granted = authority.open_grant(
+        root, bytes.fromhex(OBJECTS["grant"]), keys.description, "billing", receive
+    )
+    assert granted.private.hex() == VECTORS["epoch_private_key"]
+    topic_key = authority.open_topic_key(
+        root, bytes.fromhex(OBJECTS["topic_key_grant"]), "orders", "billing", receive
+    )
+    assert topic_key.hex() == OBJECTS["topic_key"]
+    cert = Certificate.verify(bytes.fromhex(OBJECTS["consumer_certificate"]), root)
+    with pytest.raises(authority.GrantError):  # bound to its member
+        authority.open_grant(root, bytes.fromhex(OBJECTS["grant"]), keys.description, "x", receive)
+    assert cert.member == "billing"
+
+
+def test_revocation_list_vector() -> None:
+    keys = VectorKeys()
+    expected = RevocationList(T0_MS, 3, (keys.cert.cert_id,), ("mallory",))
+    assert expected.sign(keys.root).hex() == OBJECTS["revocation_list"]
+    got = RevocationList.verify(bytes.fromhex(OBJECTS["revocation_list"]), keys.root.public_key())
+    assert got.revokes(keys.cert)
+
+
+def test_hybrid_suite_vector_opens() -> None:
+    keys = VectorKeys(topic="vault", suite=Suite.HYBRID)
+    assert keys.epoch.private.hex() == OBJECTS["hybrid_epoch_private_key"]
+    assert keys.epoch.public.hex() == OBJECTS["hybrid_epoch_public_key"]
+    assert keys.description.sign(keys.root).hex() == OBJECTS["hybrid_epoch_description"]
+    envelope = bytes.fromhex(OBJECTS["hybrid_envelope"])
+    assert len(envelope) == len(b"pq") + 156 + 1168
+    assert _opener(keys).open("vault", envelope).body == b"pq"
 
 
 def test_vectors_are_bound_to_their_topic() -> None:

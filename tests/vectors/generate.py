@@ -69,9 +69,7 @@ class VectorKeys:
     def member(self) -> str:
         return "orders-api"
 
-    def identity(
-        self, now_ms: int, refresh: bool = False
-    ) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(self, now_ms: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
         return self.signing, self.cert
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
@@ -126,6 +124,11 @@ CASES: list[dict[str, Any]] = [
         "name": "batch of 5 (unbalanced tree)",
         "mode": "batch",
         "messages": [{"body": f"{i:02x}" * (i + 1)} for i in range(5)],
+    },
+    {
+        "name": "per-message, three in one session",
+        "mode": "single",
+        "messages": [{"body": "01"}, {"body": "0202"}, {"body": "030303"}],
     },
 ]
 
@@ -211,6 +214,46 @@ def build() -> dict[str, Any]:
     }
 
 
+def sealed_at(keys: VectorKeys, t_ms: int, ttl: float | None, label: str) -> bytes:
+    sealer = Sealer(keys, clock=lambda: t_ms / 1000, rng=FixedRng(label))
+    return sealer.seal("orders", b"timed", ttl=ttl)
+
+
+def objects() -> dict[str, Any]:
+    """Authority objects and the hybrid suite. HPKE draws its own randomness, so grants, topic
+    keys and hybrid envelopes are opening vectors: the test opens them with the fixed keys."""
+    keys, hybrid = VectorKeys(), VectorKeys(topic="vault", suite=Suite.HYBRID)
+    consumer = suites.keypair_from_seed(Suite.X25519, seed("consumer receive"))
+    consumer_identity = Ed25519PrivateKey.from_private_bytes(seed("consumer identity"))
+    consumer_cert = authority.issue_certificate(
+        "billing",
+        consumer_identity.public_key().public_bytes_raw(),
+        Suite.X25519,
+        consumer.public,
+        [],
+        ["orders"],
+        T0_MS,
+        86_400_000,
+        2,
+    )
+    revocations = RevocationList(T0_MS, 3, (keys.cert.cert_id,), ("mallory",))
+    return {
+        "description": "authority objects and hybrid-suite envelopes (SPEC.md sections 4.2, 6)",
+        "consumer_receive_private": consumer.private.hex(),
+        "consumer_certificate": consumer_cert.sign(keys.root).hex(),
+        "grant": authority.seal_grant(keys.root, keys.description, keys.epoch, consumer_cert).hex(),
+        "topic_key": seed("topic key").hex(),
+        "topic_key_grant": authority.seal_topic_key(
+            keys.root, "orders", consumer_cert, seed("topic key")
+        ).hex(),
+        "revocation_list": revocations.sign(keys.root).hex(),
+        "hybrid_epoch_private_key": hybrid.epoch.private.hex(),
+        "hybrid_epoch_public_key": hybrid.epoch.public.hex(),
+        "hybrid_epoch_description": hybrid.description.sign(keys.root).hex(),
+        "hybrid_envelope": Sealer(hybrid, clock=lambda: T0_MS / 1000).seal("vault", b"pq").hex(),
+    }
+
+
 def negative(vectors: dict[str, Any]) -> list[dict[str, str]]:
     """Envelopes derived from the positive vectors, each with the reason it must be refused."""
     good = bytes.fromhex(vectors["cases"][1]["envelopes"][0])
@@ -223,6 +266,7 @@ def negative(vectors: dict[str, Any]) -> list[dict[str, str]]:
         return b.hex()
 
     head = 74 + len("application/json")
+    keys = VectorKeys()
     return [
         {"name": "no magic", "envelope": b"plain text".hex(), "reason": "not_envelope"},
         {
@@ -273,6 +317,38 @@ def negative(vectors: dict[str, Any]) -> list[dict[str, str]]:
             "reason": "malformed",
         },
         {
+            "name": "small-order session id (zero point)",
+            "envelope": (good[:25] + bytes(32) + good[57:]).hex(),
+            "reason": "decrypt_failed",
+        },
+        {
+            "name": "hybrid suite claimed on an X25519 topic",
+            "envelope": (good[:3] + b"\x02" + good[4:head] + bytes(1168) + good[head:]).hex(),
+            "reason": "suite_not_allowed",
+        },
+        {
+            "name": "expired (sealed 10 min ago with a 60 s ttl)",
+            "envelope": sealed_at(keys, T0_MS - 600_000, 60.0, "expired").hex(),
+            "reason": "expired",
+        },
+        {
+            "name": "from the future (sealed 10 min ahead)",
+            "envelope": sealed_at(keys, T0_MS + 600_000, None, "future").hex(),
+            "reason": "from_future",
+        },
+        {
+            "name": "opened under another topic",
+            "envelope": good.hex(),
+            "topic": "invoices",
+            "reason": "sender_not_allowed",
+        },
+        {
+            "name": "opened twice",
+            "envelope": good.hex(),
+            "open_first": "yes",
+            "reason": "duplicate",
+        },
+        {
             "name": "batch root signature from another batch",
             "envelope": (batch[:74] + other_batch[74:138] + batch[138:]).hex(),
             "reason": "bad_signature",
@@ -284,6 +360,7 @@ def main() -> None:
     vectors = build()
     (HERE / "envelopes.json").write_text(json.dumps(vectors, indent=1) + "\n")
     (HERE / "negative.json").write_text(json.dumps(negative(vectors), indent=1) + "\n")
+    (HERE / "objects.json").write_text(json.dumps(objects(), indent=1) + "\n")
     print(f"wrote {len(vectors['cases'])} positive cases and the negative vectors to {HERE}")
 
 
