@@ -28,9 +28,9 @@ from sealedbus.brokers._common import (
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.errors import InvalidEnvelope, KeyServiceUnavailable
+from sealedbus.errors import ConfigurationError, InvalidEnvelope, KeyServiceUnavailable
 from sealedbus.opener import OpenedMessage, Opener
-from sealedbus.sealer import Sealer
+from sealedbus.sealer import Sealed, Sealer
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +157,26 @@ class Subscription:
 
 
 class MemoryProducer:
-    """Seals each message (one signature each) and appends it to a ``MemoryBus`` topic."""
+    """Seals each message and appends it to a ``MemoryBus`` topic.
+
+    One signature per message by default. With ``batch=True`` messages join the sealer's Merkle
+    batch and are appended together, in order, once it holds ``Sealer.batch_size`` messages or on
+    ``flush()``; ``send`` then returns the offset of the last record appended (-1 when the message
+    is still waiting). Give a batching producer a ``Sealer`` of its own and ``flush()`` when done.
+    """
 
     def __init__(
-        self, bus: MemoryBus, sealer: Sealer, *, key_tokenizer: KeyTokenizer | None = None
+        self,
+        bus: MemoryBus,
+        sealer: Sealer,
+        *,
+        key_tokenizer: KeyTokenizer | None = None,
+        batch: bool = False,
     ) -> None:
         self.bus = bus
         self.sealer = sealer
         self.key_tokenizer = key_tokenizer
+        self.batch = batch
 
     def send(
         self,
@@ -180,10 +192,28 @@ class MemoryProducer:
         clear_key, sealed_headers = tokenize_key(
             self.key_tokenizer, topic, key, check_headers(headers)
         )
-        data = self.sealer.seal(
-            topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+        if not self.batch:
+            data = self.sealer.seal(
+                topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+            )
+            return self.bus.publish(topic, data, key=clear_key)
+        ready = self.sealer.add(
+            topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
+            context=clear_key,
         )
-        return self.bus.publish(topic, data, key=clear_key)
+        return self._publish(ready)
+
+    def flush(self) -> int:
+        """Append the open batch now; returns the last offset appended (-1 if none)."""
+        return self._publish(self.sealer.flush()) if self.batch else -1
+
+    def _publish(self, batch: list[Sealed]) -> int:
+        offset = -1
+        for sealed in batch:
+            if sealed.context is not None and not isinstance(sealed.context, bytes):
+                raise ConfigurationError("the sealer's batch holds another adapter's messages")
+            offset = self.bus.publish(sealed.topic, sealed.envelope, key=sealed.context)
+        return offset
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,21 @@ envelope moved (re-published) to another exchange does not open there: it is dea
 
 Properties: ``headers`` and ``content_type`` are sealed into the envelope and do not travel in
 clear; ``expiration`` also becomes the envelope's expiry. Every other property travels as given.
+
+Signing: one Ed25519 signature per message by default. With ``linger`` > 0, publishes join the
+sealer's Merkle batch and go out together, in order, when it holds ``Sealer.batch_size`` messages,
+when its first message is ``linger`` seconds old (checked at each publish, and by a timer that
+fires while pika pumps events: ``process_data_events``, ``sleep``, consuming) or on ``flush()`` /
+``close()``. One signature then covers the batch; a message may wait up to ``linger`` seconds.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -28,7 +36,7 @@ from sealedbus.brokers._common import (
 )
 from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, KeyServiceUnavailable
 from sealedbus.opener import OpenedMessage, Opener
-from sealedbus.sealer import Sealer
+from sealedbus.sealer import Sealed, Sealer
 
 DEFAULT_DEAD_LETTER_EXCHANGE = "sealedbus.dead-letter"
 
@@ -47,6 +55,16 @@ _RETRYABLE = (
 Delivery = tuple[Any, Any, OpenedMessage]
 """What consumers get: pika's ``Basic.Deliver`` method, its ``BasicProperties``, the message."""
 OnMessage = Callable[["SealedChannel", Any, Any, OpenedMessage], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    """Where a batched message goes once its batch is signed."""
+
+    exchange: str
+    routing_key: str
+    properties: Any
+    mandatory: bool
 
 
 @contextmanager
@@ -69,6 +87,9 @@ class SealedChannel:
     the pika channel itself (``.channel``). A delivery that does not open is published to
     ``dead_letter_exchange`` (declared, with a queue of the same name, unless
     ``declare_dead_letter`` is false) through a confirmed channel, then acknowledged.
+
+    ``linger`` > 0 turns on batch signing (see the module docstring); give such a channel a
+    ``Sealer`` of its own, and ``flush()`` (or ``close()``) before you stop publishing.
     """
 
     def __init__(
@@ -80,12 +101,18 @@ class SealedChannel:
         topics: Mapping[str, str] | None = None,
         dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE,
         declare_dead_letter: bool = True,
+        linger: float = 0.0,
     ) -> None:
+        if linger < 0:
+            raise ConfigurationError("linger must not be negative")
         self.channel = channel
         self.sealer = sealer
         self.opener = opener
         self.topics = dict(topics or {})
         self.dead_letter_exchange = dead_letter_exchange
+        self.linger = linger
+        self._batch_started: float | None = None  # monotonic time of the open batch's first one
+        self._timer_armed = False
         self._unacked: dict[int, OpenedMessage] = {}
         self._dead_letter_channel: Any = None
         if opener is not None:
@@ -123,7 +150,10 @@ class SealedChannel:
         """Seal ``body`` for the exchange's topic and publish it, as pika's ``basic_publish``.
 
         Raises AccessDenied or UnknownTopic (not a producer), KeyServiceUnavailable, or
-        BrokerError (with confirms: NackError is retryable, UnroutableError is not).
+        BrokerError (with confirms: NackError is retryable, UnroutableError is not). With
+        ``linger`` the message may wait for its batch; a BrokerError raised then concerns a
+        message of the batch being sent, and that message and the rest of its batch were not
+        published.
         """
         if self.sealer is None:
             raise ConfigurationError("this SealedChannel has no sealer")
@@ -135,17 +165,63 @@ class SealedChannel:
                 ttl = int(props.expiration) / 1000
             except ValueError:
                 raise ConfigurationError("expiration must be milliseconds as a string") from None
-        data = self.sealer.seal(
-            topic,
-            body,
-            headers=check_headers(props.headers),
-            content_type=props.content_type or "",
-            ttl=ttl,
-        )
+        headers = check_headers(props.headers)
+        content_type = props.content_type or ""
         props.headers = None
         props.content_type = SEALED_CONTENT_TYPE
-        with translate_errors(f"publishing to {exchange!r}"):
-            self.channel.basic_publish(exchange, routing_key, data, props, mandatory)
+        if not self.linger:
+            data = self.sealer.seal(
+                topic, body, headers=headers, content_type=content_type, ttl=ttl
+            )
+            with translate_errors(f"publishing to {exchange!r}"):
+                self.channel.basic_publish(exchange, routing_key, data, props, mandatory)
+            return
+        ready = self.sealer.add(
+            topic, body, headers=headers, content_type=content_type, ttl=ttl,
+            context=_Publish(exchange, routing_key, props, mandatory),
+        )
+        if not ready:
+            now = time.monotonic()
+            if self._batch_started is None:
+                self._batch_started = now
+                self._arm_timer()
+            elif now - self._batch_started >= self.linger:
+                ready = self.sealer.flush()
+        if ready:
+            self._publish_batch(ready)
+
+    def flush(self) -> None:
+        """Sign and publish the open batch now (nothing to do without ``linger``)."""
+        if self.sealer is not None and self.linger:
+            self._publish_batch(self.sealer.flush())
+
+    def _arm_timer(self) -> None:
+        if self._timer_armed:
+            return
+        self._timer_armed = True
+        with translate_errors("scheduling the batch timer"):
+            self.channel.connection.call_later(self.linger, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_armed = False
+        if self._batch_started is None or not self.channel.is_open:
+            return
+        if time.monotonic() - self._batch_started >= self.linger:
+            self.flush()
+        else:  # a newer batch opened since this timer was set
+            self._arm_timer()
+
+    def _publish_batch(self, batch: list[Sealed]) -> None:
+        """Publish a closed batch in order; stop at the first failure and raise it."""
+        self._batch_started = None
+        for sealed in batch:
+            to = sealed.context
+            if not isinstance(to, _Publish):
+                raise ConfigurationError("the sealer's batch holds another adapter's messages")
+            with translate_errors(f"publishing to {to.exchange!r}"):
+                self.channel.basic_publish(
+                    to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
+                )
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -252,7 +328,9 @@ class SealedChannel:
             self.channel.basic_reject(delivery_tag, requeue)
 
     def close(self) -> None:
-        """Close the dead-letter channel and the wrapped channel."""
+        """Publish the open batch (if any), then close the dead-letter and wrapped channels."""
+        if self.channel.is_open:
+            self.flush()
         with translate_errors("closing the channel"):
             for ch in (self._dead_letter_channel, self.channel):
                 if ch is not None and ch.is_open:

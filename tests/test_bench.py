@@ -1,0 +1,47 @@
+"""The throughput benchmark's quick mode runs on all three transports and writes its results.
+
+Nothing here is timed or compared: the figures of a quick run are noise; the point is that the
+runner works (``sealedbus bench`` included) and its output has the promised shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sealedbus.ops.cli import main
+
+pytestmark = pytest.mark.slow
+
+MODES = {"plain", "sealed-message", "sealed-batch"}
+
+
+def test_quick_run_writes_rows_for_every_transport_size_and_mode(
+    amqp_url: str, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "--quick", "--no-progress", "--amqp-url", amqp_url,
+                 "--kafka-bootstrap", kafka_bootstrap, "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "latest.json").read_text())
+    header, rows = result["header"], result["rows"]
+    assert header["mode"] == "quick" and header["machine"]["cores"] >= 1
+    assert {"sealedbus", "cryptography", "pika", "kafka-python"} <= set(header["versions"])
+
+    keys = {(r["transport"], r["payload_bytes"], r["mode"]) for r in rows}
+    assert keys == {(t, s, m) for t in ("memory", "rabbitmq", "kafka")
+                    for s in (128, 1024, 16384) for m in MODES}
+    for r in rows:
+        assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0
+        assert 0 <= r["p50_ms"] <= r["p99_ms"]
+        assert r["producer_cpu_us_per_msg"] > 0 and r["consumer_cpu_us_per_msg"] > 0
+        if r["mode"] == "plain":
+            assert r["ratio_to_plain"] == 1.0 and r["overhead_bytes"] == 0
+        else:
+            assert r["ratio_to_plain"] > 0 and r["overhead_bytes"] > 0
+
+    table = (tmp_path / "latest.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1  # header row plus one per result row
+    for plot in ("throughput.png", "latency.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sealed-batch" in capsys.readouterr().out
