@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealedbus.core import envelope, suites, wire
+from sealedbus.core import envelope, merkle, suites, wire
 from sealedbus.core.envelope import HeaderValue, SessionContext
 from sealedbus.core.replay import ReplayGuard, Seen
 from sealedbus.core.signed import Certificate, EpochDescription
@@ -134,7 +134,7 @@ class Opener:
         self._sessions: _Cache[_SessionKey, tuple[SessionContext, EpochDescription]] = _Cache(
             max_sessions
         )
-        self._roots: _Cache[tuple[bytes, int, bytes, bytes], bool] = _Cache(65_536)
+        self._trees = merkle.VerifiedTrees()
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
 
     def open(self, topic: str, data: bytes) -> OpenedMessage:
@@ -213,12 +213,13 @@ class Opener:
         ctx = self._session(topic, h, now)
         if parsed.proof is None:
             envelope.verify_single(sender.identity, parsed, ctx)
-        else:
-            root = envelope.batch_root(parsed, ctx)
-            root_key = (h.cert_id, parsed.proof.size, root, parsed.signature)
-            if not self._roots.get(root_key):
-                envelope.verify_root(sender.identity, parsed, root)
-                self._roots.put(root_key, True)
+        else:  # one signature per batch: envelopes of a verified tree need no Ed25519
+            proof = parsed.proof
+            tree = (h.cert_id, proof.size, parsed.signature)
+            leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
+            if not self._trees.contains(tree, proof.index, proof.size, leaf, proof.path):
+                envelope.verify_root(sender.identity, parsed, envelope.batch_root(parsed, ctx))
+                self._trees.add(tree, proof.index, proof.size, leaf, proof.path)
 
         headers, body = envelope.open_body(ctx, parsed)
         replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)

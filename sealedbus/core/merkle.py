@@ -7,6 +7,9 @@ n leaves splits at the largest power of two below n; inclusion paths list siblin
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Hashable
+from functools import lru_cache
 
 MAX_TREE_SIZE = 0xFFFF
 
@@ -31,6 +34,84 @@ def build(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     right, right_paths = build(leaves[k:])
     paths = [[*p, right] for p in left_paths] + [[*p, left] for p in right_paths]
     return node_hash(left, right), paths
+
+
+Range = tuple[int, int]  # leaves [start, end) under a node
+
+
+@lru_cache(maxsize=1 << 16)
+def path_ranges(index: int, size: int) -> tuple[tuple[Range, Range, bool], ...]:
+    """For each sibling on leaf ``index``'s inclusion path, bottom-up: the range of the node the
+    walk is at, the sibling's range, and whether the sibling is on the left."""
+    if not 0 <= index < size:
+        raise ValueError("leaf index out of range")
+    out: list[tuple[Range, Range, bool]] = []
+    start, end = 0, size
+    while end - start > 1:
+        mid = start + (1 << ((end - start - 1).bit_length() - 1))
+        if index < mid:
+            out.append(((start, mid), (mid, end), False))
+            end = mid
+        else:
+            out.append(((mid, end), (start, mid), True))
+            start = mid
+    return tuple(reversed(out))
+
+
+class VerifiedTrees:
+    """Nodes of batch trees whose root signature has been verified, by position.
+
+    An envelope whose leaf and path meet a known node of its tree, with every higher sibling of
+    its path equal byte for byte to the known node at that position, belongs to that tree: the
+    walk stops there instead of hashing up to the root. Every byte of the path is still
+    compared, so no changed envelope passes. Pure state; bounded to ``max_trees`` trees.
+    """
+
+    def __init__(self, max_trees: int = 4096) -> None:
+        self.max_trees = max_trees
+        self._trees: dict[Hashable, dict[Range, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def contains(
+        self, tree: Hashable, index: int, size: int, leaf: bytes, path: list[bytes]
+    ) -> bool:
+        """Whether ``leaf`` is in the verified tree ``tree`` (False: unknown, verify in full)."""
+        known = self._trees.get(tree)
+        if known is None:
+            return False
+        ranges = path_ranges(index, size)
+        if len(path) != len(ranges):
+            return False
+        learned: list[tuple[Range, bytes]] = []
+        r = leaf
+        for level, (node, sibling, left) in enumerate(ranges):
+            if known.get(node) == r:
+                for j in range(level, len(ranges)):
+                    if path[j] != known.get(ranges[j][1]):
+                        return False
+                known.update(learned)
+                return True
+            learned.append((node, r))
+            learned.append((sibling, path[level]))
+            r = node_hash(path[level], r) if left else node_hash(r, path[level])
+        if known.get((0, size)) == r:
+            known.update(learned)
+            return True
+        return False
+
+    def add(self, tree: Hashable, index: int, size: int, leaf: bytes, path: list[bytes]) -> None:
+        """Record a leaf, its path and the root they lead to, once the root signature verified."""
+        known: dict[Range, bytes] = {}
+        r = leaf
+        for (node, sibling, left), p in zip(path_ranges(index, size), path, strict=True):
+            known[node] = r
+            known[sibling] = p
+            r = node_hash(p, r) if left else node_hash(r, p)
+        known[(0, size)] = r
+        with self._lock:
+            self._trees.setdefault(tree, {}).update(known)
+            if len(self._trees) > self.max_trees:
+                del self._trees[next(iter(self._trees))]
 
 
 def path_length(index: int, size: int) -> int:

@@ -28,6 +28,7 @@ MAX_TTL_MS = 0xFFFFFFFF
 MAX_CONTENT_TYPE = 255
 INNER_HEADERS_LEN = struct.Struct(">H")
 _SUITES = {int(s): s for s in Suite}
+_ENCAPSULATION_LEN = {s: s.encapsulation_len for s in Suite}
 SIGN_ENVELOPE = b"sealedbus/1 envelope\x00"
 SIGN_MESSAGE = b"sealedbus/1 message\x00"
 SIGN_BATCH_ROOT = b"sealedbus/1 batch root\x00"
@@ -132,8 +133,9 @@ def parse(data: bytes) -> Parsed:
     except UnicodeDecodeError:
         raise MalformedEnvelope(Reason.MALFORMED, "content type is not UTF-8") from None
     pos += ct_len
-    encapsulation = data[pos : pos + suite.encapsulation_len]
-    pos += suite.encapsulation_len
+    encapsulation_len = _ENCAPSULATION_LEN[suite]
+    encapsulation = data[pos : pos + encapsulation_len]
+    pos += encapsulation_len
     header_end = pos
     signature = data[pos : pos + SIGNATURE_LEN]
     pos += SIGNATURE_LEN
@@ -144,7 +146,7 @@ def parse(data: bytes) -> Parsed:
         index, size = BATCH_FIXED.unpack_from(data, pos)
         pos += BATCH_FIXED.size
         try:
-            depth = merkle.path_length(index, size)
+            depth = len(merkle.path_ranges(index, size))
         except ValueError:
             raise MalformedEnvelope(Reason.MALFORMED, "batch index out of range") from None
         path = [data[p : p + 32] for p in range(pos, pos + 32 * depth, 32)]
