@@ -58,14 +58,20 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     has the sealed record; failures are ``BrokerError`` (the kafka error as ``__cause__``)."""
 
     __slots__ = ("_done",)
+    _waiting = threading.Lock()  # guards _done: an Event only for futures someone waits on
 
     def __init__(self) -> None:
         super().__init__()
-        self._done = threading.Event()
+        self._done: threading.Event | None = None
+
+    def _wake(self) -> None:
+        with self._waiting:
+            if self._done is not None:
+                self._done.set()
 
     def success(self, value: Any) -> Any:
         result = super().success(value)
-        self._done.set()
+        self._wake()
         return result
 
     def failure(self, e: BaseException | type[BaseException]) -> Any:
@@ -74,12 +80,16 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         if not isinstance(e, BrokerError):
             e = broker_error("sending", e)
         result = super().failure(e)
-        self._done.set()
+        self._wake()
         return result
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
-        if not self._done.wait(timeout):
+        with self._waiting:
+            if not self.is_done and self._done is None:
+                self._done = threading.Event()
+            done = self._done
+        if done is not None and not self.is_done and not done.wait(timeout):
             raise BrokerError("the record was not acknowledged in time", retryable=True)
         if self.exception is not None:
             raise self.exception
