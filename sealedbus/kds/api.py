@@ -18,7 +18,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from cryptography.exceptions import InvalidSignature
-from fastapi import Depends, FastAPI, Path, Request
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -66,11 +67,16 @@ class Root(_Model):
 
 
 class EnrollRequest(_Model):
-    token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
+    """Enrollment: the token never travels; its derived key (``auth.token_key``) names it and
+    signs ``auth.enrollment_message`` (``token_proof``), as does the identity key (``proof``)."""
+
+    token_key: B64
     member: Name
     identity_public: B64
     receive_suite: SuiteName = "x25519"
     receive_public: B64
+    timestamp_ms: int = Field(ge=0, le=1 << 53)
+    token_proof: B64
     proof: B64
 
 
@@ -85,6 +91,7 @@ class RevocationsOut(_Model):
 class SealingEpochOut(_Model):
     description: str
     next: str | None = None
+    answer: str  # signed SealingEpochAnswer: binds both to the request's nonce and to now
 
 
 class GrantOut(_Model):
@@ -189,7 +196,8 @@ class Metrics:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length claims."""
+    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length claims (or
+    with none, chunked): the body is read here first, then handed to the app."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -203,24 +211,27 @@ class BodyLimit:
         if not declared.isdigit() or int(declared) > self.limit:
             await _too_large(send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        body = bytearray()
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        delivered = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send) -> None:
@@ -244,9 +255,9 @@ class RateLimit:
     def allow(self, key: str) -> bool:
         now = self._clock()
         with self._lock:
-            if len(self._buckets) > 10_000:
-                self._buckets.clear()
-            tokens, at = self._buckets.get(key, (self.capacity, now))
+            tokens, at = self._buckets.pop(key, (self.capacity, now))  # re-inserted: newest
+            while len(self._buckets) >= 10_000:  # forget the longest idle, never everyone
+                del self._buckets[next(iter(self._buckets))]
             tokens = min(self.capacity, tokens + (now - at) * self.rate)
             if tokens < 1:
                 self._buckets[key] = (tokens, now)
@@ -267,34 +278,41 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     nonce, signature = h.get(auth.NONCE, ""), h.get(auth.SIGNATURE, "")
     if not (principal and stamp and nonce and signature):
         raise ServiceError(401, "unauthenticated", "request signature headers are missing")
-    if len(principal) > 128 or not stamp.isdigit() or len(stamp) > 16 \
+    if len(principal) > 128 or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 16 \
             or len(nonce) != 32 or len(signature) != 88:
         raise ServiceError(401, "unauthenticated", "request signature headers are malformed")
     now = service.now_ms()
     if abs(now - int(stamp)) > auth.MAX_SKEW_MS:
         raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
+    # An unknown principal and a bad signature get the same answer: no probing for names.
+    key: Ed25519PublicKey | None = None
+    revoked, totp_secret = False, b""
     if admin:
         creds = service.admin_credentials(principal)
-        if creds is None:
-            raise ServiceError(401, "unknown_admin", "no such admin")
-        key, totp_secret = creds
+        if creds is not None:
+            key, totp_secret = creds
     else:
-        key = service.member_key(principal)
+        member = service.member_key(principal)
+        if member is not None:
+            key, revoked = member
     target = request.scope.get("raw_path") or request.url.path.encode()
     if request.scope.get("query_string"):
         target += b"?" + request.scope["query_string"]
     try:
+        if key is None:
+            raise InvalidSignature
         key.verify(_b64(signature, "signature"),
                    auth.request_message(request.method, target, int(stamp), nonce, body))
     except (InvalidSignature, ServiceError):
         raise ServiceError(401, "bad_signature", "request signature does not verify") from None
+    if revoked:
+        raise ServiceError(403, "member_revoked", f"member {principal!r} is revoked")
     kind = "admin" if admin else "member"
     if not service.remember_nonce(f"{kind}:{principal}", nonce,
                                   int(stamp) + 2 * auth.MAX_SKEW_MS):
         raise ServiceError(401, "replayed_request", "this request was seen before")
-    if admin and not auth.totp_ok(totp_secret, h.get(auth.TOTP_CODE, ""), now / 1000):
-        service.record(f"admin:{principal}", "admin.totp_refused")
-        raise ServiceError(401, "bad_totp", "second factor (TOTP) missing or wrong")
+    if admin:
+        service.check_totp(principal, totp_secret, h.get(auth.TOTP_CODE, ""))
     return principal
 
 
@@ -366,7 +384,13 @@ def create_app(
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
                     ) -> Response:
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # answered here: Starlette's outer handler would re-raise it,
+            # and the server would log a traceback that may hold values (keys, tokens)
+            log.error("internal error: %s", type(exc).__name__)
+            response = JSONResponse({"error": "internal_error", "reason": "internal error"},
+                                    status_code=500)
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
         m.requests.labels(name, str(response.status_code)).inc()
@@ -403,9 +427,10 @@ def create_app(
             raise ServiceError(429, "rate_limited", "too many enrollment attempts; retry later")
         try:
             cert = service.enroll(
-                body.token, body.member, _b64(body.identity_public, "identity_public"),
-                Suite.parse(body.receive_suite), _b64(body.receive_public, "receive_public"),
-                _b64(body.proof, "proof"))
+                _b64(body.token_key, "token_key"), body.member,
+                _b64(body.identity_public, "identity_public"), Suite.parse(body.receive_suite),
+                _b64(body.receive_public, "receive_public"), body.timestamp_ms,
+                _b64(body.token_proof, "token_proof"), _b64(body.proof, "proof"))
         except ServiceError as exc:
             service.record(f"member:{body.member}", "enrollment.refused", code=exc.code)
             raise
@@ -430,9 +455,13 @@ def create_app(
         return RevocationsOut(revocations=_enc(service.revocation_list()))
 
     @app.get("/v1/topics/{topic}/sealing-epoch", response_model=SealingEpochOut, tags=["members"])
-    def sealing_epoch(topic: TopicName, who: Member) -> SealingEpochOut:
-        current, ahead = service.sealing_epoch(who, topic)
-        return SealingEpochOut(description=_enc(current), next=_enc(ahead) if ahead else None)
+    def sealing_epoch(
+        topic: TopicName, who: Member,
+        nonce: Annotated[str, Query(pattern=r"^([0-9a-f]{32})?$")] = "",
+    ) -> SealingEpochOut:
+        current, ahead, answer = service.sealing_epoch(who, topic, bytes.fromhex(nonce))
+        return SealingEpochOut(description=_enc(current), next=_enc(ahead) if ahead else None,
+                               answer=_enc(answer))
 
     @app.get("/v1/topics/{topic}/epochs/{epoch}/grant", response_model=GrantOut, tags=["members"],
              responses={410: {"model": Error}})

@@ -3,8 +3,10 @@ checkpoint (the chain head signed by the root key) every ``CHECKPOINT_EVERY`` en
 
 ``entry_hash = SHA-256(LABEL || previous hash || msgpack([seq, at_ms, actor, action, detail]))``.
 Editing, inserting or deleting an entry breaks every later hash; rewriting the whole tail breaks
-the signed checkpoints, which only the root key can make. Entries carry names, topics and
-epochs, never key material or tokens.
+the signed checkpoints, which only the root key can make: ``verify`` requires one at every
+multiple of ``CHECKPOINT_EVERY`` up to the head, and the head itself is signed on every append
+(table ``audit_head``), so neither dropping checkpoints nor truncating the tail goes unnoticed.
+Entries carry names, topics and epochs, never key material or tokens.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, insert, select, update
 
 from sealedbus.core.suites import PROTOCOL
-from sealedbus.kds.store import GENESIS, audit, audit_checkpoints, heads
+from sealedbus.kds.store import GENESIS, audit, audit_checkpoints, audit_head, heads
 
 CHECKPOINT_EVERY = 64
 _ENTRY_LABEL = PROTOCOL + b" audit entry\x00"
 _CHECKPOINT_LABEL = PROTOCOL + b" audit checkpoint\x00"
+_HEAD_LABEL = PROTOCOL + b" audit head\x00"
 
 
 def entry_hash(prev: bytes, seq: int, at_ms: int, actor: str, action: str, detail: str) -> bytes:
@@ -34,6 +37,10 @@ def entry_hash(prev: bytes, seq: int, at_ms: int, actor: str, action: str, detai
 
 def checkpoint_message(seq: int, digest: bytes) -> bytes:
     return _CHECKPOINT_LABEL + seq.to_bytes(8, "big") + digest
+
+
+def head_message(seq: int, digest: bytes) -> bytes:
+    return _HEAD_LABEL + seq.to_bytes(8, "big") + digest
 
 
 def append(
@@ -48,6 +55,10 @@ def append(
     conn.execute(insert(audit).values(
         seq=seq, at_ms=at_ms, actor=actor, action=action, detail=text, hash=digest))
     conn.execute(update(heads).where(heads.c.name == "audit").values(seq=seq, hash=digest))
+    signed = {"seq": seq, "hash": digest, "signature": root.sign(head_message(seq, digest))}
+    if conn.execute(update(audit_head).where(audit_head.c.name == "audit").values(**signed))\
+            .rowcount == 0:
+        conn.execute(insert(audit_head).values(name="audit", **signed))
     if seq % CHECKPOINT_EVERY == 0:
         checkpoint(conn, root, seq, digest)
 
@@ -80,16 +91,30 @@ def verify(conn: Connection, root: Ed25519PublicKey) -> AuditReport:
             return AuditReport(count, 0, False, f"entry {row.seq} was altered")
         hashes[row.seq] = digest
         prev, expected_seq, count = digest, expected_seq + 1, count + 1
-    checkpoints = 0
-    for cp in conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq)):
+    checkpoints = {cp.seq: cp for cp in conn.execute(select(audit_checkpoints))}
+    for seq in range(CHECKPOINT_EVERY, count + 1, CHECKPOINT_EVERY):
+        cp = checkpoints.get(seq)
+        if cp is None:
+            return AuditReport(count, 0, False, f"checkpoint {seq} is missing")
         try:
             root.verify(cp.signature, checkpoint_message(cp.seq, cp.hash))
         except InvalidSignature:
-            return AuditReport(count, checkpoints, False, f"checkpoint {cp.seq} is not signed")
-        if hashes.get(cp.seq) != cp.hash:
-            return AuditReport(count, checkpoints, False, f"chain differs at checkpoint {cp.seq}")
-        checkpoints += 1
+            return AuditReport(count, 0, False, f"checkpoint {seq} is not signed")
+        if hashes[seq] != cp.hash:
+            return AuditReport(count, 0, False, f"chain differs at checkpoint {seq}")
+    if any(seq > count for seq in checkpoints):
+        return AuditReport(count, 0, False, "entries after a checkpoint were removed")
     head = conn.execute(select(heads.c.seq, heads.c.hash).where(heads.c.name == "audit")).one()
+    signed = conn.execute(select(audit_head).where(audit_head.c.name == "audit")).first()
+    if count and signed is None:
+        return AuditReport(count, 0, False, "the chain head is not signed")
+    if signed is not None:
+        try:
+            root.verify(signed.signature, head_message(signed.seq, signed.hash))
+        except InvalidSignature:
+            return AuditReport(count, 0, False, "the chain head signature does not verify")
+        if (signed.seq, signed.hash) != (count, prev):
+            return AuditReport(count, 0, False, "the chain differs from its signed head")
     if (head.seq, head.hash) != (count, prev):
-        return AuditReport(count, checkpoints, False, "entries after the head were removed")
-    return AuditReport(count, checkpoints, True)
+        return AuditReport(count, 0, False, "entries after the head were removed")
+    return AuditReport(count, count // CHECKPOINT_EVERY, True)

@@ -4,7 +4,8 @@ A request carries four headers: the principal's name, a millisecond timestamp, a
 an Ed25519 signature over ``LABEL || msgpack([method, target, timestamp, nonce, sha256(body)])``
 where ``target`` is the raw path with its query string. The server refuses timestamps outside
 ``MAX_SKEW_MS`` and any (principal, nonce) it has seen. Admin requests also carry a TOTP code
-(RFC 6238). Enrollment is signed the same way by the new identity key over what it enrolls.
+(RFC 6238). Enrollment is signed by a key derived from the one-time token (``token_key``) and by
+the new identity key, over what it enrolls; the token itself never travels.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import hashlib
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.hashes import SHA1, SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.twofactor import InvalidToken
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
@@ -32,6 +34,7 @@ TOTP_STEP = 30
 
 _REQUEST_LABEL = PROTOCOL + b" request\x00"
 _ENROLL_LABEL = PROTOCOL + b" enroll\x00"
+_TOKEN_KEY_LABEL = PROTOCOL + b" enrollment token key\x00"
 
 
 def request_message(
@@ -56,35 +59,44 @@ def sign_request(
     }
 
 
+def token_key(token: str) -> Ed25519PrivateKey:
+    """The signing key an enrollment token stands for, derived with HKDF-SHA256. The token itself
+    never travels: the enrollment request names the token by this key's public half (which is
+    also all the KDS stores, so its database holds nothing that could enroll anyone) and signs
+    what it enrolls with it. A TLS-terminating proxy that sees the request can therefore neither
+    enroll other keys with the token nor learn it. (An HMAC keyed with the token would do the
+    same on the wire, but the KDS would then have to keep the HMAC key: a usable secret.)"""
+    seed = HKDF(SHA256(), 32, salt=None, info=_TOKEN_KEY_LABEL).derive(token.encode())
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
 def enrollment_message(
-    token: str, member: str, identity_public: bytes, suite: int, receive_public: bytes
+    token_public: bytes, member: str, identity_public: bytes, suite: int, receive_public: bytes,
+    timestamp_ms: int,
 ) -> bytes:
-    """What a new member signs with its identity key: binds its receive key to it and the token."""
-    token_hash = hashlib.sha256(token.encode()).digest()
-    fields = [token_hash, member, identity_public, suite, receive_public]
+    """What an enrollment request signs, twice: with the token's key (``token_key``), which
+    authorizes it, and with the new identity key, which proves the member holds that key."""
+    fields = [token_public, member, identity_public, suite, receive_public, timestamp_ms]
     return _ENROLL_LABEL + bytes(msgpack.packb(fields, use_bin_type=True))
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def totp(secret: bytes) -> TOTP:
     return TOTP(secret, 6, SHA1(), TOTP_STEP, enforce_key_length=True)  # noqa: S303 - RFC 6238 default; authenticator apps expect it
 
 
-def totp_ok(secret: bytes, code: str, now_s: float) -> bool:
-    """RFC 6238 check allowing one step of clock drift either way."""
-    if len(code) != 6 or not code.isdigit():
-        return False
+def totp_step(secret: bytes, code: str, now_s: float) -> int | None:
+    """The RFC 6238 time step ``code`` belongs to, allowing one step of clock drift either way;
+    None when it matches none. (The caller refuses steps at or below the last one accepted.)"""
+    if len(code) != 6 or not (code.isascii() and code.isdigit()):
+        return None
     checker = totp(secret)
     for drift in (0, -TOTP_STEP, TOTP_STEP):
         try:
             checker.verify(code.encode(), int(now_s) + drift)
-            return True
+            return (int(now_s) + drift) // TOTP_STEP
         except InvalidToken:
             continue
-    return False
+    return None
 
 
 def totp_uri(secret: bytes, account: str) -> str:

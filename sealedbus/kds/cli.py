@@ -55,6 +55,9 @@ def register(sub: Any) -> None:
     rewrap = kds_sub.add_parser(
         "rotate-master-key", help="add a new master key and re-wrap every stored key under it")
     _data_options(rewrap)
+    rewrap.add_argument("--retire", action="store_true",
+                        help="instead: drop older master keys from the keyring file, refusing "
+                             "while any stored value still uses one")
     rewrap.set_defaults(func=_rotate_master)
 
     admin = sub.add_parser("admin", help="administer a KDS (needs the admin key and a TOTP code)")
@@ -256,13 +259,31 @@ def _rotate_master(args: argparse.Namespace) -> int:
               "secret in your secret store and restart replicas one by one", file=sys.stderr)
         return 1
     service = _open_service(args, f"{socket.gethostname()}-rotate-master-key")
+    if args.retire:
+        return _retire_master(service, path)
     service.master = service.master.with_new_key()
-    secrets.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas reload it
+    secrets.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow it
     count = service.rewrap()
-    retired = service.master.key_ids - service.master_keys_in_use() - {service.master.current}
-    secrets.write_secret(path, service.master.without(retired).to_bytes(), overwrite=True)
-    print(f"master key {service.master.current} is current; re-wrapped {count} values; "
-          f"retired {sorted(retired) or 'none'}")
+    print(f"master key {service.master.current} is current; re-wrapped {count} values. Running "
+          "replicas adopt it at their next write; once they all have (say, a minute from now), "
+          "run `sealedbus kds rotate-master-key --retire` to drop the older keys")
+    return 0
+
+
+def _retire_master(service: Any, path: Path) -> int:
+    """Drop every master key but the current one from the keyring file, unless a stored value
+    still uses it (a replica that had not yet followed the rotation may have wrapped with it)."""
+    from sealedbus.kds import secrets
+
+    old = service.master.key_ids - {service.master.current}
+    in_use = sorted(old & service.master_keys_in_use())
+    if in_use:
+        print(f"error: master keys {in_use} still wrap stored values; run "
+              "`sealedbus kds rotate-master-key` again (it re-wraps everything), then retire",
+              file=sys.stderr)
+        return 1
+    secrets.write_secret(path, service.master.without(old).to_bytes(), overwrite=True)
+    print(f"retired master keys {sorted(old) or 'none'}; {service.master.current} is current")
     return 0
 
 

@@ -5,6 +5,8 @@ The keyring is a JSON object ``{"current": id, "keys": {id: base64 key}}`` read 
 or from the ``SEALEDBUS_KDS_MASTER_KEYS`` environment variable. Every wrapped value names the key
 that wrapped it, so a keyring holding the old and the new key opens both while values are
 re-wrapped (``KeyDistributionService.rewrap``); meeting an unknown key id reloads the keyring once.
+A keyring read from a file also re-reads it before wrapping whenever the file changed, and adopts
+its ``current`` key: so running replicas follow ``sealedbus kds rotate-master-key`` at once.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class MasterKeyring:
         self._source = source
         self._rng = rng
         self._lock = threading.Lock()
+        self._seen = _file_stamp(source)  # the source file as last read (or written by us)
 
     @classmethod
     def load(cls, path: Path) -> MasterKeyring:
@@ -123,10 +126,22 @@ class MasterKeyring:
 
     def wrap(self, plaintext: bytes, context: bytes) -> bytes:
         """``len(id) || id || nonce || AES-GCM(plaintext)``, bound to ``context``."""
-        key_id = self.current.encode()
+        with self._lock:
+            self._follow_source()
+            current, key = self.current, self._keys[self.current]
+        key_id = current.encode()
         nonce = self._rng(12)
-        sealed = AESGCM(self._keys[self.current]).encrypt(nonce, plaintext, _WRAP_LABEL + context)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, _WRAP_LABEL + context)
         return bytes([len(key_id)]) + key_id + nonce + sealed
+
+    def _follow_source(self) -> None:
+        """Adopt the source file's current key (and learn its keys) when the file changed."""
+        stamp = _file_stamp(self._source)
+        if self._source is None or stamp == self._seen:
+            return
+        current, keys = _parse(read_secret(self._source))
+        self._keys.update(keys)
+        self.current, self._seen = current, stamp
 
     def key_id_of(self, wrapped: bytes) -> str:
         return wrapped[1 : 1 + wrapped[0]].decode() if wrapped else ""
@@ -148,6 +163,16 @@ class MasterKeyring:
             if key_id not in self._keys:
                 raise SecretError(f"master key {key_id!r} is not in the keyring")
             return self._keys[key_id]
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _parse(raw: bytes) -> tuple[str, dict[str, bytes]]:

@@ -22,13 +22,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from sealedbus.core import suites
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import (
+    Certificate,
+    EpochDescription,
+    RevocationList,
+    SealingEpochAnswer,
+)
 from sealedbus.core.suites import Suite
-from sealedbus.kds import audit
-from sealedbus.kds.auth import enrollment_message, token_hash
+from sealedbus.kds import audit, auth
+from sealedbus.kds.auth import enrollment_message
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.store import (
     Store,
+    admin_totp,
     admins,
     certificates,
     consumer_since,
@@ -46,6 +52,9 @@ from sealedbus.keys.authority import HOUR_MS, TopicPolicy
 from sealedbus.keys.local import EpochInfo
 
 LIVE, WITHDRAWN, DESTROYED = "live", "withdrawn", "destroyed"
+TOTP_MAX_FAILURES = 5
+TOTP_LOCKOUT_MS = 60_000
+TOTP_MAX_LOCKOUT_MS = 3_600_000
 ROLE_PREFIX = "role:"
 
 
@@ -101,6 +110,7 @@ class KeyDistributionService:
         rng: Callable[[int], bytes] = os.urandom,
         certificate_lifetime_ms: int = HOUR_MS,
         replica: str = "kds",
+        totp_clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.root = root
@@ -110,6 +120,8 @@ class KeyDistributionService:
         self._rng = rng
         self.certificate_lifetime_ms = certificate_lifetime_ms
         self.replica = replica
+        self.totp_clock = totp_clock or clock  # tests give TOTP codes a clock of their own
+        self._compaction_pending = True  # also once after a start: an earlier run may have died
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -135,8 +147,50 @@ class KeyDistributionService:
         totp_secret = self.master.unwrap(row.totp_wrapped, b"admin totp " + name.encode())
         return Ed25519PublicKey.from_public_bytes(row.identity_public), totp_secret
 
+    def check_totp(self, name: str, secret: bytes, code: str) -> None:
+        """An admin's second factor (RFC 6238, one step of drift either way). Each time step is
+        accepted once (RFC 6238 section 5.2: the step must be above the last one accepted), and
+        ``TOTP_MAX_FAILURES`` wrong codes in a row lock the admin out for ``TOTP_LOCKOUT_MS``,
+        doubling with every further wrong code. The state is in the database, shared by replicas.
+        Only a request signed with the admin's key gets here, so no one else can lock it out."""
+        now = self.now_ms()
+        step = auth.totp_step(secret, code, self.totp_clock())
+        refusal: ServiceError | None = None
+        with self.store.write() as conn:
+            row = conn.execute(select(admin_totp).where(admin_totp.c.name == name)).first()
+            if row is None:
+                conn.execute(insert(admin_totp).values(name=name, last_step=-1, failures=0,
+                                                       locked_until_ms=0))
+            last, failures, locked = (row.last_step, row.failures, row.locked_until_ms) \
+                if row is not None else (-1, 0, 0)
+            guard = update(admin_totp).where(admin_totp.c.name == name)
+            if now < locked:
+                wait = -(-(locked - now) // 1000)
+                refusal = ServiceError(429, "totp_locked",
+                                       f"too many wrong TOTP codes; locked for {wait} s more")
+            elif step is None:
+                failures += 1
+                if failures >= TOTP_MAX_FAILURES:
+                    locked = now + min(TOTP_MAX_LOCKOUT_MS,
+                                       TOTP_LOCKOUT_MS << (failures - TOTP_MAX_FAILURES))
+                conn.execute(guard.values(failures=failures, locked_until_ms=locked))
+                refusal = ServiceError(401, "bad_totp", "second factor (TOTP) missing or wrong")
+            elif step <= last:
+                refusal = ServiceError(401, "totp_reused",
+                                       "this TOTP code was used already; wait for the next one")
+            else:
+                conn.execute(guard.values(last_step=step, failures=0, locked_until_ms=0))
+            if refusal is not None:
+                audit.append(conn, self.root, now, f"admin:{name}", "admin.totp_refused",
+                             code=refusal.code)
+        if refusal is not None:
+            raise refusal
+
     def create_token(self, actor: str, member: str, roles: list[str], ttl_ms: int) -> str:
         """A one-time enrollment token for ``member`` (a secret: shown to the admin once)."""
+        if any(n.startswith(ROLE_PREFIX) for n in (member, *roles)):
+            raise ServiceError(422, "invalid_name",
+                               f"member and role names may not start with {ROLE_PREFIX!r}")
         token = secrets.token_urlsafe(32)
         now = self.now_ms()
         with self.store.write() as conn:
@@ -144,8 +198,8 @@ class KeyDistributionService:
             if row is not None and row.revoked:
                 raise ServiceError(409, "member_revoked", f"member {member!r} is revoked")
             conn.execute(insert(tokens).values(
-                token_hash=token_hash(token), member=member, roles=json.dumps(sorted(roles)),
-                expires_ms=now + ttl_ms, used_ms=None))
+                token_hash=auth.token_key(token).public_key().public_bytes_raw(), member=member,
+                roles=json.dumps(sorted(roles)), expires_ms=now + ttl_ms, used_ms=None))
             audit.append(conn, self.root, now, actor, "token.created", member=member,
                          roles=sorted(roles), expires_ms=now + ttl_ms)
         return token
@@ -249,15 +303,15 @@ class KeyDistributionService:
                 if policy.consumers & names:
                     self._rotate(conn, policy, now, actor)
 
-    def member_key(self, name: str) -> Ed25519PublicKey:
-        """The identity key requests from ``name`` must be signed with; refuses revoked members."""
+    def member_key(self, name: str) -> tuple[Ed25519PublicKey, bool] | None:
+        """The identity key requests from ``name`` must be signed with and whether the member is
+        revoked; None for no such member (the API answers both the same until the signature
+        verifies, so names cannot be probed)."""
         with self.store.read() as conn:
             row = conn.execute(select(members).where(members.c.name == name)).first()
         if row is None:
-            raise ServiceError(401, "unknown_member", "no such member; enroll first")
-        if row.revoked:
-            raise ServiceError(403, "member_revoked", f"member {name!r} is revoked")
-        return Ed25519PublicKey.from_public_bytes(row.identity_public)
+            return None
+        return Ed25519PublicKey.from_public_bytes(row.identity_public), bool(row.revoked)
 
     def remember_nonce(self, principal: str, nonce: str, expires_ms: int) -> bool:
         """False when this principal used this nonce before (a replayed request)."""
@@ -265,22 +319,27 @@ class KeyDistributionService:
             nonces, {"principal": principal, "nonce": nonce, "expires_ms": expires_ms})
 
     def enroll(
-        self, token: str, member: str, identity_public: bytes, receive_suite: Suite,
-        receive_public: bytes, proof: bytes,
+        self, token_public: bytes, member: str, identity_public: bytes, receive_suite: Suite,
+        receive_public: bytes, timestamp_ms: int, token_proof: bytes, proof: bytes,
     ) -> bytes:
-        """Redeem a one-time token: record the member's keys and return its signed certificate."""
+        """Redeem a one-time token, named by its public key (``auth.token_key``): check that the
+        token's key and the new identity key both signed this enrollment, record the member's
+        keys and return its signed certificate."""
+        message = enrollment_message(token_public, member, identity_public, int(receive_suite),
+                                     receive_public, timestamp_ms)
         try:
             identity = Ed25519PublicKey.from_public_bytes(identity_public)
             suites.check_public_key(receive_suite, receive_public)
-            identity.verify(proof, enrollment_message(
-                token, member, identity_public, int(receive_suite), receive_public))
+            identity.verify(proof, message)
+            Ed25519PublicKey.from_public_bytes(token_public).verify(token_proof, message)
         except (ValueError, InvalidSignature):
-            raise ServiceError(400, "bad_enrollment",
-                               "keys malformed or proof not signed by the identity key") from None
+            raise ServiceError(400, "bad_enrollment", "keys malformed, or the enrollment not "
+                               "signed by both the token and the identity key") from None
         now = self.now_ms()
+        if abs(now - timestamp_ms) > auth.MAX_SKEW_MS:
+            raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
         with self.store.write() as conn:
-            row = conn.execute(select(tokens).where(tokens.c.token_hash == token_hash(token)))\
-                .first()
+            row = conn.execute(select(tokens).where(tokens.c.token_hash == token_public)).first()
             if row is None or row.member != member:
                 raise ServiceError(401, "invalid_token", "unknown token, or one for another name")
             if row.used_ms is not None:
@@ -324,15 +383,19 @@ class KeyDistributionService:
                                 .where(certificates.c.cert_id == cert_id)).scalar()
 
     def revocation_list(self) -> bytes:
+        """The latest revocation list, signed afresh with now as ``issued_at_ms`` so clients can
+        tell a current answer from a replayed one."""
         with self.store.read() as conn:
-            signed = conn.execute(select(revocations.c.signed)
-                                  .order_by(revocations.c.serial.desc()).limit(1)).scalar()
-        return signed if signed is not None else RevocationList(0, 0, (), ()).sign(self.root)
+            latest = self._revocations(conn)
+        return replace(latest, issued_at_ms=self.now_ms()).sign(self.root)
 
     # -- keys -------------------------------------------------------------------------------
 
-    def sealing_epoch(self, member: str, topic: str) -> tuple[bytes, bytes | None]:
-        """The signed description producers seal with now, and the next one if published."""
+    def sealing_epoch(
+        self, member: str, topic: str, nonce: bytes = b""
+    ) -> tuple[bytes, bytes | None, bytes]:
+        """The signed description producers seal with now, the next one if published, and a
+        ``SealingEpochAnswer`` binding both to the client's request ``nonce`` and to now."""
         now = self.now_ms()
         with self.store.read() as conn:
             policy = self._policy(conn, topic)
@@ -352,7 +415,10 @@ class KeyDistributionService:
                 *live, epochs.c.not_before_ms > now).order_by(epochs.c.epoch).limit(1)).scalar()
         if current is None:
             raise ServiceError(503, "no_epoch", f"{topic!r} has no current epoch yet")
-        return current, ahead
+        answer = SealingEpochAnswer(
+            topic, EpochDescription.verify(current, self.root_public).digest,
+            EpochDescription.verify(ahead, self.root_public).digest if ahead else b"", nonce, now)
+        return current, ahead, answer.sign(self.root)
 
     def grant(self, member: str, topic: str, epoch: int) -> tuple[bytes, bytes]:
         """The signed description of an epoch and its private key sealed to the member."""
@@ -365,8 +431,9 @@ class KeyDistributionService:
             matching = policy.consumers & self._member_entries(conn, member)
             if not matching:
                 raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
-            since = conn.execute(select(func.min(consumer_since.c.since_ms)).where(
-                consumer_since.c.topic == topic, consumer_since.c.entry.in_(matching))).scalar()
+            since = self._consumer_since(conn, topic, member, matching)
+            if since is None:
+                raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
             row = conn.execute(select(epochs).where(
                 epochs.c.topic == topic, epochs.c.epoch == epoch)).first()
             if row is None:
@@ -375,7 +442,7 @@ class KeyDistributionService:
                 epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch)).scalar()
             if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
                 raise ServiceError(410, "epoch_destroyed", f"{topic!r} epoch {epoch} is destroyed")
-            if not policy.history and since is not None and row.not_after_ms <= since:
+            if not policy.history and row.not_after_ms <= since:
                 raise ServiceError(403, "not_granted",
                                    f"epoch {epoch} predates {member!r}'s access")
             cert_bytes = self._latest_certificate(conn, member)
@@ -433,7 +500,9 @@ class KeyDistributionService:
                     self._drop_key(conn, topic, number, DESTROYED)
                     audit.append(conn, self.root, now, actor, "epoch.destroyed",
                                  topic=topic, epoch=number)
-            self.store.compact()
+            self._compaction_pending = True
+        if self._compaction_pending:  # retried every tick until the database could do it
+            self._compaction_pending = not self.store.compact()
         with self.store.write() as conn:
             conn.execute(delete(nonces).where(nonces.c.expires_ms < now))
         return TickReport(published, len(expired))
@@ -494,6 +563,20 @@ class KeyDistributionService:
     def _member_entries(self, conn: Connection, member: str) -> frozenset[str]:
         roles = conn.execute(select(members.c.roles).where(members.c.name == member)).scalar()
         return _entries(member, json.loads(roles or "[]"))
+
+    def _consumer_since(
+        self, conn: Connection, topic: str, member: str, matching: frozenset[str]
+    ) -> int | None:
+        """Since when ``member`` may consume ``topic``: the earliest of its matching entries,
+        where a ``role:R`` entry counts from when the entry was added or the member enrolled,
+        whichever is later (a member joining a role later does not get the role's past)."""
+        enrolled = conn.execute(select(members.c.enrolled_ms).where(members.c.name == member))\
+            .scalar()
+        rows = conn.execute(select(consumer_since.c.entry, consumer_since.c.since_ms).where(
+            consumer_since.c.topic == topic, consumer_since.c.entry.in_(matching))).all()
+        starts = [max(r.since_ms, enrolled or 0) if r.entry.startswith(ROLE_PREFIX)
+                  else r.since_ms for r in rows]
+        return min(starts, default=None)
 
     def _rights(self, conn: Connection, member: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         names = self._member_entries(conn, member)

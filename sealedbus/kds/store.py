@@ -8,6 +8,7 @@ file, and ``compact()`` checkpoints the write-ahead log so no old page keeps the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
@@ -93,6 +95,8 @@ certificates = Table(
 )
 tokens = Table(
     "tokens", metadata,
+    # the token's public key (``auth.token_key``; the column keeps its old name): names the token
+    # and checks its signature, but cannot enroll anyone
     Column("token_hash", LargeBinary(32), primary_key=True),
     Column("member", String(128), nullable=False),
     Column("roles", Text, nullable=False),
@@ -112,6 +116,13 @@ admins = Table(
     Column("identity_public", LargeBinary, nullable=False),
     Column("totp_wrapped", LargeBinary, nullable=False),
     Column("key_id", String(63), nullable=False),
+)
+admin_totp = Table(  # per admin: RFC 6238 replay guard and wrong-code lockout, shared by replicas
+    "admin_totp", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("last_step", BigInteger, nullable=False),  # the last accepted time step
+    Column("failures", Integer, nullable=False),  # wrong codes since the last accepted one
+    Column("locked_until_ms", BigInteger, nullable=False),
 )
 revocations = Table(
     "revocations", metadata,
@@ -133,6 +144,13 @@ audit_checkpoints = Table(
     Column("hash", LargeBinary(32), nullable=False),
     Column("signature", LargeBinary(64), nullable=False),
 )
+audit_head = Table(  # the audit chain head signed by the root key, replaced on every append
+    "audit_head", metadata,
+    Column("name", String(16), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
 heads = Table(  # singleton rows: "audit" (last seq and hash), "serial" (certificate serials)
     "heads", metadata,
     Column("name", String(16), primary_key=True),
@@ -147,6 +165,7 @@ leases = Table(
 )
 
 GENESIS = bytes(32)
+SQLITE_TIMEOUT_S = 30
 SCHEDULER_LEASE = "scheduler"
 
 
@@ -165,13 +184,16 @@ class Store:
         url = database_url(url)
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            _create_private(make_url(url).database)
             self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}
+                url, connect_args={"check_same_thread": False, "timeout": SQLITE_TIMEOUT_S},
+                hide_parameters=True,
             )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                                        hide_parameters=True)  # errors may be logged: no values
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
@@ -223,14 +245,21 @@ class Store:
                 .values(expires_ms=0)
             )
 
-    def compact(self) -> None:
-        """After keys were destroyed: make sure no journal or free page keeps their bytes."""
+    def compact(self) -> bool:
+        """After keys were destroyed: make sure no journal or free page keeps their bytes. False
+        when that could not be done now (on SQLite, a reader still uses the write-ahead log):
+        the caller tries again later."""
         if self.is_sqlite:
             with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        else:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("VACUUM epoch_keys")
+                conn.exec_driver_sql("PRAGMA busy_timeout=200")  # do not stall the scheduler
+                try:
+                    busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
+            return bool(busy == 0)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM epoch_keys")
+        return True
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -238,6 +267,13 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _create_private(path: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only (0600); SQLite gives its
+    write-ahead log and shared-memory files the same mode."""
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _insert_missing(conn: Connection, table: Table, values: dict[str, Any]) -> None:

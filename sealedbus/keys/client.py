@@ -30,6 +30,7 @@ from sealedbus.core.signed import (
     Certificate,
     EpochDescription,
     RevocationList,
+    SealingEpochAnswer,
     SignatureError,
     fingerprint,
 )
@@ -102,7 +103,11 @@ class SignedHttp:
         except httpx.HTTPError as exc:
             raise KeyServiceUnavailable(f"KDS unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise KeyServiceUnavailable(f"KDS answered {response.status_code}")
+            detail = ""
+            with contextlib.suppress(ValueError, AttributeError):
+                doc = response.json()
+                detail = f": {doc['error']}: {doc['reason']}"
+            raise KeyServiceUnavailable(f"KDS answered {response.status_code}{detail}")
         try:
             body = response.json() if response.content else None
         except ValueError:
@@ -136,19 +141,26 @@ def fetch_root(http: SignedHttp, root_fingerprint: str) -> Ed25519PublicKey:
 def enroll(
     url: str, identity: MemberIdentity, token: str, root_fingerprint: str, **http_options: Any
 ) -> Certificate:
-    """Enroll ``identity`` with a one-time token; returns the verified certificate."""
+    """Enroll ``identity`` with a one-time token; returns the verified certificate. The token
+    does not travel: a key derived from it signs the enrollment (``auth.token_key``)."""
     http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
+    clock: Callable[[], float] = http_options.get("clock", time.time)
     try:
         root = fetch_root(http, root_fingerprint)
-        proof = identity.signing_key.sign(auth.enrollment_message(
-            token, identity.name, identity.identity_public, int(identity.receive.suite),
-            identity.receive.public))
+        token_key = auth.token_key(token)
+        token_public = token_key.public_key().public_bytes_raw()
+        now_ms = int(clock() * 1000)
+        message = auth.enrollment_message(
+            token_public, identity.name, identity.identity_public, int(identity.receive.suite),
+            identity.receive.public, now_ms)
         doc = http.call("POST", "/v1/enroll", {
-            "token": token, "member": identity.name,
+            "token_key": base64.b64encode(token_public).decode(), "member": identity.name,
             "identity_public": base64.b64encode(identity.identity_public).decode(),
             "receive_suite": identity.receive.suite.label,
             "receive_public": base64.b64encode(identity.receive.public).decode(),
-            "proof": base64.b64encode(proof).decode()}, signed=False)
+            "timestamp_ms": now_ms,
+            "token_proof": base64.b64encode(token_key.sign(message)).decode(),
+            "proof": base64.b64encode(identity.signing_key.sign(message)).decode()}, signed=False)
         return _check_certificate(_field(doc, "certificate"), root, identity)
     finally:
         http.close()
@@ -205,8 +217,11 @@ class KeyServiceClient:
                                 verify=verify, cert=cert, timeout=timeout, clock=clock, rng=rng)
         self._epoch_refresh_ms = int(epoch_refresh * 1000)
         self._revocation_refresh_ms = int(revocation_refresh * 1000)
+        # a list signed longer ago than this is refused: a few refresh intervals, and the skew
+        self._revocation_max_age_ms = 3 * self._revocation_refresh_ms + auth.MAX_SKEW_MS
         self._cert_refresh_ms = int(certificate_refresh * 1000)
         self._backoff_ms = int(outage_backoff * 1000)
+        self._rng = rng
         self._lock = threading.RLock()
         self._root: Ed25519PublicKey | None = None
         self._cert: Certificate | None = None
@@ -234,7 +249,7 @@ class KeyServiceClient:
     def identity(
         self, now_ms: int, refresh: bool = False
     ) -> tuple[Ed25519PrivateKey, Certificate]:
-        with self._lock:
+        with self._lock:  # snapshot under the lock; no network call holds it
             cert = self._cert
             due = (
                 cert is None
@@ -242,53 +257,77 @@ class KeyServiceClient:
                 or now_ms - self._cert_fetched_ms >= self._cert_refresh_ms
                 or now_ms >= cert.not_after_ms - (cert.not_after_ms - cert.not_before_ms) // 4
             )
-            if due and not (cert is not None and cert.valid_at(now_ms) and self._down(now_ms)):
-                try:
-                    doc = self._call("GET", "/v1/certificate", now_ms)
-                    cert = self._cert = _check_certificate(
-                        _field(doc, "certificate"), self._root_key(now_ms), self._identity)
-                    self._cert_fetched_ms = now_ms
-                except KeyServiceUnavailable:
-                    if cert is None or not cert.valid_at(now_ms):
-                        raise
-                except Refused as exc:
-                    raise AccessDenied(exc.reason) from None
-            if cert is None:  # pragma: no cover - the fetch above either set it or raised
-                raise KeyServiceUnavailable("no certificate")
-            return self._identity.signing_key, cert
+            down = self._down(now_ms)
+        if due and not (cert is not None and cert.valid_at(now_ms) and down):
+            try:
+                doc = self._call("GET", "/v1/certificate", now_ms)
+                fetched = _check_certificate(
+                    _field(doc, "certificate"), self._root_key(now_ms), self._identity)
+                with self._lock:
+                    if self._cert is None or fetched.serial >= self._cert.serial:
+                        self._cert, self._cert_fetched_ms = fetched, now_ms
+                    cert = self._cert
+            except KeyServiceUnavailable:
+                if cert is None or not cert.valid_at(now_ms):
+                    raise
+            except Refused as exc:
+                raise AccessDenied(exc.reason) from None
+        if cert is None:  # pragma: no cover - the fetch above either set it or raised
+            raise KeyServiceUnavailable("no certificate")
+        return self._identity.signing_key, cert
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
         with self._lock:
             cached = self._epochs.get(topic)
-            usable = cached.at(now_ms) if cached else None
-            fresh = cached is not None and now_ms - cached.fetched_ms < self._epoch_refresh_ms
-            if usable is not None and (fresh or self._down(now_ms)):
+            down = self._down(now_ms)
+        # a cached epoch is used only while now is inside its window, outage or not
+        usable = cached.at(now_ms) if cached else None
+        fresh = cached is not None and now_ms - cached.fetched_ms < self._epoch_refresh_ms
+        if usable is not None and (fresh or down):
+            return usable
+        nonce = self._rng(16)
+        try:
+            doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch?nonce={nonce.hex()}",
+                             now_ms)
+        except KeyServiceUnavailable:
+            if usable is not None:
                 return usable
-            try:
-                doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch", now_ms)
-            except KeyServiceUnavailable:
-                if usable is not None:
-                    return usable
-                raise
-            except Refused as exc:
-                if exc.status == 404:
-                    raise UnknownTopic(exc.reason) from None
-                raise AccessDenied(exc.reason) from None
-            root = self._root_key(now_ms)
-            current = self._description(_field(doc, "description"), topic, root)
-            ahead = None
-            if doc.get("next"):
-                ahead = self._description(_field(doc, "next"), topic, root)
-            # Current epochs only move forward: an older one is a replay of a signed answer
-            # (say, from before a consumer was removed), not something the KDS would say.
-            if current.epoch < self._highest.get(topic, -1) or (
-                    ahead is not None and ahead.epoch <= current.epoch):
+            raise
+        except Refused as exc:
+            if exc.status == 404:
+                raise UnknownTopic(exc.reason) from None
+            raise AccessDenied(exc.reason) from None
+        root = self._root_key(now_ms)
+        current = self._description(_field(doc, "description"), topic, root)
+        ahead = None
+        if doc.get("next"):
+            ahead = self._description(_field(doc, "next"), topic, root)
+        # The answer is signed for this request (our nonce) and now: a recorded answer, say from
+        # before a consumer was removed, cannot be replayed to us, even after a restart.
+        try:
+            answer = SealingEpochAnswer.verify(_field(doc, "answer"), root)
+        except SignatureError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        if (answer.topic, answer.nonce, answer.current_digest, answer.next_digest) != (
+                topic, nonce, current.digest, ahead.digest if ahead else b""):
+            raise UntrustedResponse("sealing-epoch answer is not for this request (replayed?)")
+        if abs(now_ms - answer.issued_at_ms) > auth.MAX_SKEW_MS:
+            raise UntrustedResponse("sealing-epoch answer is not fresh (replayed or clock skew)")
+        if ahead is not None and ahead.epoch <= current.epoch:
+            raise UntrustedResponse("KDS answered with a next epoch older than the current one")
+        fetched = _TopicEpochs(current, ahead, now_ms)
+        usable = fetched.at(now_ms)
+        if usable is None:
+            raise UntrustedResponse("KDS answered with an epoch whose window does not contain now")
+        with self._lock:
+            # Current epochs only move forward (defence in depth behind the nonce).
+            if current.epoch < self._highest.get(topic, -1):
                 raise UntrustedResponse("KDS answered with an older epoch (rollback)")
             self._highest[topic] = current.epoch
-            self._epochs[topic] = _TopicEpochs(current, ahead, now_ms)
+            self._epochs[topic] = fetched
             if self._cert is not None and topic not in self._cert.produce:
                 self._cert_fetched_ms = -self._cert_refresh_ms  # renew on the next identity()
-            return self._epochs[topic].at(now_ms) or current
+        return usable
 
     def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
         with self._lock:
@@ -349,24 +388,30 @@ class KeyServiceClient:
         with self._lock:
             current = self._revocations
             stale = now_ms - self._revocations_fetched_ms >= self._revocation_refresh_ms
-            if current is None or (stale and not self._down(now_ms)):
-                try:
-                    doc = self._call("GET", "/v1/revocations", now_ms)
-                    fetched = RevocationList.verify(_field(doc, "revocations"),
-                                                    self._root_key(now_ms))
-                except SignatureError as exc:
-                    raise UntrustedResponse(str(exc)) from None
-                except KeyServiceUnavailable:
-                    if current is None:
-                        raise
-                    fetched = current  # the outage: keep the list we have
-                except Refused as exc:
-                    raise AccessDenied(exc.reason) from None
-                if current is not None and fetched.serial < current.serial:
-                    raise UntrustedResponse("KDS answered with an older revocation list")
-                self._revocations = current = fetched
-                self._revocations_fetched_ms = now_ms
+            down = self._down(now_ms)
+        if current is not None and not (stale and not down):
             return current.revokes(cert)
+        try:
+            doc = self._call("GET", "/v1/revocations", now_ms)
+            fetched = RevocationList.verify(_field(doc, "revocations"), self._root_key(now_ms))
+        except SignatureError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        except KeyServiceUnavailable:
+            if current is None:
+                raise
+            return current.revokes(cert)  # the outage: keep the list we have
+        except Refused as exc:
+            raise AccessDenied(exc.reason) from None
+        # The KDS signs the list afresh for every answer: an old one is a replay.
+        if fetched.issued_at_ms < now_ms - self._revocation_max_age_ms:
+            raise UntrustedResponse("KDS answered with a stale revocation list (replayed?)")
+        with self._lock:
+            held = self._revocations
+            if held is not None and (fetched.serial, fetched.issued_at_ms) < (
+                    held.serial, held.issued_at_ms):
+                raise UntrustedResponse("KDS answered with an older revocation list")
+            self._revocations, self._revocations_fetched_ms = fetched, now_ms
+        return fetched.revokes(cert)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -377,18 +422,23 @@ class KeyServiceClient:
         try:
             return self._http.call(method, path)
         except KeyServiceUnavailable:
-            self._down_until_ms = now_ms + self._backoff_ms
+            with self._lock:
+                self._down_until_ms = now_ms + self._backoff_ms
             raise
 
     def _root_key(self, now_ms: int) -> Ed25519PublicKey:
         with self._lock:
-            if self._root is None:
-                try:
-                    self._root = fetch_root(self._http, self._fingerprint)
-                except KeyServiceUnavailable:
+            root = self._root
+        if root is None:
+            try:
+                root = fetch_root(self._http, self._fingerprint)
+            except KeyServiceUnavailable:
+                with self._lock:
                     self._down_until_ms = now_ms + self._backoff_ms
-                    raise
-            return self._root
+                raise
+            with self._lock:
+                self._root = root
+        return root
 
     def _description(self, signed: bytes, topic: str, root: Ed25519PublicKey) -> EpochDescription:
         try:

@@ -81,12 +81,16 @@ class Kds:
     totp_secret: bytes
     root_fingerprint: str
     clients: list[KeyServiceClient] = field(default_factory=list)
+    totp_clock: Clock = field(default_factory=Clock)
 
     def clock_ms(self) -> int:
         return int(self.clock() * 1000)
 
     def totp(self) -> str:
-        return auth.totp(self.totp_secret).generate(int(self.clock())).decode()
+        """A fresh code for each admin request: the KDS accepts each TOTP time step once, so
+        the KDS's TOTP clock (``totp_clock``, apart from ``clock``) moves a step per code."""
+        self.totp_clock.advance(auth.TOTP_STEP)
+        return auth.totp(self.totp_secret).generate(int(self.totp_clock())).decode()
 
     def member(
         self, name: str, *, roles: list[str] | None = None, http: httpx.Client | None = None,
@@ -113,14 +117,15 @@ def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> 
     store = Store(url or f"sqlite:///{path / 'kds.db'}")
     store.create_schema()
     root = Ed25519PrivateKey.generate()
+    totp_clock = Clock()
     service = KeyDistributionService(store, root, MasterKeyring.generate(), clock=clock,
-                                     replica="test")
+                                     replica="test", totp_clock=totp_clock)
     admin_identity = MemberIdentity.generate("root-admin", os.urandom)
     totp_secret = os.urandom(20)
     service.add_admin(admin_identity.name, admin_identity.identity_public, totp_secret)
     app = create_app(service, enroll_per_minute=1000)
     http = http_client(app)
     kds = Kds(clock, store, service, app, http, None, admin_identity, totp_secret,  # type: ignore[arg-type]
-              fingerprint(root.public_key().public_bytes_raw()))
+              fingerprint(root.public_key().public_bytes_raw()), totp_clock=totp_clock)
     kds.admin = AdminClient("http://testserver", admin_identity, kds.totp, http=http, clock=clock)
     return kds

@@ -53,11 +53,20 @@ def init(data: Path, db: str | None = None) -> str:
     return match.group(1)
 
 
+_last_step: dict[Path, int] = {}
+
+
 def totp_code(data: Path) -> str:
+    """A code the KDS has not accepted yet: it takes each time step once, with one step of drift
+    either way, so this hands out the previous, current and next step, then waits for more."""
     uri = (data / "admin.totp").read_text().strip()
     secret = parse_qs(urlsplit(uri).query)["secret"][0]
     secret_bytes = b32decode(secret + "=" * (-len(secret) % 8))
-    return auth.totp(secret_bytes).generate(int(time.time())).decode()
+    step = max(_last_step.get(data, 0) + 1, int(time.time()) // auth.TOTP_STEP - 1)
+    while step > int(time.time()) // auth.TOTP_STEP + 1:
+        time.sleep(0.2)
+    _last_step[data] = step
+    return auth.totp(secret_bytes).generate(step * auth.TOTP_STEP).decode()
 
 
 def tls_files(directory: Path) -> tuple[Path, Path]:

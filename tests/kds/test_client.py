@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from sealedbus import KeyServiceUnavailable, Opener, Sealer
+from sealedbus.errors import UntrustedResponse
 
 from ._harness import AsgiTransport, Kds
 
@@ -94,3 +95,71 @@ def test_next_epoch_grant_is_prefetched(kds: Kds) -> None:
     switch.up = False  # epoch 1 opens without the KDS
     kds.clock.advance(6)
     assert opener.open("orders", sealer.seal("orders", b"next")).epoch == 1
+
+
+def test_a_replayed_old_revocation_list_is_refused(kds: Kds) -> None:
+    """The KDS signs the list afresh for every answer; a recorded one is too old to pass, even
+    to a client that restarted and holds no list to compare serials with."""
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    envelope = sealer.seal("orders", b"signed by p")
+    recorded: list[bytes] = []
+
+    class Replay(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = self.inner.handle_request(request)
+            if request.url.path == "/v1/revocations":
+                recorded.append(recorded[0] if recorded else response.read())
+                return httpx.Response(200, content=recorded[-1])
+            return response
+
+    http = httpx.Client(transport=Replay(AsgiTransport(kds.app)), base_url="http://testserver")
+    consumer = kds.member("c", http=http)
+    assert Opener(consumer, clock=kds.clock).open("orders", envelope).body == b"signed by p"
+    kds.admin.revoke("p")  # the recorded list predates this
+    kds.clock.advance(200)
+    restarted = kds.client(consumer._identity, http=http)
+    with pytest.raises(UntrustedResponse, match="stale revocation list"):
+        Opener(restarted, clock=kds.clock).open("orders", envelope)
+
+
+def test_cache_hits_do_not_wait_for_a_slow_kds(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["pc"], consumers=["pc"])
+    release = threading.Event()
+
+    class Slow(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+            self.slow = False
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if self.slow:
+                release.wait(10)
+            return self.inner.handle_request(request)
+
+    slow = Slow(AsgiTransport(kds.app))
+    client = kds.member("pc", http=httpx.Client(transport=slow, base_url="http://testserver"))
+    sealer = Sealer(client, clock=kds.clock)
+    _, cert = client.identity(kds.clock_ms())
+    sealer.seal("orders", b"warm the cache")
+    kds.clock.advance(31)  # the revocation list is due for a refresh; the epoch is still fresh
+    client.sealing_epoch("orders", kds.clock_ms())
+    slow.slow = True
+    stuck = threading.Thread(target=client.is_revoked, args=(cert, kds.clock_ms()))
+    stuck.start()
+    try:
+        answered = threading.Event()
+
+        def cached() -> None:
+            client.sealing_epoch("orders", kds.clock_ms())
+            client.identity(kds.clock_ms())
+            answered.set()
+
+        threading.Thread(target=cached, daemon=True).start()
+        assert answered.wait(2), "a cache hit waited for another thread's KDS call"
+    finally:
+        release.set()
+        stuck.join()

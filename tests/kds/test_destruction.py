@@ -3,6 +3,7 @@ consumer that read it, not a new consumer, not the KDS with its database and mas
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,25 @@ def test_nothing_opens_a_message_after_retention(kds: Kds, tmp_path: Path) -> No
     for row in rows:
         seed = kds.service.master.unwrap(row.wrapped, _key_context(row.topic, row.epoch))
         assert suites.keypair_from_seed(suites.Suite.X25519, seed).public != public
+    for file in tmp_path.glob("kds.db*"):
+        assert wrapped not in file.read_bytes(), file.name
+
+
+def test_a_busy_write_ahead_log_is_compacted_on_a_later_tick(kds: Kds, tmp_path: Path) -> None:
+    """A reader that holds the write-ahead log while keys are destroyed delays the checkpoint;
+    the next tick, with nothing new to destroy, must still get the bytes out of the log."""
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"], rotation=60, retention=60)
+    with kds.store.read() as conn:
+        wrapped = conn.execute(select(epoch_keys.c.wrapped)).scalars().first()
+    assert wrapped is not None
+    reader = sqlite3.connect(tmp_path / "kds.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM epoch_keys").fetchall()  # another request, mid-read
+    kds.clock.advance(121)
+    assert kds.service.tick("test").destroyed == 1
+    assert wrapped in (tmp_path / "kds.db-wal").read_bytes()  # the checkpoint was busy
+    reader.execute("ROLLBACK")
+    reader.close()
+    assert kds.service.tick("test").destroyed == 0
     for file in tmp_path.glob("kds.db*"):
         assert wrapped not in file.read_bytes(), file.name

@@ -13,17 +13,18 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 
 from sealedbus import Opener, Sealer
-from sealedbus.core.signed import EpochDescription
-from sealedbus.errors import Refused, UntrustedResponse
+from sealedbus.core.signed import EpochDescription, SealingEpochAnswer
+from sealedbus.errors import KeyServiceUnavailable, Refused, UntrustedResponse
 from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
+from sealedbus.kds.audit import entry_hash
 from sealedbus.kds.secrets import MasterKeyring, SecretError, read_secret, write_secret
-from sealedbus.kds.service import KeyDistributionService
-from sealedbus.kds.store import audit, epoch_keys
+from sealedbus.kds.service import KeyDistributionService, ServiceError
+from sealedbus.kds.store import GENESIS, audit, audit_checkpoints, epoch_keys, heads, tokens
 from sealedbus.keys.client import enroll
 from sealedbus.keys.identity import MemberIdentity
 
@@ -126,21 +127,72 @@ def test_grant_for_another_epoch_is_detected(kds: Kds, topic: Sealer) -> None:
         Opener(consumer, clock=kds.clock).open("orders", envelope)
 
 
-def test_replayed_old_epoch_for_producers_is_detected(kds: Kds, topic: Sealer) -> None:
-    captured: list[dict[str, Any]] = []
+class Replay(httpx.BaseTransport):
+    """Records the first sealing-epoch answer; replays it to every later request while
+    ``replaying`` (a captured HTTP log, or a TLS-terminating proxy)."""
 
-    def replay(path: str, doc: dict[str, Any]) -> dict[str, Any]:
-        if path.endswith("/sealing-epoch"):
-            captured.append(doc)
-            return captured[0]  # always the first answer, from before the rotation
-        return doc
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.replaying = False
+        self.recorded: bytes | None = None
 
-    producer = mitm_client(kds, "p", replay)
-    assert producer.sealing_epoch("orders", kds.clock_ms()).epoch == 0
-    kds.admin.rotate("orders")  # say, a consumer was removed
-    producer._epochs.clear()  # as if its cache had expired; it still remembers epoch 1 then
-    producer._highest["orders"] = 1
-    with pytest.raises(UntrustedResponse, match="rollback"):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/sealing-epoch"):
+            if self.replaying and self.recorded is not None:
+                return httpx.Response(200, content=self.recorded)
+            response = self.inner.handle_request(request)
+            self.recorded = self.recorded or response.read()
+            return response
+        return self.inner.handle_request(request)
+
+
+def test_replayed_old_epoch_for_producers_is_detected(kds: Kds) -> None:
+    """A producer restarted behind a replaying proxy has no memory of newer epochs: the answer
+    must be bound to its request, or it would seal for a removed consumer."""
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c", "evil"], rotation=3600)
+    identity = _enrolled(kds, "p")
+    proxy = Replay(AsgiTransport(kds.app))
+    http = httpx.Client(transport=proxy, base_url="http://testserver")
+    assert kds.client(identity, http=http).sealing_epoch("orders", kds.clock_ms()).epoch == 0
+    evil = kds.member("evil")
+    evil_opener = Opener(evil, clock=kds.clock)
+    evil.epoch_keys("orders", 0, kds.clock_ms())  # evil legitimately held epoch 0's key
+    kds.clock.advance(60)
+    kds.admin.set_policy("orders", consumers=["c"])  # evil removed: the topic rotates
+    proxy.replaying = True
+    for later in (0, 7200):  # just after, and long after epoch 0's window ended
+        kds.clock.advance(later)
+        restarted = Sealer(kds.client(identity, http=http), clock=kds.clock)  # fresh memory
+        with pytest.raises(UntrustedResponse, match="not for this request"):
+            envelope = restarted.seal("orders", b"written after evil was removed")
+            evil_opener.open("orders", envelope)  # what the replay would have allowed
+
+
+def test_a_current_epoch_outside_its_window_is_refused(kds: Kds) -> None:
+    """Even a validly signed, fresh answer naming an epoch whose window ended is refused."""
+    kds.admin.create_topic("orders", producers=["p"], rotation=60)
+    old = kds.service.sealing_epoch("p", "orders")[0]
+    kds.clock.advance(120)
+    kds.service.tick("test")
+
+    class Stale(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if not request.url.path.endswith("/sealing-epoch"):
+                return self.inner.handle_request(request)
+            nonce = bytes.fromhex(request.url.params["nonce"])
+            digest = EpochDescription.verify(old, kds.service.root_public).digest
+            answer = SealingEpochAnswer("orders", digest, b"", nonce, kds.clock_ms())
+            return httpx.Response(200, json={
+                "description": base64.b64encode(old).decode(),
+                "answer": base64.b64encode(answer.sign(kds.service.root)).decode()})
+
+    identity = _enrolled(kds, "p")
+    producer = kds.client(identity, http=httpx.Client(
+        transport=Stale(AsgiTransport(kds.app)), base_url="http://testserver"))
+    with pytest.raises(UntrustedResponse, match="window does not contain now"):
         producer.sealing_epoch("orders", kds.clock_ms())
 
 
@@ -231,23 +283,77 @@ def test_enrollment_tokens_are_one_time_short_lived_and_named(kds: Kds) -> None:
     assert actions.count("enrollment.refused") == 4
 
 
-def test_enrollment_proof_must_come_from_the_identity_key(kds: Kds) -> None:
-    identity = MemberIdentity.generate("svc", os.urandom)
-    token = kds.admin.create_token("svc")
-    body = {"token": token, "member": "svc",
+def _enroll_body(kds: Kds, identity: MemberIdentity, token: str,
+                 identity_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    token_key = auth.token_key(token)
+    token_public = token_key.public_key().public_bytes_raw()
+    message = auth.enrollment_message(token_public, identity.name, identity.identity_public,
+                                      int(identity.receive.suite), identity.receive.public,
+                                      kds.clock_ms())
+    sign = (identity_key or identity.signing_key).sign
+    return {"token_key": base64.b64encode(token_public).decode(), "member": identity.name,
             "identity_public": base64.b64encode(identity.identity_public).decode(),
             "receive_suite": "x25519",
             "receive_public": base64.b64encode(identity.receive.public).decode(),
-            "proof": base64.b64encode(Ed25519PrivateKey.generate().sign(b"x")).decode()}
+            "timestamp_ms": kds.clock_ms(),
+            "token_proof": base64.b64encode(token_key.sign(message)).decode(),
+            "proof": base64.b64encode(sign(message)).decode()}
+
+
+def test_enrollment_proof_must_come_from_the_identity_key(kds: Kds) -> None:
+    identity = MemberIdentity.generate("svc", os.urandom)
+    body = _enroll_body(kds, identity, kds.admin.create_token("svc"),
+                        identity_key=Ed25519PrivateKey.generate())
     response = kds.http.post("/v1/enroll", json=body)
     assert (response.status_code, response.json()["error"]) == (400, "bad_enrollment")
+
+
+def test_a_proxy_that_sees_an_enrollment_cannot_enroll_its_own_keys(kds: Kds) -> None:
+    """The token never travels: what a TLS-terminating proxy sees is signed by a key derived
+    from it, over the member's keys, so it can neither swap in its keys nor reuse the token."""
+    token = kds.admin.create_token("svc")
+    seen: list[bytes] = []
+
+    class Proxy(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/enroll":
+                seen.append(request.read())
+                return httpx.Response(503)  # holds the victim's request back...
+            return self.inner.handle_request(request)
+
+    victim = MemberIdentity.generate("svc", os.urandom)
+    proxied = httpx.Client(transport=Proxy(AsgiTransport(kds.app)), base_url="http://testserver")
+    with pytest.raises(KeyServiceUnavailable):
+        enroll("http://testserver", victim, token, kds.root_fingerprint, http=proxied,
+               clock=kds.clock)
+    assert token.encode() not in seen[0]
+    body = json.loads(seen[0])
+    attacker = MemberIdentity.generate("svc", os.urandom)  # ...and enrolls its own keys first
+    message = auth.enrollment_message(
+        base64.b64decode(body["token_key"]), "svc", attacker.identity_public,
+        int(attacker.receive.suite), attacker.receive.public, body["timestamp_ms"])
+    body.update(identity_public=base64.b64encode(attacker.identity_public).decode(),
+                receive_public=base64.b64encode(attacker.receive.public).decode(),
+                proof=base64.b64encode(attacker.signing_key.sign(message)).decode())
+    response = kds.http.post("/v1/enroll", json=body)
+    assert (response.status_code, response.json()["error"]) == (400, "bad_enrollment")
+    with kds.store.read() as conn:  # the KDS keeps only the token's public key
+        assert token.encode() not in b"".join(conn.execute(select(tokens.c.token_hash)).scalars())
+    late = _enroll_body(kds, victim, token)
+    kds.clock.advance(61)
+    stale = kds.http.post("/v1/enroll", json=late)  # a held-back request, delivered late
+    assert (stale.status_code, stale.json()["error"]) == (401, "stale_request")
+    _enroll_raw(kds, victim, token)  # the victim's own enrollment still goes through
 
 
 def test_enrollment_is_rate_limited(kds: Kds) -> None:
     http = httpx.Client(transport=AsgiTransport(create_app(kds.service, enroll_per_minute=2)),
                         base_url="http://testserver")
-    body = {"token": "A" * 43, "member": "svc", "identity_public": "", "receive_public": "",
-            "proof": ""}
+    body = {"token_key": "", "member": "svc", "identity_public": "", "receive_public": "",
+            "timestamp_ms": 0, "token_proof": "", "proof": ""}
     codes = [http.post("/v1/enroll", json=body).status_code for _ in range(3)]
     assert codes == [400, 400, 429]
 
@@ -267,6 +373,53 @@ def test_admin_needs_the_right_totp(kds: Kds) -> None:
     actions = [a for (a,) in kds.store.engine.connect().execute(select(audit.c.action))]
     assert actions.count("admin.totp_refused") == 4
     assert kds.admin.topics() == []  # the right code works
+
+
+def _admin_with(kds: Kds, code: Callable[[], str]) -> AdminClient:
+    return AdminClient("http://testserver", kds.admin_identity, code, http=kds.http,
+                       clock=kds.clock)
+
+
+def test_a_totp_code_is_accepted_once(kds: Kds) -> None:
+    code = kds.totp()
+    once = _admin_with(kds, lambda: code)
+    assert once.topics() == []
+    with pytest.raises(Refused) as reused:
+        once.topics()  # same code, new nonce, validly signed: RFC 6238 section 5.2 refuses it
+    assert (reused.value.status, reused.value.code) == (401, "totp_reused")
+    earlier = auth.totp(kds.totp_secret).generate(int(kds.totp_clock()) - 30).decode()
+    with pytest.raises(Refused, match="used already"):  # inside the drift, but an older step
+        _admin_with(kds, lambda: earlier).topics()
+    assert kds.admin.topics() == []  # the next code works
+
+
+def test_wrong_totp_codes_lock_the_admin_out_for_a_while(kds: Kds) -> None:
+    wrong = _admin_with(kds, lambda: "000000" if kds.totp() != "000000" else "000001")
+    for _ in range(5):
+        with pytest.raises(Refused) as refused:
+            wrong.topics()
+        assert refused.value.code == "bad_totp"
+    with pytest.raises(KeyServiceUnavailable, match="totp_locked") as locked:
+        kds.admin.topics()  # even the right code, while locked out: 429
+    assert "429" in str(locked.value)
+    other_replica = KeyDistributionService(kds.store, kds.service.root, kds.service.master,
+                                           clock=kds.clock, totp_clock=kds.totp_clock)
+    with pytest.raises(ServiceError) as shared:  # the lockout lives in the database
+        other_replica.check_totp(kds.admin_identity.name, kds.totp_secret, kds.totp())
+    assert shared.value.code == "totp_locked"
+    kds.clock.advance(61)
+    assert kds.admin.topics() == []  # the lockout expired; success resets the count
+    for _ in range(5):
+        with pytest.raises(Refused):
+            wrong.topics()
+    kds.clock.advance(61)
+    with pytest.raises(Refused):
+        wrong.topics()  # a sixth wrong code in a row: locked again, twice as long
+    kds.clock.advance(61)
+    with pytest.raises(KeyServiceUnavailable, match="totp_locked"):
+        kds.admin.topics()
+    kds.clock.advance(60)
+    assert kds.admin.topics() == []
 
 
 def test_a_member_key_is_not_an_admin_key(kds: Kds) -> None:
@@ -293,6 +446,35 @@ def test_audit_chain_detects_edits(kds: Kds) -> None:
         conn.execute(update(audit).where(audit.c.seq == 5).values(actor="someone else"))
     report = kds.service.verify_audit()
     assert not report.ok and "entry 5" in report.problem
+
+
+def _rewrite_audit(kds: Kds, drop: Callable[[int], bool]) -> None:
+    """What someone with write access to the database (but not the root key) can do: drop
+    entries, renumber and re-hash the rest, drop the checkpoints and fix up the head row."""
+    with kds.store.engine.begin() as conn:
+        rows = [r for r in conn.execute(select(audit).order_by(audit.c.seq)) if not drop(r.seq)]
+        conn.execute(delete(audit))
+        conn.execute(delete(audit_checkpoints))
+        prev = GENESIS
+        for seq, r in enumerate(rows, 1):
+            prev = entry_hash(prev, seq, r.at_ms, r.actor, r.action, r.detail)
+            conn.execute(insert(audit).values(seq=seq, at_ms=r.at_ms, actor=r.actor,
+                                              action=r.action, detail=r.detail, hash=prev))
+        conn.execute(update(heads).where(heads.c.name == "audit")
+                     .values(seq=len(rows), hash=prev))
+
+
+@pytest.mark.parametrize("drop", [lambda seq: seq == 5, lambda seq: seq > 30],
+                         ids=["one entry", "the tail"])
+def test_audit_rewritten_with_a_recomputed_chain_is_detected(
+    kds: Kds, drop: Callable[[int], bool]
+) -> None:
+    for i in range(70):
+        kds.service.record("test", "noted", i=i)
+    assert kds.service.verify_audit().ok
+    _rewrite_audit(kds, drop)
+    report = kds.service.verify_audit()
+    assert not report.ok, report
 
 
 def test_epoch_keys_are_encrypted_at_rest_and_the_master_key_rotates(

@@ -4,11 +4,14 @@ KeySource behind unchanged Sealer and Opener objects."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import delete
 
 from sealedbus import AccessDenied, KeySource, Opener, Reason, Sealer
 from sealedbus.brokers._common import KeyTokenizer
 from sealedbus.errors import Refused, UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
 from sealedbus.kds import auth
+from sealedbus.kds.service import ServiceError
+from sealedbus.kds.store import consumer_since
 
 from ._harness import Kds
 
@@ -181,3 +184,25 @@ def test_topic_key_is_shared_by_the_topics_members_only(kds: Kds) -> None:
         kds.member("stranger").topic_key("orders", kds.clock_ms())
     with pytest.raises(UnknownTopic):
         sealer.keys.topic_key("nope", kds.clock_ms())
+
+
+def test_a_member_joining_a_role_later_gets_no_earlier_epochs(kds: Kds) -> None:
+    """The access window counts from when this member enrolled, not from when its role was
+    added to the policy."""
+    kds.admin.create_topic("phi", producers=["p"], consumers=["role:auditors", "old"],
+                           rotation=60, retention=7 * 86_400)
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    veteran = Opener(kds.member("veteran", roles=["auditors"]), clock=kds.clock)
+    before = sealer.seal("phi", b"sealed before the newcomer enrolled")
+    kds.clock.advance(2 * 86_400)
+    kds.service.tick("test")
+    newcomer = Opener(kds.member("newcomer", roles=["auditors"]), clock=kds.clock)
+    with pytest.raises(UnopenableEnvelope, match="predates") as refused:
+        newcomer.open("phi", before)
+    assert refused.value.reason is Reason.NOT_GRANTED
+    assert veteran.open("phi", before).body == b"sealed before the newcomer enrolled"
+    assert newcomer.open("phi", sealer.seal("phi", b"after")).body == b"after"
+    with kds.store.write() as conn:  # no record of since when: deny, never "since forever"
+        conn.execute(delete(consumer_since))
+    with pytest.raises(ServiceError, match="may not consume"):
+        kds.service.grant("veteran", "phi", 0)
