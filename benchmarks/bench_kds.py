@@ -19,8 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealedbus.core.suites import Suite
+from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
-from sealedbus.kds.auth import enrollment_message
 from sealedbus.kds.secrets import MasterKeyring, read_secret
 from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import Store
@@ -87,9 +87,14 @@ def service_level(topics: int) -> None:
 
         token = service.create_token("bench", "c", [], 60_000)
         service.create_topic("bench", TopicPolicy("bench", frozenset(), frozenset(["c"])))
-        service.enroll(token, "c", identity.identity_public, Suite.X25519,
-                       identity.receive.public, identity.signing_key.sign(enrollment_message(
-                           token, "c", identity.identity_public, 1, identity.receive.public)))
+        token_key = auth.token_key(token)
+        token_public, now = token_key.public_key().public_bytes_raw(), service.now_ms()
+        message = auth.enrollment_message(
+            token_public, "c", identity.identity_public, 1, identity.receive.public, now
+        )
+        service.enroll(token_public, "c", identity.identity_public, Suite.X25519,
+                       identity.receive.public, now, token_key.sign(message),
+                       identity.signing_key.sign(message))
         n, start = 300, time.perf_counter()
         for _ in range(n):
             service.grant("c", "bench", 0)

@@ -81,17 +81,24 @@ quietly() {
     echo "$out" >>"$dir/setup.log"
 }
 
-# The admin's current TOTP code, as an authenticator app would show it (from admin.totp).
+# A TOTP code for the admin, as an authenticator app would show it (from admin.totp). The KDS
+# accepts each 30 s step once, with one step of drift either way: successive commands use the
+# previous, current and next step, then wait for a new one (the last used is kept in DIR).
 totp_code() {
-    "$PYTHON" - "$dir/admin.totp" <<'EOF'
-import base64, sys, time, urllib.parse
+    "$PYTHON" - "$dir/admin.totp" "$dir/.totp-step" <<'EOF'
+import base64, os, sys, time, urllib.parse
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 query = urllib.parse.urlsplit(open(sys.argv[1]).read().strip()).query
 secret = urllib.parse.parse_qs(query)["secret"][0]
 secret += "=" * (-len(secret) % 8)
-print(TOTP(base64.b32decode(secret), 6, SHA1(), 30).generate(time.time()).decode())
+last = int(open(sys.argv[2]).read()) if os.path.exists(sys.argv[2]) else 0
+step = max(last + 1, int(time.time()) // 30 - 1)
+while step > int(time.time()) // 30 + 1:
+    time.sleep(0.2)
+open(sys.argv[2], "w").write(str(step))
+print(TOTP(base64.b32decode(secret), 6, SHA1(), 30).generate(step * 30).decode())
 EOF
 }
 
