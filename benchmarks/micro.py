@@ -54,7 +54,9 @@ class _OpenLoop:
             self.opener.close()
             self.opener = Opener(self.consumer, threads=self.threads)
         chunk = self.pool[self.i : self.i + BATCH]
-        if any(isinstance(r, Exception) for r in self.opener.open_many("bench", chunk)):
+        if any(
+            isinstance(r, Exception) for r in self.opener.open_many([("bench", e) for e in chunk])
+        ):
             raise RuntimeError("an envelope did not open")
         self.i = (self.i + BATCH) % len(self.pool)
         return len(chunk)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -28,6 +27,7 @@ from sealedbus.errors import (
     MalformedEnvelope,
     NotAnEnvelope,
     Reason,
+    SealedbusError,
     UnauthenticEnvelope,
     UnopenableEnvelope,
 )
@@ -150,20 +150,22 @@ class Opener:
         return message
 
     def open_many(
-        self, topic: str, items: Sequence[bytes]
-    ) -> list[OpenedMessage | InvalidEnvelope]:
-        """Open several envelopes, in order, each result a message or the error it raised.
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[OpenedMessage | SealedbusError]:
+        """Open several ``(topic, envelope)`` pairs; each result, in order, is the message or the
+        error its opening raised (an InvalidEnvelope, or KeyServiceUnavailable: then release the
+        messages after it that the caller will not hand on, so their redelivery opens).
 
         With ``threads > 1`` they are opened on a pool: Ed25519 verification and AES-GCM release
         the GIL, so per-message signatures verify on several cores at once."""
         if self._pool is None or len(items) < 2:
-            return [self._open_or_error(topic, data) for data in items]
-        return list(self._pool.map(self._open_or_error, repeat(topic), items))
+            return [self._open_or_error(item) for item in items]
+        return list(self._pool.map(self._open_or_error, items))
 
-    def _open_or_error(self, topic: str, data: bytes) -> OpenedMessage | InvalidEnvelope:
+    def _open_or_error(self, item: tuple[str, bytes]) -> OpenedMessage | SealedbusError:
         try:
-            return self.open(topic, data)
-        except InvalidEnvelope as exc:
+            return self.open(*item)
+        except SealedbusError as exc:
             return exc
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from sealedbus.brokers._common import (
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope
+from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, SealedbusError
 from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealer
 
@@ -337,7 +337,8 @@ class SealedKafkaConsumer:
         self.dead_letter_timeout = dead_letter_timeout
         self.poll_timeout_ms = int(poll_timeout * 1000)
         self.max_records = max_records
-        self._buffer: deque[Any] = deque()
+        self._buffer: deque[Any] = deque()  # fetched records not yet handed on, in order
+        self._opened: dict[int, OpenedMessage | SealedbusError] = {}  # by id(record), ahead
         self._done: dict[Any, int] = {}  # TopicPartition -> next offset to commit
         self._revoked_partitions: set[Any] = set()  # filled by the rebalance listener
         self._listener = _Listener(self)
@@ -367,8 +368,10 @@ class SealedKafkaConsumer:
                         return
                     continue
                 idle_since = time.monotonic()
+            if id(self._buffer[0]) not in self._opened:
+                self._open_ahead()
             record = self._buffer[0]
-            opened = self._open(record)  # KeyServiceUnavailable leaves it first in line
+            opened = self._handle(record)  # KeyServiceUnavailable leaves it first in line
             self._buffer.popleft()
             self._done[TopicPartition(record.topic, record.partition)] = record.offset + 1
             if opened is not None:
@@ -386,7 +389,11 @@ class SealedKafkaConsumer:
                 del self._done[tp]
 
     def close(self) -> None:
-        """Commit what the application had, then close the consumer."""
+        """Commit what the application had, then close the consumer. Records fetched and opened
+        ahead but not handed on are released in the opener: whoever reads them next opens them."""
+        for record in self._buffer:
+            self._forget(record)
+        self._buffer.clear()
         try:
             self.commit()
         finally:
@@ -409,20 +416,44 @@ class SealedKafkaConsumer:
 
     def _drop_revoked(self) -> None:
         gone, self._revoked_partitions = self._revoked_partitions, set()
-        self._buffer = deque(
-            r for r in self._buffer if TopicPartition(r.topic, r.partition) not in gone
-        )
+        kept: deque[Any] = deque()
+        for r in self._buffer:
+            if TopicPartition(r.topic, r.partition) in gone:
+                self._forget(r)  # its new owner reads it from the last commit
+            else:
+                kept.append(r)
+        self._buffer = kept
         for tp in gone:
             self._done.pop(tp, None)
 
-    def _open(self, record: Any) -> ConsumedRecord | None:
-        try:
-            message = self.opener.open(record.topic, record.value or b"")
-        except InvalidEnvelope as exc:
-            if not is_duplicate(exc):
-                self._dead_letter(record, exc)
+    def _open_ahead(self) -> None:
+        """Open every buffered record at once: with ``Opener(threads=2)`` per-message
+        signatures verify on both cores."""
+        todo = [r for r in self._buffer if id(r) not in self._opened]  # never open one twice
+        results = self.opener.open_many([(r.topic, r.value or b"") for r in todo])
+        self._opened.update((id(r), result) for r, result in zip(todo, results, strict=True))
+
+    def _forget(self, record: Any) -> None:
+        """Drop an opened-ahead result that will not be handed on, so a redelivery opens."""
+        result = self._opened.pop(id(record), None)
+        if isinstance(result, OpenedMessage):
+            self.opener.release(result)
+
+    def _handle(self, record: Any) -> ConsumedRecord | None:
+        result = self._opened.pop(id(record))
+        if isinstance(result, OpenedMessage):
+            return ConsumedRecord(result, record)
+        if isinstance(result, InvalidEnvelope):
+            if not is_duplicate(result):
+                try:
+                    self._dead_letter(record, result)
+                except BrokerError:
+                    self._opened[id(record)] = result  # still first in line, still refused
+                    raise
             return None
-        return ConsumedRecord(message, record)
+        for later in list(self._buffer)[1:]:  # KeyServiceUnavailable: retry from this record
+            self._forget(later)
+        raise result
 
     def _dead_letter(self, record: Any, exc: InvalidEnvelope) -> None:
         topic = self.dead_letter_topic or f"{record.topic}.dlq"
