@@ -451,8 +451,11 @@ class KeyDistributionService:
         description = EpochDescription.verify(row.description, self.root_public)
         seed = self.master.unwrap(wrapped, _key_context(topic, epoch))
         keys = suites.keypair_from_seed(description.suite, seed)
-        grant = authority.seal_grant(
-            self.root, description, keys, Certificate.verify(cert_bytes, self.root_public))
+        try:
+            grant = authority.seal_grant(
+                self.root, description, keys, Certificate.verify(cert_bytes, self.root_public))
+        except authority.WeakReceiveKey as exc:
+            raise ServiceError(403, "not_granted", str(exc)) from None
         with self.store.write() as conn:
             audit.append(conn, self.root, now, f"member:{member}", "grant.issued",
                          topic=topic, epoch=epoch)

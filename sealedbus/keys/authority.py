@@ -96,10 +96,22 @@ def issue_certificate(
     )
 
 
+class WeakReceiveKey(ValueError):
+    """A hybrid (post-quantum) epoch would be granted under a classical receive key: whoever
+    records the grant today could open it with a quantum computer later."""
+
+
 def seal_grant(
     root: Ed25519PrivateKey, description: EpochDescription, keys: KeyPair, cert: Certificate
 ) -> bytes:
-    """The epoch private key, HPKE-sealed to the member's receive key and signed by the root."""
+    """The epoch private key, HPKE-sealed to the member's receive key and signed by the root.
+
+    Raises WeakReceiveKey when the epoch is of the hybrid suite and the receive key is not."""
+    if description.suite is Suite.HYBRID and cert.receive_suite is not Suite.HYBRID:
+        raise WeakReceiveKey(
+            f"{cert.member!r} has an X25519 receive key; epochs of the hybrid suite are granted "
+            "only to hybrid receive keys (enroll with suite x25519-mlkem768)"
+        )
     info = grant_info(description.topic, description.epoch, cert.member, description.digest)
     sealed = suites.hpke_seal(cert.receive_suite, cert.receive_public, keys.private, info)
     grant = Grant(description.topic, description.epoch, cert.member, description.digest, sealed)

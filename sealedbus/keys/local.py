@@ -265,7 +265,10 @@ class LocalKeyService:
             if not topic.policy.history and record.description.not_after_ms <= since:
                 raise UnopenableEnvelope(Reason.NOT_GRANTED, f"epoch {epoch} predates access")
             cert = self._certificate_for(member, now)
-            grant = authority.seal_grant(self._root, record.description, record.keys, cert)
+            try:
+                grant = authority.seal_grant(self._root, record.description, record.keys, cert)
+            except authority.WeakReceiveKey as exc:
+                raise UnopenableEnvelope(Reason.NOT_GRANTED, str(exc)) from None
             return record.description, grant
 
     def _topic_key(self, member: str, name: str) -> bytes:

@@ -97,7 +97,9 @@ class World:
     members: dict[str, LocalMember]
 
     def enroll(self, name: str) -> LocalMember:
-        self.members[name] = self.ks.enroll(name)
+        # "consumer" reads the hybrid topic, whose epochs go only to hybrid receive keys
+        suite = "x25519-mlkem768" if name == "consumer" else "x25519"
+        self.members[name] = self.ks.enroll(name, suite=suite)
         return self.members[name]
 
     def sealer(self, member: str = "producer", **kwargs: Any) -> Sealer:

@@ -486,3 +486,12 @@ def test_certificate_id_hashes_the_signed_bytes_not_a_reencoding() -> None:
     cert = Certificate.verify(signed_bytes, root.public_key())
     assert cert.serial == 7
     assert cert.cert_id == hashlib.sha256(longer).digest()[:16]
+
+
+def test_hybrid_epochs_are_never_granted_under_a_classical_receive_key() -> None:
+    """A grant sealed to an X25519 receive key would hand a post-quantum epoch key to whoever
+    records key-service traffic today and owns a quantum computer later."""
+    w = make_world(topics={"vault": (("producer",), ("consumer", "consumer2"), "x25519-mlkem768")})
+    envelope_ = w.sealer().seal("vault", b"pq")
+    assert w.opener("consumer").open("vault", envelope_).body == b"pq"  # hybrid receive key
+    rejected(lambda: w.opener("consumer2").open("vault", envelope_), Reason.NOT_GRANTED)

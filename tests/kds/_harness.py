@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
 from sealedbus.core.signed import fingerprint
+from sealedbus.core.suites import Suite
 from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
@@ -94,10 +95,10 @@ class Kds:
 
     def member(
         self, name: str, *, roles: list[str] | None = None, http: httpx.Client | None = None,
-        **options: Any,
+        suite: Suite = Suite.X25519, **options: Any,
     ) -> KeyServiceClient:
         """Enroll a new member with a fresh token and return its client."""
-        identity = MemberIdentity.generate(name, os.urandom)
+        identity = MemberIdentity.generate(name, os.urandom, suite)
         token = self.admin.create_token(name, roles)
         enroll("http://testserver", identity, token, self.root_fingerprint, http=self.http,
                clock=self.clock)

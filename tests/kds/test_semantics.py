@@ -8,6 +8,7 @@ from sqlalchemy import delete
 
 from sealedbus import AccessDenied, KeySource, Opener, Reason, Sealer
 from sealedbus.brokers._common import KeyTokenizer
+from sealedbus.core.suites import Suite
 from sealedbus.errors import Refused, UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
 from sealedbus.kds import auth
 from sealedbus.kds.service import ServiceError
@@ -28,9 +29,17 @@ def test_client_is_a_key_source_and_round_trips(kds: Kds) -> None:
     assert (message.body, message.sender, message.headers) == (b"hello", "p", {"k": "v"})
 
 
-def test_hybrid_suite_round_trips(kds: Kds) -> None:
-    sealer, opener = pair(kds, suite="x25519-mlkem768")
+def test_hybrid_suite_round_trips_for_hybrid_receive_keys_only(kds: Kds) -> None:
+    kds.admin.create_topic(
+        "orders", producers=["p"], consumers=["c", "classic"], suite="x25519-mlkem768"
+    )
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    opener = Opener(kds.member("c", suite=Suite.HYBRID), clock=kds.clock)
     assert opener.open("orders", sealer.seal("orders", b"pq")).body == b"pq"
+    classic = Opener(kds.member("classic"), clock=kds.clock)  # an X25519 receive key
+    with pytest.raises(UnopenableEnvelope, match="hybrid receive keys") as refused:
+        classic.open("orders", sealer.seal("orders", b"pq"))
+    assert refused.value.reason is Reason.NOT_GRANTED
 
 
 def test_deny_by_default_with_reasons(kds: Kds) -> None:
