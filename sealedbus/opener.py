@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sealedbus.core import envelope, merkle, suites, wire
 from sealedbus.core.envelope import HeaderValue, SessionContext
 from sealedbus.core.replay import ReplayGuard, Seen
-from sealedbus.core.signed import Certificate, EpochDescription
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
     ConfigurationError,
@@ -89,8 +89,6 @@ _SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
 class _Sender:
     cert: Certificate
     identity: Ed25519PublicKey
-    revoked: bool
-    checked_ms: int
 
 
 class Opener:
@@ -136,6 +134,7 @@ class Opener:
         )
         self._trees = merkle.VerifiedTrees()
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
+        self._revocation_list: tuple[RevocationList, int] | None = None
 
     def open(self, topic: str, data: bytes) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
@@ -149,9 +148,7 @@ class Opener:
         self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
         return message
 
-    def open_many(
-        self, items: Sequence[tuple[str, bytes]]
-    ) -> list[OpenedMessage | SealedbusError]:
+    def open_many(self, items: Sequence[tuple[str, bytes]]) -> list[OpenedMessage | SealedbusError]:
         """Open several ``(topic, envelope)`` pairs; each result, in order, is the message or the
         error its opening raised (an InvalidEnvelope, or KeyServiceUnavailable: then release the
         messages after it that the caller will not hand on, so their redelivery opens).
@@ -209,8 +206,11 @@ class Opener:
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, cert.member)
         if not cert.valid_at(h.sent_at_ms):
             raise UnauthenticEnvelope(Reason.CERTIFICATE_EXPIRED, cert.member)
-        if sender.revoked:
+        revocations = self._revocations(now)
+        if revocations.revokes(cert):
             raise UnauthenticEnvelope(Reason.SENDER_REVOKED, cert.member)
+        if revocations.withdraws(cert, topic):
+            raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
         ctx = self._session(topic, h, now)
         if parsed.proof is None:
@@ -247,19 +247,22 @@ class Opener:
         )
 
     def _sender(self, cert_id: bytes, now: int) -> _Sender:
-        """The sender's certificate (cached) and its revocation status (re-checked each
-        ``revocation_check_interval``)."""
+        """The sender's certificate (cached) and identity key."""
         sender = self._senders.get(cert_id)
         if sender is None:
             cert = self.keys.sender_certificate(cert_id, now)
             if cert is None:
                 raise UnauthenticEnvelope(Reason.UNKNOWN_SENDER)
-            sender = _Sender(cert, cert.identity_key(), self.keys.is_revoked(cert, now), now)
+            sender = _Sender(cert, cert.identity_key())
             self._senders.put(cert_id, sender)
-        elif now - sender.checked_ms >= self._check_ms:
-            sender.revoked = self.keys.is_revoked(sender.cert, now)
-            sender.checked_ms = now
         return sender
+
+    def _revocations(self, now: int) -> RevocationList:
+        """The key source's revocation list, asked again each ``revocation_check_interval``."""
+        held = self._revocation_list
+        if held is None or now - held[1] >= self._check_ms:
+            held = self._revocation_list = (self.keys.revocations(now), now)
+        return held[0]
 
     def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
         cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check

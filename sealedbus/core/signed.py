@@ -171,21 +171,41 @@ class TopicKeyGrant(_Signed):
 
 @dataclass(frozen=True)
 class RevocationList(_Signed):
-    """Certificates and members the authority revoked, as of ``issued_at_ms``."""
+    """Certificates and members the authority revoked, as of ``issued_at_ms``, and certificates
+    withdrawn for one topic: their member no longer produces to it, though the certificate
+    still lists it (it stays good for the member's other topics)."""
 
     LABEL: ClassVar[bytes] = PROTOCOL + b" revocations\x00"
     issued_at_ms: int
     serial: int
     cert_ids: tuple[bytes, ...]
     members: tuple[str, ...]
+    withdrawn: tuple[tuple[bytes, str], ...] = ()  # (certificate id, topic)
 
     def revokes(self, cert: Certificate) -> bool:
-        return cert.cert_id in self.cert_ids or cert.member in self.members
+        return cert.cert_id in self._revoked_ids or cert.member in self._revoked_members
+
+    def withdraws(self, cert: Certificate, topic: str) -> bool:
+        return (cert.cert_id, topic) in self._withdrawn
+
+    @cached_property
+    def _revoked_ids(self) -> frozenset[bytes]:
+        return frozenset(self.cert_ids)
+
+    @cached_property
+    def _revoked_members(self) -> frozenset[str]:
+        return frozenset(self.members)
+
+    @cached_property
+    def _withdrawn(self) -> frozenset[tuple[bytes, str]]:
+        return frozenset(self.withdrawn)
 
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:
-        at, serial, ids, members = fields
-        return cls(at, serial, tuple(ids), tuple(members))
+        at, serial, ids, members, withdrawn = fields
+        return cls(
+            at, serial, tuple(ids), tuple(members), tuple((bytes(c), str(t)) for c, t in withdrawn)
+        )
 
 
 @dataclass(frozen=True)

@@ -234,10 +234,12 @@ class KeyDistributionService:
     def set_policy(
         self, actor: str, name: str, producers: list[str] | None, consumers: list[str] | None
     ) -> None:
-        """Change who may produce or consume; removing a consumer rotates the topic at once."""
+        """Change who may produce or consume. Removing a consumer rotates the topic at once;
+        removing a producer withdraws its certificates from the topic (revocation list)."""
         now = self.now_ms()
         with self.store.write() as conn:
             policy = self._policy(conn, name)
+            former_producers = policy.producers
             if producers is not None:
                 policy = replace(policy, producers=frozenset(producers))
             removed: frozenset[str] = frozenset()
@@ -256,8 +258,33 @@ class KeyDistributionService:
                 consumers=json.dumps(sorted(policy.consumers))))
             audit.append(conn, self.root, now, actor, "topic.policy_changed", topic=name,
                          producers=sorted(policy.producers), consumers=sorted(policy.consumers))
+            self._withdraw(conn, name, former_producers, policy.producers, now, actor)
             if removed:
                 self._rotate(conn, policy, now, actor)
+
+    def _withdraw(
+        self, conn: Connection, topic: str, former: frozenset[str], now_producers: frozenset[str],
+        now: int, actor: str,
+    ) -> None:
+        """Put the certificates of members who no longer produce to ``topic`` on the revocation
+        list for that topic: they stay good for the members' other topics."""
+        if not former - now_producers:
+            return
+        gone = [
+            row.name for row in conn.execute(select(members.c.name, members.c.roles)).all()
+            if former & _entries(row.name, json.loads(row.roles))
+            and not now_producers & _entries(row.name, json.loads(row.roles))
+        ]
+        if not gone:
+            return
+        ids = conn.execute(select(certificates.c.cert_id)
+                           .where(certificates.c.member.in_(gone))).scalars()
+        old = self._revocations(conn)
+        new = RevocationList(now, old.serial + 1, old.cert_ids, old.members,
+                             old.withdrawn + tuple((bytes(i), topic) for i in ids))
+        conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
+        audit.append(conn, self.root, now, actor, "producers.withdrawn", topic=topic,
+                     members=sorted(gone))
 
     def topic(self, name: str) -> TopicPolicy:
         with self.store.read() as conn:
@@ -293,7 +320,8 @@ class KeyDistributionService:
             ids = tuple(conn.execute(
                 select(certificates.c.cert_id).where(certificates.c.member == member)).scalars())
             old = self._revocations(conn)
-            new = RevocationList(now, old.serial + 1, old.cert_ids + ids, (*old.members, member))
+            new = RevocationList(now, old.serial + 1, old.cert_ids + ids, (*old.members, member),
+                                 old.withdrawn)
             conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
             audit.append(conn, self.root, now, actor, "member.revoked", member=member,
                          certificates=len(ids))

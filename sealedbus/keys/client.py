@@ -383,14 +383,14 @@ class KeyServiceClient:
             self._certs[cert_id] = cert
         return cert
 
-    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
+    def revocations(self, now_ms: int) -> RevocationList:
         self._prefetch_due(now_ms)  # every open asks this: the cheap moment to look ahead
         with self._lock:
             current = self._revocations
             stale = now_ms - self._revocations_fetched_ms >= self._revocation_refresh_ms
             down = self._down(now_ms)
         if current is not None and not (stale and not down):
-            return current.revokes(cert)
+            return current
         try:
             doc = self._call("GET", "/v1/revocations", now_ms)
             fetched = RevocationList.verify(_field(doc, "revocations"), self._root_key(now_ms))
@@ -399,7 +399,7 @@ class KeyServiceClient:
         except KeyServiceUnavailable:
             if current is None:
                 raise
-            return current.revokes(cert)  # the outage: keep the list we have
+            return current  # the outage: keep the list we have
         except Refused as exc:
             raise AccessDenied(exc.reason) from None
         # The KDS signs the list afresh for every answer: an old one is a replay.
@@ -411,7 +411,7 @@ class KeyServiceClient:
                     held.serial, held.issued_at_ms):
                 raise UntrustedResponse("KDS answered with an older revocation list")
             self._revocations, self._revocations_fetched_ms = fetched, now_ms
-        return fetched.revokes(cert)
+        return fetched
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -133,11 +133,13 @@ class LocalKeyService:
         producers: Iterable[str] | None = None,
         consumers: Iterable[str] | None = None,
     ) -> None:
-        """Change who may produce or consume; removing a consumer rotates the topic at once."""
+        """Change who may produce or consume. Removing a consumer rotates the topic at once;
+        removing a producer withdraws its certificates from the topic (revocation list)."""
         with self._lock:
             topic = self._topic(name)
             now = self._now_ms()
             policy = topic.policy
+            former_producers = policy.producers
             if producers is not None:
                 policy = replace(policy, producers=frozenset(producers))
             removed: frozenset[str] = frozenset()
@@ -152,6 +154,17 @@ class LocalKeyService:
             topic.policy = policy
             self._serial += 1  # certificates name what a member may do: reissue them
             self._current_cert.clear()
+            gone = former_producers - policy.producers
+            withdrawn = tuple(
+                (c.cert_id, name)
+                for c in self._certs.values()
+                if c.member in gone and name in c.produce
+            )
+            if withdrawn:
+                old = self._revocations
+                self._revocations = RevocationList(
+                    now, old.serial + 1, old.cert_ids, old.members, old.withdrawn + withdrawn
+                )
             if removed:
                 self._rotate(topic, now)
 
@@ -171,6 +184,7 @@ class LocalKeyService:
                 self._revocations.serial + 1,
                 self._revocations.cert_ids + ids,
                 (*self._revocations.members, member),
+                self._revocations.withdrawn,
             )
             self._current_cert.pop(member, None)
             for topic in self._topics.values():
@@ -388,5 +402,5 @@ class LocalMember:
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self._service._sender(cert_id)
 
-    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
-        return self._service._revocation_list().revokes(cert)
+    def revocations(self, now_ms: int) -> RevocationList:
+        return self._service._revocation_list()

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealedbus.core.signed import Certificate, EpochDescription
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import KeyPair
 
 
@@ -66,6 +66,7 @@ class KeySource(Protocol):
         """The verified certificate with this id, or None when the authority never issued it."""
         ...
 
-    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
-        """Whether the authority's current revocation list names this certificate or member."""
+    def revocations(self, now_ms: int) -> RevocationList:
+        """The authority's current revocation list, verified: revoked certificates and members,
+        and certificates withdrawn from a topic their member no longer produces to."""
         ...

@@ -143,12 +143,12 @@ def test_cache_hits_do_not_wait_for_a_slow_kds(kds: Kds) -> None:
     slow = Slow(AsgiTransport(kds.app))
     client = kds.member("pc", http=httpx.Client(transport=slow, base_url="http://testserver"))
     sealer = Sealer(client, clock=kds.clock)
-    _, cert = client.identity(kds.clock_ms())
+    client.identity(kds.clock_ms())
     sealer.seal("orders", b"warm the cache")
     kds.clock.advance(31)  # the revocation list is due for a refresh; the epoch is still fresh
     client.sealing_epoch("orders", kds.clock_ms())
     slow.slow = True
-    stuck = threading.Thread(target=client.is_revoked, args=(cert, kds.clock_ms()))
+    stuck = threading.Thread(target=client.revocations, args=(kds.clock_ms(),))
     stuck.start()
     try:
         answered = threading.Event()

@@ -215,3 +215,22 @@ def test_a_member_joining_a_role_later_gets_no_earlier_epochs(kds: Kds) -> None:
         conn.execute(delete(consumer_since))
     with pytest.raises(ServiceError, match="may not consume"):
         kds.service.grant("veteran", "phi", 0)
+
+
+def test_removed_producer_is_withdrawn_from_the_topic_only(kds: Kds) -> None:
+    kds.admin.create_topic("orders", producers=["p", "p2"], consumers=["c"])
+    kds.admin.create_topic("audit", producers=["p2"], consumers=["c"])
+    p2 = kds.member("p2")
+    sealer = Sealer(p2, clock=kds.clock)
+    opener = Opener(kds.member("c"), clock=kds.clock)
+    before = sealer.seal("orders", b"before")
+    elsewhere = sealer.seal("audit", b"elsewhere")
+    kds.admin.set_policy("orders", producers=["p"])
+    after = sealer.seal("orders", b"after")  # the sealer still holds the old certificate
+    fresh = Opener(kds.member("c2"), clock=kds.clock)
+    kds.admin.set_policy("orders", consumers=["c", "c2"])
+    for envelope in (before, after):  # withdrawn: backdating sent_at would not help either
+        with pytest.raises(UnauthenticEnvelope) as refused:
+            fresh.open("orders", envelope)
+        assert refused.value.reason is Reason.SENDER_NOT_ALLOWED
+    assert opener.open("audit", elsewhere).body == b"elsewhere"

@@ -63,7 +63,7 @@ class VectorKeys:
         self.description, self.epoch = authority.new_epoch(
             policy, 7, T0_MS - 60_000, seed("epoch", suite.seed_len)
         )
-        self.revocations = RevocationList(T0_MS, 1, (), ())
+        self.revoked = RevocationList(T0_MS, 1, (), ())
 
     @property
     def member(self) -> str:
@@ -88,8 +88,8 @@ class VectorKeys:
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self.cert if cert_id == self.cert.cert_id else None
 
-    def is_revoked(self, cert: Certificate, now_ms: int) -> bool:
-        return self.revocations.revokes(cert)
+    def revocations(self, now_ms: int) -> RevocationList:
+        return self.revoked
 
 
 class FixedRng:
