@@ -17,13 +17,15 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealedbus.core.envelope import Headers
+from sealedbus.core.envelope import Headers, HeaderValue
 from sealedbus.errors import ConfigurationError, InvalidEnvelope, Reason
 from sealedbus.keys.source import KeySource
+from sealedbus.opener import OpenedMessage
 
 REASON_HEADER = "x-sealedbus-reason"
 TOPIC_HEADER = "x-sealedbus-topic"
@@ -121,3 +123,29 @@ def original_key(headers: Mapping[str, object], clear_key: bytes | None) -> byte
     """The message key as the producer gave it (sealed copy when the clear one is a token)."""
     sealed = headers.get(SEALED_KEY_HEADER)
     return sealed if isinstance(sealed, bytes) else clear_key
+
+
+class OpenedRecord:
+    """What adapters hand the application: the opened ``message`` and the broker's ``record``
+    (with a ``key``), seen as the producer sent them."""
+
+    message: OpenedMessage
+    record: Any
+
+    @property
+    def value(self) -> bytes:
+        return self.message.body
+
+    @property
+    def headers(self) -> dict[str, HeaderValue]:
+        """The sealed application headers."""
+        return {k: v for k, v in self.message.headers.items() if k != SEALED_KEY_HEADER}
+
+    @property
+    def key(self) -> bytes | None:
+        """The key the producer gave (restored from the sealed copy when it was tokenized)."""
+        return original_key(self.message.headers, self.record.key)
+
+    @property
+    def sender(self) -> str | None:
+        return self.message.sender

@@ -24,12 +24,11 @@ from kafka.errors import KafkaError
 from kafka.future import Future
 
 from sealedbus.brokers._common import (
-    SEALED_KEY_HEADER,
     KeyTokenizer,
+    OpenedRecord,
     check_headers,
     dead_letter_headers,
     is_duplicate,
-    original_key,
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
@@ -264,29 +263,11 @@ def _header_map(headers: KafkaHeaders | None) -> dict[str, HeaderValue] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsumedRecord:
+class ConsumedRecord(OpenedRecord):
     """An opened record: the plaintext value and sealed headers, with where it came from."""
 
     message: OpenedMessage
     record: Any  # kafka-python's ConsumerRecord (its value is the envelope)
-
-    @property
-    def value(self) -> bytes:
-        return self.message.body
-
-    @property
-    def headers(self) -> dict[str, HeaderValue]:
-        """The sealed application headers."""
-        return {k: v for k, v in self.message.headers.items() if k != SEALED_KEY_HEADER}
-
-    @property
-    def key(self) -> bytes | None:
-        """The key the producer gave (restored from the sealed copy when it was tokenized)."""
-        return original_key(self.message.headers, self.record.key)
-
-    @property
-    def sender(self) -> str | None:
-        return self.message.sender
 
     @property
     def topic(self) -> str:

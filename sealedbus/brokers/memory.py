@@ -19,12 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sealedbus.brokers._common import (
-    SEALED_KEY_HEADER,
     KeyTokenizer,
+    OpenedRecord,
     check_headers,
     dead_letter_headers,
     is_duplicate,
-    original_key,
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
@@ -217,29 +216,11 @@ class MemoryProducer:
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(OpenedRecord):
     """An opened message and the record it came in."""
 
     message: OpenedMessage
     record: Record
-
-    @property
-    def value(self) -> bytes:
-        return self.message.body
-
-    @property
-    def headers(self) -> dict[str, HeaderValue]:
-        """The sealed application headers."""
-        return {k: v for k, v in self.message.headers.items() if k != SEALED_KEY_HEADER}
-
-    @property
-    def key(self) -> bytes | None:
-        """The key the producer gave (restored from the sealed copy when it was tokenized)."""
-        return original_key(self.message.headers, self.record.key)
-
-    @property
-    def sender(self) -> str | None:
-        return self.message.sender
 
 
 class MemoryConsumer:
