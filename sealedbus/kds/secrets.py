@@ -27,6 +27,8 @@ MASTER_KEYS_ENV = "SEALEDBUS_KDS_MASTER_KEYS"
 ROOT_KEY_FILE = "root.key"
 MASTER_KEYS_FILE = "master.keys"
 _WRAP_LABEL = b"sealedbus/1 kds at rest\x00"
+INIT_HINT = "`sealedbus kds init` creates it"  # root key, master keyring, first admin's key
+ENROLL_HINT = "`sealedbus enroll` creates a member's key file"
 
 
 class SecretError(ValueError):
@@ -51,15 +53,35 @@ def write_secret(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def read_secret(path: Path) -> bytes:
-    """Read a secret file, refusing one that others may read or write."""
+def check_new_secret_path(path: Path) -> None:
+    """Raise SecretError unless ``write_secret(path, ...)`` can create ``path``: it must not
+    exist yet and its directory must exist and be writable. Call it before doing anything that
+    cannot be undone (issuing a token, enrolling a key) whose result goes to ``path``."""
+    if os.path.lexists(path):
+        what = "is a directory" if path.is_dir() else "exists"
+        raise SecretError(f"{path} {what}; refusing to overwrite it")
+    directory = path.parent
+    if not directory.is_dir():
+        raise SecretError(f"cannot create {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SecretError(f"cannot create {path}: directory {directory} is not writable")
+
+
+def read_secret(path: Path, *, hint: str | None = None) -> bytes:
+    """Read a secret file, refusing one that others may read or write. ``hint`` is added to the
+    error when the file does not exist, e.g. ``INIT_HINT`` or ``ENROLL_HINT``."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise SecretError(f"{path} does not exist (run `sealedbus kds init`?)") from None
+        raise SecretError(f"{path} does not exist" + (f" ({hint})" if hint else "")) from None
+    except OSError as exc:
+        raise SecretError(f"cannot read {path}: {exc.strerror or exc}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretError(f"{path} is accessible to group or others; chmod 600 it")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SecretError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def new_root_key_file(path: Path, rng: Callable[[int], bytes] = os.urandom) -> Ed25519PrivateKey:
@@ -69,7 +91,7 @@ def new_root_key_file(path: Path, rng: Callable[[int], bytes] = os.urandom) -> E
 
 
 def load_root_key(path: Path) -> Ed25519PrivateKey:
-    data = read_secret(path)
+    data = read_secret(path, hint=INIT_HINT)
     if len(data) != 32:
         raise SecretError(f"{path} is not a 32-byte Ed25519 root key")
     return Ed25519PrivateKey.from_private_bytes(data)
@@ -97,7 +119,7 @@ class MasterKeyring:
     def load(cls, path: Path) -> MasterKeyring:
         """From the environment variable if set, else from ``path``."""
         env = os.environ.get(MASTER_KEYS_ENV)
-        raw = env.encode() if env else read_secret(path)
+        raw = env.encode() if env else read_secret(path, hint=INIT_HINT)
         current, keys = _parse(raw)
         return cls(current, keys, None if env else path)
 
