@@ -126,7 +126,10 @@ def main() -> int:
             )
         )
         return 0
-    print(f"python {sys.version.split()[0]}, cryptography {cryptography.__version__}, one thread")
+    print(
+        f"python {sys.version.split()[0]}, cryptography {cryptography.__version__}; one thread,"
+        " except 'open/s 2t': Opener(threads=2).open_many"
+    )
     print(
         f"{'payload':>8} {'mode':<12} {'seal/s':>10} {'open/s':>10} {'open/s 2t':>10} "
         f"{'AES-GCM/s':>11} "
