@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from sealedbus.ops import demo, inspect_cmd
 
 _PLUGINS = ("sealedbus.kds.cli", "sealedbus.ops.bench")
+_EXTRAS = {  # optional dependency -> the extra that installs it
+    "fastapi": "kds", "uvicorn": "kds", "sqlalchemy": "kds", "psycopg": "kds", "httpx": "kds",
+    "pika": "rabbitmq", "kafka": "kafka", "crc32c": "kafka", "matplotlib": "bench",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"sealedbus {args.command}: needs {exc.name}, from the {extra!r} extra: "
+              f"pip install 'sealedbus[{extra}]'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -101,3 +101,16 @@ def test_every_reason_value_is_documented_in_the_spec() -> None:
     missing = [r.value for r in Reason if f"| `{r.value}` |" not in table]
     assert not missing, missing
     assert "SPEC.md section 8" in (errors.__doc__ or "")
+
+
+def test_cli_names_the_extra_a_missing_optional_dependency_comes_from(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sealedbus.ops import cli, demo
+
+    def needs_pika(args: object) -> int:
+        raise ModuleNotFoundError("No module named 'pika'", name="pika")
+
+    monkeypatch.setattr(demo, "run", needs_pika)
+    assert cli.main(["demo"]) == 2
+    assert "pip install 'sealedbus[rabbitmq]'" in capsys.readouterr().err
