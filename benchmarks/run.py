@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sealedbus.ops.bench import add_arguments
+
 HERE = Path(__file__).resolve().parent
 SERVICES = HERE.parent / "scripts" / "services"
 sys.path.insert(0, str(HERE))
@@ -36,7 +38,7 @@ def start_broker(name: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    runner.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument("--start-brokers", action="store_true",
                         help="start native RabbitMQ/Kafka (scripts/services) when not given")
     parser.set_defaults(out=HERE / "results")

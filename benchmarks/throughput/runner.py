@@ -342,24 +342,6 @@ def _rows(plan: Plan, samples: dict[tuple[str, int, str], _Samples]) -> list[dic
     return rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 300 messages per phase, one round (well under a minute)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (full default: 5)")
-    parser.add_argument("--transports", default=",".join(TRANSPORTS),
-                        help="comma-separated subset of memory,rabbitmq,kafka")
-    parser.add_argument("--amqp-url", default=os.environ.get("SEALEDBUS_AMQP_URL", ""),
-                        help="RabbitMQ URL (default $SEALEDBUS_AMQP_URL)")
-    parser.add_argument("--kafka-bootstrap",
-                        default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", ""),
-                        help="Kafka host:port (default $SEALEDBUS_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for latest.json, latest.md and the PNG plots")
-    parser.add_argument("--open-threads", type=int, default=2,
-                        help="opener threads for per-message consumers (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def main_from_args(args: argparse.Namespace) -> int:
     transports = tuple(t for t in args.transports.split(",") if t)
     unknown = set(transports) - set(TRANSPORTS)

@@ -19,6 +19,12 @@ def register(subparsers: Any) -> None:
         "bench", help="throughput benchmark: plaintext vs sealed on memory, RabbitMQ, Kafka",
         description=__doc__,
     )
+    add_arguments(parser)
+    parser.set_defaults(func=_bench)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options, shared by ``sealedbus bench`` and ``benchmarks/run.py``."""
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 300 messages per phase, one round (well under a minute)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (full default: 5)")
@@ -34,7 +40,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--open-threads", type=int, default=2,
                         help="opener threads for per-message consumers (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
