@@ -238,28 +238,22 @@ class KeyDistributionService:
         removing a producer withdraws its certificates from the topic (revocation list)."""
         now = self.now_ms()
         with self.store.write() as conn:
-            policy = self._policy(conn, name)
-            former_producers = policy.producers
-            if producers is not None:
-                policy = replace(policy, producers=frozenset(producers))
-            removed: frozenset[str] = frozenset()
-            if consumers is not None:
-                new = frozenset(consumers)
-                removed = policy.consumers - new
-                for entry in new - policy.consumers:
-                    conn.execute(insert(consumer_since).values(topic=name, entry=entry,
-                                                               since_ms=now))
-                if removed:
-                    conn.execute(delete(consumer_since).where(
-                        consumer_since.c.topic == name, consumer_since.c.entry.in_(removed)))
-                policy = replace(policy, consumers=new)
+            former = self._policy(conn, name)
+            change = authority.change_policy(former, producers, consumers)
+            policy = change.policy
+            for entry in change.added_consumers:
+                conn.execute(insert(consumer_since).values(topic=name, entry=entry, since_ms=now))
+            if change.removed_consumers:
+                conn.execute(delete(consumer_since).where(
+                    consumer_since.c.topic == name,
+                    consumer_since.c.entry.in_(change.removed_consumers)))
             conn.execute(update(topics).where(topics.c.name == name).values(
                 producers=json.dumps(sorted(policy.producers)),
                 consumers=json.dumps(sorted(policy.consumers))))
             audit.append(conn, self.root, now, actor, "topic.policy_changed", topic=name,
                          producers=sorted(policy.producers), consumers=sorted(policy.consumers))
-            self._withdraw(conn, name, former_producers, policy.producers, now, actor)
-            if removed:
+            self._withdraw(conn, name, former.producers, policy.producers, now, actor)
+            if change.removed_consumers:
                 self._rotate(conn, policy, now, actor)
 
     def _withdraw(

@@ -7,7 +7,8 @@ Pure: keys, randomness and times come in as arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -47,6 +48,35 @@ class TopicPolicy:
             raise ValueError("rotation period must be at least one second")
         if self.retention_ms < self.rotation_ms:
             raise ValueError("retention must be at least one rotation period")
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What a policy change means: the new policy, consumers whose access starts now (their
+    access window), consumers removed (the topic rotates at once) and producers removed (their
+    certificates are withdrawn from the topic)."""
+
+    policy: TopicPolicy
+    added_consumers: frozenset[str]
+    removed_consumers: frozenset[str]
+    removed_producers: frozenset[str]
+
+
+def change_policy(
+    policy: TopicPolicy, producers: Iterable[str] | None, consumers: Iterable[str] | None
+) -> PolicyChange:
+    """Apply new producer and/or consumer lists (None: unchanged) to ``policy``."""
+    new = policy
+    if producers is not None:
+        new = replace(new, producers=frozenset(producers))
+    if consumers is not None:
+        new = replace(new, consumers=frozenset(consumers))
+    return PolicyChange(
+        new,
+        new.consumers - policy.consumers,
+        policy.consumers - new.consumers,
+        policy.producers - new.producers,
+    )
 
 
 def publish_ahead_ms(policy: TopicPolicy) -> int:

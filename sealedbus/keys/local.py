@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -138,34 +138,25 @@ class LocalKeyService:
         with self._lock:
             topic = self._topic(name)
             now = self._now_ms()
-            policy = topic.policy
-            former_producers = policy.producers
-            if producers is not None:
-                policy = replace(policy, producers=frozenset(producers))
-            removed: frozenset[str] = frozenset()
-            if consumers is not None:
-                new = frozenset(consumers)
-                removed = policy.consumers - new
-                for member in new - policy.consumers:
-                    topic.consumer_since[member] = now
-                for member in removed:
-                    topic.consumer_since.pop(member, None)
-                policy = replace(policy, consumers=new)
-            topic.policy = policy
+            change = authority.change_policy(topic.policy, producers, consumers)
+            for member in change.added_consumers:
+                topic.consumer_since[member] = now
+            for member in change.removed_consumers:
+                topic.consumer_since.pop(member, None)
+            topic.policy = change.policy
             self._serial += 1  # certificates name what a member may do: reissue them
             self._current_cert.clear()
-            gone = former_producers - policy.producers
             withdrawn = tuple(
                 (c.cert_id, name)
                 for c in self._certs.values()
-                if c.member in gone and name in c.produce
+                if c.member in change.removed_producers and name in c.produce
             )
             if withdrawn:
                 old = self._revocations
                 self._revocations = RevocationList(
                     now, old.serial + 1, old.cert_ids, old.members, old.withdrawn + withdrawn
                 )
-            if removed:
+            if change.removed_consumers:
                 self._rotate(topic, now)
 
     def rotate(self, name: str) -> int:
