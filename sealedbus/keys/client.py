@@ -50,6 +50,9 @@ from sealedbus.keys.source import EpochKeys
 
 _GRANT_REASONS = {403: Reason.NOT_GRANTED, 404: Reason.EPOCH_UNKNOWN, 410: Reason.EPOCH_DESTROYED}
 _MAX_CACHED_CERTS = 10_000
+# An id the KDS did not know is asked again only after this long. Ids are hashes of issued
+# certificates, so a real one is never unknown first; the answer is not signed, so not forever.
+_UNKNOWN_CERT_MS = 60_000
 _PREFETCH_RETRY_MS = 1000
 
 
@@ -232,6 +235,7 @@ class KeyServiceClient:
         self._prefetched: dict[tuple[str, int], int] = {}
         self._next_prefetch_ms = 0
         self._certs: dict[bytes, Certificate] = {}
+        self._unknown_certs: dict[bytes, int] = {}  # certificate id -> ask again after (ms)
         self._topic_keys: dict[str, bytes] = {}
         self._revocations: RevocationList | None = None
         self._revocations_fetched_ms = 0
@@ -363,12 +367,19 @@ class KeyServiceClient:
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         with self._lock:
             cached = self._certs.get(cert_id)
+            unknown_until = self._unknown_certs.get(cert_id, 0)
         if cached is not None:
             return cached
+        if now_ms < unknown_until:  # junk envelopes must not cost a KDS request each
+            return None
         try:
             doc = self._call("GET", f"/v1/certificates/{cert_id.hex()}", now_ms)
         except Refused as exc:
             if exc.status == 404:
+                with self._lock:
+                    if len(self._unknown_certs) >= _MAX_CACHED_CERTS:
+                        self._unknown_certs.clear()
+                    self._unknown_certs[cert_id] = now_ms + _UNKNOWN_CERT_MS
                 return None
             raise AccessDenied(exc.reason) from None
         try:

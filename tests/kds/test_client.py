@@ -163,3 +163,19 @@ def test_cache_hits_do_not_wait_for_a_slow_kds(kds: Kds) -> None:
     finally:
         release.set()
         stuck.join()
+
+
+def test_unknown_certificate_ids_do_not_cost_a_request_per_envelope(kds: Kds) -> None:
+    """Anyone who can publish to a topic can send junk envelopes with random certificate ids."""
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    switch, _, opener = switched(kds, "c")
+    client = opener.keys
+    junk = [bytes([i]) * 16 for i in range(3)]
+    for _ in range(10):
+        for cert_id in junk:
+            assert client.sender_certificate(cert_id, kds.clock_ms()) is None
+    lookups = [p for p in switch.paths if p.startswith("/v1/certificates/")]
+    assert len(lookups) == 3
+    kds.clock.advance(61)  # after a minute the KDS is asked again
+    assert client.sender_certificate(junk[0], kds.clock_ms()) is None
+    assert len([p for p in switch.paths if p.startswith("/v1/certificates/")]) == 4
