@@ -223,6 +223,8 @@ def _http_options(args: argparse.Namespace) -> dict[str, Any]:
 
 @_reports_errors("sealedbus kds init")
 def _init(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from sealedbus.core.signed import fingerprint
     from sealedbus.kds import auth, secrets
     from sealedbus.kds.service import KeyDistributionService
@@ -235,6 +237,15 @@ def _init(args: argparse.Namespace) -> int:
                                 "admin.totp")]
     if any(p.exists() for p in paths):
         raise CommandError(f"{data} already holds KDS key files; refusing to overwrite them")
+    store = Store(_db_url(args))
+    try:  # the database first: a bad --db must not leave key files behind
+        store.create_schema()
+    except SQLAlchemyError as exc:
+        store.dispose()
+        detail = getattr(exc, "orig", None) or "see the log"
+        raise CommandError(
+            f"cannot create the database schema ({type(exc).__name__}: {detail})"
+        ) from None
     root = secrets.new_root_key_file(paths[0])
     master = secrets.MasterKeyring.generate()
     secrets.write_secret(paths[1], master.to_bytes())
@@ -242,8 +253,6 @@ def _init(args: argparse.Namespace) -> int:
     secrets.write_secret(paths[2], admin.to_bytes())
     totp_secret = os.urandom(20)
     secrets.write_secret(paths[3], auth.totp_uri(totp_secret, args.admin).encode() + b"\n")
-    store = Store(_db_url(args))
-    store.create_schema()
     KeyDistributionService(store, root, master).add_admin(
         args.admin, admin.identity_public, totp_secret)
     store.dispose()

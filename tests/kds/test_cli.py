@@ -301,3 +301,11 @@ def test_the_reported_enroll_sequence_as_a_process(tmp_path: Path) -> None:
         assert result.returncode == 2
         assert result.stderr == f"sealedbus enroll: --url or ${kds_cli.URL_ENV} is required\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.token"]
+
+
+def test_init_with_an_unreachable_database_leaves_no_key_files(tmp_path: Path) -> None:
+    data = tmp_path / "kds"
+    code = main(["kds", "init", "--data-dir", str(data),
+                     "--db", "postgresql://nobody:pw@127.0.0.1:1/none"])
+    assert code == 1
+    assert not any(data.iterdir())  # nothing to refuse on the retry
