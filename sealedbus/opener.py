@@ -145,7 +145,11 @@ class Opener:
         except InvalidEnvelope as exc:
             self.metrics.rejected(topic, exc.reason.value)
             raise
-        self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
+        try:
+            self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
+        except BaseException:  # a faulty metrics sink must not eat the message
+            self.release(message)
+            raise
         return message
 
     def open_many(self, items: Sequence[tuple[str, bytes]]) -> list[OpenedMessage | SealedbusError]:

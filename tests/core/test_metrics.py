@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from sealedbus import PrometheusMetrics, Reason
@@ -59,3 +60,16 @@ def test_dead_lettered_and_own_registry() -> None:
         == 2
     )
     PrometheusMetrics()  # a fresh registry each: no duplicate-series error
+
+
+def test_a_raising_metrics_sink_does_not_eat_the_message(world: World) -> None:
+    class Broken(PrometheusMetrics):
+        def opened(self, topic: str, payload_bytes: int, seconds: float) -> None:
+            raise RuntimeError("metrics backend down")
+
+    envelope = world.sealer().seal("orders", b"kept")
+    opener = world.opener(metrics=Broken())
+    with pytest.raises(RuntimeError):
+        opener.open("orders", envelope)
+    opener.metrics = PrometheusMetrics()
+    assert opener.open("orders", envelope).body == b"kept"  # not taken for a duplicate
