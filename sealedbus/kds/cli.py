@@ -61,6 +61,8 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
     def decorate(func: Command) -> Command:
         @functools.wraps(func)
         def run(args: argparse.Namespace) -> int:
+            from sqlalchemy.exc import SQLAlchemyError
+
             from sealedbus.errors import SealedbusError
             from sealedbus.kds.secrets import SecretError
 
@@ -72,6 +74,10 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
                 raise  # `sealedbus ... | head`: not an error (the entry point returns 0)
             except (SealedbusError, SecretError, OSError) as exc:
                 message, code = _describe(exc), 1
+            except SQLAlchemyError as exc:  # bound values are hidden; the driver's reason is not
+                message, code = f"database: {getattr(exc, 'orig', None) or type(exc).__name__}", 1
+            except EOFError:
+                message, code = "no input (a TOTP code was expected)", 1
             name = getattr(args, "command_name", None) or default_name
             print(f"{name}: {message}", file=sys.stderr)
             return code

@@ -104,6 +104,15 @@ class SignedHttp:
         try:
             response = self.http.send(request)
         except httpx.HTTPError as exc:
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, ssl.SSLError):
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise KeyServiceUnavailable(
+                    "KDS TLS certificate not trusted (pass the CA bundle: --ca / verify=)"
+                ) from exc
+            if cause is not None:
+                raise KeyServiceUnavailable(f"KDS TLS handshake failed: {cause}") from exc
             raise KeyServiceUnavailable(f"KDS unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
             detail = ""

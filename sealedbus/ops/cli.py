@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = _EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"sealedbus {args.command}: needs {exc.name}, from the {extra!r} extra: "
-              f"pip install 'sealedbus[{extra}]'", file=sys.stderr)
+        print(f"sealedbus {args.command}: needs {exc.name}, from the {extra!r} extra "
+              f"(in a checkout: .venv/bin/pip install -e '.[{extra}]')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

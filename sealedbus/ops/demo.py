@@ -22,7 +22,7 @@ from sealedbus.sealer import Sealer
 TOPIC = "patient-events"
 ROTATION = 30.0
 RETENTION = 60.0
-STEP = 0.05
+RUN_SECONDS = 100.0  # simulated: the stream spans three rotations and one retention window
 _EVENTS = ("admitted", "lab-result", "medication", "transferred", "discharged")
 
 
@@ -49,6 +49,7 @@ def _clip(text: str, width: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     n = max(int(args.messages), 10)
+    step = RUN_SECONDS / n  # simulated seconds per event, so any --messages sees it all
     problems: list[str] = []
     print("sealedbus demo: in-process key service + in-memory bus, no broker\n")
 
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     sub = bus.subscribe(TOPIC, "billing")
     print(
         f"topic {TOPIC!r}: producer admissions-api (write-only), consumer billing-svc; suite "
-        f"x25519; batch signatures (N=64); keys rotate every {ROTATION:.0f} s and are destroyed "
-        f"{RETENTION:.0f} s later; simulated time runs {STEP * 1000:.0f} ms per event"
+        f"x25519; batch signatures (N=64, 1 s linger); keys rotate every {ROTATION:.0f} s and "
+        f"are destroyed {RETENTION:.0f} s later; simulated time runs {step * 1000:.0f} ms per event"
     )
 
     rng = random.Random(7)
@@ -83,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
     received: list[OpenedMessage] = []
     start = time.perf_counter()
     for body in bodies:
-        now[0] += STEP
-        for s in sealer.add(
+        now[0] += step
+        batch = sealer.add(
             TOPIC, body, headers={"schema": "patient-event/1"}, content_type="application/json"
-        ):
+        )
+        if not batch and sealer.pending_since is not None and now[0] - sealer.pending_since >= 1:
+            batch = sealer.flush()  # the linger an adapter runs: no batch waits over a second
+        for s in batch:
             bus.publish(TOPIC, s.envelope)
         _consume(sub, opener, received)
     for s in sealer.flush():

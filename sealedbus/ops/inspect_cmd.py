@@ -8,6 +8,7 @@ import binascii
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sealedbus.core import wire
@@ -55,7 +56,11 @@ def describe(data: bytes) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"sealedbus inspect: {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         if args.format == "hex":
             raw = bytes.fromhex(raw.decode().strip())

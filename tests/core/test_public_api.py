@@ -113,4 +113,4 @@ def test_cli_names_the_extra_a_missing_optional_dependency_comes_from(
 
     monkeypatch.setattr(demo, "run", needs_pika)
     assert cli.main(["demo"]) == 2
-    assert "pip install 'sealedbus[rabbitmq]'" in capsys.readouterr().err
+    assert "pip install -e '.[rabbitmq]'" in capsys.readouterr().err
