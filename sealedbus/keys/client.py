@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,6 +45,7 @@ from sealedbus.errors import (
     UntrustedResponse,
 )
 from sealedbus.kds import auth
+from sealedbus.kds.secrets import ENROLL_HINT, read_secret
 from sealedbus.keys import authority
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.source import EpochKeys
@@ -253,6 +255,14 @@ class KeyServiceClient:
     @property
     def member(self) -> str:
         return self._identity.name
+
+    @classmethod
+    def from_key_file(
+        cls, url: str, key_file: str | os.PathLike[str], root_fingerprint: str, **options: Any
+    ) -> KeyServiceClient:
+        """A client for the member whose key file ``sealedbus enroll`` wrote (mode 0600)."""
+        identity = MemberIdentity.from_bytes(read_secret(Path(key_file), hint=ENROLL_HINT))
+        return cls(url, identity, root_fingerprint, **options)
 
     def close(self) -> None:
         self._http.close()

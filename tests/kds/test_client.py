@@ -3,13 +3,18 @@ through a KDS outage while cached epochs are valid, then fail with a retryable e
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
 from sealedbus import KeyServiceUnavailable, Opener, Sealer
 from sealedbus.errors import UntrustedResponse
+from sealedbus.kds.secrets import write_secret
+from sealedbus.keys.client import KeyServiceClient, enroll
+from sealedbus.keys.identity import MemberIdentity
 
 from ._harness import AsgiTransport, Kds
 
@@ -179,3 +184,17 @@ def test_unknown_certificate_ids_do_not_cost_a_request_per_envelope(kds: Kds) ->
     kds.clock.advance(61)  # after a minute the KDS is asked again
     assert client.sender_certificate(junk[0], kds.clock_ms()) is None
     assert len([p for p in switch.paths if p.startswith("/v1/certificates/")]) == 4
+
+
+def test_client_from_the_key_file_enroll_wrote(kds: Kds, tmp_path: Path) -> None:
+    kds.admin.create_topic("orders", producers=["p"], consumers=["p"])
+    identity = MemberIdentity.generate("p", os.urandom)
+    enroll("http://testserver", identity, kds.admin.create_token("p", None),
+           kds.root_fingerprint, http=kds.http, clock=kds.clock)
+    write_secret(tmp_path / "p.key", identity.to_bytes())
+    client = KeyServiceClient.from_key_file(
+        "http://testserver", str(tmp_path / "p.key"), kds.root_fingerprint, http=kds.http,
+        clock=kds.clock,
+    )
+    sealer, opener = Sealer(client, clock=kds.clock), Opener(client, clock=kds.clock)
+    assert opener.open("orders", sealer.seal("orders", b"from a file")).body == b"from a file"
