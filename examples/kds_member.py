@@ -57,7 +57,7 @@ def key_service(p: argparse.ArgumentParser, args: argparse.Namespace) -> KeyServ
         (args.root_fingerprint, "--root-fingerprint", "SEALEDBUS_KDS_ROOT_FINGERPRINT"),
     ):
         if not value:
-            p.error(f"{option} or ${env} is required (examples/kds_dev.sh prints them)")
+            p.error(f"{option} or ${env} is required (examples/kds_dev.sh prints full commands)")
     if not args.key_file.exists():
         p.error(f"key file {args.key_file} does not exist (`sealedbus enroll` writes it)")
     try:
