@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sealedbus import __version__
 from sealedbus.ops import demo, inspect_cmd
 
 _PLUGINS = ("sealedbus.kds.cli", "sealedbus.ops.bench")
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sealedbus", description="End-to-end sealed messages on RabbitMQ and Kafka."
     )
+    parser.add_argument("--version", action="version", version=f"sealedbus {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     inspect_cmd.register(sub)
