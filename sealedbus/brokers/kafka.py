@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 from kafka.future import Future
 
 from sealedbus.brokers._common import (
@@ -48,7 +54,7 @@ def broker_error(what: str, exc: BaseException) -> BrokerError:
 def translate_errors(what: str) -> Iterator[None]:
     try:
         yield
-    except (KafkaError, ValueError) as exc:  # kafka-python raises ValueError for bad arguments
+    except (KafkaError, ValueError, TypeError) as exc:  # ValueError/TypeError: bad arguments
         raise broker_error(what, exc) from exc
 
 
@@ -107,6 +113,11 @@ class _Context:
     future: SealedFuture
 
 
+_LOST_MEMBERSHIP = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
+_RETRY_MIN = 0.05  # seconds before the linger thread retries a batch that could not be signed
+_RETRY_MAX = 1.0
+NULL_VALUE_HEADER = "x-sealedbus-null-value"
+
 KafkaHeaders = Iterable[tuple[str, HeaderValue]] | Mapping[str, HeaderValue]
 
 
@@ -141,6 +152,10 @@ class SealedKafkaProducer:
         self._started: float | None = None  # monotonic time of the open batch's first record
         self._bytes = 0
         self._closed = False
+        self._waiting: list[_Context] = []  # contexts of the open batch (to fail on close)
+        self._retry_at: float | None = None  # the linger thread's next try after a failed flush
+        self._failures = 0
+        self.last_error: BaseException | None = None  # what the linger thread last failed with
         self._thread: threading.Thread | None = None
         if self.batch:
             self._thread = threading.Thread(
@@ -163,9 +178,14 @@ class SealedKafkaProducer:
         """Seal ``value`` and ``headers`` for ``topic`` and send, as ``KafkaProducer.send``.
 
         Raises AccessDenied / UnknownTopic (not a producer of ``topic``), KeyServiceUnavailable
-        or ConfigurationError at once. Broker failures arrive through the returned future; when
-        not batching, what kafka-python's ``send`` raises at once comes as a BrokerError.
+        or ConfigurationError (``key`` not bytes) at once. Broker failures arrive through the
+        returned future; when not batching, what kafka-python's ``send`` raises at once comes as a
+        BrokerError.
         """
+        if key is not None and not isinstance(key, bytes) and (
+            self.key_tokenizer is not None or self.producer.config.get("key_serializer") is None
+        ):
+            raise ConfigurationError(f"key must be bytes or None, not {type(key).__name__}")
         clear_key, sealed_headers = tokenize_key(
             self.key_tokenizer, topic, key, check_headers(_header_map(headers))
         )
@@ -180,13 +200,21 @@ class SealedKafkaProducer:
                 )
                 self._send_sealed(topic, data, context)
                 return future
-            ready = self.sealer.add(
-                topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
-                context=context,
-            )
+            before = self.sealer.pending
+            try:
+                ready = self.sealer.add(
+                    topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
+                    context=context,
+                )
+            except Exception:
+                if self.sealer.pending <= before:
+                    raise  # not added: nothing will be sent
+                ready = []  # added, but the full batch could not be signed: the thread retries
+            self._waiting.append(context)
             self._bytes += len(value)
             if not ready and self._bytes >= self._batch_bytes:
-                ready = self.sealer.flush()
+                with contextlib.suppress(Exception):  # the linger thread retries it
+                    ready = self.sealer.flush()
             if ready:
                 self._send_batch(ready)
             elif self._started is None:
@@ -202,33 +230,73 @@ class SealedKafkaProducer:
             self.producer.flush(timeout=timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Send the open sealed batch, stop the linger thread and close the producer."""
+        """Send the open sealed batch, stop the linger thread and close the producer.
+
+        When the open batch cannot be signed (the key service is down, say), the producer is
+        closed all the same, the futures of that batch fail with the error and it is raised."""
+        error: BaseException | None = None
         with self._cond:
             if not self._closed:
-                self._send_batch(self.sealer.flush())
+                try:
+                    self._send_batch(self.sealer.flush())
+                except Exception as exc:
+                    error = exc
+                    self._fail_waiting(exc)
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
         with translate_errors("close"):
             self.producer.close(timeout=timeout)
+        if error is not None:
+            raise error
 
     def _linger_loop(self) -> None:
+        """Closes batches after ``linger``. It never dies: a batch that cannot be signed (the
+        key service is down) stays open and is retried with a growing delay (up to a second);
+        send failures go to the futures."""
         with self._cond:
             while not self._closed:
                 if self._started is None:
                     self._cond.wait()
                     continue
-                delay = self._started + self.linger - time.monotonic()
+                due = self._started + self.linger
+                if self._retry_at is not None:
+                    due = max(due, self._retry_at)
+                delay = due - time.monotonic()
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
-                self._send_batch(self.sealer.flush())
+                try:
+                    self._send_batch(self.sealer.flush())
+                except Exception as exc:
+                    self.last_error = exc
+                    self._failures += 1
+                    wait = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(self._failures - 1, 5))
+                    self._retry_at = time.monotonic() + wait
+                    if self.sealer.pending == 0:  # nothing left to retry
+                        self._started = None
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, BrokerError) else BrokerError(
+            f"the open batch could not be sealed: {exc!r}",
+            retryable=bool(getattr(exc, "retryable", False)),
+        )
+        if error is not exc:
+            error.__cause__ = exc
+        for context in self._waiting:
+            if not context.future.is_done:
+                context.future.failure(error)
+        self._waiting = []
 
     def _send_batch(self, batch: list[Any]) -> None:
-        """Hand a closed batch to the producer, in order (callers hold ``_cond``)."""
+        """Hand a closed batch to the producer, in order (callers hold ``_cond``). A failing
+        ``send`` fails its future and those of every later record of the batch."""
         self._started = None
+        self._retry_at = None
+        self._failures = 0
         self._bytes = 0
+        self._waiting = []
         failed: BrokerError | None = None
         for sealed in batch:
             context = sealed.context
@@ -239,9 +307,11 @@ class SealedKafkaProducer:
                 continue
             try:
                 self._send_sealed(sealed.topic, sealed.envelope, context)
-            except BrokerError as exc:
-                context.future.failure(exc)
-                failed = exc
+            except Exception as exc:
+                failed = exc if isinstance(exc, BrokerError) else broker_error(
+                    f"sending to {sealed.topic!r}", exc
+                )
+                context.future.failure(failed)
 
     def _send_sealed(self, topic: str, data: bytes, context: _Context) -> None:
         with translate_errors(f"sending to {topic!r}"):
@@ -286,8 +356,10 @@ class SealedKafkaConsumer:
     """Opens what a ``KafkaConsumer`` reads; iterate it for ``ConsumedRecord``s.
 
     The consumer must have ``enable_auto_commit=False``: offsets are committed only for records
-    the application has had (before the next fetch, on a rebalance and on ``close()``), so a
-    crash loses nothing (it may redeliver). Records that do not open go to
+    the application has had and asked past (before the next fetch, on a rebalance and on
+    ``close()``), so a crash loses nothing (it may redeliver). The record the application was on
+    when it raised or left the loop is not committed; the next iteration hands it on again.
+    Records that do not open go to
     ``dead_letter_topic`` (``<topic>.dlq`` unless given) through ``dead_letter_producer``, with
     the reason in the ``x-sealedbus-reason`` header, and count as handled once the broker has
     them. On ``KeyServiceUnavailable`` the record stays first in line and the error is raised:
@@ -322,6 +394,7 @@ class SealedKafkaConsumer:
         self._opened: dict[int, OpenedMessage | SealedbusError] = {}  # by id(record), ahead
         self._done: dict[Any, int] = {}  # TopicPartition -> next offset to commit
         self._revoked_partitions: set[Any] = set()  # filled by the rebalance listener
+        self._current: ConsumedRecord | None = None  # handed on, not yet asked past
         self._listener = _Listener(self)
 
     def subscribe(self, topics: Iterable[str]) -> None:
@@ -354,17 +427,44 @@ class SealedKafkaConsumer:
             record = self._buffer[0]
             opened = self._handle(record)  # KeyServiceUnavailable leaves it first in line
             self._buffer.popleft()
-            self._done[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            if opened is not None:
+            tp = TopicPartition(record.topic, record.partition)
+            if opened is None:  # duplicate or dead-lettered: handled
+                self._done[tp] = record.offset + 1
+                continue
+            self._current = opened
+            try:
                 yield opened
+            except BaseException:  # the application raised or left the loop: not handled
+                if self._current is opened:
+                    self._current = None
+                    self.opener.release(opened.message)
+                    self._buffer.appendleft(record)  # handed on again by the next iteration
+                raise
+            if self._current is not opened:  # close() ran meanwhile: it was given back
+                return
+            self._current = None
+            self._done[tp] = record.offset + 1
 
     def commit(self) -> None:
-        """Commit the offsets of every record handed out (or dead-lettered) so far."""
+        """Commit the offsets of every record handled so far (dead-lettered, duplicate, or
+        handed out and asked past). If this member was dropped from the group meanwhile
+        (``CommitFailedError``: it spent longer than ``max_poll_interval_ms`` between fetches),
+        those offsets are given up: whoever owns the partitions now reads from the last commit
+        (this opener drops what it already handed on), and the next fetch rejoins the group."""
         if not self._done:
             return
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._done.items()}
-        with translate_errors("commit"):
-            self.consumer.commit(offsets=offsets)
+        try:
+            with translate_errors("commit"):
+                self.consumer.commit(offsets=offsets)
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, _LOST_MEMBERSHIP):
+                for tp in offsets:
+                    self._done.pop(tp, None)
+                return
+            if isinstance(exc.__cause__, RebalanceInProgressError):
+                return  # retried after the next fetch (revoked partitions are dropped then)
+            raise
         for tp, off in offsets.items():
             if self._done.get(tp) == off.offset:
                 del self._done[tp]
@@ -372,6 +472,9 @@ class SealedKafkaConsumer:
     def close(self) -> None:
         """Commit what the application had, then close the consumer. Records fetched and opened
         ahead but not handed on are released in the opener: whoever reads them next opens them."""
+        if self._current is not None:  # handed on but never asked past: not handled
+            self.opener.release(self._current.message)
+            self._current = None
         for record in self._buffer:
             self._forget(record)
         self._buffer.clear()
@@ -443,10 +546,13 @@ class SealedKafkaConsumer:
             "x-sealedbus-partition": str(record.partition),
             "x-sealedbus-offset": str(record.offset),
         }
+        if record.value is None:  # kafka-python refuses a record with null value and key
+            extra[NULL_VALUE_HEADER] = "1"
         headers = [*(record.headers or []), *((k, v.encode()) for k, v in extra.items())]
+        value = record.value if record.value is not None else b""
         with translate_errors(f"dead-lettering to {topic!r}"):
             self.dead_letter_producer.send(
-                topic, record.value, key=record.key, headers=headers
+                topic, value, key=record.key, headers=headers
             ).get(timeout=self.dead_letter_timeout)
         self.opener.metrics.dead_lettered(record.topic, exc.reason.value)
 

@@ -27,7 +27,12 @@ from sealedbus.brokers._common import (
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.errors import ConfigurationError, InvalidEnvelope, KeyServiceUnavailable
+from sealedbus.errors import (
+    ConfigurationError,
+    InvalidEnvelope,
+    KeyServiceError,
+    KeyServiceUnavailable,
+)
 from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealed, Sealer
 
@@ -246,7 +251,9 @@ class MemoryConsumer:
         """Up to ``max_records`` opened messages, waiting at most ``timeout`` seconds for any.
 
         Raises KeyServiceUnavailable (retryable) when keys cannot be had and nothing opened; the
-        records concerned go back to the group.
+        records concerned go back to the group. Any other KeyServiceError (AccessDenied,
+        Refused, UntrustedResponse) puts back every record of this poll, releases the messages
+        already opened in it (so they open again) and is raised.
         """
         records = self._sub.poll(timeout, max_records)
         out: list[Delivery] = []
@@ -258,6 +265,13 @@ class MemoryConsumer:
                     self._sub.nack(rest)
                 if out:
                     return out
+                raise
+            except KeyServiceError:
+                for delivery in out:
+                    self.opener.release(delivery.message)
+                    self._sub.nack(delivery.record)
+                for rest in records[i:]:
+                    self._sub.nack(rest)
                 raise
             except InvalidEnvelope as exc:
                 if not is_duplicate(exc):

@@ -34,7 +34,13 @@ from sealedbus.brokers._common import (
     dead_letter_headers,
     is_duplicate,
 )
-from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, KeyServiceUnavailable
+from sealedbus.errors import (
+    BrokerError,
+    ConfigurationError,
+    InvalidEnvelope,
+    KeyServiceError,
+    SealedbusError,
+)
 from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealed, Sealer
 
@@ -67,9 +73,24 @@ class _Publish:
     mandatory: bool
 
 
+class BatchNotPublished(BrokerError):
+    """Part of a linger batch did not reach the broker. ``unpublished`` lists the
+    ``(exchange, routing_key)`` of each message not published, in order: first the one that
+    failed, then the rest of the batch. The channel keeps the rest (not the failed one when the
+    failure is not retryable, such as an unroutable ``mandatory`` message) and publishes it first
+    at the next ``basic_publish`` / ``flush()``."""
+
+    def __init__(
+        self, message: str, *, retryable: bool, unpublished: list[tuple[str, str]]
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.unpublished = unpublished
+
+
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
-    """Turn pika's exceptions into ``BrokerError`` (retryable when reconnecting may help)."""
+    """Turn pika's exceptions into ``BrokerError`` (retryable when reconnecting may help);
+    pika's ValueError / TypeError (bad arguments) become non-retryable ones."""
     try:
         yield
     except _NOT_RETRYABLE as exc:
@@ -77,6 +98,10 @@ def translate_errors(what: str) -> Iterator[None]:
     except _RETRYABLE as exc:
         raise BrokerError(f"{what}: {exc!r}", retryable=True) from exc
     except pika.exceptions.AMQPError as exc:
+        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, SealedbusError):
+            raise
         raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
 
 
@@ -114,6 +139,7 @@ class SealedChannel:
         self._batch_started: float | None = None  # monotonic time of the open batch's first one
         self._timer_armed = False
         self._unacked: dict[int, OpenedMessage] = {}
+        self._unsent: list[Sealed] = []  # signed batch members still to publish, in order
         self._dead_letter_channel: Any = None
         if opener is not None:
             with translate_errors("opening the dead-letter channel"):
@@ -151,9 +177,9 @@ class SealedChannel:
 
         Raises AccessDenied or UnknownTopic (not a producer), KeyServiceUnavailable, or
         BrokerError (with confirms: NackError is retryable, UnroutableError is not). With
-        ``linger`` the message may wait for its batch; a BrokerError raised then concerns a
-        message of the batch being sent, and that message and the rest of its batch were not
-        published.
+        ``linger`` the message may wait for its batch; a failure then is a ``BatchNotPublished``
+        naming what was not published; the channel keeps the rest of the batch and publishes it
+        first at the next ``basic_publish`` or ``flush()``.
         """
         if self.sealer is None:
             raise ConfigurationError("this SealedChannel has no sealer")
@@ -187,13 +213,19 @@ class SealedChannel:
                 self._arm_timer()
             elif now - self._batch_started >= self.linger:
                 ready = self.sealer.flush()
-        if ready:
+        if ready or self._unsent:
             self._publish_batch(ready)
 
     def flush(self) -> None:
-        """Sign and publish the open batch now (nothing to do without ``linger``)."""
+        """Sign and publish the open batch now, after what an earlier failure left unsent
+        (nothing to do without ``linger``)."""
         if self.sealer is not None and self.linger:
             self._publish_batch(self.sealer.flush())
+
+    @property
+    def unpublished(self) -> list[tuple[str, str]]:
+        """``(exchange, routing_key)`` of signed messages an earlier failure left unsent."""
+        return [_destination(s) for s in self._unsent]
 
     def _arm_timer(self) -> None:
         if self._timer_armed:
@@ -212,16 +244,29 @@ class SealedChannel:
             self._arm_timer()
 
     def _publish_batch(self, batch: list[Sealed]) -> None:
-        """Publish a closed batch in order; stop at the first failure and raise it."""
-        self._batch_started = None
+        """Publish what an earlier failure left, then a closed batch, in order. At the first
+        failure keep the rest (with the failed one when retrying may help) and raise."""
+        if batch:
+            self._batch_started = None
         for sealed in batch:
-            to = sealed.context
-            if not isinstance(to, _Publish):
+            if not isinstance(sealed.context, _Publish):
                 raise ConfigurationError("the sealer's batch holds another adapter's messages")
-            with translate_errors(f"publishing to {to.exchange!r}"):
-                self.channel.basic_publish(
-                    to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
-                )
+        todo, self._unsent = [*self._unsent, *batch], []
+        for i, sealed in enumerate(todo):
+            to = sealed.context
+            try:
+                with translate_errors(f"publishing to {to.exchange!r}"):
+                    self.channel.basic_publish(
+                        to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
+                    )
+            except BrokerError as exc:
+                self._unsent = todo[i:] if exc.retryable else todo[i + 1:]
+                raise BatchNotPublished(
+                    f"{exc}; {len(todo) - i} message(s) of the batch not published "
+                    f"({len(self._unsent)} kept for the next publish or flush)",
+                    retryable=exc.retryable,
+                    unpublished=[_destination(s) for s in todo[i:]],
+                ) from exc.__cause__
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -284,9 +329,10 @@ class SealedChannel:
             try:
                 on_message_callback(self, method, properties, message)
             except BaseException:
-                opener.release(message)
-                if not auto_ack:
-                    self._unacked.pop(method.delivery_tag, None)
+                if auto_ack:
+                    opener.release(message)
+                elif self._unacked.pop(method.delivery_tag, None) is not None:
+                    opener.release(message)  # not settled by the callback: give it back
                     with translate_errors("requeueing after a failed callback"):
                         self.channel.basic_nack(method.delivery_tag, requeue=True)
                 raise
@@ -328,13 +374,41 @@ class SealedChannel:
             self.channel.basic_reject(delivery_tag, requeue)
 
     def close(self) -> None:
-        """Publish the open batch (if any), then close the dead-letter and wrapped channels."""
-        if self.channel.is_open:
-            self.flush()
+        """Publish the open batch (if any), then close the dead-letter and wrapped channels.
+
+        Deliveries not yet acknowledged go back to the queue with the channel; they are released
+        in the opener first, so a consumer reusing it accepts them again. Raises BrokerError
+        (``BatchNotPublished``) when sealed messages are left that could not be published."""
+        error: BrokerError | None = None
+        if self.sealer is not None and self.linger:
+            if self.channel.is_open:
+                try:
+                    self.flush()
+                except BrokerError as exc:
+                    error = exc
+            else:
+                try:
+                    left = [*self._unsent, *self.sealer.flush()]
+                except SealedbusError:
+                    left = list(self._unsent)
+                if left or self.sealer.pending:
+                    error = BatchNotPublished(
+                        f"the channel is closed: {len(left) + self.sealer.pending} sealed "
+                        "message(s) not published",
+                        retryable=True,
+                        unpublished=[_destination(s) for s in left],
+                    )
+                self._unsent = []
+        if self.opener is not None:
+            for message in self._unacked.values():
+                self.opener.release(message)
+        self._unacked.clear()
         with translate_errors("closing the channel"):
             for ch in (self._dead_letter_channel, self.channel):
                 if ch is not None and ch.is_open:
                     ch.close()
+        if error is not None:
+            raise error
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -361,9 +435,9 @@ class SealedChannel:
         topic = self.topics.get(method.exchange, method.exchange)
         try:
             message = opener.open(topic, body)
-        except KeyServiceUnavailable:
+        except KeyServiceError:  # unavailable, refused, untrusted answer: not the message's fault
             if not auto_ack:
-                with translate_errors("requeueing while keys are unavailable"):
+                with translate_errors("requeueing while keys cannot be had"):
                     self.channel.basic_nack(tag, requeue=True)
             raise
         except InvalidEnvelope as exc:
@@ -389,6 +463,7 @@ class SealedChannel:
             "x-sealedbus-routing-key": method.routing_key,
         }
         props.expiration = None  # an expired envelope must still reach the dead letters
+        props.delivery_mode = 2  # persistent, even when the original was transient
         try:
             with translate_errors("dead-lettering"):
                 self._dead_letter_channel.basic_publish(
@@ -401,3 +476,10 @@ class SealedChannel:
             raise
         if self.opener is not None:
             self.opener.metrics.dead_lettered(topic, exc.reason.value)
+
+
+def _destination(sealed: Sealed) -> tuple[str, str]:
+    to = sealed.context
+    if not isinstance(to, _Publish):
+        raise ConfigurationError("the sealer's batch holds another adapter's messages")
+    return to.exchange, to.routing_key

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -370,20 +370,27 @@ class KafkaReceiver:
             dead_letter_producer=self.dead_letter_producer,
         )
         self.consumer.subscribe([topic])
+        self._records: Iterator[Any] | None = None  # kept across take(): a record counts as
+        # handled (committable) only once the next one is asked for
 
     def take(self, count: int, timeout: float = WAIT) -> list[Got]:
         deadline = time.monotonic() + timeout
         out: list[Got] = []
         while len(out) < count and time.monotonic() < deadline:
-            for r in self.consumer:
-                out.append(Got(r.value, r.headers, r.key, r.sender, r.message.content_type))
-                if len(out) >= count:
-                    break
+            if self._records is None:
+                self._records = iter(self.consumer)
+            r = next(self._records, None)
+            if r is None:  # consumer_timeout_ms without records
+                self._records = None
+                continue
+            out.append(Got(r.value, r.headers, r.key, r.sender, r.message.content_type))
         return expect(count, out)
 
     def poll_once(self) -> list[Got]:
+        records = self._records if self._records is not None else iter(self.consumer)
+        self._records = None
         return [Got(r.value, r.headers, r.key, r.sender, r.message.content_type)
-                for r in self.consumer]  # ends after consumer_timeout_ms without records
+                for r in records]  # ends after consumer_timeout_ms without records
 
     def close(self) -> None:
         self.consumer.close()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sealedbus.brokers._common import KeyTokenizer
 from sealedbus.brokers.memory import MemoryBus, MemoryConsumer, MemoryProducer
-from sealedbus.errors import AccessDenied, ConfigurationError, KeyServiceUnavailable
+from sealedbus.errors import (
+    AccessDenied,
+    ConfigurationError,
+    KeyServiceUnavailable,
+    Refused,
+    UntrustedResponse,
+)
 from sealedbus.opener import Opener
 from tests.brokers.conftest import World, make_world
 from tests.brokers.drivers import MemoryDriver
@@ -83,3 +91,44 @@ def test_tokenizer_from_the_key_service_agrees_between_members(world: World) -> 
     outsider = world.keys.enroll("outsider")
     with pytest.raises(AccessDenied):
         KeyTokenizer.from_keys(outsider).tokenize(world.topic, b"patient-42")
+
+
+class FailsOnCall:
+    """A key source whose revocation list fails with ``error`` on call number ``call``."""
+
+    def __init__(self, inner: Any, error: Exception, call: int) -> None:
+        self.inner = inner
+        self.error = error
+        self.call = call
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def member(self) -> str:
+        return str(self.inner.member)
+
+    def revocations(self, now_ms: int) -> Any:
+        self.calls += 1
+        if self.calls == self.call:
+            raise self.error
+        return self.inner.revocations(now_ms)
+
+
+@pytest.mark.parametrize("error", [AccessDenied("certificate renewing"),
+                                   UntrustedResponse("an HTML error page"),
+                                   Refused(403, "denied", "not now")])
+def test_other_key_service_errors_mid_poll_lose_nothing(world: World, error: Exception) -> None:
+    producer = MemoryProducer(bus_of(world), world.sealer())
+    for i in range(4):
+        producer.send(world.topic, f"m{i}".encode())
+    opener = Opener(FailsOnCall(world.consumer, error, call=3), metrics=world.metrics,
+                    revocation_check_interval=0)
+    consumer = MemoryConsumer(bus_of(world), opener, world.topic, "g")
+    with pytest.raises(type(error)):
+        consumer.poll(timeout=1)  # m0 and m1 opened before m2 failed
+    got = consumer.poll(timeout=1)
+    assert sorted(d.value for d in got) == [b"m0", b"m1", b"m2", b"m3"]
+    assert world.metrics.rejections() == {}
+    assert bus_of(world).lag(world.topic, "g") == 4  # all in flight, none lost

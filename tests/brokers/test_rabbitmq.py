@@ -12,9 +12,17 @@ import pika.exceptions
 import pytest
 
 from sealedbus.brokers._common import SEALED_CONTENT_TYPE
-from sealedbus.brokers.rabbitmq import SealedChannel
+from sealedbus.brokers.rabbitmq import BatchNotPublished, SealedChannel
 from sealedbus.core import wire
-from sealedbus.errors import BrokerError, ConfigurationError, KeyServiceUnavailable, Reason
+from sealedbus.errors import (
+    AccessDenied,
+    BrokerError,
+    ConfigurationError,
+    KeyServiceUnavailable,
+    Reason,
+    Refused,
+    UntrustedResponse,
+)
 from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import Opener
 from tests.brokers.conftest import World, make_world
@@ -362,3 +370,139 @@ def test_tampered_batch_member_is_dead_lettered_and_the_rest_open(
 def test_negative_linger_is_refused(world: World, connect: Any) -> None:
     with pytest.raises(ConfigurationError):
         SealedChannel(connect().channel(), sealer=world.sealer(), linger=-1)
+
+
+# -- review fixes -----------------------------------------------------------------------------
+
+
+class RefusingKeys(FlakyKeys):
+    """A key source whose epoch keys fail with ``error`` the first ``failures`` times."""
+
+    def __init__(self, inner: Any, failures: int, error: Exception) -> None:
+        super().__init__(inner, failures)
+        self.error = error
+
+    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        result: EpochKeys = self.inner.epoch_keys(topic, epoch, now_ms)
+        return result
+
+
+def test_a_failed_batch_member_does_not_drop_the_rest(world: World, connect: Any) -> None:
+    connection = connect()
+    nowhere = world.topic + ".nobind"
+    world.driver.admin.exchange_declare(nowhere, "direct")  # type: ignore[attr-defined]
+    world.keys.create_topic(nowhere, producers=["producer"], consumers=["consumer"])
+    pub = batch_producer(world, connection, batch_size=4, linger=60.0)
+    pub.confirm_delivery()
+    pub.basic_publish(world.topic, "", b"a1")
+    pub.basic_publish(nowhere, "nowhere", b"unroutable", mandatory=True)
+    pub.basic_publish(world.topic, "", b"a2")
+    with pytest.raises(BatchNotPublished) as raised:
+        pub.basic_publish(world.topic, "", b"a3")  # fills the batch
+    assert raised.value.unpublished == [(nowhere, "nowhere"), (world.topic, ""), (world.topic, "")]
+    assert not raised.value.retryable  # the unroutable one is given up...
+    assert pub.unpublished == [(world.topic, ""), (world.topic, "")]  # ...the rest kept
+    pub.flush()
+    assert pub.unpublished == []
+    sub = consumer(world, connection)
+    assert [m.body for _, _, m in drain(sub, f"{world.topic}.q", 3)] == [b"a1", b"a2", b"a3"]
+
+
+def test_close_refuses_to_drop_sealed_messages_it_cannot_publish(
+    world: World, connect: Any
+) -> None:
+    pub = batch_producer(world, connect(), batch_size=64, linger=60.0)
+    pub.basic_publish(world.topic, "", b"waiting")
+    pub.channel.close()
+    with pytest.raises(BatchNotPublished) as raised:
+        pub.close()
+    assert raised.value.unpublished == [(world.topic, "")]
+
+
+@pytest.mark.parametrize("error", [AccessDenied("renewing"), UntrustedResponse("HTML page"),
+                                   Refused(403, "denied", "not now")])
+def test_other_key_service_errors_requeue(world: World, connect: Any, error: Exception) -> None:
+    pub = producer(world, connect())
+    pub.basic_publish(world.topic, "", b"m0")
+    pub.basic_publish(world.topic, "", b"m1")
+    opener = Opener(RefusingKeys(world.consumer, 1, error), metrics=world.metrics)
+    sub = consumer(world, connect(), opener)
+    sub.channel.basic_qos(prefetch_count=1)  # an unsettled delivery would stall the channel
+    with pytest.raises(type(error)):
+        for _ in sub.consume(f"{world.topic}.q", inactivity_timeout=WAIT):
+            pass
+    got: list[bytes] = []
+    for method, _, message in sub.consume(f"{world.topic}.q", inactivity_timeout=WAIT):
+        assert method is not None and message is not None, "nothing came back in time"
+        got.append(message.body)
+        sub.basic_ack(method.delivery_tag)
+        if len(got) == 2:
+            break
+    assert got == [b"m0", b"m1"]
+    assert world.driver.dead_letters(world.topic) == []
+
+
+def test_a_callback_that_acks_then_raises_keeps_the_channel(world: World, connect: Any) -> None:
+    pub = producer(world, connect())
+    pub.basic_publish(world.topic, "", b"n0")
+    pub.basic_publish(world.topic, "", b"n1")
+    sub = consumer(world, connect())
+    seen: list[bytes] = []
+
+    def on_message(ch: SealedChannel, method: Any, _props: Any, message: Any) -> None:
+        seen.append(message.body)
+        ch.basic_ack(method.delivery_tag)
+        if message.body == b"n0":
+            raise RuntimeError("after the ack")
+        ch.stop_consuming()
+
+    sub.channel.basic_qos(prefetch_count=1)
+    sub.basic_consume(f"{world.topic}.q", on_message)
+    with pytest.raises(RuntimeError, match="after the ack"):
+        sub.start_consuming()
+    sub.channel.connection.call_later(WAIT, sub.channel.stop_consuming)  # bound the wait
+    sub.start_consuming()  # a nack of the acked tag would have closed the channel (406)
+    assert sub.channel.is_open
+    assert seen == [b"n0", b"n1"]
+    assert queued(connect(), f"{world.topic}.q") == 0
+
+
+def test_closing_with_unacked_deliveries_releases_them(world: World, connect: Any) -> None:
+    connection = connect()
+    pub = producer(world, connection)
+    for i in range(3):
+        pub.basic_publish(world.topic, "", f"m{i}".encode())
+    opener = world.opener()
+    first = consumer(world, connection, opener)
+    assert [m.body for _, _, m in drain(first, f"{world.topic}.q", 1)] == [b"m0"]  # not acked
+    first.cancel()
+    first.close()  # the broker requeues m0
+    second = consumer(world, connection, opener)  # the same opener, as recommended
+    got = drain(second, f"{world.topic}.q", 3)
+    for method, _, _ in got:
+        second.basic_ack(method.delivery_tag)
+    assert sorted(m.body for _, _, m in got) == [b"m0", b"m1", b"m2"]
+    assert world.metrics.rejections() == {}
+
+
+def test_dead_letters_are_persistent(world: World, connect: Any) -> None:
+    connection = connect()
+    world.driver.send_raw(world.topic, b"plain text")  # transient
+    sub = consumer(world, connection)
+    for method, _, _ in sub.consume(f"{world.topic}.q", inactivity_timeout=1.0):
+        if method is None:
+            break
+    sub.cancel()
+    method, props, body = connection.channel().basic_get(f"{world.topic}.dlx", auto_ack=True)
+    assert body == b"plain text" and props.delivery_mode == 2
+
+
+def test_pika_argument_errors_become_broker_errors(world: World, connect: Any) -> None:
+    sub = consumer(world, connect())
+    queue = f"{world.topic}.q"
+    assert next(sub.consume(queue, inactivity_timeout=0.1)) == (None, None, None)
+    with pytest.raises(BrokerError):  # pika: ValueError, other params on the same queue
+        next(sub.consume(queue, exclusive=True, inactivity_timeout=0.1))
