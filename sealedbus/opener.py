@@ -224,7 +224,7 @@ class Opener:
             tree = (h.cert_id, proof.size, parsed.signature)
             leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
             if not self._trees.contains(tree, proof.index, proof.size, leaf, proof.path):
-                envelope.verify_root(sender.identity, parsed, envelope.batch_root(parsed, ctx))
+                envelope.verify_root(sender.identity, parsed, envelope.batch_root(parsed, leaf))
                 self._trees.add(tree, proof.index, proof.size, leaf, proof.path)
 
         headers, body = envelope.open_body(ctx, parsed)

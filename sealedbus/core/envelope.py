@@ -160,14 +160,14 @@ def verify_single(identity: Ed25519PublicKey, parsed: wire.Parsed, ctx: SessionC
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE) from None
 
 
-def batch_root(parsed: wire.Parsed, ctx: SessionContext) -> bytes:
-    """The Merkle root this envelope's path leads to (its signature is checked by the caller).
+def batch_root(parsed: wire.Parsed, leaf: bytes) -> bytes:
+    """The Merkle root the envelope's path leads to from its ``leaf`` hash
+    (``SessionContext.leaf_hash``); the root signature is checked by the caller.
 
     Raises UnauthenticEnvelope when the path does not fit the index and size."""
     proof = parsed.proof
     if proof is None:
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no batch proof")
-    leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
     try:
         return merkle.root_from_path(proof.index, proof.size, leaf, proof.path)
     except ValueError:
