@@ -41,8 +41,11 @@ def network(fetches: int) -> None:
         fingerprint = init(data)
         kds = KdsProcess(data, "--enroll-per-minute", "1000")
         try:
-            admin = AdminClient(kds.url, MemberIdentity.from_bytes(
-                read_secret(data / "admin.key")), lambda: totp_code(data))
+            admin = AdminClient(
+                kds.url,
+                MemberIdentity.from_bytes(read_secret(data / "admin.key")),
+                lambda: totp_code(data),
+            )
             admin.create_topic("bench", producers=["c"], consumers=["c"])
             identity = MemberIdentity.generate("c", os.urandom)
             enroll(kds.url, identity, admin.create_token("c"), fingerprint)
@@ -70,10 +73,14 @@ def network(fetches: int) -> None:
             kds.stop()
     rate = len(cold) / sum(cold)
     print(f"grants over HTTP (one client, sequential): {rate:,.0f}/s")
-    print(f"key fetch, cold cache: p50 {percentile(cold, .5) * 1e3:.2f} ms, "
-          f"p99 {percentile(cold, .99) * 1e3:.2f} ms")
-    print(f"key fetch, warm cache: p50 {percentile(warm, .5) * 1e6:.2f} µs, "
-          f"p99 {percentile(warm, .99) * 1e6:.2f} µs")
+    print(
+        f"key fetch, cold cache: p50 {percentile(cold, 0.5) * 1e3:.2f} ms, "
+        f"p99 {percentile(cold, 0.99) * 1e3:.2f} ms"
+    )
+    print(
+        f"key fetch, warm cache: p50 {percentile(warm, 0.5) * 1e6:.2f} µs, "
+        f"p99 {percentile(warm, 0.99) * 1e6:.2f} µs"
+    )
 
 
 def service_level(topics: int) -> None:
@@ -81,8 +88,9 @@ def service_level(topics: int) -> None:
         path = Path(tmp) / "kds.db"
         store = Store(f"sqlite:///{path}")
         store.create_schema()
-        service = KeyDistributionService(store, Ed25519PrivateKey.generate(),
-                                         MasterKeyring.generate())
+        service = KeyDistributionService(
+            store, Ed25519PrivateKey.generate(), MasterKeyring.generate()
+        )
         identity = MemberIdentity.generate("c", os.urandom)
 
         token = service.create_token("bench", "c", [], 60_000)
@@ -92,27 +100,39 @@ def service_level(topics: int) -> None:
         message = auth.enrollment_message(
             token_public, "c", identity.identity_public, 1, identity.receive.public, now
         )
-        service.enroll(token_public, "c", identity.identity_public, Suite.X25519,
-                       identity.receive.public, now, token_key.sign(message),
-                       identity.signing_key.sign(message))
+        service.enroll(
+            token_public,
+            "c",
+            identity.identity_public,
+            Suite.X25519,
+            identity.receive.public,
+            now,
+            token_key.sign(message),
+            identity.signing_key.sign(message),
+        )
         n, start = 300, time.perf_counter()
         for _ in range(n):
             service.grant("c", "bench", 0)
-        print(f"grants in the service (seal + sign + audit write): "
-              f"{n / (time.perf_counter() - start):,.0f}/s")
+        print(
+            f"grants in the service (seal + sign + audit write): "
+            f"{n / (time.perf_counter() - start):,.0f}/s"
+        )
 
         base = path.stat().st_size
         start = time.perf_counter()
         for i in range(topics):
-            service.create_topic("bench", TopicPolicy(
-                f"topic-{i:05d}", frozenset(["p"]), frozenset(["c"])))
+            service.create_topic(
+                "bench", TopicPolicy(f"topic-{i:05d}", frozenset(["p"]), frozenset(["c"]))
+            )
         elapsed = time.perf_counter() - start
         store.compact()
         size = path.stat().st_size - base
-        print(f"database growth for {topics:,} topics (one epoch each, audit included): "
-              f"{size / 1e6:.1f} MB = {size / topics:,.0f} bytes per topic "
-              f"({size * 10_000 / topics / 1e6:.1f} MB per 10,000); "
-              f"created at {topics / elapsed:,.0f} topics/s")
+        print(
+            f"database growth for {topics:,} topics (one epoch each, audit included): "
+            f"{size / 1e6:.1f} MB = {size / topics:,.0f} bytes per topic "
+            f"({size * 10_000 / topics / 1e6:.1f} MB per 10,000); "
+            f"created at {topics / elapsed:,.0f} topics/s"
+        )
         store.dispose()
 
 

@@ -29,7 +29,10 @@ def start_broker(name: str) -> str:
     """Start a native broker with the repository's script; returns its URL (the last line)."""
     proc = subprocess.run(  # noqa: S603 - our own script, fixed arguments
         [sys.executable, str(SERVICES / f"start-{name}"), "start"],
-        capture_output=True, text=True, timeout=400, check=False,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"start-{name} failed:\n{proc.stderr}")
@@ -39,8 +42,11 @@ def start_broker(name: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--start-brokers", action="store_true",
-                        help="start native RabbitMQ/Kafka (scripts/services) when not given")
+    parser.add_argument(
+        "--start-brokers",
+        action="store_true",
+        help="start native RabbitMQ/Kafka (scripts/services) when not given",
+    )
     parser.set_defaults(out=HERE / "results")
     args = parser.parse_args()
     wanted = args.transports.split(",")

@@ -25,8 +25,11 @@ from sealedbus.brokers.kafka import SealedKafkaConsumer
 
 def main() -> int:
     p = parser(__doc__)
-    p.add_argument("--bootstrap", default=os.environ.get(
-        "SEALEDBUS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="$SEALEDBUS_KAFKA_BOOTSTRAP")
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        help="$SEALEDBUS_KAFKA_BOOTSTRAP",
+    )
     p.add_argument("--count", type=int, default=0, help="stop after N events (default: never)")
     p.add_argument("--timeout", type=float, default=0, help="stop after SECONDS (default: never)")
     args = p.parse_args()
@@ -36,9 +39,13 @@ def main() -> int:
     ensure_kafka_topics(args.bootstrap, [args.topic, dead_letters])
 
     consumer = SealedKafkaConsumer(
-        KafkaConsumer(bootstrap_servers=args.bootstrap, group_id=keys.member,
-                      enable_auto_commit=False,  # SealedKafkaConsumer commits what was handled
-                      auto_offset_reset="earliest", consumer_timeout_ms=500),
+        KafkaConsumer(
+            bootstrap_servers=args.bootstrap,
+            group_id=keys.member,
+            enable_auto_commit=False,  # SealedKafkaConsumer commits what was handled
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=500,
+        ),
         Opener(keys),
         dead_letter_producer=KafkaProducer(bootstrap_servers=args.bootstrap),
         dead_letter_topic=dead_letters,
@@ -51,8 +58,11 @@ def main() -> int:
         try:
             for record in consumer:  # ends after consumer_timeout_ms without records
                 event = json.loads(record.value)
-                print(f"{keys.member} got {json.dumps(event)} from {record.sender} "
-                      f"(key {record.key!r}, headers {record.headers})", flush=True)
+                print(
+                    f"{keys.member} got {json.dumps(event)} from {record.sender} "
+                    f"(key {record.key!r}, headers {record.headers})",
+                    flush=True,
+                )
                 received += 1
                 if received == args.count or time.monotonic() >= deadline:
                     break

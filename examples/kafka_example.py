@@ -35,17 +35,24 @@ def main() -> None:
 
     producer = SealedKafkaProducer(
         KafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5),  # SSL/SASL settings go here
-        Sealer(producer_keys), key_tokenizer=tokenizer,
+        Sealer(producer_keys),
+        key_tokenizer=tokenizer,
     )
     for n in range(3):
-        producer.send(topic, f"result {n}: negative".encode(), key=b"patient-1234",
-                      headers={"test": "PCR"})
+        producer.send(
+            topic, f"result {n}: negative".encode(), key=b"patient-1234", headers={"test": "PCR"}
+        )
     producer.flush(timeout=30)
     producer.close()
 
     consumer = SealedKafkaConsumer(
-        KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id="clinic", enable_auto_commit=False,
-                      auto_offset_reset="earliest", consumer_timeout_ms=5000),
+        KafkaConsumer(
+            bootstrap_servers=BOOTSTRAP,
+            group_id="clinic",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+        ),
         Opener(consumer_keys),
         dead_letter_producer=KafkaProducer(bootstrap_servers=BOOTSTRAP),
     )

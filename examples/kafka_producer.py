@@ -24,8 +24,11 @@ from sealedbus.brokers.kafka import SealedKafkaProducer
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--bootstrap", default=os.environ.get(
-        "SEALEDBUS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="$SEALEDBUS_KAFKA_BOOTSTRAP")
+    p.add_argument(
+        "--bootstrap",
+        default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        help="$SEALEDBUS_KAFKA_BOOTSTRAP",
+    )
     p.add_argument("--count", type=int, default=5, help="events to send")
     args = p.parse_args()
     keys = key_service(p, args)  # KeyServiceClient: fetches the topic's epoch public key
@@ -38,15 +41,23 @@ def main() -> None:
     )
     events = [patient_event(n) for n in range(args.count)]
     futures = [
-        producer.send(args.topic, json.dumps(event).encode(), key=event["patient_id"].encode(),
-                      headers={"ward": event["ward"]}, content_type="application/json")
+        producer.send(
+            args.topic,
+            json.dumps(event).encode(),
+            key=event["patient_id"].encode(),
+            headers={"ward": event["ward"]},
+            content_type="application/json",
+        )
         for event in events
     ]
     producer.flush(timeout=30)
     for event, future in zip(events, futures, strict=True):
         sent = future.get(timeout=30)  # RecordMetadata; raises BrokerError if the broker refused
-        print(f"{keys.member} sent {event['patient_id']} to {sent.topic} partition "
-              f"{sent.partition} offset {sent.offset}", flush=True)
+        print(
+            f"{keys.member} sent {event['patient_id']} to {sent.topic} partition "
+            f"{sent.partition} offset {sent.offset}",
+            flush=True,
+        )
     producer.close()
     keys.close()
 

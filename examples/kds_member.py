@@ -34,17 +34,32 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser with the KDS options; the script adds its own."""
     env = os.environ.get
     p = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--key-file", type=Path, default=env("SEALEDBUS_KEY_FILE"),
-                   help="member key file ($SEALEDBUS_KEY_FILE)")
-    p.add_argument("--kds-url", default=env("SEALEDBUS_KDS_URL"),
-                   help="KDS URL ($SEALEDBUS_KDS_URL)")
-    p.add_argument("--root-fingerprint", default=env("SEALEDBUS_KDS_ROOT_FINGERPRINT"),
-                   help="pinned KDS root key fingerprint ($SEALEDBUS_KDS_ROOT_FINGERPRINT)")
-    p.add_argument("--ca", default=env("SEALEDBUS_KDS_CA"),
-                   help="CA bundle for the KDS's TLS certificate ($SEALEDBUS_KDS_CA)")
-    p.add_argument("--topic", default=env("SEALEDBUS_TOPIC", "admissions"),
-                   help="sealing topic ($SEALEDBUS_TOPIC, default admissions)")
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=env("SEALEDBUS_KEY_FILE"),
+        help="member key file ($SEALEDBUS_KEY_FILE)",
+    )
+    p.add_argument(
+        "--kds-url", default=env("SEALEDBUS_KDS_URL"), help="KDS URL ($SEALEDBUS_KDS_URL)"
+    )
+    p.add_argument(
+        "--root-fingerprint",
+        default=env("SEALEDBUS_KDS_ROOT_FINGERPRINT"),
+        help="pinned KDS root key fingerprint ($SEALEDBUS_KDS_ROOT_FINGERPRINT)",
+    )
+    p.add_argument(
+        "--ca",
+        default=env("SEALEDBUS_KDS_CA"),
+        help="CA bundle for the KDS's TLS certificate ($SEALEDBUS_KDS_CA)",
+    )
+    p.add_argument(
+        "--topic",
+        default=env("SEALEDBUS_TOPIC", "admissions"),
+        help="sealing topic ($SEALEDBUS_TOPIC, default admissions)",
+    )
     return p
 
 
@@ -98,7 +113,8 @@ def ensure_kafka_topics(bootstrap: str, topics: list[str], partitions: int = 3) 
         missing = set(topics) - set(admin.list_topics())
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # the other side was quicker
-                admin.create_topics({t: {"num_partitions": partitions} for t in missing},
-                                    wait_for_metadata=True)  # replication: the broker's default
+                admin.create_topics(
+                    {t: {"num_partitions": partitions} for t in missing}, wait_for_metadata=True
+                )  # replication: the broker's default
     finally:
         admin.close()

@@ -21,8 +21,9 @@ def main() -> None:
 
     producer = MemoryProducer(bus, Sealer(producer_keys))
     for n in range(3):
-        producer.send("invoices", f"invoice {n}".encode(), key=b"customer-7",
-                      headers={"currency": "EUR"})
+        producer.send(
+            "invoices", f"invoice {n}".encode(), key=b"customer-7", headers={"currency": "EUR"}
+        )
 
     consumer = MemoryConsumer(bus, Opener(consumer_keys), "invoices", group="audit")
     for delivery in consumer.poll(timeout=1.0):

@@ -28,8 +28,11 @@ DEAD_LETTERS = "sealedbus.dead-letter"  # the default; declared with a queue of 
 
 def main() -> int:
     p = parser(__doc__)
-    p.add_argument("--amqp-url", default=os.environ.get(
-        "SEALEDBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"), help="$SEALEDBUS_AMQP_URL")
+    p.add_argument(
+        "--amqp-url",
+        default=os.environ.get("SEALEDBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+        help="$SEALEDBUS_AMQP_URL",
+    )
     p.add_argument("--count", type=int, default=0, help="stop after N events (default: never)")
     p.add_argument("--timeout", type=float, default=0, help="stop after SECONDS (default: never)")
     args = p.parse_args()
@@ -37,8 +40,9 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
 
     connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
-    channel = SealedChannel(connection.channel(), opener=Opener(keys),
-                            dead_letter_exchange=DEAD_LETTERS)
+    channel = SealedChannel(
+        connection.channel(), opener=Opener(keys), dead_letter_exchange=DEAD_LETTERS
+    )
     queue = f"{args.topic}.{keys.member}"
     channel.channel.exchange_declare(args.topic, "fanout", durable=True)
     channel.channel.queue_declare(queue, durable=True)
@@ -51,8 +55,11 @@ def main() -> int:
             for method, _props, message in channel.consume(queue, inactivity_timeout=0.5):
                 if method is not None and message is not None:
                     event = json.loads(message.body)
-                    print(f"{keys.member} got {json.dumps(event)} from {message.sender} "
-                          f"(epoch {message.epoch}, headers {message.headers})", flush=True)
+                    print(
+                        f"{keys.member} got {json.dumps(event)} from {message.sender} "
+                        f"(epoch {message.epoch}, headers {message.headers})",
+                        flush=True,
+                    )
                     channel.basic_ack(method.delivery_tag)
                     received += 1
                 if received == args.count or time.monotonic() >= deadline:

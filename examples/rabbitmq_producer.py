@@ -22,8 +22,11 @@ from sealedbus.brokers.rabbitmq import SealedChannel
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--amqp-url", default=os.environ.get(
-        "SEALEDBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"), help="$SEALEDBUS_AMQP_URL")
+    p.add_argument(
+        "--amqp-url",
+        default=os.environ.get("SEALEDBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+        help="$SEALEDBUS_AMQP_URL",
+    )
     p.add_argument("--count", type=int, default=5, help="events to send")
     args = p.parse_args()
     keys = key_service(p, args)  # KeyServiceClient: fetches the topic's epoch public key
@@ -35,8 +38,10 @@ def main() -> None:
     for n in range(args.count):
         event = patient_event(n)
         props = pika.BasicProperties(
-            content_type="application/json", headers={"ward": event["ward"]},  # both sealed
-            delivery_mode=pika.DeliveryMode.Persistent)
+            content_type="application/json",
+            headers={"ward": event["ward"]},  # both sealed
+            delivery_mode=pika.DeliveryMode.Persistent,
+        )
         channel.basic_publish(args.topic, "", json.dumps(event).encode(), props)
         print(f"{keys.member} sent {event['patient_id']} to exchange {args.topic}", flush=True)
     channel.close()

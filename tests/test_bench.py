@@ -20,8 +20,19 @@ MODES = {"plain", "sealed-message", "sealed-batch"}
 def test_quick_run_writes_rows_for_every_transport_size_and_mode(
     amqp_url: str, kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["bench", "--quick", "--no-progress", "--amqp-url", amqp_url,
-                 "--kafka-bootstrap", kafka_bootstrap, "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "--quick",
+            "--no-progress",
+            "--amqp-url",
+            amqp_url,
+            "--kafka-bootstrap",
+            kafka_bootstrap,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "latest.json").read_text())
     header, rows = result["header"], result["rows"]
@@ -29,8 +40,12 @@ def test_quick_run_writes_rows_for_every_transport_size_and_mode(
     assert {"sealedbus", "cryptography", "pika", "kafka-python"} <= set(header["versions"])
 
     keys = {(r["transport"], r["payload_bytes"], r["mode"]) for r in rows}
-    assert keys == {(t, s, m) for t in ("memory", "rabbitmq", "kafka")
-                    for s in (128, 1024, 16384) for m in MODES}
+    assert keys == {
+        (t, s, m)
+        for t in ("memory", "rabbitmq", "kafka")
+        for s in (128, 1024, 16384)
+        for m in MODES
+    }
     for r in rows:
         assert r["msgs_per_s"] > 0 and r["mb_per_s"] > 0
         assert 0 <= r["p50_ms"] <= r["p99_ms"]

@@ -36,11 +36,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path | None = None,
-        timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own scripts, fixed arguments
-        args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        args,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -73,8 +80,12 @@ def kds_dev(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def dev_kds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevKds]:
     directory = tmp_path_factory.mktemp("examples") / "kds-dev"
-    env = clean_env(KDS_PORT=str(free_port()), TOPIC=f"admissions-{uuid.uuid4().hex[:8]}",
-                    SEALEDBUS=str(SEALEDBUS), PYTHON=sys.executable)
+    env = clean_env(
+        KDS_PORT=str(free_port()),
+        TOPIC=f"admissions-{uuid.uuid4().hex[:8]}",
+        SEALEDBUS=str(SEALEDBUS),
+        PYTHON=sys.executable,
+    )
     try:
         stdout = ok(run(kds_dev(str(directory)), env))
         exports = dict(re.findall(r"^export (SEALEDBUS_\w+)=(\S+)$", stdout, re.MULTILINE))
@@ -103,7 +114,11 @@ class Background:
         self.log = log
         with log.open("w") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own scripts, fixed arguments
-                args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                args,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 text=True,
             )
 
@@ -136,20 +151,41 @@ def run_pair(kds: DevKds, broker: str, broker_env: dict[str, str], tmp_path: Pat
     """The consumer in the background until ready, then the producer; the consumer's output."""
     env = clean_env(**kds.env, **broker_env)
     consumer = Background(
-        [sys.executable, str(EXAMPLES / f"{broker}_consumer.py"), "--key-file",
-         str(kds.key(CONSUMER)), "--count", str(COUNT), "--timeout", "40"],
-        env, tmp_path / "consumer.log",
+        [
+            sys.executable,
+            str(EXAMPLES / f"{broker}_consumer.py"),
+            "--key-file",
+            str(kds.key(CONSUMER)),
+            "--count",
+            str(COUNT),
+            "--timeout",
+            "40",
+        ],
+        env,
+        tmp_path / "consumer.log",
     )
     try:
         consumer.wait_for(f"{CONSUMER} waiting on")
-        produced = ok(run([sys.executable, str(EXAMPLES / f"{broker}_producer.py"),
-                           "--key-file", str(kds.key(PRODUCER)), "--count", str(COUNT)], env))
+        produced = ok(
+            run(
+                [
+                    sys.executable,
+                    str(EXAMPLES / f"{broker}_producer.py"),
+                    "--key-file",
+                    str(kds.key(PRODUCER)),
+                    "--count",
+                    str(COUNT),
+                ],
+                env,
+            )
+        )
         assert all(p in produced for p in PATIENTS), produced
         out = consumer.finish()
     finally:
         consumer.stop()
-    got = re.findall(rf'^{CONSUMER} got .*"patient_id": "(P-\d+)".* from {PRODUCER} ', out,
-                     re.MULTILINE)
+    got = re.findall(
+        rf'^{CONSUMER} got .*"patient_id": "(P-\d+)".* from {PRODUCER} ', out, re.MULTILINE
+    )
     assert sorted(got) == PATIENTS, out
     assert f"{CONSUMER} received {COUNT} event(s)" in out
     return out
@@ -166,7 +202,10 @@ def test_memory_example_runs_without_a_broker(tmp_path: Path) -> None:
 
 def test_kds_dev_sets_up_members_and_prints_no_secrets(dev_kds: DevKds) -> None:
     assert set(dev_kds.env) == {
-        "SEALEDBUS_KDS_URL", "SEALEDBUS_KDS_ROOT_FINGERPRINT", "SEALEDBUS_TOPIC"}
+        "SEALEDBUS_KDS_URL",
+        "SEALEDBUS_KDS_ROOT_FINGERPRINT",
+        "SEALEDBUS_TOPIC",
+    }
     assert dev_kds.env["SEALEDBUS_KDS_URL"].startswith("http://127.0.0.1:")
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", dev_kds.env["SEALEDBUS_KDS_ROOT_FINGERPRINT"])
     for member in (PRODUCER, CONSUMER):
@@ -186,8 +225,16 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
 
 def test_a_wrong_root_fingerprint_is_refused(dev_kds: DevKds, tmp_path: Path) -> None:
     env = clean_env(**{**dev_kds.env, "SEALEDBUS_KDS_ROOT_FINGERPRINT": "sha256:" + "0" * 64})
-    proc = run([sys.executable, str(EXAMPLES / "kafka_consumer.py"),
-                "--key-file", str(dev_kds.key(CONSUMER))], env, tmp_path)
+    proc = run(
+        [
+            sys.executable,
+            str(EXAMPLES / "kafka_consumer.py"),
+            "--key-file",
+            str(dev_kds.key(CONSUMER)),
+        ],
+        env,
+        tmp_path,
+    )
     assert proc.returncode == 1
     assert "is not the one pinned" in proc.stderr
 
@@ -250,8 +297,9 @@ def test_kafka_producer_and_consumer_processes(
     topic = dev_kds.topic
     run_pair(dev_kds, "kafka", {"SEALEDBUS_KAFKA_BOOTSTRAP": kafka_bootstrap}, tmp_path)
 
-    raw = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
-                        consumer_timeout_ms=3000)
+    raw = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in raw.partitions_for_topic(topic) or ()]
         raw.assign(partitions)

@@ -86,8 +86,11 @@ def key_members(setup: Setup) -> tuple[LocalMember, LocalMember]:
     ks = LocalKeyService(clock=lambda: setup.t0, rng=_Drbg(setup.seed))
     for mode in MODES[1:]:
         ks.create_topic(
-            topic_name(setup.run_id, mode), producers=["producer"], consumers=["consumer"],
-            rotation_period=86_400.0, retention=86_400.0,
+            topic_name(setup.run_id, mode),
+            producers=["producer"],
+            consumers=["consumer"],
+            rotation_period=86_400.0,
+            retention=86_400.0,
         )
     producer, consumer = ks.enroll("producer"), ks.enroll("consumer")
     producer.identity(int(setup.t0 * 1000))  # issue the producer's certificate at t0 everywhere
@@ -109,8 +112,10 @@ class _MemoryProducer:
     def __init__(self, bus: Any, topic: str, mode: str, member: LocalMember) -> None:
         self.bus, self.topic = bus, topic
         self.sealer = Sealer(member, batch_size=BATCH_SIZE)
-        self.sealed = None if mode == "plain" else MemoryProducer(
-            bus, self.sealer, batch=mode == "sealed-batch"
+        self.sealed = (
+            None
+            if mode == "plain"
+            else MemoryProducer(bus, self.sealer, batch=mode == "sealed-batch")
         )
 
     def send(self, body: bytes) -> None:
@@ -159,9 +164,14 @@ class _RabbitProducer:
     def __init__(self, connection: Any, topic: str, mode: str, member: LocalMember) -> None:
         self.connection, self.topic = connection, topic
         self.channel = connection.channel()
-        self.sealed = None if mode == "plain" else SealedChannel(
-            self.channel, sealer=Sealer(member, batch_size=BATCH_SIZE),
-            linger=LINGER if mode == "sealed-batch" else 0.0,
+        self.sealed = (
+            None
+            if mode == "plain"
+            else SealedChannel(
+                self.channel,
+                sealer=Sealer(member, batch_size=BATCH_SIZE),
+                linger=LINGER if mode == "sealed-batch" else 0.0,
+            )
         )
 
     def send(self, body: bytes) -> None:
@@ -181,8 +191,10 @@ class _RabbitConsumer:
         self.queue = topic
         channel = connection.channel()
         channel.basic_qos(prefetch_count=PREFETCH)
-        self.channel: Any = channel if mode == "plain" else SealedChannel(
-            channel, opener=opener, dead_letter_exchange=f"{topic}.dlx"
+        self.channel: Any = (
+            channel
+            if mode == "plain"
+            else SealedChannel(channel, opener=opener, dead_letter_exchange=f"{topic}.dlx")
         )
         self.sealed = mode != "plain"
 
@@ -206,7 +218,9 @@ class _RabbitConsumer:
 # -- Kafka -------------------------------------------------------------------------------------
 def _kafka_producer(bootstrap: str) -> Any:
     return KafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=int(LINGER * 1000),
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=int(LINGER * 1000),
         batch_size=KAFKA_BATCH_BYTES,
     )
 
@@ -215,8 +229,12 @@ class _KafkaProducer:
     def __init__(self, bootstrap: str, topic: str, mode: str, member: LocalMember) -> None:
         self.topic = topic
         self.producer = _kafka_producer(bootstrap)
-        self.sealed = None if mode == "plain" else SealedKafkaProducer(
-            self.producer, Sealer(member, batch_size=BATCH_SIZE), batch=mode == "sealed-batch"
+        self.sealed = (
+            None
+            if mode == "plain"
+            else SealedKafkaProducer(
+                self.producer, Sealer(member, batch_size=BATCH_SIZE), batch=mode == "sealed-batch"
+            )
         )
 
     def send(self, body: bytes) -> None:
@@ -232,14 +250,23 @@ class _KafkaProducer:
 class _KafkaConsumer:
     def __init__(self, bootstrap: str, topic: str, mode: str, opener: Opener) -> None:
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=topic, enable_auto_commit=False,
-            auto_offset_reset="earliest", consumer_timeout_ms=200,
+            bootstrap_servers=bootstrap,
+            group_id=topic,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=200,
         )
         self.partition = TopicPartition(topic, 0)
         self.consumer.assign([self.partition])
-        self.sealed = None if mode == "plain" else SealedKafkaConsumer(
-            self.consumer, opener, dead_letter_producer=_kafka_producer(bootstrap),
-            dead_letter_topic=f"{topic}.dlq",
+        self.sealed = (
+            None
+            if mode == "plain"
+            else SealedKafkaConsumer(
+                self.consumer,
+                opener,
+                dead_letter_producer=_kafka_producer(bootstrap),
+                dead_letter_topic=f"{topic}.dlq",
+            )
         )
         self.next_offset: int | None = None
 
@@ -360,8 +387,11 @@ def consume(
     cpu0, start = cpu(), time.monotonic_ns()
     count = c.receive(n, time.monotonic() + timeout, got)
     return {
-        "count": count, "start_ns": start, "end_ns": last[0] or time.monotonic_ns(),
-        "cpu_s": cpu() - cpu0, "latency_ns": latencies.tobytes(),
+        "count": count,
+        "start_ns": start,
+        "end_ns": last[0] or time.monotonic_ns(),
+        "cpu_s": cpu() - cpu0,
+        "latency_ns": latencies.tobytes(),
     }
 
 

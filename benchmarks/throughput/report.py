@@ -19,8 +19,11 @@ from sealedbus import LocalKeyService, Sealer
 
 from .endpoints import BATCH_SIZE, MODES
 
-TRANSPORT_NAMES = {"memory": "in-memory bus", "rabbitmq": "RabbitMQ (pika)",
-                   "kafka": "Kafka (kafka-python)"}
+TRANSPORT_NAMES = {
+    "memory": "in-memory bus",
+    "rabbitmq": "RabbitMQ (pika)",
+    "kafka": "Kafka (kafka-python)",
+}
 
 
 @cache
@@ -65,16 +68,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict[str, Any], *, samples_latency: dict[tuple[str, int, str], array[int]],
-          out: Path) -> None:
+def write(
+    result: dict[str, Any], *, samples_latency: dict[tuple[str, int, str], array[int]], out: Path
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(result))
     _plots(result, samples_latency, out)
 
 
-def _plots(result: dict[str, Any], latency: dict[tuple[str, int, str], array[int]],
-           out: Path) -> None:
+def _plots(
+    result: dict[str, Any], latency: dict[tuple[str, int, str], array[int]], out: Path
+) -> None:
     rows = result["rows"]
     transports = list(dict.fromkeys(r["transport"] for r in rows))
     sizes = sorted({r["payload_bytes"] for r in rows})
@@ -85,15 +90,21 @@ def _plots(result: dict[str, Any], latency: dict[tuple[str, int, str], array[int
     width = 0.8 / len(MODES)
     for ax, transport in zip(axes[0], transports, strict=True):
         for i, mode in enumerate(MODES):
-            got = {r["payload_bytes"]: r for r in rows
-                   if r["transport"] == transport and r["mode"] == mode}
+            got = {
+                r["payload_bytes"]: r
+                for r in rows
+                if r["transport"] == transport and r["mode"] == mode
+            }
             xs = [j + (i - 1) * width for j, s in enumerate(sizes) if s in got]
             ys = [got[s]["msgs_per_s"] for s in sizes if s in got]
-            err = [[got[s]["msgs_per_s"] - got[s]["msgs_per_s_min"] for s in sizes if s in got],
-                   [got[s]["msgs_per_s_max"] - got[s]["msgs_per_s"] for s in sizes if s in got]]
+            err = [
+                [got[s]["msgs_per_s"] - got[s]["msgs_per_s_min"] for s in sizes if s in got],
+                [got[s]["msgs_per_s_max"] - got[s]["msgs_per_s"] for s in sizes if s in got],
+            ]
             ax.bar(xs, ys, width, yerr=err, capsize=2, label=mode)
-        ax.set_xticks(range(len(sizes)), [f"{s} B" if s < 1024 else f"{s // 1024} KB"
-                                          for s in sizes])
+        ax.set_xticks(
+            range(len(sizes)), [f"{s} B" if s < 1024 else f"{s // 1024} KB" for s in sizes]
+        )
         ax.set_title(TRANSPORT_NAMES.get(transport, transport))
         ax.set_xlabel("payload")
         ax.set_ylabel("messages/s, end to end")
@@ -119,8 +130,10 @@ def _plots(result: dict[str, Any], latency: dict[tuple[str, int, str], array[int
         ax.set_ylabel("fraction of messages")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.suptitle(f"Latency distribution, {size} B payloads at {rate:,.0f} msgs/s offered "
-                 f"({note})", fontsize=10)
+    fig.suptitle(
+        f"Latency distribution, {size} B payloads at {rate:,.0f} msgs/s offered ({note})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)

@@ -54,10 +54,18 @@ class Plan:
     @classmethod
     def make(cls, quick: bool, transports: Sequence[str], rounds: int | None = None) -> Plan:
         if quick:
-            return cls(tuple(transports), SIZES, rounds or 1, dict.fromkeys(SIZES, 300), 100,
-                       2000.0, True)
-        return cls(tuple(transports), SIZES, rounds or 5, {128: 20000, 1024: 20000, 16384: 4000},
-                   2000, 2000.0, False)
+            return cls(
+                tuple(transports), SIZES, rounds or 1, dict.fromkeys(SIZES, 300), 100, 2000.0, True
+            )
+        return cls(
+            tuple(transports),
+            SIZES,
+            rounds or 5,
+            {128: 20000, 1024: 20000, 16384: 4000},
+            2000,
+            2000.0,
+            False,
+        )
 
     def trials(self) -> int:
         return len(self.transports) * len(self.sizes) * len(MODES) * self.rounds
@@ -127,18 +135,25 @@ class Progress:
         filled = width * self.done // max(1, self.total)
         elapsed = time.monotonic() - self.started
         eta = elapsed / self.done * (self.total - self.done)
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{label:<34} {elapsed:5.0f} s, ~{eta:4.0f} s left")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"{label:<34} {elapsed:5.0f} s, ~{eta:4.0f} s left"
+        )
+        print(
+            ("\r" + line) if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.enabled and self.tty:
             print(file=sys.stderr)
 
 
-def _trial(producer: _Worker, consumer: _Worker, plan: Plan, size: int, mode: str,
-           s: _Samples) -> None:
+def _trial(
+    producer: _Worker, consumer: _Worker, plan: Plan, size: int, mode: str, s: _Samples
+) -> None:
     n = plan.messages[size]
     timeout = max(60.0, n / 500)
     p = producer.result(producer.request("produce", mode=mode, size=size, n=n, rate=0), timeout)
@@ -157,8 +172,9 @@ def _trial(producer: _Worker, consumer: _Worker, plan: Plan, size: int, mode: st
 
     m = plan.latency_messages
     tag = consumer.request("consume", mode=mode, n=m, timeout=timeout)
-    producer.result(producer.request(
-        "produce", mode=mode, size=size, n=m, rate=plan.latency_rate), timeout)
+    producer.result(
+        producer.request("produce", mode=mode, size=size, n=m, rate=plan.latency_rate), timeout
+    )
     c = consumer.result(tag, timeout + 5)
     _check(c, m, "latency")
     s.latency_ns.frombytes(c["latency_ns"])
@@ -188,8 +204,11 @@ def _prepare(plan: Plan, run_id: str, amqp_url: str, kafka_bootstrap: str) -> di
         connection.close()
     if "kafka" in plan.transports:
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        topics = {t: {"num_partitions": 1, "replication_factor": 1}
-                  for name in names for t in (name, f"{name}.dlq")}
+        topics = {
+            t: {"num_partitions": 1, "replication_factor": 1}
+            for name in names
+            for t in (name, f"{name}.dlq")
+        }
         admin.create_topics(topics, wait_for_metadata=True)
         api = admin.config.get("api_version")
         if api:
@@ -234,25 +253,41 @@ def header(plan: Plan, broker_versions: dict[str, str], settings: dict[str, Any]
         mem_kb = 0
     return {
         "machine": {
-            "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
-            "os": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "memory_gb": round(mem_kb / 2**20, 1),
+            "os": platform.platform(),
+            "python": platform.python_version(),
         },
         "versions": {
-            "sealedbus": version("sealedbus"), "cryptography": version("cryptography"),
-            "pika": version("pika"), "kafka-python": version("kafka-python"),
-            "msgpack": version("msgpack"), "crc32c": version("crc32c"), **broker_versions,
+            "sealedbus": version("sealedbus"),
+            "cryptography": version("cryptography"),
+            "pika": version("pika"),
+            "kafka-python": version("kafka-python"),
+            "msgpack": version("msgpack"),
+            "crc32c": version("crc32c"),
+            **broker_versions,
         },
         "mode": "quick" if plan.quick else "full",
         "rounds": plan.rounds,
         "messages_per_phase": {str(k): v for k, v in plan.messages.items()},
-        "latency_phase": {"messages": plan.latency_messages, "offered_msgs_per_s":
-                          plan.latency_rate},
+        "latency_phase": {
+            "messages": plan.latency_messages,
+            "offered_msgs_per_s": plan.latency_rate,
+        },
         "settings": settings,
     }
 
 
-def run(plan: Plan, *, amqp_url: str = "", kafka_bootstrap: str = "", out: Path | None = None,
-        progress: bool = True, open_threads: int = 2) -> dict[str, Any]:
+def run(
+    plan: Plan,
+    *,
+    amqp_url: str = "",
+    kafka_bootstrap: str = "",
+    out: Path | None = None,
+    progress: bool = True,
+    open_threads: int = 2,
+) -> dict[str, Any]:
     """Run the plan; write JSON, Markdown and PNG files to ``out`` (if given)."""
     for transport, needed in (("rabbitmq", amqp_url), ("kafka", kafka_bootstrap)):
         if transport in plan.transports and not needed:
@@ -265,8 +300,15 @@ def run(plan: Plan, *, amqp_url: str = "", kafka_bootstrap: str = "", out: Path 
     ctx = multiprocessing.get_context("spawn")
     try:
         for transport in plan.transports:
-            setup = Setup(transport, run_id, os.urandom(32), time.time(), amqp_url,
-                          kafka_bootstrap, open_threads)
+            setup = Setup(
+                transport,
+                run_id,
+                os.urandom(32),
+                time.time(),
+                amqp_url,
+                kafka_bootstrap,
+                open_threads,
+            )
             for r in range(plan.rounds):  # fresh processes each round (and a fresh memory bus)
                 producer = _Worker(ctx, setup)
                 consumer = producer if transport == "memory" else _Worker(ctx, setup)
@@ -284,30 +326,35 @@ def run(plan: Plan, *, amqp_url: str = "", kafka_bootstrap: str = "", out: Path 
         bar.close()
         _cleanup(plan, run_id, amqp_url, kafka_bootstrap)
     settings = {
-        "batch_size": endpoints.BATCH_SIZE, "linger_s": endpoints.LINGER,
+        "batch_size": endpoints.BATCH_SIZE,
+        "linger_s": endpoints.LINGER,
         "rabbitmq": f"no publisher confirms, transient messages, prefetch_count="
-                    f"{endpoints.PREFETCH}, basic_ack(multiple=True) every "
-                    f"{endpoints.ACK_EVERY}",
+        f"{endpoints.PREFETCH}, basic_ack(multiple=True) every "
+        f"{endpoints.ACK_EVERY}",
         "kafka": f"acks=1, linger_ms={int(endpoints.LINGER * 1000)}, batch_size="
-                 f"{endpoints.KAFKA_BATCH_BYTES}, 1 partition, manual commit before each poll",
+        f"{endpoints.KAFKA_BATCH_BYTES}, 1 partition, manual commit before each poll",
         "memory": "producer and consumer threads in one process",
         "per_message_open_threads": open_threads,
     }
     result = {
-        "header": {**header(plan, versions, settings),
-                   "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                   "duration_s": round(time.time() - started, 1)},
+        "header": {
+            **header(plan, versions, settings),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(time.time() - started, 1),
+        },
         "rows": _rows(plan, samples),
     }
     if out is not None:
-        report.write(result, samples_latency={k: v.latency_ns for k, v in samples.items()},
-                     out=out)
+        report.write(result, samples_latency={k: v.latency_ns for k, v in samples.items()}, out=out)
     return result
 
 
 def _spread(values: list[float], digits: int = 1) -> tuple[float, float, float]:
-    return (round(statistics.median(values), digits), round(min(values), digits),
-            round(max(values), digits))
+    return (
+        round(statistics.median(values), digits),
+        round(min(values), digits),
+        round(max(values), digits),
+    )
 
 
 def _rows(plan: Plan, samples: dict[tuple[str, int, str], _Samples]) -> list[dict[str, Any]]:
@@ -316,29 +363,39 @@ def _rows(plan: Plan, samples: dict[tuple[str, int, str], _Samples]) -> list[dic
         plain = samples[(transport, size, "plain")]
         e2e, e2e_lo, e2e_hi = _spread(s.e2e, 0)
         latency = sorted(s.latency_ns)
-        ratios = {k: _spread([a / b for a, b in zip(getattr(s, k), getattr(plain, k),
-                                                      strict=True)], 3)
-                  for k in ("e2e", "produce", "consume")}
-        rows.append({
-            "transport": transport, "payload_bytes": size, "mode": mode,
-            "rounds": len(s.e2e), "messages_per_round": plan.messages[size],
-            "msgs_per_s": e2e, "msgs_per_s_min": e2e_lo, "msgs_per_s_max": e2e_hi,
-            "mb_per_s": round(e2e * size / 1e6, 2),
-            "ratio_to_plain": ratios["e2e"][0], "ratio_min": ratios["e2e"][1],
-            "ratio_max": ratios["e2e"][2],
-            "produce_msgs_per_s": _spread(s.produce, 0)[0],
-            "produce_ratio_to_plain": ratios["produce"][0],
-            "consume_msgs_per_s": _spread(s.consume, 0)[0],
-            "consume_ratio_to_plain": ratios["consume"][0],
-            "p50_ms": round(latency[len(latency) // 2] / 1e6, 3),
-            "p99_ms": round(latency[min(len(latency) - 1, len(latency) * 99 // 100)] / 1e6, 3),
-            "producer_cpu_us_per_msg": _spread(s.producer_cpu_us)[0],
-            "consumer_cpu_us_per_msg": _spread(s.consumer_cpu_us)[0],
-            "overhead_bytes": report.overhead(mode, size),
-        })
+        ratios = {
+            k: _spread([a / b for a, b in zip(getattr(s, k), getattr(plain, k), strict=True)], 3)
+            for k in ("e2e", "produce", "consume")
+        }
+        rows.append(
+            {
+                "transport": transport,
+                "payload_bytes": size,
+                "mode": mode,
+                "rounds": len(s.e2e),
+                "messages_per_round": plan.messages[size],
+                "msgs_per_s": e2e,
+                "msgs_per_s_min": e2e_lo,
+                "msgs_per_s_max": e2e_hi,
+                "mb_per_s": round(e2e * size / 1e6, 2),
+                "ratio_to_plain": ratios["e2e"][0],
+                "ratio_min": ratios["e2e"][1],
+                "ratio_max": ratios["e2e"][2],
+                "produce_msgs_per_s": _spread(s.produce, 0)[0],
+                "produce_ratio_to_plain": ratios["produce"][0],
+                "consume_msgs_per_s": _spread(s.consume, 0)[0],
+                "consume_ratio_to_plain": ratios["consume"][0],
+                "p50_ms": round(latency[len(latency) // 2] / 1e6, 3),
+                "p99_ms": round(latency[min(len(latency) - 1, len(latency) * 99 // 100)] / 1e6, 3),
+                "producer_cpu_us_per_msg": _spread(s.producer_cpu_us)[0],
+                "consumer_cpu_us_per_msg": _spread(s.consumer_cpu_us)[0],
+                "overhead_bytes": report.overhead(mode, size),
+            }
+        )
     order = {m: i for i, m in enumerate(MODES)}
-    rows.sort(key=lambda r: (TRANSPORTS.index(r["transport"]), r["payload_bytes"],
-                             order[r["mode"]]))
+    rows.sort(
+        key=lambda r: (TRANSPORTS.index(r["transport"]), r["payload_bytes"], order[r["mode"]])
+    )
     return rows
 
 
@@ -348,7 +405,13 @@ def main_from_args(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown transports: {', '.join(sorted(unknown))}")
     plan = Plan.make(args.quick, transports, args.rounds)
-    result = run(plan, amqp_url=args.amqp_url, kafka_bootstrap=args.kafka_bootstrap,
-                 out=args.out, progress=not args.no_progress, open_threads=args.open_threads)
+    result = run(
+        plan,
+        amqp_url=args.amqp_url,
+        kafka_bootstrap=args.kafka_bootstrap,
+        out=args.out,
+        progress=not args.no_progress,
+        open_threads=args.open_threads,
+    )
     print(report.markdown(result))
     return 0

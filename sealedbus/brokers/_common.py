@@ -53,8 +53,10 @@ def check_headers(headers: Mapping[str, object] | None) -> Headers | None:
     if not headers:
         return None
     for name, value in headers.items():
-        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(
-            value, str | bytes | int
+        if (
+            not isinstance(name, str)
+            or isinstance(value, bool)
+            or not isinstance(value, str | bytes | int)
         ):
             raise ConfigurationError(
                 f"header {name!r}: sealed header values must be str, bytes or int"

@@ -182,8 +182,12 @@ class SealedKafkaProducer:
         returned future; when not batching, what kafka-python's ``send`` raises at once comes as a
         BrokerError.
         """
-        if key is not None and not isinstance(key, bytes) and (
-            self.key_tokenizer is not None or self.producer.config.get("key_serializer") is None
+        if (
+            key is not None
+            and not isinstance(key, bytes)
+            and (
+                self.key_tokenizer is not None or self.producer.config.get("key_serializer") is None
+            )
         ):
             raise ConfigurationError(f"key must be bytes or None, not {type(key).__name__}")
         clear_key, sealed_headers = tokenize_key(
@@ -203,7 +207,11 @@ class SealedKafkaProducer:
             before = self.sealer.pending
             try:
                 ready = self.sealer.add(
-                    topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
+                    topic,
+                    value,
+                    headers=sealed_headers,
+                    content_type=content_type,
+                    ttl=ttl,
                     context=context,
                 )
             except Exception:
@@ -278,9 +286,13 @@ class SealedKafkaProducer:
                         self._started = None
 
     def _fail_waiting(self, exc: BaseException) -> None:
-        error = exc if isinstance(exc, BrokerError) else BrokerError(
-            f"the open batch could not be sealed: {exc!r}",
-            retryable=bool(getattr(exc, "retryable", False)),
+        error = (
+            exc
+            if isinstance(exc, BrokerError)
+            else BrokerError(
+                f"the open batch could not be sealed: {exc!r}",
+                retryable=bool(getattr(exc, "retryable", False)),
+            )
         )
         if error is not exc:
             error.__cause__ = exc
@@ -308,15 +320,20 @@ class SealedKafkaProducer:
             try:
                 self._send_sealed(sealed.topic, sealed.envelope, context)
             except Exception as exc:
-                failed = exc if isinstance(exc, BrokerError) else broker_error(
-                    f"sending to {sealed.topic!r}", exc
+                failed = (
+                    exc
+                    if isinstance(exc, BrokerError)
+                    else broker_error(f"sending to {sealed.topic!r}", exc)
                 )
                 context.future.failure(failed)
 
     def _send_sealed(self, topic: str, data: bytes, context: _Context) -> None:
         with translate_errors(f"sending to {topic!r}"):
             sent = self.producer.send(
-                topic, data, key=context.key, partition=context.partition,
+                topic,
+                data,
+                key=context.key,
+                partition=context.partition,
                 timestamp_ms=context.timestamp_ms,
             )
         context.future.follow(sent)
@@ -551,9 +568,9 @@ class SealedKafkaConsumer:
         headers = [*(record.headers or []), *((k, v.encode()) for k, v in extra.items())]
         value = record.value if record.value is not None else b""
         with translate_errors(f"dead-lettering to {topic!r}"):
-            self.dead_letter_producer.send(
-                topic, value, key=record.key, headers=headers
-            ).get(timeout=self.dead_letter_timeout)
+            self.dead_letter_producer.send(topic, value, key=record.key, headers=headers).get(
+                timeout=self.dead_letter_timeout
+            )
         self.opener.metrics.dead_lettered(record.topic, exc.reason.value)
 
 

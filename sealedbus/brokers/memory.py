@@ -102,8 +102,17 @@ class MemoryBus:
                     off = g.retry.popleft()
                     g.in_flight.add(off)
                     r = log[off]
-                    out.append(Record(r.topic, r.offset, r.value, r.key, r.headers, r.timestamp,
-                                      redelivered=True))
+                    out.append(
+                        Record(
+                            r.topic,
+                            r.offset,
+                            r.value,
+                            r.key,
+                            r.headers,
+                            r.timestamp,
+                            redelivered=True,
+                        )
+                    )
                 while g.next_offset < len(log) and len(out) < max_records:
                     g.in_flight.add(g.next_offset)
                     out.append(log[g.next_offset])
@@ -202,7 +211,11 @@ class MemoryProducer:
             )
             return self.bus.publish(topic, data, key=clear_key)
         ready = self.sealer.add(
-            topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl,
+            topic,
+            value,
+            headers=sealed_headers,
+            content_type=content_type,
+            ttl=ttl,
             context=clear_key,
         )
         return self._publish(ready)

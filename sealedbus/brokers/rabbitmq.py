@@ -203,7 +203,11 @@ class SealedChannel:
                 self.channel.basic_publish(exchange, routing_key, data, props, mandatory)
             return
         ready = self.sealer.add(
-            topic, body, headers=headers, content_type=content_type, ttl=ttl,
+            topic,
+            body,
+            headers=headers,
+            content_type=content_type,
+            ttl=ttl,
             context=_Publish(exchange, routing_key, props, mandatory),
         )
         if not ready:
@@ -260,7 +264,7 @@ class SealedChannel:
                         to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
                     )
             except BrokerError as exc:
-                self._unsent = todo[i:] if exc.retryable else todo[i + 1:]
+                self._unsent = todo[i:] if exc.retryable else todo[i + 1 :]
                 raise BatchNotPublished(
                     f"{exc}; {len(todo) - i} message(s) of the batch not published "
                     f"({len(self._unsent)} kept for the next publish or flush)",
@@ -286,7 +290,9 @@ class SealedChannel:
         opener = self._require_opener()
         with translate_errors(f"consuming {queue!r}"):
             deliveries = self.channel.consume(
-                queue, auto_ack=auto_ack, exclusive=exclusive,
+                queue,
+                auto_ack=auto_ack,
+                exclusive=exclusive,
                 arguments=dict(arguments) if arguments else None,
                 inactivity_timeout=inactivity_timeout,
             )
@@ -338,10 +344,16 @@ class SealedChannel:
                 raise
 
         with translate_errors(f"consuming {queue!r}"):
-            return str(self.channel.basic_consume(
-                queue, deliver, auto_ack=auto_ack, exclusive=exclusive,
-                consumer_tag=consumer_tag, arguments=dict(arguments) if arguments else None,
-            ))
+            return str(
+                self.channel.basic_consume(
+                    queue,
+                    deliver,
+                    auto_ack=auto_ack,
+                    exclusive=exclusive,
+                    consumer_tag=consumer_tag,
+                    arguments=dict(arguments) if arguments else None,
+                )
+            )
 
     def basic_cancel(self, consumer_tag: str) -> None:
         with translate_errors("basic_cancel"):
@@ -452,7 +464,12 @@ class SealedChannel:
         return message
 
     def _dead_letter(
-        self, topic: str, method: Any, properties: Any, body: bytes, exc: InvalidEnvelope,
+        self,
+        topic: str,
+        method: Any,
+        properties: Any,
+        body: bytes,
+        exc: InvalidEnvelope,
         auto_ack: bool,
     ) -> None:
         props = copy.copy(properties) if properties is not None else pika.BasicProperties()

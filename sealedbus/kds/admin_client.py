@@ -23,26 +23,48 @@ class AdminClient:
         return self._http.call(method, path, json, headers={auth.TOTP_CODE: self._totp()})
 
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
-        doc = self._call("POST", "/v1/admin/tokens",
-                         {"member": member, "roles": roles or [], "ttl_seconds": ttl})
+        doc = self._call(
+            "POST", "/v1/admin/tokens", {"member": member, "roles": roles or [], "ttl_seconds": ttl}
+        )
         return str(doc["token"])
 
     def create_topic(
-        self, name: str, *, producers: Sequence[str] = (), consumers: Sequence[str] = (),
-        rotation: int = 3600, retention: int = 7 * 86_400, suite: str = "x25519",
+        self,
+        name: str,
+        *,
+        producers: Sequence[str] = (),
+        consumers: Sequence[str] = (),
+        rotation: int = 3600,
+        retention: int = 7 * 86_400,
+        suite: str = "x25519",
         history: bool = False,
     ) -> dict[str, Any]:
-        return dict(self._call("POST", "/v1/admin/topics", {
-            "name": name, "producers": list(producers), "consumers": list(consumers),
-            "rotation_seconds": rotation, "retention_seconds": retention, "suite": suite,
-            "history": history}))
+        return dict(
+            self._call(
+                "POST",
+                "/v1/admin/topics",
+                {
+                    "name": name,
+                    "producers": list(producers),
+                    "consumers": list(consumers),
+                    "rotation_seconds": rotation,
+                    "retention_seconds": retention,
+                    "suite": suite,
+                    "history": history,
+                },
+            )
+        )
 
     def set_policy(
-        self, name: str, *, producers: list[str] | None = None,
+        self,
+        name: str,
+        *,
+        producers: list[str] | None = None,
         consumers: list[str] | None = None,
     ) -> dict[str, Any]:
-        body = {k: v for k, v in (("producers", producers), ("consumers", consumers))
-                if v is not None}
+        body = {
+            k: v for k, v in (("producers", producers), ("consumers", consumers)) if v is not None
+        }
         return dict(self._call("PATCH", f"/v1/admin/topics/{name}", body))
 
     def topics(self) -> list[dict[str, Any]]:

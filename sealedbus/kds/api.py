@@ -166,10 +166,15 @@ def _enc(data: bytes) -> str:
 
 
 def _topic_out(p: TopicPolicy) -> TopicIn:
-    return TopicIn(name=p.name, producers=sorted(p.producers), consumers=sorted(p.consumers),
-                   rotation_seconds=p.rotation_ms // 1000, retention_seconds=p.retention_ms // 1000,
-                   suite="x25519" if p.suite is Suite.X25519 else "x25519-mlkem768",
-                   history=p.history)
+    return TopicIn(
+        name=p.name,
+        producers=sorted(p.producers),
+        consumers=sorted(p.consumers),
+        rotation_seconds=p.rotation_ms // 1000,
+        retention_seconds=p.retention_ms // 1000,
+        suite="x25519" if p.suite is Suite.X25519 else "x25519-mlkem768",
+        history=p.history,
+    )
 
 
 class Metrics:
@@ -178,21 +183,32 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("sealedbus_kds_requests_total", "HTTP requests",
-                                ["route", "status"], registry=r)
-        self.latency = Histogram("sealedbus_kds_request_seconds", "HTTP request latency",
-                                 ["route"], registry=r)
-        self.refusals = Counter("sealedbus_kds_refusals_total", "Refused requests by code",
-                                ["code"], registry=r)
+        self.requests = Counter(
+            "sealedbus_kds_requests_total", "HTTP requests", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "sealedbus_kds_request_seconds", "HTTP request latency", ["route"], registry=r
+        )
+        self.refusals = Counter(
+            "sealedbus_kds_refusals_total", "Refused requests by code", ["code"], registry=r
+        )
         self.grants = Counter("sealedbus_kds_grants_total", "Epoch key grants issued", registry=r)
-        self.enrollments = Counter("sealedbus_kds_enrollments_total", "Members enrolled",
-                                   registry=r)
-        self.published = Counter("sealedbus_kds_epochs_published_total",
-                                 "Epochs published by the scheduler", registry=r)
-        self.destroyed = Counter("sealedbus_kds_epochs_destroyed_total",
-                                 "Epoch private keys destroyed after retention", registry=r)
-        self.leader = Gauge("sealedbus_kds_scheduler_leader",
-                            "1 while this replica runs the rotation scheduler", registry=r)
+        self.enrollments = Counter(
+            "sealedbus_kds_enrollments_total", "Members enrolled", registry=r
+        )
+        self.published = Counter(
+            "sealedbus_kds_epochs_published_total", "Epochs published by the scheduler", registry=r
+        )
+        self.destroyed = Counter(
+            "sealedbus_kds_epochs_destroyed_total",
+            "Epoch private keys destroyed after retention",
+            registry=r,
+        )
+        self.leader = Gauge(
+            "sealedbus_kds_scheduler_leader",
+            "1 while this replica runs the rotation scheduler",
+            registry=r,
+        )
 
 
 class BodyLimit:
@@ -236,9 +252,16 @@ class BodyLimit:
 
 async def _too_large(send: Send) -> None:
     body = b'{"error":"too_large","reason":"request body exceeds the limit"}'
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -278,8 +301,13 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     nonce, signature = h.get(auth.NONCE, ""), h.get(auth.SIGNATURE, "")
     if not (principal and stamp and nonce and signature):
         raise ServiceError(401, "unauthenticated", "request signature headers are missing")
-    if len(principal) > 128 or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 16 \
-            or len(nonce) != 32 or len(signature) != 88:
+    if (
+        len(principal) > 128
+        or not (stamp.isascii() and stamp.isdigit())
+        or len(stamp) > 16
+        or len(nonce) != 32
+        or len(signature) != 88
+    ):
         raise ServiceError(401, "unauthenticated", "request signature headers are malformed")
     now = service.now_ms()
     if abs(now - int(stamp)) > auth.MAX_SKEW_MS:
@@ -301,15 +329,16 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     try:
         if key is None:
             raise InvalidSignature
-        key.verify(_b64(signature, "signature"),
-                   auth.request_message(request.method, target, int(stamp), nonce, body))
+        key.verify(
+            _b64(signature, "signature"),
+            auth.request_message(request.method, target, int(stamp), nonce, body),
+        )
     except (InvalidSignature, ServiceError):
         raise ServiceError(401, "bad_signature", "request signature does not verify") from None
     if revoked:
         raise ServiceError(403, "member_revoked", f"member {principal!r} is revoked")
     kind = "admin" if admin else "member"
-    if not service.remember_nonce(f"{kind}:{principal}", nonce,
-                                  int(stamp) + 2 * auth.MAX_SKEW_MS):
+    if not service.remember_nonce(f"{kind}:{principal}", nonce, int(stamp) + 2 * auth.MAX_SKEW_MS):
         raise ServiceError(401, "replayed_request", "this request was seen before")
     if admin:
         service.check_totp(principal, totp_secret, h.get(auth.TOTP_CODE, ""))
@@ -351,9 +380,18 @@ def create_app(
             if on_shutdown:
                 on_shutdown()
 
-    app = FastAPI(title="sealedbus key distribution service", version="1", lifespan=lifespan,
-                  responses={400: {"model": Error}, 401: {"model": Error}, 403: {"model": Error},
-                             404: {"model": Error}, 413: {"model": Error}})
+    app = FastAPI(
+        title="sealedbus key distribution service",
+        version="1",
+        lifespan=lifespan,
+        responses={
+            400: {"model": Error},
+            401: {"model": Error},
+            403: {"model": Error},
+            404: {"model": Error},
+            413: {"model": Error},
+        },
+    )
     app.state.metrics = m
     app.state.service = service
 
@@ -370,27 +408,31 @@ def create_app(
             raise exc
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
-            for e in exc.errors()[:5])
+            for e in exc.errors()[:5]
+        )
         m.refusals.labels("invalid_request").inc()
         return JSONResponse({"error": "invalid_request", "reason": problems}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error: %s", type(exc).__name__)  # no trace, no values: may be secret
-        return JSONResponse({"error": "internal_error", "reason": "internal error"},
-                            status_code=500)
+        return JSONResponse(
+            {"error": "internal_error", "reason": "internal error"}, status_code=500
+        )
 
     @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                    ) -> Response:
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         start = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception as exc:  # answered here: Starlette's outer handler would re-raise it,
             # and the server would log a traceback that may hold values (keys, tokens)
             log.error("internal error: %s", type(exc).__name__)
-            response = JSONResponse({"error": "internal_error", "reason": "internal error"},
-                                    status_code=500)
+            response = JSONResponse(
+                {"error": "internal_error", "reason": "internal error"}, status_code=500
+            )
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
         m.requests.labels(name, str(response.status_code)).inc()
@@ -401,8 +443,9 @@ def create_app(
     def healthz() -> Health:
         return Health(status="ok", replica=service.replica, leader=is_leader())
 
-    @app.get("/readyz", response_model=Health, tags=["operations"],
-             responses={503: {"model": Error}})
+    @app.get(
+        "/readyz", response_model=Health, tags=["operations"], responses={503: {"model": Error}}
+    )
     def readyz() -> Health:
         try:
             service.store.ping()
@@ -420,17 +463,26 @@ def create_app(
         public = service.root_public.public_bytes_raw()
         return Root(public_key=_enc(public), fingerprint=fingerprint(public))
 
-    @app.post("/v1/enroll", response_model=CertificateOut, tags=["members"],
-              responses={429: {"model": Error}})
+    @app.post(
+        "/v1/enroll",
+        response_model=CertificateOut,
+        tags=["members"],
+        responses={429: {"model": Error}},
+    )
     def enroll(body: EnrollRequest, request: Request) -> CertificateOut:
         if not limiter.allow(request.client.host if request.client else "?"):
             raise ServiceError(429, "rate_limited", "too many enrollment attempts; retry later")
         try:
             cert = service.enroll(
-                _b64(body.token_key, "token_key"), body.member,
-                _b64(body.identity_public, "identity_public"), Suite.parse(body.receive_suite),
-                _b64(body.receive_public, "receive_public"), body.timestamp_ms,
-                _b64(body.token_proof, "token_proof"), _b64(body.proof, "proof"))
+                _b64(body.token_key, "token_key"),
+                body.member,
+                _b64(body.identity_public, "identity_public"),
+                Suite.parse(body.receive_suite),
+                _b64(body.receive_public, "receive_public"),
+                body.timestamp_ms,
+                _b64(body.token_proof, "token_proof"),
+                _b64(body.proof, "proof"),
+            )
         except ServiceError as exc:
             service.record(f"member:{body.member}", "enrollment.refused", code=exc.code)
             raise
@@ -456,15 +508,21 @@ def create_app(
 
     @app.get("/v1/topics/{topic}/sealing-epoch", response_model=SealingEpochOut, tags=["members"])
     def sealing_epoch(
-        topic: TopicName, who: Member,
+        topic: TopicName,
+        who: Member,
         nonce: Annotated[str, Query(pattern=r"^([0-9a-f]{32})?$")] = "",
     ) -> SealingEpochOut:
         current, ahead, answer = service.sealing_epoch(who, topic, bytes.fromhex(nonce))
-        return SealingEpochOut(description=_enc(current), next=_enc(ahead) if ahead else None,
-                               answer=_enc(answer))
+        return SealingEpochOut(
+            description=_enc(current), next=_enc(ahead) if ahead else None, answer=_enc(answer)
+        )
 
-    @app.get("/v1/topics/{topic}/epochs/{epoch}/grant", response_model=GrantOut, tags=["members"],
-             responses={410: {"model": Error}})
+    @app.get(
+        "/v1/topics/{topic}/epochs/{epoch}/grant",
+        response_model=GrantOut,
+        tags=["members"],
+        responses={410: {"model": Error}},
+    )
     def grant(
         topic: TopicName, epoch: Annotated[int, Path(ge=0, le=0xFFFFFFFF)], who: Member
     ) -> GrantOut:
@@ -485,15 +543,24 @@ def create_app(
     def list_topics(who: Admin) -> list[TopicIn]:
         return [_topic_out(p) for p in service.topics()]
 
-    @app.post("/v1/admin/topics", response_model=TopicIn, status_code=201, tags=["admin"],
-              responses={409: {"model": Error}})
+    @app.post(
+        "/v1/admin/topics",
+        response_model=TopicIn,
+        status_code=201,
+        tags=["admin"],
+        responses={409: {"model": Error}},
+    )
     def create_topic(body: TopicIn, who: Admin) -> TopicIn:
         try:
             policy = TopicPolicy(
-                name=body.name, producers=frozenset(body.producers),
-                consumers=frozenset(body.consumers), rotation_ms=body.rotation_seconds * 1000,
-                retention_ms=body.retention_seconds * 1000, suite=Suite.parse(body.suite),
-                history=body.history)
+                name=body.name,
+                producers=frozenset(body.producers),
+                consumers=frozenset(body.consumers),
+                rotation_ms=body.rotation_seconds * 1000,
+                retention_ms=body.retention_seconds * 1000,
+                suite=Suite.parse(body.suite),
+                history=body.history,
+            )
         except ValueError as exc:
             raise ServiceError(422, "invalid_policy", str(exc)) from None
         service.create_topic(who, policy)
@@ -514,12 +581,23 @@ def create_app(
 
     @app.get("/v1/admin/topics/{topic}/epochs", response_model=list[EpochOut], tags=["admin"])
     def list_epochs(topic: TopicName, who: Admin) -> list[EpochOut]:
-        return [EpochOut(epoch=e.epoch, not_before_ms=e.not_before_ms,
-                         not_after_ms=e.not_after_ms, destroy_after_ms=e.destroy_after_ms,
-                         destroyed=e.destroyed) for e in service.epochs(topic)]
+        return [
+            EpochOut(
+                epoch=e.epoch,
+                not_before_ms=e.not_before_ms,
+                not_after_ms=e.not_after_ms,
+                destroy_after_ms=e.destroy_after_ms,
+                destroyed=e.destroyed,
+            )
+            for e in service.epochs(topic)
+        ]
 
-    @app.post("/v1/admin/members/{member}/revoke", status_code=204, tags=["admin"],
-              response_class=Response)
+    @app.post(
+        "/v1/admin/members/{member}/revoke",
+        status_code=204,
+        tags=["admin"],
+        response_class=Response,
+    )
     def revoke(member: MemberName, who: Admin) -> Response:
         service.revoke(who, member)
         return Response(status_code=204)
@@ -527,9 +605,12 @@ def create_app(
     @app.get("/v1/admin/audit", response_model=AuditOut, tags=["admin"])
     def verify_audit(who: Admin) -> AuditOut:
         report = service.verify_audit()
-        return AuditOut(entries=report.entries, checkpoints=report.checkpoints, ok=report.ok,
-                        problem=report.problem)
+        return AuditOut(
+            entries=report.entries,
+            checkpoints=report.checkpoints,
+            ok=report.ok,
+            problem=report.problem,
+        )
 
     app.add_middleware(BodyLimit, limit=max_body)
     return app
-

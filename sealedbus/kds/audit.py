@@ -44,7 +44,11 @@ def head_message(seq: int, digest: bytes) -> bytes:
 
 
 def append(
-    conn: Connection, root: Ed25519PrivateKey, at_ms: int, actor: str, action: str,
+    conn: Connection,
+    root: Ed25519PrivateKey,
+    at_ms: int,
+    actor: str,
+    action: str,
     **detail: Any,
 ) -> None:
     """Add an entry inside the caller's write transaction (which holds the audit head lock)."""
@@ -52,23 +56,37 @@ def append(
     seq = head.seq + 1
     text = json.dumps(detail, sort_keys=True, separators=(",", ":"))
     digest = entry_hash(head.hash, seq, at_ms, actor, action, text)
-    conn.execute(insert(audit).values(
-        seq=seq, at_ms=at_ms, actor=actor, action=action, detail=text, hash=digest))
+    conn.execute(
+        insert(audit).values(
+            seq=seq, at_ms=at_ms, actor=actor, action=action, detail=text, hash=digest
+        )
+    )
     conn.execute(update(heads).where(heads.c.name == "audit").values(seq=seq, hash=digest))
     signed = {"seq": seq, "hash": digest, "signature": root.sign(head_message(seq, digest))}
-    if conn.execute(update(audit_head).where(audit_head.c.name == "audit").values(**signed))\
-            .rowcount == 0:
+    if (
+        conn.execute(
+            update(audit_head).where(audit_head.c.name == "audit").values(**signed)
+        ).rowcount
+        == 0
+    ):
         conn.execute(insert(audit_head).values(name="audit", **signed))
     if seq % CHECKPOINT_EVERY == 0:
         checkpoint(conn, root, seq, digest)
 
 
 def checkpoint(conn: Connection, root: Ed25519PrivateKey, seq: int, digest: bytes) -> None:
-    if seq and conn.execute(
-        select(audit_checkpoints.c.seq).where(audit_checkpoints.c.seq == seq)
-    ).first() is None:
-        conn.execute(insert(audit_checkpoints).values(
-            seq=seq, hash=digest, signature=root.sign(checkpoint_message(seq, digest))))
+    if (
+        seq
+        and conn.execute(
+            select(audit_checkpoints.c.seq).where(audit_checkpoints.c.seq == seq)
+        ).first()
+        is None
+    ):
+        conn.execute(
+            insert(audit_checkpoints).values(
+                seq=seq, hash=digest, signature=root.sign(checkpoint_message(seq, digest))
+            )
+        )
 
 
 @dataclass(frozen=True)

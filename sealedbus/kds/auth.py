@@ -45,8 +45,13 @@ def request_message(
 
 
 def sign_request(
-    key: Ed25519PrivateKey, principal: str, method: str, target: bytes, body: bytes,
-    now_ms: int, nonce: bytes,
+    key: Ed25519PrivateKey,
+    principal: str,
+    method: str,
+    target: bytes,
+    body: bytes,
+    now_ms: int,
+    nonce: bytes,
 ) -> dict[str, str]:
     """The authentication headers for one request; ``nonce`` is 16 fresh random bytes."""
     nonce_text = nonce.hex()
@@ -71,7 +76,11 @@ def token_key(token: str) -> Ed25519PrivateKey:
 
 
 def enrollment_message(
-    token_public: bytes, member: str, identity_public: bytes, suite: int, receive_public: bytes,
+    token_public: bytes,
+    member: str,
+    identity_public: bytes,
+    suite: int,
+    receive_public: bytes,
     timestamp_ms: int,
 ) -> bytes:
     """What an enrollment request signs, twice: with the token's key (``token_key``), which

@@ -110,31 +110,54 @@ def register(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8443)
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path,
-                       help="require client certificates issued by this CA (mutual TLS)")
-    serve.add_argument("--insecure-http", action="store_true",
-                       help="plain HTTP on a loopback address, for development only")
-    serve.add_argument("--replica", default=f"{socket.gethostname()}-{os.getpid()}",
-                       help="this replica's name in the scheduler lease and audit log")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates issued by this CA (mutual TLS)",
+    )
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="plain HTTP on a loopback address, for development only",
+    )
+    serve.add_argument(
+        "--replica",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="this replica's name in the scheduler lease and audit log",
+    )
     serve.add_argument("--scheduler-interval", type=float, default=1.0, metavar="SECONDS")
-    serve.add_argument("--lease", type=float, default=10.0, metavar="SECONDS",
-                       help="scheduler lease: a dead leader is replaced after this long")
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="scheduler lease: a dead leader is replaced after this long",
+    )
     serve.add_argument("--certificate-lifetime", type=float, default=3600.0, metavar="SECONDS")
     serve.add_argument("--enroll-per-minute", type=int, default=10)
     _command(serve, _serve)
 
     rewrap = kds_sub.add_parser(
-        "rotate-master-key", help="add a new master key and re-wrap every stored key under it")
+        "rotate-master-key", help="add a new master key and re-wrap every stored key under it"
+    )
     _data_options(rewrap)
-    rewrap.add_argument("--retire", action="store_true",
-                        help="instead: drop older master keys from the keyring file, refusing "
-                             "while any stored value still uses one")
+    rewrap.add_argument(
+        "--retire",
+        action="store_true",
+        help="instead: drop older master keys from the keyring file, refusing "
+        "while any stored value still uses one",
+    )
     _command(rewrap, _rotate_master)
 
     show_fingerprint = kds_sub.add_parser(
-        "fingerprint", help="print the root key's fingerprint (what clients pin), nothing secret")
-    show_fingerprint.add_argument("--data-dir", type=Path, default=Path("."),
-                                  help="where the key files live (default: the current directory)")
+        "fingerprint", help="print the root key's fingerprint (what clients pin), nothing secret"
+    )
+    show_fingerprint.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("."),
+        help="where the key files live (default: the current directory)",
+    )
     _command(show_fingerprint, _fingerprint)
 
     admin = sub.add_parser("admin", help="administer a KDS (needs the admin key and a TOTP code)")
@@ -159,8 +182,11 @@ def register(sub: Any) -> None:
     create.add_argument("--rotation", type=int, default=3600, metavar="SECONDS")
     create.add_argument("--retention", type=int, default=7 * 86_400, metavar="SECONDS")
     create.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
-    create.add_argument("--history", action="store_true",
-                        help="new consumers may read epochs from before they were added")
+    create.add_argument(
+        "--history",
+        action="store_true",
+        help="new consumers may read epochs from before they were added",
+    )
     _command(create, _admin, action="topic-create")
     change = topic_sub.add_parser("set", help="replace who may produce or consume")
     change.add_argument("name")
@@ -194,16 +220,26 @@ def register(sub: Any) -> None:
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path("."),
-                        help="where the key files live (default: the current directory)")
-    parser.add_argument("--db", default=os.environ.get(DB_ENV),
-                        help=f"database URL (default ${DB_ENV}, else sqlite in --data-dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("."),
+        help="where the key files live (default: the current directory)",
+    )
+    parser.add_argument(
+        "--db",
+        default=os.environ.get(DB_ENV),
+        help=f"database URL (default ${DB_ENV}, else sqlite in --data-dir)",
+    )
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get(URL_ENV), help=f"KDS URL (${URL_ENV})")
-    parser.add_argument("--root-fingerprint", default=os.environ.get(FINGERPRINT_ENV),
-                        help=f"pinned KDS root key fingerprint (${FINGERPRINT_ENV})")
+    parser.add_argument(
+        "--root-fingerprint",
+        default=os.environ.get(FINGERPRINT_ENV),
+        help=f"pinned KDS root key fingerprint (${FINGERPRINT_ENV})",
+    )
     parser.add_argument("--ca", type=Path, help="CA bundle to verify the KDS TLS certificate")
     parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
     parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
@@ -217,8 +253,11 @@ def _http_options(args: argparse.Namespace) -> dict[str, Any]:
     """The KDS connection options; checks the URL and the TLS files before anything is done."""
     if not args.url:
         raise _usage(f"--url or ${URL_ENV} is required")
-    for flag, path in (("--ca", args.ca), ("--client-cert", args.client_cert),
-                       ("--client-key", args.client_key)):
+    for flag, path in (
+        ("--ca", args.ca),
+        ("--client-cert", args.client_cert),
+        ("--client-key", args.client_key),
+    ):
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise _usage(f"{flag} {path}: not a readable file")
     options: dict[str, Any] = {"verify": str(args.ca) if args.ca else True}
@@ -239,8 +278,10 @@ def _init(args: argparse.Namespace) -> int:
 
     data: Path = args.data_dir
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths = [data / n for n in (secrets.ROOT_KEY_FILE, secrets.MASTER_KEYS_FILE, "admin.key",
-                                "admin.totp")]
+    paths = [
+        data / n
+        for n in (secrets.ROOT_KEY_FILE, secrets.MASTER_KEYS_FILE, "admin.key", "admin.totp")
+    ]
     if any(p.exists() for p in paths):
         raise CommandError(f"{data} already holds KDS key files; refusing to overwrite them")
     store = Store(_db_url(args))
@@ -260,7 +301,8 @@ def _init(args: argparse.Namespace) -> int:
     totp_secret = os.urandom(20)
     secrets.write_secret(paths[3], auth.totp_uri(totp_secret, args.admin).encode() + b"\n")
     KeyDistributionService(store, root, master).add_admin(
-        args.admin, admin.identity_public, totp_secret)
+        args.admin, admin.identity_public, totp_secret
+    )
     store.dispose()
     public = root.public_key().public_bytes_raw()
     print(f"root key fingerprint: {fingerprint(public)}")
@@ -289,8 +331,9 @@ def _open_service(args: argparse.Namespace, replica: str) -> Any:
     store = Store(_db_url(args))
     store.create_schema()
     lifetime = int(getattr(args, "certificate_lifetime", 3600.0) * 1000)
-    return KeyDistributionService(store, root, master, replica=replica,
-                                  certificate_lifetime_ms=lifetime)
+    return KeyDistributionService(
+        store, root, master, replica=replica, certificate_lifetime_ms=lifetime
+    )
 
 
 @_reports_errors("sealedbus kds serve")
@@ -313,20 +356,29 @@ def _serve(args: argparse.Namespace) -> int:
         raise _usage(f"--insecure-http only binds loopback addresses, not {args.host}")
     service = _open_service(args, args.replica)
     metrics = Metrics()
-    scheduler = Scheduler(service, interval=args.scheduler_interval, lease_seconds=args.lease,
-                          metrics=metrics)
-    app = create_app(service, metrics=metrics, enroll_per_minute=args.enroll_per_minute,
-                     on_startup=scheduler.start, on_shutdown=scheduler.stop,
-                     is_leader=lambda: scheduler.leader)
+    scheduler = Scheduler(
+        service, interval=args.scheduler_interval, lease_seconds=args.lease, metrics=metrics
+    )
+    app = create_app(
+        service,
+        metrics=metrics,
+        enroll_per_minute=args.enroll_per_minute,
+        on_startup=scheduler.start,
+        on_shutdown=scheduler.stop,
+        is_leader=lambda: scheduler.leader,
+    )
     options: dict[str, Any] = {}
     if tls:
         options.update(ssl_certfile=str(args.tls_cert), ssl_keyfile=str(args.tls_key))
         if args.tls_client_ca:
             options.update(ssl_ca_certs=str(args.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     else:
-        banner = ("!" * 78 + "\n!! INSECURE: the KDS serves plain HTTP. Development on loopback "
-                  "only; never\n!! expose it. Use --tls-cert/--tls-key in any real deployment.\n"
-                  + "!" * 78)
+        banner = (
+            "!" * 78 + "\n!! INSECURE: the KDS serves plain HTTP. Development on loopback "
+            "only; never\n!! expose it. Use --tls-cert/--tls-key in any real deployment.\n"
+            + "!"
+            * 78
+        )
         print(banner, file=sys.stderr, flush=True)
         logging.getLogger("sealedbus.kds").warning("serving plain HTTP (--insecure-http)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", **options)
@@ -348,17 +400,21 @@ def _rotate_master(args: argparse.Namespace) -> int:
 
     path = args.data_dir / secrets.MASTER_KEYS_FILE
     if os.environ.get(secrets.MASTER_KEYS_ENV):
-        raise CommandError(f"unset ${secrets.MASTER_KEYS_ENV} and rotate the file, or rotate the "
-                           "secret in your secret store and restart replicas one by one")
+        raise CommandError(
+            f"unset ${secrets.MASTER_KEYS_ENV} and rotate the file, or rotate the "
+            "secret in your secret store and restart replicas one by one"
+        )
     service = _open_service(args, f"{socket.gethostname()}-rotate-master-key")
     if args.retire:
         return _retire_master(service, path)
     service.master = service.master.with_new_key()
     secrets.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow it
     count = service.rewrap()
-    print(f"master key {service.master.current} is current; re-wrapped {count} values. Running "
-          "replicas adopt it at their next write; once they all have (say, a minute from now), "
-          "run `sealedbus kds rotate-master-key --retire` to drop the older keys")
+    print(
+        f"master key {service.master.current} is current; re-wrapped {count} values. Running "
+        "replicas adopt it at their next write; once they all have (say, a minute from now), "
+        "run `sealedbus kds rotate-master-key --retire` to drop the older keys"
+    )
     return 0
 
 
@@ -370,9 +426,11 @@ def _retire_master(service: Any, path: Path) -> int:
     old = service.master.key_ids - {service.master.current}
     in_use = sorted(old & service.master_keys_in_use())
     if in_use:
-        raise CommandError(f"master keys {in_use} still wrap stored values; run "
-                           "`sealedbus kds rotate-master-key` again (it re-wraps everything), "
-                           "then retire")
+        raise CommandError(
+            f"master keys {in_use} still wrap stored values; run "
+            "`sealedbus kds rotate-master-key` again (it re-wraps everything), "
+            "then retire"
+        )
     secrets.write_secret(path, service.master.without(old).to_bytes(), overwrite=True)
     print(f"retired master keys {sorted(old) or 'none'}; {service.master.current} is current")
     return 0
@@ -417,8 +475,11 @@ def _admin(args: argparse.Namespace) -> int:
     options = _http_options(args)
     if args.action == "token":  # before the KDS issues a token that could not be saved
         _new_secret_path(args.out, "--out")
-    admin = _load_identity(args.key, "`sealedbus kds init` writes the first admin's key to "
-                                     "admin.key in its --data-dir; pass it with --key")
+    admin = _load_identity(
+        args.key,
+        "`sealedbus kds init` writes the first admin's key to "
+        "admin.key in its --data-dir; pass it with --key",
+    )
     code = _totp_code(args)
     client = AdminClient(args.url, admin, lambda: code, **options)
     out: Any = None
@@ -431,19 +492,27 @@ def _admin(args: argparse.Namespace) -> int:
                 raise CommandError(
                     f"the KDS issued a token for {args.member}, but it could not be saved "
                     f"({_describe(exc)}); it is lost and expires unused in {args.ttl} s: "
-                    "issue another") from None
-            print(f"wrote a one-time token for {args.member} to {args.out} "
-                  f"(expires in {args.ttl} s)")
+                    "issue another"
+                ) from None
+            print(
+                f"wrote a one-time token for {args.member} to {args.out} (expires in {args.ttl} s)"
+            )
         elif args.action == "topic-create":
             out = client.create_topic(
-                args.name, producers=_names(args.producers), consumers=_names(args.consumers),
-                rotation=args.rotation, retention=args.retention, suite=args.suite,
-                history=args.history)
+                args.name,
+                producers=_names(args.producers),
+                consumers=_names(args.consumers),
+                rotation=args.rotation,
+                retention=args.retention,
+                suite=args.suite,
+                history=args.history,
+            )
         elif args.action == "topic-set":
             out = client.set_policy(
                 args.name,
                 producers=None if args.producers is None else _names(args.producers),
-                consumers=None if args.consumers is None else _names(args.consumers))
+                consumers=None if args.consumers is None else _names(args.consumers),
+            )
         elif args.action == "topics":
             out = client.topics()
         elif args.action == "topic-show":
@@ -486,15 +555,19 @@ def _enroll(args: argparse.Namespace) -> int:
     if not args.root_fingerprint:
         raise _usage(f"--root-fingerprint or ${FINGERPRINT_ENV} is required")
     if not _FINGERPRINT.fullmatch(args.root_fingerprint):
-        raise _usage("--root-fingerprint: expected sha256: and 64 lowercase hex digits, as "
-                     "`sealedbus kds init` and `sealedbus kds fingerprint` print it")
+        raise _usage(
+            "--root-fingerprint: expected sha256: and 64 lowercase hex digits, as "
+            "`sealedbus kds init` and `sealedbus kds fingerprint` print it"
+        )
     token = _read_token(args.token_file)
     key_out: Path = args.key_out
     pending = key_out.with_name(key_out.name + ".pending")
     _new_secret_path(key_out, "--key-out")
     if os.path.lexists(pending):
-        raise _usage(f"{pending} exists, left by an interrupted `sealedbus enroll`: if that "
-                     f"enrollment succeeded, rename it to {key_out}; else delete it")
+        raise _usage(
+            f"{pending} exists, left by an interrupted `sealedbus enroll`: if that "
+            f"enrollment succeeded, rename it to {key_out}; else delete it"
+        )
     identity = MemberIdentity.generate(args.name, os.urandom, Suite.parse(args.suite))
     write_secret(pending, identity.to_bytes())
     try:
@@ -507,8 +580,10 @@ def _enroll(args: argparse.Namespace) -> int:
         raise
     _publish(pending, key_out, cert.member)
     until = datetime.fromtimestamp(cert.not_after_ms / 1000, UTC).isoformat(timespec="seconds")
-    print(f"enrolled {cert.member}; key file {key_out} (0600); certificate valid until "
-          f"{until}; may produce {list(cert.produce)}, consume {list(cert.consume)}")
+    print(
+        f"enrolled {cert.member}; key file {key_out} (0600); certificate valid until "
+        f"{until}; may produce {list(cert.produce)}, consume {list(cert.consume)}"
+    )
     return 0
 
 
@@ -527,8 +602,9 @@ def _read_token(path: Path) -> str:
 
 def _publish(pending: Path, key_out: Path, member: str) -> None:
     """Move the enrolled key from ``pending`` to ``key_out``, never replacing a file."""
-    lost = CommandError(f"enrolled {member}, but {key_out} appeared meanwhile; the enrolled key "
-                        f"is in {pending}")
+    lost = CommandError(
+        f"enrolled {member}, but {key_out} appeared meanwhile; the enrolled key is in {pending}"
+    )
     try:
         os.link(pending, key_out)  # fails if key_out exists, unlike a rename
     except FileExistsError:

@@ -41,8 +41,7 @@ class Scheduler:
 
     def run_once(self) -> bool:
         """Renew or take the lease and, holding it, tick once. Returns whether we lead."""
-        leader = self.service.store.try_lease(self.holder, int(self._clock() * 1000),
-                                              self.lease_ms)
+        leader = self.service.store.try_lease(self.holder, int(self._clock() * 1000), self.lease_ms)
         if leader != self.leader:
             log.info("replica %s %s the scheduler", self.holder, "runs" if leader else "left")
             self.leader = leader

@@ -101,7 +101,10 @@ class MasterKeyring:
     """AES-256-GCM keys that wrap secrets at rest; ``current`` wraps, any of them unwraps."""
 
     def __init__(
-        self, current: str, keys: dict[str, bytes], source: Path | None = None,
+        self,
+        current: str,
+        keys: dict[str, bytes],
+        source: Path | None = None,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if current not in keys or not all(len(k) == 32 for k in keys.values()):

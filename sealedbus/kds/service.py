@@ -89,9 +89,13 @@ def _entries(member: str, roles: Iterable[str]) -> frozenset[str]:
 
 def _policy(row: Row[Any]) -> TopicPolicy:
     return TopicPolicy(
-        name=row.name, producers=frozenset(json.loads(row.producers)),
-        consumers=frozenset(json.loads(row.consumers)), rotation_ms=row.rotation_ms,
-        retention_ms=row.retention_ms, suite=Suite(row.suite), history=row.history,
+        name=row.name,
+        producers=frozenset(json.loads(row.producers)),
+        consumers=frozenset(json.loads(row.consumers)),
+        rotation_ms=row.rotation_ms,
+        retention_ms=row.retention_ms,
+        suite=Suite(row.suite),
+        history=row.history,
     )
 
 
@@ -133,11 +137,17 @@ class KeyDistributionService:
         wrapped = self.master.wrap(totp_secret, b"admin totp " + name.encode())
         with self.store.write() as conn:
             conn.execute(delete(admins).where(admins.c.name == name))
-            conn.execute(insert(admins).values(
-                name=name, identity_public=identity_public, totp_wrapped=wrapped,
-                key_id=self.master.key_id_of(wrapped)))
-            audit.append(conn, self.root, self.now_ms(), f"kds:{self.replica}", "admin.added",
-                         admin=name)
+            conn.execute(
+                insert(admins).values(
+                    name=name,
+                    identity_public=identity_public,
+                    totp_wrapped=wrapped,
+                    key_id=self.master.key_id_of(wrapped),
+                )
+            )
+            audit.append(
+                conn, self.root, self.now_ms(), f"kds:{self.replica}", "admin.added", admin=name
+            )
 
     def admin_credentials(self, name: str) -> tuple[Ed25519PublicKey, bytes] | None:
         with self.store.read() as conn:
@@ -159,49 +169,74 @@ class KeyDistributionService:
         with self.store.write() as conn:
             row = conn.execute(select(admin_totp).where(admin_totp.c.name == name)).first()
             if row is None:
-                conn.execute(insert(admin_totp).values(name=name, last_step=-1, failures=0,
-                                                       locked_until_ms=0))
-            last, failures, locked = (row.last_step, row.failures, row.locked_until_ms) \
-                if row is not None else (-1, 0, 0)
+                conn.execute(
+                    insert(admin_totp).values(
+                        name=name, last_step=-1, failures=0, locked_until_ms=0
+                    )
+                )
+            last, failures, locked = (
+                (row.last_step, row.failures, row.locked_until_ms)
+                if row is not None
+                else (-1, 0, 0)
+            )
             guard = update(admin_totp).where(admin_totp.c.name == name)
             if now < locked:
                 wait = -(-(locked - now) // 1000)
-                refusal = ServiceError(429, "totp_locked",
-                                       f"too many wrong TOTP codes; locked for {wait} s more")
+                refusal = ServiceError(
+                    429, "totp_locked", f"too many wrong TOTP codes; locked for {wait} s more"
+                )
             elif step is None:
                 failures += 1
                 if failures >= TOTP_MAX_FAILURES:
-                    locked = now + min(TOTP_MAX_LOCKOUT_MS,
-                                       TOTP_LOCKOUT_MS << (failures - TOTP_MAX_FAILURES))
+                    locked = now + min(
+                        TOTP_MAX_LOCKOUT_MS, TOTP_LOCKOUT_MS << (failures - TOTP_MAX_FAILURES)
+                    )
                 conn.execute(guard.values(failures=failures, locked_until_ms=locked))
                 refusal = ServiceError(401, "bad_totp", "second factor (TOTP) missing or wrong")
             elif step <= last:
-                refusal = ServiceError(401, "totp_reused",
-                                       "this TOTP code was used already; wait for the next one")
+                refusal = ServiceError(
+                    401, "totp_reused", "this TOTP code was used already; wait for the next one"
+                )
             else:
                 conn.execute(guard.values(last_step=step, failures=0, locked_until_ms=0))
             if refusal is not None:
-                audit.append(conn, self.root, now, f"admin:{name}", "admin.totp_refused",
-                             code=refusal.code)
+                audit.append(
+                    conn, self.root, now, f"admin:{name}", "admin.totp_refused", code=refusal.code
+                )
         if refusal is not None:
             raise refusal
 
     def create_token(self, actor: str, member: str, roles: list[str], ttl_ms: int) -> str:
         """A one-time enrollment token for ``member`` (a secret: shown to the admin once)."""
         if any(n.startswith(ROLE_PREFIX) for n in (member, *roles)):
-            raise ServiceError(422, "invalid_name",
-                               f"member and role names may not start with {ROLE_PREFIX!r}")
+            raise ServiceError(
+                422, "invalid_name", f"member and role names may not start with {ROLE_PREFIX!r}"
+            )
         token = secrets.token_urlsafe(32)
         now = self.now_ms()
         with self.store.write() as conn:
             row = conn.execute(select(members.c.revoked).where(members.c.name == member)).first()
             if row is not None and row.revoked:
                 raise ServiceError(409, "member_revoked", f"member {member!r} is revoked")
-            conn.execute(insert(tokens).values(
-                token_hash=auth.token_key(token).public_key().public_bytes_raw(), member=member,
-                roles=json.dumps(sorted(roles)), expires_ms=now + ttl_ms, used_ms=None))
-            audit.append(conn, self.root, now, actor, "token.created", member=member,
-                         roles=sorted(roles), expires_ms=now + ttl_ms)
+            conn.execute(
+                insert(tokens).values(
+                    token_hash=auth.token_key(token).public_key().public_bytes_raw(),
+                    member=member,
+                    roles=json.dumps(sorted(roles)),
+                    expires_ms=now + ttl_ms,
+                    used_ms=None,
+                )
+            )
+            audit.append(
+                conn,
+                self.root,
+                now,
+                actor,
+                "token.created",
+                member=member,
+                roles=sorted(roles),
+                expires_ms=now + ttl_ms,
+            )
         return token
 
     def record(self, actor: str, action: str, **detail: Any) -> None:
@@ -217,18 +252,37 @@ class KeyDistributionService:
         with self.store.write() as conn:
             if conn.execute(select(topics.c.name).where(topics.c.name == policy.name)).first():
                 raise ServiceError(409, "topic_exists", f"topic {policy.name!r} exists")
-            conn.execute(insert(topics).values(
-                name=policy.name, producers=json.dumps(sorted(policy.producers)),
-                consumers=json.dumps(sorted(policy.consumers)), rotation_ms=policy.rotation_ms,
-                retention_ms=policy.retention_ms, suite=int(policy.suite), history=policy.history,
-                token_key=token_key, key_id=self.master.key_id_of(token_key)))
+            conn.execute(
+                insert(topics).values(
+                    name=policy.name,
+                    producers=json.dumps(sorted(policy.producers)),
+                    consumers=json.dumps(sorted(policy.consumers)),
+                    rotation_ms=policy.rotation_ms,
+                    retention_ms=policy.retention_ms,
+                    suite=int(policy.suite),
+                    history=policy.history,
+                    token_key=token_key,
+                    key_id=self.master.key_id_of(token_key),
+                )
+            )
             for entry in policy.consumers:
-                conn.execute(insert(consumer_since).values(
-                    topic=policy.name, entry=entry, since_ms=now))
-            audit.append(conn, self.root, now, actor, "topic.created", topic=policy.name,
-                         producers=sorted(policy.producers), consumers=sorted(policy.consumers),
-                         rotation_ms=policy.rotation_ms, retention_ms=policy.retention_ms,
-                         suite=policy.suite.label, history=policy.history)
+                conn.execute(
+                    insert(consumer_since).values(topic=policy.name, entry=entry, since_ms=now)
+                )
+            audit.append(
+                conn,
+                self.root,
+                now,
+                actor,
+                "topic.created",
+                topic=policy.name,
+                producers=sorted(policy.producers),
+                consumers=sorted(policy.consumers),
+                rotation_ms=policy.rotation_ms,
+                retention_ms=policy.retention_ms,
+                suite=policy.suite.label,
+                history=policy.history,
+            )
             self._add_epoch(conn, policy, now, now, actor)
 
     def set_policy(
@@ -244,41 +298,70 @@ class KeyDistributionService:
             for entry in change.added_consumers:
                 conn.execute(insert(consumer_since).values(topic=name, entry=entry, since_ms=now))
             if change.removed_consumers:
-                conn.execute(delete(consumer_since).where(
-                    consumer_since.c.topic == name,
-                    consumer_since.c.entry.in_(change.removed_consumers)))
-            conn.execute(update(topics).where(topics.c.name == name).values(
-                producers=json.dumps(sorted(policy.producers)),
-                consumers=json.dumps(sorted(policy.consumers))))
-            audit.append(conn, self.root, now, actor, "topic.policy_changed", topic=name,
-                         producers=sorted(policy.producers), consumers=sorted(policy.consumers))
+                conn.execute(
+                    delete(consumer_since).where(
+                        consumer_since.c.topic == name,
+                        consumer_since.c.entry.in_(change.removed_consumers),
+                    )
+                )
+            conn.execute(
+                update(topics)
+                .where(topics.c.name == name)
+                .values(
+                    producers=json.dumps(sorted(policy.producers)),
+                    consumers=json.dumps(sorted(policy.consumers)),
+                )
+            )
+            audit.append(
+                conn,
+                self.root,
+                now,
+                actor,
+                "topic.policy_changed",
+                topic=name,
+                producers=sorted(policy.producers),
+                consumers=sorted(policy.consumers),
+            )
             self._withdraw(conn, name, former.producers, policy.producers, now, actor)
             if change.removed_consumers:
                 self._rotate(conn, policy, now, actor)
 
     def _withdraw(
-        self, conn: Connection, topic: str, former: frozenset[str], now_producers: frozenset[str],
-        now: int, actor: str,
+        self,
+        conn: Connection,
+        topic: str,
+        former: frozenset[str],
+        now_producers: frozenset[str],
+        now: int,
+        actor: str,
     ) -> None:
         """Put the certificates of members who no longer produce to ``topic`` on the revocation
         list for that topic: they stay good for the members' other topics."""
         if not former - now_producers:
             return
         gone = [
-            row.name for row in conn.execute(select(members.c.name, members.c.roles)).all()
+            row.name
+            for row in conn.execute(select(members.c.name, members.c.roles)).all()
             if former & _entries(row.name, json.loads(row.roles))
             and not now_producers & _entries(row.name, json.loads(row.roles))
         ]
         if not gone:
             return
-        ids = conn.execute(select(certificates.c.cert_id)
-                           .where(certificates.c.member.in_(gone))).scalars()
+        ids = conn.execute(
+            select(certificates.c.cert_id).where(certificates.c.member.in_(gone))
+        ).scalars()
         old = self._revocations(conn)
-        new = RevocationList(now, old.serial + 1, old.cert_ids, old.members,
-                             old.withdrawn + tuple((bytes(i), topic) for i in ids))
+        new = RevocationList(
+            now,
+            old.serial + 1,
+            old.cert_ids,
+            old.members,
+            old.withdrawn + tuple((bytes(i), topic) for i in ids),
+        )
         conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
-        audit.append(conn, self.root, now, actor, "producers.withdrawn", topic=topic,
-                     members=sorted(gone))
+        audit.append(
+            conn, self.root, now, actor, "producers.withdrawn", topic=topic, members=sorted(gone)
+        )
 
     def topic(self, name: str) -> TopicPolicy:
         with self.store.read() as conn:
@@ -296,10 +379,20 @@ class KeyDistributionService:
     def epochs(self, name: str) -> list[EpochInfo]:
         with self.store.read() as conn:
             self._policy(conn, name)
-            rows = conn.execute(select(epochs).where(epochs.c.topic == name)
-                                .order_by(epochs.c.epoch))
-            return [EpochInfo(name, r.epoch, r.not_before_ms, r.not_after_ms,
-                              r.destroy_after_ms, r.state != LIVE) for r in rows]
+            rows = conn.execute(
+                select(epochs).where(epochs.c.topic == name).order_by(epochs.c.epoch)
+            )
+            return [
+                EpochInfo(
+                    name,
+                    r.epoch,
+                    r.not_before_ms,
+                    r.not_after_ms,
+                    r.destroy_after_ms,
+                    r.state != LIVE,
+                )
+                for r in rows
+            ]
 
     # -- members ----------------------------------------------------------------------------
 
@@ -311,14 +404,19 @@ class KeyDistributionService:
             if row is None:
                 raise ServiceError(404, "unknown_member", f"no member {member!r}")
             conn.execute(update(members).where(members.c.name == member).values(revoked=True))
-            ids = tuple(conn.execute(
-                select(certificates.c.cert_id).where(certificates.c.member == member)).scalars())
+            ids = tuple(
+                conn.execute(
+                    select(certificates.c.cert_id).where(certificates.c.member == member)
+                ).scalars()
+            )
             old = self._revocations(conn)
-            new = RevocationList(now, old.serial + 1, old.cert_ids + ids, (*old.members, member),
-                                 old.withdrawn)
+            new = RevocationList(
+                now, old.serial + 1, old.cert_ids + ids, (*old.members, member), old.withdrawn
+            )
             conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
-            audit.append(conn, self.root, now, actor, "member.revoked", member=member,
-                         certificates=len(ids))
+            audit.append(
+                conn, self.root, now, actor, "member.revoked", member=member, certificates=len(ids)
+            )
             names = _entries(member, json.loads(row.roles))
             for t in conn.execute(select(topics)).all():
                 policy = _policy(t)
@@ -338,25 +436,38 @@ class KeyDistributionService:
     def remember_nonce(self, principal: str, nonce: str, expires_ms: int) -> bool:
         """False when this principal used this nonce before (a replayed request)."""
         return self.store.insert_unique(
-            nonces, {"principal": principal, "nonce": nonce, "expires_ms": expires_ms})
+            nonces, {"principal": principal, "nonce": nonce, "expires_ms": expires_ms}
+        )
 
     def enroll(
-        self, token_public: bytes, member: str, identity_public: bytes, receive_suite: Suite,
-        receive_public: bytes, timestamp_ms: int, token_proof: bytes, proof: bytes,
+        self,
+        token_public: bytes,
+        member: str,
+        identity_public: bytes,
+        receive_suite: Suite,
+        receive_public: bytes,
+        timestamp_ms: int,
+        token_proof: bytes,
+        proof: bytes,
     ) -> bytes:
         """Redeem a one-time token, named by its public key (``auth.token_key``): check that the
         token's key and the new identity key both signed this enrollment, record the member's
         keys and return its signed certificate."""
-        message = enrollment_message(token_public, member, identity_public, int(receive_suite),
-                                     receive_public, timestamp_ms)
+        message = enrollment_message(
+            token_public, member, identity_public, int(receive_suite), receive_public, timestamp_ms
+        )
         try:
             identity = Ed25519PublicKey.from_public_bytes(identity_public)
             suites.check_public_key(receive_suite, receive_public)
             identity.verify(proof, message)
             Ed25519PublicKey.from_public_bytes(token_public).verify(token_proof, message)
         except (ValueError, InvalidSignature):
-            raise ServiceError(400, "bad_enrollment", "keys malformed, or the enrollment not "
-                               "signed by both the token and the identity key") from None
+            raise ServiceError(
+                400,
+                "bad_enrollment",
+                "keys malformed, or the enrollment not "
+                "signed by both the token and the identity key",
+            ) from None
         now = self.now_ms()
         if abs(now - timestamp_ms) > auth.MAX_SKEW_MS:
             raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
@@ -368,21 +479,36 @@ class KeyDistributionService:
                 raise ServiceError(401, "token_used", "this enrollment token was already used")
             if now >= row.expires_ms:
                 raise ServiceError(401, "token_expired", "this enrollment token has expired")
-            existing = conn.execute(select(members.c.revoked).where(members.c.name == member))\
-                .first()
+            existing = conn.execute(
+                select(members.c.revoked).where(members.c.name == member)
+            ).first()
             if existing is not None and existing.revoked:
                 raise ServiceError(403, "member_revoked", f"member {member!r} is revoked")
-            conn.execute(update(tokens).where(tokens.c.token_hash == row.token_hash)
-                         .values(used_ms=now))
-            values = {"identity_public": identity_public, "receive_suite": int(receive_suite),
-                      "receive_public": receive_public, "roles": row.roles, "revoked": False,
-                      "enrolled_ms": now}
+            conn.execute(
+                update(tokens).where(tokens.c.token_hash == row.token_hash).values(used_ms=now)
+            )
+            values = {
+                "identity_public": identity_public,
+                "receive_suite": int(receive_suite),
+                "receive_public": receive_public,
+                "roles": row.roles,
+                "revoked": False,
+                "enrolled_ms": now,
+            }
             if existing is None:
                 conn.execute(insert(members).values(name=member, **values))
             else:
                 conn.execute(update(members).where(members.c.name == member).values(**values))
-            audit.append(conn, self.root, now, f"member:{member}", "member.enrolled",
-                         member=member, roles=json.loads(row.roles), suite=receive_suite.label)
+            audit.append(
+                conn,
+                self.root,
+                now,
+                f"member:{member}",
+                "member.enrolled",
+                member=member,
+                roles=json.loads(row.roles),
+                suite=receive_suite.label,
+            )
             return self._issue(conn, member, now)
 
     def certificate(self, member: str) -> bytes:
@@ -401,8 +527,9 @@ class KeyDistributionService:
 
     def certificate_by_id(self, cert_id: bytes) -> bytes | None:
         with self.store.read() as conn:
-            return conn.execute(select(certificates.c.signed)
-                                .where(certificates.c.cert_id == cert_id)).scalar()
+            return conn.execute(
+                select(certificates.c.signed).where(certificates.c.cert_id == cert_id)
+            ).scalar()
 
     def revocation_list(self) -> bytes:
         """The latest revocation list, signed afresh with now as ``issued_at_ms`` so clients can
@@ -422,24 +549,34 @@ class KeyDistributionService:
         with self.store.read() as conn:
             policy = self._policy(conn, topic)
             if not policy.producers & self._member_entries(conn, member):
-                raise ServiceError(403, "access_denied",
-                                   f"{member!r} may not produce to {topic!r}")
+                raise ServiceError(403, "access_denied", f"{member!r} may not produce to {topic!r}")
             latest = self._latest_not_after(conn, topic)
         if _needs_epoch(policy, latest, now):
             with self.store.write() as conn:  # the scheduler is behind: catch up, once
                 self._advance(conn, self._policy(conn, topic), now, f"kds:{self.replica}")
         with self.store.read() as conn:
             live = (epochs.c.topic == topic, epochs.c.state == LIVE)
-            current = conn.execute(select(epochs.c.description).where(
-                *live, epochs.c.not_before_ms <= now).order_by(epochs.c.epoch.desc()).limit(1))\
-                .scalar()
-            ahead = conn.execute(select(epochs.c.description).where(
-                *live, epochs.c.not_before_ms > now).order_by(epochs.c.epoch).limit(1)).scalar()
+            current = conn.execute(
+                select(epochs.c.description)
+                .where(*live, epochs.c.not_before_ms <= now)
+                .order_by(epochs.c.epoch.desc())
+                .limit(1)
+            ).scalar()
+            ahead = conn.execute(
+                select(epochs.c.description)
+                .where(*live, epochs.c.not_before_ms > now)
+                .order_by(epochs.c.epoch)
+                .limit(1)
+            ).scalar()
         if current is None:
             raise ServiceError(503, "no_epoch", f"{topic!r} has no current epoch yet")
         answer = SealingEpochAnswer(
-            topic, EpochDescription.verify(current, self.root_public).digest,
-            EpochDescription.verify(ahead, self.root_public).digest if ahead else b"", nonce, now)
+            topic,
+            EpochDescription.verify(current, self.root_public).digest,
+            EpochDescription.verify(ahead, self.root_public).digest if ahead else b"",
+            nonce,
+            now,
+        )
         return current, ahead, answer.sign(self.root)
 
     def grant(self, member: str, topic: str, epoch: int) -> tuple[bytes, bytes]:
@@ -456,17 +593,22 @@ class KeyDistributionService:
             since = self._consumer_since(conn, topic, member, matching)
             if since is None:
                 raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
-            row = conn.execute(select(epochs).where(
-                epochs.c.topic == topic, epochs.c.epoch == epoch)).first()
+            row = conn.execute(
+                select(epochs).where(epochs.c.topic == topic, epochs.c.epoch == epoch)
+            ).first()
             if row is None:
                 raise ServiceError(404, "epoch_unknown", f"{topic!r} has no epoch {epoch}")
-            wrapped = conn.execute(select(epoch_keys.c.wrapped).where(
-                epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch)).scalar()
+            wrapped = conn.execute(
+                select(epoch_keys.c.wrapped).where(
+                    epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch
+                )
+            ).scalar()
             if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
                 raise ServiceError(410, "epoch_destroyed", f"{topic!r} epoch {epoch} is destroyed")
             if not policy.history and row.not_after_ms <= since:
-                raise ServiceError(403, "not_granted",
-                                   f"epoch {epoch} predates {member!r}'s access")
+                raise ServiceError(
+                    403, "not_granted", f"epoch {epoch} predates {member!r}'s access"
+                )
             cert_bytes = self._latest_certificate(conn, member)
         if cert_bytes is None:
             raise ServiceError(403, "not_granted", f"{member!r} holds no certificate")
@@ -475,12 +617,14 @@ class KeyDistributionService:
         keys = suites.keypair_from_seed(description.suite, seed)
         try:
             grant = authority.seal_grant(
-                self.root, description, keys, Certificate.verify(cert_bytes, self.root_public))
+                self.root, description, keys, Certificate.verify(cert_bytes, self.root_public)
+            )
         except authority.WeakReceiveKey as exc:
             raise ServiceError(403, "not_granted", str(exc)) from None
         with self.store.write() as conn:
-            audit.append(conn, self.root, now, f"member:{member}", "grant.issued",
-                         topic=topic, epoch=epoch)
+            audit.append(
+                conn, self.root, now, f"member:{member}", "grant.issued", topic=topic, epoch=epoch
+            )
         return row.description, grant
 
     def topic_key(self, member: str, topic: str) -> bytes:
@@ -491,8 +635,9 @@ class KeyDistributionService:
                 raise ServiceError(404, "unknown_topic", f"no topic {topic!r}")
             policy = _policy(row)
             if not (policy.producers | policy.consumers) & self._member_entries(conn, member):
-                raise ServiceError(403, "access_denied",
-                                   f"{member!r} neither produces to nor consumes {topic!r}")
+                raise ServiceError(
+                    403, "access_denied", f"{member!r} neither produces to nor consumes {topic!r}"
+                )
             cert_bytes = self._latest_certificate(conn, member)
         if cert_bytes is None:
             raise ServiceError(403, "access_denied", f"{member!r} holds no certificate")
@@ -506,15 +651,33 @@ class KeyDistributionService:
         """Publish next epochs that are due, destroy keys past retention, forget old nonces."""
         now = self.now_ms()
         with self.store.read() as conn:
-            highest = select(epochs.c.topic, func.max(epochs.c.epoch).label("epoch"))\
-                .group_by(epochs.c.topic).subquery()
-            latest = {t: n for t, n in conn.execute(select(epochs.c.topic, epochs.c.not_after_ms)
-                      .join(highest, (epochs.c.topic == highest.c.topic)
-                            & (epochs.c.epoch == highest.c.epoch)))}
-            due = [p for p in map(_policy, conn.execute(select(topics)))
-                   if _needs_epoch(p, latest.get(p.name), now)]
-            expired = [(t, n) for t, n in conn.execute(select(epochs.c.topic, epochs.c.epoch)
-                       .where(epochs.c.state == LIVE, epochs.c.destroy_after_ms <= now))]
+            highest = (
+                select(epochs.c.topic, func.max(epochs.c.epoch).label("epoch"))
+                .group_by(epochs.c.topic)
+                .subquery()
+            )
+            latest = {
+                t: n
+                for t, n in conn.execute(
+                    select(epochs.c.topic, epochs.c.not_after_ms).join(
+                        highest,
+                        (epochs.c.topic == highest.c.topic) & (epochs.c.epoch == highest.c.epoch),
+                    )
+                )
+            }
+            due = [
+                p
+                for p in map(_policy, conn.execute(select(topics)))
+                if _needs_epoch(p, latest.get(p.name), now)
+            ]
+            expired = [
+                (t, n)
+                for t, n in conn.execute(
+                    select(epochs.c.topic, epochs.c.epoch).where(
+                        epochs.c.state == LIVE, epochs.c.destroy_after_ms <= now
+                    )
+                )
+            ]
         published = 0
         for policy in due:
             with self.store.write() as conn:
@@ -523,8 +686,9 @@ class KeyDistributionService:
             with self.store.write() as conn:
                 for topic, number in expired:
                     self._drop_key(conn, topic, number, DESTROYED)
-                    audit.append(conn, self.root, now, actor, "epoch.destroyed",
-                                 topic=topic, epoch=number)
+                    audit.append(
+                        conn, self.root, now, actor, "epoch.destroyed", topic=topic, epoch=number
+                    )
             self._compaction_pending = True
         if self._compaction_pending:  # retried every tick until the database could do it
             self._compaction_pending = not self.store.compact()
@@ -537,34 +701,56 @@ class KeyDistributionService:
         done = 0
         while True:
             with self.store.write() as conn:
-                rows = conn.execute(select(epoch_keys).where(
-                    epoch_keys.c.key_id != self.master.current).limit(batch)).all()
+                rows = conn.execute(
+                    select(epoch_keys)
+                    .where(epoch_keys.c.key_id != self.master.current)
+                    .limit(batch)
+                ).all()
                 for r in rows:
                     context = _key_context(r.topic, r.epoch)
                     wrapped = self.master.wrap(self.master.unwrap(r.wrapped, context), context)
-                    conn.execute(update(epoch_keys).where(
-                        epoch_keys.c.topic == r.topic, epoch_keys.c.epoch == r.epoch)
-                        .values(wrapped=wrapped, key_id=self.master.current))
+                    conn.execute(
+                        update(epoch_keys)
+                        .where(epoch_keys.c.topic == r.topic, epoch_keys.c.epoch == r.epoch)
+                        .values(wrapped=wrapped, key_id=self.master.current)
+                    )
             done += len(rows)
             if len(rows) < batch:
                 break
         with self.store.write() as conn:
-            for t in conn.execute(select(topics.c.name, topics.c.token_key).where(
-                    topics.c.key_id != self.master.current)).all():
+            for t in conn.execute(
+                select(topics.c.name, topics.c.token_key).where(
+                    topics.c.key_id != self.master.current
+                )
+            ).all():
                 context = _token_context(t.name)
                 wrapped = self.master.wrap(self.master.unwrap(t.token_key, context), context)
-                conn.execute(update(topics).where(topics.c.name == t.name)
-                             .values(token_key=wrapped, key_id=self.master.current))
+                conn.execute(
+                    update(topics)
+                    .where(topics.c.name == t.name)
+                    .values(token_key=wrapped, key_id=self.master.current)
+                )
                 done += 1
-            for a in conn.execute(select(admins).where(
-                    admins.c.key_id != self.master.current)).all():
+            for a in conn.execute(
+                select(admins).where(admins.c.key_id != self.master.current)
+            ).all():
                 context = b"admin totp " + a.name.encode()
                 wrapped = self.master.wrap(self.master.unwrap(a.totp_wrapped, context), context)
-                conn.execute(update(admins).where(admins.c.name == a.name)
-                             .values(totp_wrapped=wrapped, key_id=self.master.current))
+                conn.execute(
+                    update(admins)
+                    .where(admins.c.name == a.name)
+                    .values(totp_wrapped=wrapped, key_id=self.master.current)
+                )
                 done += 1
-            audit.append(conn, self.root, self.now_ms(), f"kds:{self.replica}",
-                         "master_key.rewrapped", key_id=self.master.current, values=done)
+            audit.append(
+                conn,
+                self.root,
+                self.now_ms(),
+                f"kds:{self.replica}",
+                "master_key.rewrapped",
+                key_id=self.master.current,
+                values=done,
+            )
         return done
 
     def master_keys_in_use(self) -> set[str]:
@@ -595,12 +781,18 @@ class KeyDistributionService:
         """Since when ``member`` may consume ``topic``: the earliest of its matching entries,
         where a ``role:R`` entry counts from when the entry was added or the member enrolled,
         whichever is later (a member joining a role later does not get the role's past)."""
-        enrolled = conn.execute(select(members.c.enrolled_ms).where(members.c.name == member))\
-            .scalar()
-        rows = conn.execute(select(consumer_since.c.entry, consumer_since.c.since_ms).where(
-            consumer_since.c.topic == topic, consumer_since.c.entry.in_(matching))).all()
-        starts = [max(r.since_ms, enrolled or 0) if r.entry.startswith(ROLE_PREFIX)
-                  else r.since_ms for r in rows]
+        enrolled = conn.execute(
+            select(members.c.enrolled_ms).where(members.c.name == member)
+        ).scalar()
+        rows = conn.execute(
+            select(consumer_since.c.entry, consumer_since.c.since_ms).where(
+                consumer_since.c.topic == topic, consumer_since.c.entry.in_(matching)
+            )
+        ).all()
+        starts = [
+            max(r.since_ms, enrolled or 0) if r.entry.startswith(ROLE_PREFIX) else r.since_ms
+            for r in rows
+        ]
         return min(starts, default=None)
 
     def _rights(self, conn: Connection, member: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -614,8 +806,12 @@ class KeyDistributionService:
         return tuple(sorted(produce)), tuple(sorted(consume))
 
     def _latest_certificate(self, conn: Connection, member: str) -> bytes | None:
-        return conn.execute(select(certificates.c.signed).where(certificates.c.member == member)
-                            .order_by(certificates.c.serial.desc()).limit(1)).scalar()
+        return conn.execute(
+            select(certificates.c.signed)
+            .where(certificates.c.member == member)
+            .order_by(certificates.c.serial.desc())
+            .limit(1)
+        ).scalar()
 
     def _issue(self, conn: Connection, member: str, now: int) -> bytes:
         row = conn.execute(select(members).where(members.c.name == member)).one()
@@ -623,27 +819,54 @@ class KeyDistributionService:
         conn.execute(update(heads).where(heads.c.name == "serial").values(seq=serial))
         produce, consume = self._rights(conn, member)
         cert = authority.issue_certificate(
-            member, row.identity_public, Suite(row.receive_suite), row.receive_public,
-            list(produce), list(consume), now, self.certificate_lifetime_ms, serial)
+            member,
+            row.identity_public,
+            Suite(row.receive_suite),
+            row.receive_public,
+            list(produce),
+            list(consume),
+            now,
+            self.certificate_lifetime_ms,
+            serial,
+        )
         signed = cert.sign(self.root)
-        conn.execute(insert(certificates).values(
-            cert_id=cert.cert_id, member=member, serial=serial, signed=signed,
-            not_after_ms=cert.not_after_ms))
-        audit.append(conn, self.root, now, f"kds:{self.replica}", "certificate.issued",
-                     member=member, serial=serial, cert_id=cert.cert_id.hex())
+        conn.execute(
+            insert(certificates).values(
+                cert_id=cert.cert_id,
+                member=member,
+                serial=serial,
+                signed=signed,
+                not_after_ms=cert.not_after_ms,
+            )
+        )
+        audit.append(
+            conn,
+            self.root,
+            now,
+            f"kds:{self.replica}",
+            "certificate.issued",
+            member=member,
+            serial=serial,
+            cert_id=cert.cert_id.hex(),
+        )
         return signed
 
     def _revocations(self, conn: Connection) -> RevocationList:
-        signed = conn.execute(select(revocations.c.signed)
-                              .order_by(revocations.c.serial.desc()).limit(1)).scalar()
+        signed = conn.execute(
+            select(revocations.c.signed).order_by(revocations.c.serial.desc()).limit(1)
+        ).scalar()
         if signed is None:
             return RevocationList(0, 0, (), ())
         return RevocationList.verify(signed, self.root_public)
 
     def _latest_not_after(self, conn: Connection, topic: str) -> int | None:
         """When the highest-numbered epoch ends (it may end before a withdrawn one would)."""
-        return conn.execute(select(epochs.c.not_after_ms).where(epochs.c.topic == topic)
-                            .order_by(epochs.c.epoch.desc()).limit(1)).scalar()
+        return conn.execute(
+            select(epochs.c.not_after_ms)
+            .where(epochs.c.topic == topic)
+            .order_by(epochs.c.epoch.desc())
+            .limit(1)
+        ).scalar()
 
     def _advance(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
         """Publish the next epoch when due (re-checked under the write lock): 1 if published."""
@@ -656,37 +879,72 @@ class KeyDistributionService:
         return 1
 
     def _rotate(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
-        ahead = conn.execute(select(epochs.c.epoch).where(
-            epochs.c.topic == policy.name, epochs.c.state == LIVE,
-            epochs.c.not_before_ms > now)).scalars().all()
+        ahead = (
+            conn.execute(
+                select(epochs.c.epoch).where(
+                    epochs.c.topic == policy.name,
+                    epochs.c.state == LIVE,
+                    epochs.c.not_before_ms > now,
+                )
+            )
+            .scalars()
+            .all()
+        )
         for number in ahead:  # published ahead but never used: withdraw it
             self._drop_key(conn, policy.name, number, WITHDRAWN)
-        audit.append(conn, self.root, now, actor, "topic.rotated", topic=policy.name,
-                     withdrawn=list(ahead))
+        audit.append(
+            conn, self.root, now, actor, "topic.rotated", topic=policy.name, withdrawn=list(ahead)
+        )
         return self._add_epoch(conn, policy, now, now, actor)
 
     def _add_epoch(
         self, conn: Connection, policy: TopicPolicy, not_before: int, now: int, actor: str
     ) -> int:
-        highest = conn.execute(select(func.max(epochs.c.epoch))
-                               .where(epochs.c.topic == policy.name)).scalar()
+        highest = conn.execute(
+            select(func.max(epochs.c.epoch)).where(epochs.c.topic == policy.name)
+        ).scalar()
         number = 0 if highest is None else highest + 1
         description, keys = authority.new_epoch(
-            policy, number, not_before, self._rng(policy.suite.seed_len))
-        conn.execute(insert(epochs).values(
-            topic=policy.name, epoch=number, description=description.sign(self.root),
-            not_before_ms=description.not_before_ms, not_after_ms=description.not_after_ms,
-            destroy_after_ms=description.destroy_after_ms, state=LIVE))
+            policy, number, not_before, self._rng(policy.suite.seed_len)
+        )
+        conn.execute(
+            insert(epochs).values(
+                topic=policy.name,
+                epoch=number,
+                description=description.sign(self.root),
+                not_before_ms=description.not_before_ms,
+                not_after_ms=description.not_after_ms,
+                destroy_after_ms=description.destroy_after_ms,
+                state=LIVE,
+            )
+        )
         wrapped = self.master.wrap(keys.private, _key_context(policy.name, number))
-        conn.execute(insert(epoch_keys).values(
-            topic=policy.name, epoch=number, wrapped=wrapped,
-            key_id=self.master.key_id_of(wrapped)))
-        audit.append(conn, self.root, now, actor, "epoch.published", topic=policy.name,
-                     epoch=number, not_before_ms=not_before)
+        conn.execute(
+            insert(epoch_keys).values(
+                topic=policy.name,
+                epoch=number,
+                wrapped=wrapped,
+                key_id=self.master.key_id_of(wrapped),
+            )
+        )
+        audit.append(
+            conn,
+            self.root,
+            now,
+            actor,
+            "epoch.published",
+            topic=policy.name,
+            epoch=number,
+            not_before_ms=not_before,
+        )
         return number
 
     def _drop_key(self, conn: Connection, topic: str, number: int, state: str) -> None:
-        conn.execute(update(epochs).where(epochs.c.topic == topic, epochs.c.epoch == number)
-                     .values(state=state))
-        conn.execute(delete(epoch_keys).where(
-            epoch_keys.c.topic == topic, epoch_keys.c.epoch == number))
+        conn.execute(
+            update(epochs)
+            .where(epochs.c.topic == topic, epochs.c.epoch == number)
+            .values(state=state)
+        )
+        conn.execute(
+            delete(epoch_keys).where(epoch_keys.c.topic == topic, epoch_keys.c.epoch == number)
+        )

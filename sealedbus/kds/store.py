@@ -38,7 +38,8 @@ from sqlalchemy.exc import IntegrityError
 metadata = MetaData()
 
 topics = Table(
-    "topics", metadata,
+    "topics",
+    metadata,
     Column("name", String(249), primary_key=True),
     Column("producers", Text, nullable=False),  # JSON list of member names and role:NAME entries
     Column("consumers", Text, nullable=False),
@@ -50,14 +51,16 @@ topics = Table(
     Column("key_id", String(63), nullable=False),
 )
 consumer_since = Table(
-    "consumer_since", metadata,
+    "consumer_since",
+    metadata,
     Column("topic", String(249), nullable=False),
     Column("entry", String(133), nullable=False),
     Column("since_ms", BigInteger, nullable=False),
     PrimaryKeyConstraint("topic", "entry"),
 )
 epochs = Table(
-    "epochs", metadata,
+    "epochs",
+    metadata,
     Column("topic", String(249), nullable=False),
     Column("epoch", Integer, nullable=False),
     Column("description", LargeBinary, nullable=False),  # signed EpochDescription
@@ -68,7 +71,8 @@ epochs = Table(
     PrimaryKeyConstraint("topic", "epoch"),
 )
 epoch_keys = Table(  # a row per live epoch; deleting it is the destruction
-    "epoch_keys", metadata,
+    "epoch_keys",
+    metadata,
     Column("topic", String(249), nullable=False),
     Column("epoch", Integer, nullable=False),
     Column("wrapped", LargeBinary, nullable=False),
@@ -76,7 +80,8 @@ epoch_keys = Table(  # a row per live epoch; deleting it is the destruction
     PrimaryKeyConstraint("topic", "epoch"),
 )
 members = Table(
-    "members", metadata,
+    "members",
+    metadata,
     Column("name", String(128), primary_key=True),
     Column("identity_public", LargeBinary, nullable=False),
     Column("receive_suite", Integer, nullable=False),
@@ -86,7 +91,8 @@ members = Table(
     Column("enrolled_ms", BigInteger, nullable=False),
 )
 certificates = Table(
-    "certificates", metadata,
+    "certificates",
+    metadata,
     Column("cert_id", LargeBinary(16), primary_key=True),
     Column("member", String(128), nullable=False, index=True),
     Column("serial", BigInteger, nullable=False),
@@ -94,7 +100,8 @@ certificates = Table(
     Column("not_after_ms", BigInteger, nullable=False),
 )
 tokens = Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     # the token's public key (``auth.token_key``; the column keeps its old name): names the token
     # and checks its signature, but cannot enroll anyone
     Column("token_hash", LargeBinary(32), primary_key=True),
@@ -104,33 +111,38 @@ tokens = Table(
     Column("used_ms", BigInteger),
 )
 nonces = Table(
-    "nonces", metadata,
+    "nonces",
+    metadata,
     Column("principal", String(134), nullable=False),
     Column("nonce", String(64), nullable=False),
     Column("expires_ms", BigInteger, nullable=False, index=True),
     PrimaryKeyConstraint("principal", "nonce"),
 )
 admins = Table(
-    "admins", metadata,
+    "admins",
+    metadata,
     Column("name", String(128), primary_key=True),
     Column("identity_public", LargeBinary, nullable=False),
     Column("totp_wrapped", LargeBinary, nullable=False),
     Column("key_id", String(63), nullable=False),
 )
 admin_totp = Table(  # per admin: RFC 6238 replay guard and wrong-code lockout, shared by replicas
-    "admin_totp", metadata,
+    "admin_totp",
+    metadata,
     Column("name", String(128), primary_key=True),
     Column("last_step", BigInteger, nullable=False),  # the last accepted time step
     Column("failures", Integer, nullable=False),  # wrong codes since the last accepted one
     Column("locked_until_ms", BigInteger, nullable=False),
 )
 revocations = Table(
-    "revocations", metadata,
+    "revocations",
+    metadata,
     Column("serial", BigInteger, primary_key=True),
     Column("signed", LargeBinary, nullable=False),
 )
 audit = Table(
-    "audit", metadata,
+    "audit",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("at_ms", BigInteger, nullable=False),
     Column("actor", String(160), nullable=False),
@@ -139,26 +151,30 @@ audit = Table(
     Column("hash", LargeBinary(32), nullable=False),
 )
 audit_checkpoints = Table(
-    "audit_checkpoints", metadata,
+    "audit_checkpoints",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary(32), nullable=False),
     Column("signature", LargeBinary(64), nullable=False),
 )
 audit_head = Table(  # the audit chain head signed by the root key, replaced on every append
-    "audit_head", metadata,
+    "audit_head",
+    metadata,
     Column("name", String(16), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
     Column("signature", LargeBinary(64), nullable=False),
 )
 heads = Table(  # singleton rows: "audit" (last seq and hash), "serial" (certificate serials)
-    "heads", metadata,
+    "heads",
+    metadata,
     Column("name", String(16), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
 )
 leases = Table(
-    "leases", metadata,
+    "leases",
+    metadata,
     Column("name", String(32), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
@@ -173,7 +189,7 @@ def database_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -186,23 +202,23 @@ class Store:
         if self.is_sqlite:
             _create_private(make_url(url).database)
             self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": SQLITE_TIMEOUT_S},
+                url,
+                connect_args={"check_same_thread": False, "timeout": SQLITE_TIMEOUT_S},
                 hide_parameters=True,
             )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                                        hide_parameters=True)  # errors may be logged: no values
+            self.engine = create_engine(
+                url, pool_size=pool_size, pool_pre_ping=True, hide_parameters=True
+            )  # errors may be logged: no values
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             for name in ("audit", "serial"):
                 _insert_missing(conn, heads, {"name": name, "seq": 0, "hash": GENESIS})
-            _insert_missing(
-                conn, leases, {"name": SCHEDULER_LEASE, "holder": "", "expires_ms": 0}
-            )
+            _insert_missing(conn, leases, {"name": SCHEDULER_LEASE, "holder": "", "expires_ms": 0})
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -219,8 +235,10 @@ class Store:
     def insert_unique(self, table: Table, values: dict[str, Any]) -> bool:
         """Insert one row in its own transaction; False when the key exists (e.g. a replay)."""
         try:
-            with self.engine.connect().execution_options(sqlite_immediate=True) as conn, \
-                    conn.begin():
+            with (
+                self.engine.connect().execution_options(sqlite_immediate=True) as conn,
+                conn.begin(),
+            ):
                 conn.execute(insert(table).values(**values))
             return True
         except IntegrityError:

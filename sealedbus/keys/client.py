@@ -86,23 +86,37 @@ class SignedHttp:
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._owned = http is None
-        self.http = http or httpx.Client(base_url=url, verify=tls_context(verify, cert),
-                                         timeout=timeout)
+        self.http = http or httpx.Client(
+            base_url=url, verify=tls_context(verify, cert), timeout=timeout
+        )
         self.principal = principal
         self._key = key
         self._clock = clock
         self._rng = rng
 
     def call(
-        self, method: str, path: str, json: Any = None, *, signed: bool = True,
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        signed: bool = True,
         headers: dict[str, str] | None = None,
     ) -> Any:
         """Send a request; return its JSON. Raises Refused (4xx) or KeyServiceUnavailable."""
         request = self.http.build_request(method, path, json=json, headers=headers)
         if signed:
-            request.headers.update(auth.sign_request(
-                self._key, self.principal, method, request.url.raw_path, request.content,
-                int(self._clock() * 1000), self._rng(16)))
+            request.headers.update(
+                auth.sign_request(
+                    self._key,
+                    self.principal,
+                    method,
+                    request.url.raw_path,
+                    request.content,
+                    int(self._clock() * 1000),
+                    self._rng(16),
+                )
+            )
         try:
             response = self.http.send(request)
         except httpx.HTTPError as exc:
@@ -128,8 +142,11 @@ class SignedHttp:
             raise UntrustedResponse("KDS answer is not JSON") from None
         if response.status_code >= 400:
             doc = body if isinstance(body, dict) else {}
-            raise Refused(response.status_code, str(doc.get("error", "refused")),
-                          str(doc.get("reason", doc.get("detail", ""))))
+            raise Refused(
+                response.status_code,
+                str(doc.get("error", "refused")),
+                str(doc.get("reason", doc.get("detail", ""))),
+            )
         return body
 
     def close(self) -> None:
@@ -165,29 +182,45 @@ def enroll(
         token_public = token_key.public_key().public_bytes_raw()
         now_ms = int(clock() * 1000)
         message = auth.enrollment_message(
-            token_public, identity.name, identity.identity_public, int(identity.receive.suite),
-            identity.receive.public, now_ms)
-        doc = http.call("POST", "/v1/enroll", {
-            "token_key": base64.b64encode(token_public).decode(), "member": identity.name,
-            "identity_public": base64.b64encode(identity.identity_public).decode(),
-            "receive_suite": identity.receive.suite.label,
-            "receive_public": base64.b64encode(identity.receive.public).decode(),
-            "timestamp_ms": now_ms,
-            "token_proof": base64.b64encode(token_key.sign(message)).decode(),
-            "proof": base64.b64encode(identity.signing_key.sign(message)).decode()}, signed=False)
+            token_public,
+            identity.name,
+            identity.identity_public,
+            int(identity.receive.suite),
+            identity.receive.public,
+            now_ms,
+        )
+        doc = http.call(
+            "POST",
+            "/v1/enroll",
+            {
+                "token_key": base64.b64encode(token_public).decode(),
+                "member": identity.name,
+                "identity_public": base64.b64encode(identity.identity_public).decode(),
+                "receive_suite": identity.receive.suite.label,
+                "receive_public": base64.b64encode(identity.receive.public).decode(),
+                "timestamp_ms": now_ms,
+                "token_proof": base64.b64encode(token_key.sign(message)).decode(),
+                "proof": base64.b64encode(identity.signing_key.sign(message)).decode(),
+            },
+            signed=False,
+        )
         return _check_certificate(_field(doc, "certificate"), root, identity)
     finally:
         http.close()
 
 
-def _check_certificate(signed: bytes, root: Ed25519PublicKey, identity: MemberIdentity
-                       ) -> Certificate:
+def _check_certificate(
+    signed: bytes, root: Ed25519PublicKey, identity: MemberIdentity
+) -> Certificate:
     try:
         cert = Certificate.verify(signed, root)
     except SignatureError as exc:
         raise UntrustedResponse(str(exc)) from None
     if (cert.member, cert.identity_public, cert.receive_public) != (
-            identity.name, identity.identity_public, identity.receive.public):
+        identity.name,
+        identity.identity_public,
+        identity.receive.public,
+    ):
         raise UntrustedResponse("certificate is for another member or other keys")
     return cert
 
@@ -227,8 +260,17 @@ class KeyServiceClient:
     ) -> None:
         self._identity = identity
         self._fingerprint = root_fingerprint
-        self._http = SignedHttp(url, identity.name, identity.signing_key, http=http,
-                                verify=verify, cert=cert, timeout=timeout, clock=clock, rng=rng)
+        self._http = SignedHttp(
+            url,
+            identity.name,
+            identity.signing_key,
+            http=http,
+            verify=verify,
+            cert=cert,
+            timeout=timeout,
+            clock=clock,
+            rng=rng,
+        )
         self._epoch_refresh_ms = int(epoch_refresh * 1000)
         self._revocation_refresh_ms = int(revocation_refresh * 1000)
         # a list signed longer ago than this is refused: a few refresh intervals, and the skew
@@ -269,9 +311,7 @@ class KeyServiceClient:
 
     # -- KeySource ----------------------------------------------------------------------------
 
-    def identity(
-        self, now_ms: int, refresh: bool = False
-    ) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(self, now_ms: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
         with self._lock:  # snapshot under the lock; no network call holds it
             cert = self._cert
             due = (
@@ -285,7 +325,8 @@ class KeyServiceClient:
             try:
                 doc = self._call("GET", "/v1/certificate", now_ms)
                 fetched = _check_certificate(
-                    _field(doc, "certificate"), self._root_key(now_ms), self._identity)
+                    _field(doc, "certificate"), self._root_key(now_ms), self._identity
+                )
                 with self._lock:
                     if self._cert is None or fetched.serial >= self._cert.serial:
                         self._cert, self._cert_fetched_ms = fetched, now_ms
@@ -310,8 +351,7 @@ class KeyServiceClient:
             return usable
         nonce = self._rng(16)
         try:
-            doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch?nonce={nonce.hex()}",
-                             now_ms)
+            doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch?nonce={nonce.hex()}", now_ms)
         except KeyServiceUnavailable:
             if usable is not None:
                 return usable
@@ -332,7 +372,11 @@ class KeyServiceClient:
         except SignatureError as exc:
             raise UntrustedResponse(str(exc)) from None
         if (answer.topic, answer.nonce, answer.current_digest, answer.next_digest) != (
-                topic, nonce, current.digest, ahead.digest if ahead else b""):
+            topic,
+            nonce,
+            current.digest,
+            ahead.digest if ahead else b"",
+        ):
             raise UntrustedResponse("sealing-epoch answer is not for this request (replayed?)")
         if abs(now_ms - answer.issued_at_ms) > auth.MAX_SKEW_MS:
             raise UntrustedResponse("sealing-epoch answer is not fresh (replayed or clock skew)")
@@ -375,8 +419,13 @@ class KeyServiceClient:
                 raise UnknownTopic(exc.reason) from None
             raise AccessDenied(exc.reason) from None
         try:
-            key = authority.open_topic_key(self._root_key(now_ms), _field(doc, "sealed"), topic,
-                                           self.member, self._identity.receive)
+            key = authority.open_topic_key(
+                self._root_key(now_ms),
+                _field(doc, "sealed"),
+                topic,
+                self.member,
+                self._identity.receive,
+            )
         except ValueError as exc:
             raise UntrustedResponse(str(exc)) from None
         with self._lock:
@@ -438,7 +487,9 @@ class KeyServiceClient:
         with self._lock:
             held = self._revocations
             if held is not None and (fetched.serial, fetched.issued_at_ms) < (
-                    held.serial, held.issued_at_ms):
+                held.serial,
+                held.issued_at_ms,
+            ):
                 raise UntrustedResponse("KDS answered with an older revocation list")
             self._revocations, self._revocations_fetched_ms = fetched, now_ms
         return fetched
@@ -492,16 +543,18 @@ class KeyServiceClient:
             description = EpochDescription.verify(_field(doc, "description"), root)
             if (description.topic, description.epoch) != (topic, epoch):
                 raise UntrustedResponse("grant is for another topic or epoch")
-            keys = authority.open_grant(root, _field(doc, "grant"), description, self.member,
-                                        self._identity.receive)
+            keys = authority.open_grant(
+                root, _field(doc, "grant"), description, self.member, self._identity.receive
+            )
         except (SignatureError, authority.GrantError) as exc:
             raise UntrustedResponse(str(exc)) from None
         if now_ms >= description.destroy_after_ms:
             raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{topic!r} epoch {epoch}")
         result = EpochKeys(description, keys)
         with self._lock:
-            self._keys = {k: v for k, v in self._keys.items()
-                          if now_ms < v.description.destroy_after_ms}
+            self._keys = {
+                k: v for k, v in self._keys.items() if now_ms < v.description.destroy_after_ms
+            }
             self._keys[(topic, epoch)] = result
             self._next_prefetch_ms = 0
         return result
@@ -524,8 +577,10 @@ class KeyServiceClient:
                     next_check = min(next_check, start)
                 elif now_ms < d.not_after_ms:
                     key = (d.topic, d.epoch + 1)
-                    if now_ms - self._prefetched.get(key, -_PREFETCH_RETRY_MS) >= \
-                            _PREFETCH_RETRY_MS:
+                    if (
+                        now_ms - self._prefetched.get(key, -_PREFETCH_RETRY_MS)
+                        >= _PREFETCH_RETRY_MS
+                    ):
                         self._prefetched[key] = now_ms
                         due.append(key)
                     next_check = min(next_check, now_ms + _PREFETCH_RETRY_MS)
@@ -538,5 +593,6 @@ class KeyServiceClient:
                 self._fetch_grant(topic, epoch, now_ms)
 
         for topic, epoch in due:
-            threading.Thread(target=fetch, args=(topic, epoch), name="kds-prefetch",
-                             daemon=True).start()
+            threading.Thread(
+                target=fetch, args=(topic, epoch), name="kds-prefetch", daemon=True
+            ).start()

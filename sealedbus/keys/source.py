@@ -32,9 +32,7 @@ class KeySource(Protocol):
         """The member's service name."""
         ...
 
-    def identity(
-        self, now_ms: int, refresh: bool = False
-    ) -> tuple[Ed25519PrivateKey, Certificate]:
+    def identity(self, now_ms: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
         """This member's signing key and a certificate valid at ``now_ms`` (renewed as needed;
         ``refresh`` asks for a new one now, e.g. when it lacks a topic the member may use)."""
         ...

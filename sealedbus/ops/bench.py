@@ -16,7 +16,8 @@ _BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "bench", help="throughput benchmark: plaintext vs sealed on memory, RabbitMQ, Kafka",
+        "bench",
+        help="throughput benchmark: plaintext vs sealed on memory, RabbitMQ, Kafka",
         description=__doc__,
     )
     add_arguments(parser)
@@ -25,27 +26,45 @@ def register(subparsers: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options, shared by ``sealedbus bench`` and ``benchmarks/run.py``."""
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 300 messages per phase, one round (well under a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 300 messages per phase, one round (well under a minute)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (full default: 5)")
-    parser.add_argument("--transports", default="memory,rabbitmq,kafka",
-                        help="comma-separated subset of memory,rabbitmq,kafka")
-    parser.add_argument("--amqp-url", default=os.environ.get("SEALEDBUS_AMQP_URL", ""),
-                        help="RabbitMQ URL (default $SEALEDBUS_AMQP_URL)")
-    parser.add_argument("--kafka-bootstrap",
-                        default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", ""),
-                        help="Kafka host:port (default $SEALEDBUS_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for latest.json, latest.md and the PNG plots")
-    parser.add_argument("--open-threads", type=int, default=2,
-                        help="opener threads for per-message consumers (default 2)")
+    parser.add_argument(
+        "--transports",
+        default="memory,rabbitmq,kafka",
+        help="comma-separated subset of memory,rabbitmq,kafka",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("SEALEDBUS_AMQP_URL", ""),
+        help="RabbitMQ URL (default $SEALEDBUS_AMQP_URL)",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", ""),
+        help="Kafka host:port (default $SEALEDBUS_KAFKA_BOOTSTRAP)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for latest.json, latest.md and the PNG plots"
+    )
+    parser.add_argument(
+        "--open-threads",
+        type=int,
+        default=2,
+        help="opener threads for per-message consumers (default 2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _bench(args: argparse.Namespace) -> int:
     if not (_BENCHMARKS / "throughput" / "runner.py").is_file():
-        print("sealedbus bench runs from a source checkout (benchmarks/throughput is missing)",
-              file=sys.stderr)
+        print(
+            "sealedbus bench runs from a source checkout (benchmarks/throughput is missing)",
+            file=sys.stderr,
+        )
         return 2
     if str(_BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(_BENCHMARKS))

@@ -12,8 +12,15 @@ from sealedbus.ops import demo, inspect_cmd
 
 _PLUGINS = ("sealedbus.kds.cli", "sealedbus.ops.bench")
 _EXTRAS = {  # optional dependency -> the extra that installs it
-    "fastapi": "kds", "uvicorn": "kds", "sqlalchemy": "kds", "psycopg": "kds", "httpx": "kds",
-    "pika": "rabbitmq", "kafka": "kafka", "crc32c": "kafka", "matplotlib": "bench",
+    "fastapi": "kds",
+    "uvicorn": "kds",
+    "sqlalchemy": "kds",
+    "psycopg": "kds",
+    "httpx": "kds",
+    "pika": "rabbitmq",
+    "kafka": "kafka",
+    "crc32c": "kafka",
+    "matplotlib": "bench",
 }
 
 
@@ -44,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = _EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"sealedbus {args.command}: needs {exc.name}, from the {extra!r} extra "
-              f"(in a checkout: .venv/bin/pip install -e '.[{extra}]')", file=sys.stderr)
+        print(
+            f"sealedbus {args.command}: needs {exc.name}, from the {extra!r} extra "
+            f"(in a checkout: .venv/bin/pip install -e '.[{extra}]')",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -161,8 +161,9 @@ class MemoryDriver:
         return MemoryReceiver(MemoryConsumer(self.bus, opener, topic, unique("group")))
 
     def dead_letters(self, topic: str) -> list[tuple[str, bytes]]:
-        return [(r.headers[REASON_HEADER].decode(), r.value)
-                for r in self.bus.records(f"{topic}.dlq")]
+        return [
+            (r.headers[REASON_HEADER].decode(), r.value) for r in self.bus.records(f"{topic}.dlq")
+        ]
 
     def stored(self, topic: str, count: int) -> list[bytes]:
         return [r.value for r in self.bus.records(topic)[:count]]
@@ -238,8 +239,15 @@ class RabbitReceiver:
         out: list[Got] = []
         for method, _props, message in self.channel.consume(self.queue, inactivity_timeout=0.1):
             if method is not None and message is not None:
-                out.append(Got(message.body, message.headers, method.routing_key.encode() or None,
-                               message.sender, message.content_type))
+                out.append(
+                    Got(
+                        message.body,
+                        message.headers,
+                        method.routing_key.encode() or None,
+                        message.sender,
+                        message.content_type,
+                    )
+                )
                 self.channel.basic_ack(method.delivery_tag)
             if len(out) >= count or time.monotonic() > deadline:
                 break
@@ -302,8 +310,10 @@ class RabbitDriver:
         return out
 
     def dead_letters(self, topic: str) -> list[tuple[str, bytes]]:
-        return [(header_text(p.headers[REASON_HEADER]), b)
-                for p, b in self._drain(f"{topic}.dlx", 10_000)]
+        return [
+            (header_text(p.headers[REASON_HEADER]), b)
+            for p, b in self._drain(f"{topic}.dlx", 10_000)
+        ]
 
     def stored(self, topic: str, count: int) -> list[bytes]:
         return [b for _, b in self._drain(f"{topic}.tap", count)]
@@ -350,14 +360,22 @@ def kafka_consumer(bootstrap: str, group: str, **extra: Any) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", consumer_timeout_ms=300, **extra,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=300,
+        **extra,
     )
 
 
 class KafkaReceiver:
     def __init__(
-        self, bootstrap: str, topic: str, opener: Opener, group: str | None = None,
+        self,
+        bootstrap: str,
+        topic: str,
+        opener: Opener,
+        group: str | None = None,
         **extra: Any,
     ) -> None:
         from kafka import KafkaProducer
@@ -366,7 +384,8 @@ class KafkaReceiver:
 
         self.dead_letter_producer = KafkaProducer(bootstrap_servers=bootstrap)
         self.consumer = SealedKafkaConsumer(
-            kafka_consumer(bootstrap, group or unique("group"), **extra), opener,
+            kafka_consumer(bootstrap, group or unique("group"), **extra),
+            opener,
             dead_letter_producer=self.dead_letter_producer,
         )
         self.consumer.subscribe([topic])
@@ -389,8 +408,9 @@ class KafkaReceiver:
     def poll_once(self) -> list[Got]:
         records = self._records if self._records is not None else iter(self.consumer)
         self._records = None
-        return [Got(r.value, r.headers, r.key, r.sender, r.message.content_type)
-                for r in records]  # ends after consumer_timeout_ms without records
+        return [
+            Got(r.value, r.headers, r.key, r.sender, r.message.content_type) for r in records
+        ]  # ends after consumer_timeout_ms without records
 
     def close(self) -> None:
         self.consumer.close()
@@ -417,8 +437,10 @@ class KafkaDriver:
     def new_topic(self, partitions: int = 3) -> str:
         topic = unique()
         self.admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": 1},
-             f"{topic}.dlq": {"num_partitions": 1, "replication_factor": 1}},
+            {
+                topic: {"num_partitions": partitions, "replication_factor": 1},
+                f"{topic}.dlq": {"num_partitions": 1, "replication_factor": 1},
+            },
             wait_for_metadata=True,
         )
         return topic
@@ -437,8 +459,9 @@ class KafkaDriver:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         try:
-            parts = [TopicPartition(topic, p) for p in sorted(
-                consumer.partitions_for_topic(topic) or ())]
+            parts = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
             consumer.assign(parts)
             consumer.seek_to_beginning(*parts)
             end = consumer.end_offsets(parts)
@@ -453,8 +476,10 @@ class KafkaDriver:
             consumer.close(autocommit=False)
 
     def dead_letters(self, topic: str) -> list[tuple[str, bytes]]:
-        return [(dict(r.headers)[REASON_HEADER].decode(), r.value)
-                for r in self._read_all(f"{topic}.dlq", 10_000)]
+        return [
+            (dict(r.headers)[REASON_HEADER].decode(), r.value)
+            for r in self._read_all(f"{topic}.dlq", 10_000)
+        ]
 
     def stored(self, topic: str, count: int) -> list[bytes]:
         return [r.value for r in self._read_all(topic, count)]

@@ -26,8 +26,12 @@ def flip(data: bytes, index: int) -> bytes:
 class TestContract:
     def test_round_trip_body_headers_key_sender(self, world: World) -> None:
         sender = world.sender()
-        sender.send(b"first", key=KEY, headers={"trace": "t-1", "n": 7, "blob": b"\x00\xff"},
-                    content_type="text/plain")
+        sender.send(
+            b"first",
+            key=KEY,
+            headers={"trace": "t-1", "n": 7, "blob": b"\x00\xff"},
+            content_type="text/plain",
+        )
         sender.send(b"", key=KEY)
         got = world.receiver().take(2)
         assert [g.body for g in got] == [b"first", b""]
@@ -121,9 +125,7 @@ class TestContract:
         deadline = time.monotonic() + WAIT
         while not world.driver.dead_letters(world.topic) and time.monotonic() < deadline:
             assert receiver.poll_once() == []
-        assert [r for r, _ in world.driver.dead_letters(world.topic)] == [
-            Reason.NOT_GRANTED.value
-        ]
+        assert [r for r, _ in world.driver.dead_letters(world.topic)] == [Reason.NOT_GRANTED.value]
 
     def test_producer_without_grant_cannot_send(self, world: World) -> None:
         outsider = world.keys.enroll("outsider")

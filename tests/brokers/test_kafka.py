@@ -79,8 +79,12 @@ def test_keys_are_tokenized_and_restored(world: World, bootstrap: str) -> None:
         producer.flush(timeout=WAIT)
     finally:
         producer.close(timeout=WAIT)
-    raw = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                        enable_auto_commit=False, consumer_timeout_ms=2000)
+    raw = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+    )
     raw.subscribe([world.topic])
     records = []
     for r in raw:
@@ -95,11 +99,13 @@ def test_keys_are_tokenized_and_restored(world: World, bootstrap: str) -> None:
     for r in records:
         by_token.setdefault(r.key, set()).add(r.partition)
     assert len(by_token) == 3 and all(len(p) == 1 for p in by_token.values())  # stable
-    assert set(by_token) == {tokenizer.tokenize(world.topic, f"patient-{i}".encode())
-                             for i in range(3)}
+    assert set(by_token) == {
+        tokenizer.tokenize(world.topic, f"patient-{i}".encode()) for i in range(3)
+    }
     got = world.receiver().take(12)
     assert sorted((g.key or b"", int(g.body)) for g in got) == sorted(
-        (f"patient-{i % 3}".encode(), i) for i in range(12))
+        (f"patient-{i % 3}".encode(), i) for i in range(12)
+    )
     assert all(g.headers == {} for g in got)
 
 
@@ -182,8 +188,7 @@ def test_consumer_group_rebalance_loses_and_repeats_nothing(world: World, bootst
         finally:
             receiver.close()
 
-    a = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group,
-                      max_poll_records=20)
+    a = KafkaReceiver(bootstrap, world.topic, world.opener(), group=group, max_poll_records=20)
     thread_a = threading.Thread(target=run, args=(a,))
     thread_a.start()
     deadline = time.monotonic() + WAIT
@@ -235,8 +240,10 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     sealed = SealedKafkaProducer(producer, world.sealer())
     try:
-        futures = [sealed.send(world.topic, f"{i}".encode(), key=f"key{i % 5}".encode())
-                   for i in range(total // 2, total)]
+        futures = [
+            sealed.send(world.topic, f"{i}".encode(), key=f"key{i % 5}".encode())
+            for i in range(total // 2, total)
+        ]
         for f in futures:
             f.get(timeout=60)
     finally:
@@ -442,17 +449,20 @@ def test_the_record_the_application_failed_on_is_not_committed(
         second.close()
 
 
-def test_consumer_recovers_after_being_dropped_from_the_group(
-    world: World, bootstrap: str
-) -> None:
+def test_consumer_recovers_after_being_dropped_from_the_group(world: World, bootstrap: str) -> None:
     world.topic = KafkaDriver(bootstrap).new_topic(partitions=1)
     world.keys.create_topic(world.topic, producers=["producer"], consumers=["consumer"])
     sender = world.sender()
     for i in range(3):
         sender.send(f"m{i}".encode())
     receiver = KafkaReceiver(
-        bootstrap, world.topic, world.opener(), group="g-" + world.topic,
-        max_poll_interval_ms=1500, session_timeout_ms=6000, heartbeat_interval_ms=300,
+        bootstrap,
+        world.topic,
+        world.opener(),
+        group="g-" + world.topic,
+        max_poll_interval_ms=1500,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
         max_poll_records=1,
     )
     try:

@@ -72,7 +72,9 @@ def test_unsealable_headers_are_refused_before_sending(
 ) -> None:
     with pytest.raises(ConfigurationError):
         MemoryProducer(bus_of(world), world.sealer()).send(
-            world.topic, b"x", headers=headers  # type: ignore[arg-type]
+            world.topic,
+            b"x",
+            headers=headers,  # type: ignore[arg-type]
         )
     assert bus_of(world).records(world.topic) == []
 
@@ -116,15 +118,23 @@ class FailsOnCall:
         return self.inner.revocations(now_ms)
 
 
-@pytest.mark.parametrize("error", [AccessDenied("certificate renewing"),
-                                   UntrustedResponse("an HTML error page"),
-                                   Refused(403, "denied", "not now")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        AccessDenied("certificate renewing"),
+        UntrustedResponse("an HTML error page"),
+        Refused(403, "denied", "not now"),
+    ],
+)
 def test_other_key_service_errors_mid_poll_lose_nothing(world: World, error: Exception) -> None:
     producer = MemoryProducer(bus_of(world), world.sealer())
     for i in range(4):
         producer.send(world.topic, f"m{i}".encode())
-    opener = Opener(FailsOnCall(world.consumer, error, call=3), metrics=world.metrics,
-                    revocation_check_interval=0)
+    opener = Opener(
+        FailsOnCall(world.consumer, error, call=3),
+        metrics=world.metrics,
+        revocation_check_interval=0,
+    )
     consumer = MemoryConsumer(bus_of(world), opener, world.topic, "g")
     with pytest.raises(type(error)):
         consumer.poll(timeout=1)  # m0 and m1 opened before m2 failed

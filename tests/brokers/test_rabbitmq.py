@@ -61,7 +61,8 @@ def producer(world: World, connection: Any) -> SealedChannel:
 
 def consumer(world: World, connection: Any, opener: Opener | None = None) -> SealedChannel:
     return SealedChannel(
-        connection.channel(), opener=opener or world.opener(),
+        connection.channel(),
+        opener=opener or world.opener(),
         dead_letter_exchange=f"{world.topic}.dlx",
     )
 
@@ -81,8 +82,11 @@ def test_properties_are_sealed_and_expiration_follows_the_envelope(
 ) -> None:
     pub = producer(world, connect())
     props = pika.BasicProperties(
-        headers={"patient": "p-1"}, content_type="application/json", expiration="60000",
-        correlation_id="c-1", delivery_mode=2,
+        headers={"patient": "p-1"},
+        content_type="application/json",
+        expiration="60000",
+        correlation_id="c-1",
+        delivery_mode=2,
     )
     pub.basic_publish(world.topic, "rk", b'{"x": 1}', props)
     raw_method, raw_props, raw_body = pub.channel.basic_get(f"{world.topic}.tap", auto_ack=True)
@@ -117,8 +121,12 @@ def test_default_exchange_needs_an_explicit_topic(world: World, connect: Any) ->
         producer(world, connection).basic_publish("", f"{world.topic}.q", b"x")
     mapped = SealedChannel(connection.channel(), sealer=world.sealer(), topics={"": world.topic})
     mapped.basic_publish("", f"{world.topic}.q", b"via the default exchange")
-    sub = SealedChannel(connection.channel(), opener=world.opener(), topics={"": world.topic},
-                        dead_letter_exchange=f"{world.topic}.dlx")
+    sub = SealedChannel(
+        connection.channel(),
+        opener=world.opener(),
+        topics={"": world.topic},
+        dead_letter_exchange=f"{world.topic}.dlx",
+    )
     [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
     sub.basic_ack(method.delivery_tag)
     assert message.body == b"via the default exchange"
@@ -183,9 +191,7 @@ class FlakyKeys:
         return result
 
 
-def test_key_service_outage_requeues_instead_of_dead_lettering(
-    world: World, connect: Any
-) -> None:
+def test_key_service_outage_requeues_instead_of_dead_lettering(world: World, connect: Any) -> None:
     producer(world, connect()).basic_publish(world.topic, "", b"keep me")
     opener = Opener(FlakyKeys(world.consumer, failures=1), metrics=world.metrics)
     sub = consumer(world, connect(), opener)
@@ -207,8 +213,9 @@ def test_moved_to_another_exchange_is_dead_lettered(world: World, connect: Any) 
     raw.basic_publish(other, "", body, props)  # an operator's shovel, or an attacker
     pub_other = SealedChannel(connect().channel(), sealer=world.sealer())
     pub_other.basic_publish(other, "", b"sentinel")
-    sub = SealedChannel(connect().channel(), opener=world.opener(),
-                        dead_letter_exchange=f"{other}.dlx")
+    sub = SealedChannel(
+        connect().channel(), opener=world.opener(), dead_letter_exchange=f"{other}.dlx"
+    )
     [(method, _, message)] = drain(sub, f"{other}.q", 1)
     sub.basic_ack(method.delivery_tag)
     assert message.body == b"sentinel"
@@ -299,9 +306,7 @@ def queued(connection: Any, queue: str) -> int:
     return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
 
 
-def test_batch_signing_keeps_order_and_flushes_a_partial_batch(
-    world: World, connect: Any
-) -> None:
+def test_batch_signing_keeps_order_and_flushes_a_partial_batch(world: World, connect: Any) -> None:
     connection = connect()
     pub = batch_producer(world, connection, batch_size=8, linger=WAIT)  # only size or flush()
     for i in range(20):
@@ -422,8 +427,10 @@ def test_close_refuses_to_drop_sealed_messages_it_cannot_publish(
     assert raised.value.unpublished == [(world.topic, "")]
 
 
-@pytest.mark.parametrize("error", [AccessDenied("renewing"), UntrustedResponse("HTML page"),
-                                   Refused(403, "denied", "not now")])
+@pytest.mark.parametrize(
+    "error",
+    [AccessDenied("renewing"), UntrustedResponse("HTML page"), Refused(403, "denied", "not now")],
+)
 def test_other_key_service_errors_requeue(world: World, connect: Any, error: Exception) -> None:
     pub = producer(world, connect())
     pub.basic_publish(world.topic, "", b"m0")

@@ -42,8 +42,7 @@ class AsgiTransport(httpx.BaseTransport):
         async def send() -> httpx.Response:
             response = await self._inner.handle_async_request(request)
             content = await response.aread()
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  content=content)
+            return httpx.Response(response.status_code, headers=response.headers, content=content)
 
         return asyncio.run_coroutine_threadsafe(send(), self._loop).result()
 
@@ -94,21 +93,38 @@ class Kds:
         return auth.totp(self.totp_secret).generate(int(self.totp_clock())).decode()
 
     def member(
-        self, name: str, *, roles: list[str] | None = None, http: httpx.Client | None = None,
-        suite: Suite = Suite.X25519, **options: Any,
+        self,
+        name: str,
+        *,
+        roles: list[str] | None = None,
+        http: httpx.Client | None = None,
+        suite: Suite = Suite.X25519,
+        **options: Any,
     ) -> KeyServiceClient:
         """Enroll a new member with a fresh token and return its client."""
         identity = MemberIdentity.generate(name, os.urandom, suite)
         token = self.admin.create_token(name, roles)
-        enroll("http://testserver", identity, token, self.root_fingerprint, http=self.http,
-               clock=self.clock)
+        enroll(
+            "http://testserver",
+            identity,
+            token,
+            self.root_fingerprint,
+            http=self.http,
+            clock=self.clock,
+        )
         return self.client(identity, http=http, **options)
 
     def client(
         self, identity: MemberIdentity, *, http: httpx.Client | None = None, **options: Any
     ) -> KeyServiceClient:
-        client = KeyServiceClient("http://testserver", identity, self.root_fingerprint,
-                                  http=http or self.http, clock=self.clock, **options)
+        client = KeyServiceClient(
+            "http://testserver",
+            identity,
+            self.root_fingerprint,
+            http=http or self.http,
+            clock=self.clock,
+            **options,
+        )
         self.clients.append(client)
         return client
 
@@ -119,14 +135,25 @@ def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> 
     store.create_schema()
     root = Ed25519PrivateKey.generate()
     totp_clock = Clock()
-    service = KeyDistributionService(store, root, MasterKeyring.generate(), clock=clock,
-                                     replica="test", totp_clock=totp_clock)
+    service = KeyDistributionService(
+        store, root, MasterKeyring.generate(), clock=clock, replica="test", totp_clock=totp_clock
+    )
     admin_identity = MemberIdentity.generate("root-admin", os.urandom)
     totp_secret = os.urandom(20)
     service.add_admin(admin_identity.name, admin_identity.identity_public, totp_secret)
     app = create_app(service, enroll_per_minute=1000)
     http = http_client(app)
-    kds = Kds(clock, store, service, app, http, None, admin_identity, totp_secret,  # type: ignore[arg-type]
-              fingerprint(root.public_key().public_bytes_raw()), totp_clock=totp_clock)
+    kds = Kds(
+        clock,
+        store,
+        service,
+        app,
+        http,
+        None,
+        admin_identity,
+        totp_secret,  # type: ignore[arg-type]
+        fingerprint(root.public_key().public_bytes_raw()),
+        totp_clock=totp_clock,
+    )
     kds.admin = AdminClient("http://testserver", admin_identity, kds.totp, http=http, clock=clock)
     return kds

@@ -55,9 +55,9 @@ def consume(client: KeyServiceClient, topic: str, path: str) -> None:
     failures: list[str] = []
     epochs: set[int] = set()
     while at < len(data):
-        (size,) = struct.unpack(">I", data[at:at + 4])
+        (size,) = struct.unpack(">I", data[at : at + 4])
         try:
-            message = opener.open(topic, data[at + 4:at + 4 + size])
+            message = opener.open(topic, data[at + 4 : at + 4 + size])
             opened += 1
             epochs.add(message.epoch)
         except (InvalidEnvelope, SealedbusError) as exc:

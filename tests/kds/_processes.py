@@ -38,8 +38,13 @@ def free_port() -> int:
 
 def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-        [sys.executable, "-m", "sealedbus.ops.cli", *map(str, args)], cwd=ROOT,
-        capture_output=True, text=True, timeout=60, check=False)
+        [sys.executable, "-m", "sealedbus.ops.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"sealedbus {args} failed: {result.stdout}{result.stderr}")
     return result
@@ -74,42 +79,74 @@ def tls_files(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealedbus test KDS")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 
 
 class KdsProcess:
-    def __init__(self, data: Path, *args: str | Path, tls: tuple[Path, Path] | None = None,
-                 db: str | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *args: str | Path,
+        tls: tuple[Path, Path] | None = None,
+        db: str | None = None,
+    ) -> None:
         self.port = free_port()
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.ca = str(tls[0]) if tls else ""
         self.verify: Any = tls_context(self.ca) if tls else True
-        command = [sys.executable, "-m", "sealedbus.ops.cli", "kds", "serve", "--data-dir",
-                   str(data), "--port", str(self.port), *map(str, args)]
+        command = [
+            sys.executable,
+            "-m",
+            "sealedbus.ops.cli",
+            "kds",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(self.port),
+            *map(str, args),
+        ]
         if db:
             command += ["--db", db]
-        command += (["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls
-                    else ["--insecure-http"])
+        command += (
+            ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else ["--insecure-http"]
+        )
         self.log = (data / f"kds-{self.port}.log").open("w")
         self.process = subprocess.Popen(  # noqa: S603 - our own CLI
-            command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            command,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -122,8 +159,10 @@ class KdsProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"KDS exited: {Path(self.log.name).read_text()}")
             try:
-                if httpx.get(self.url + "/readyz", verify=self.verify, timeout=1).status_code \
-                        == 200:
+                if (
+                    httpx.get(self.url + "/readyz", verify=self.verify, timeout=1).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -153,7 +192,12 @@ class KdsProcess:
 
 def member_process(*args: str | Path) -> dict[str, Any]:
     result = subprocess.run(  # noqa: S603 - our own test helper
-        [sys.executable, "-m", "tests.kds._member", *map(str, args)], cwd=ROOT,
-        capture_output=True, text=True, timeout=120, check=False)
+        [sys.executable, "-m", "tests.kds._member", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -30,8 +30,13 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens there: any request would f
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (kds_cli.DB_ENV, kds_cli.URL_ENV, kds_cli.FINGERPRINT_ENV, kds_cli.TOTP_ENV,
-                 secrets.MASTER_KEYS_ENV):
+    for name in (
+        kds_cli.DB_ENV,
+        kds_cli.URL_ENV,
+        kds_cli.FINGERPRINT_ENV,
+        kds_cli.TOTP_ENV,
+        secrets.MASTER_KEYS_ENV,
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -86,8 +91,9 @@ def admin_args(kds: Kds, key: Path) -> list[str | Path]:
     return ["admin", "--url", "http://kds.test", "--key", key, "--totp", kds.totp()]
 
 
-def issue_token(kds: Kds, key: Path, capsys: pytest.CaptureFixture[str], member: str,
-                out: Path) -> None:
+def issue_token(
+    kds: Kds, key: Path, capsys: pytest.CaptureFixture[str], member: str, out: Path
+) -> None:
     code, stdout, err = run(capsys, *admin_args(kds, key), "token", member, "--out", out)
     assert code == 0, err
     assert out.stat().st_mode & 0o777 == 0o600
@@ -95,8 +101,19 @@ def issue_token(kds: Kds, key: Path, capsys: pytest.CaptureFixture[str], member:
 
 
 def enroll_args(kds: Kds, name: str, token: Path, key_out: Path) -> list[str | Path]:
-    return ["enroll", "--url", "http://kds.test", "--root-fingerprint", kds.root_fingerprint,
-            "--name", name, "--token-file", token, "--key-out", key_out]
+    return [
+        "enroll",
+        "--url",
+        "http://kds.test",
+        "--root-fingerprint",
+        kds.root_fingerprint,
+        "--name",
+        name,
+        "--token-file",
+        token,
+        "--key-out",
+        key_out,
+    ]
 
 
 def test_token_refuses_an_existing_out_file_before_the_kds_issues_one(
@@ -117,7 +134,10 @@ def test_token_refuses_an_existing_out_file_before_the_kds_issues_one(
 
 
 def test_token_that_cannot_be_saved_is_reported_in_one_line_without_the_secret(
-    kds: Kds, served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    kds: Kds,
+    served: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     issued: list[str] = []
@@ -132,8 +152,9 @@ def test_token_that_cannot_be_saved_is_reported_in_one_line_without_the_secret(
 
     monkeypatch.setattr(AdminClient, "create_token", spy)
     monkeypatch.setattr(secrets, "write_secret", disk_full)
-    code, out, err = run(capsys, *admin_args(kds, served), "token", "p", "--out",
-                         tmp_path / "p.token")
+    code, out, err = run(
+        capsys, *admin_args(kds, served), "token", "p", "--out", tmp_path / "p.token"
+    )
     assert code == 1
     assert "No space left on device" in one_line(err, "admin token")
     assert len(issued) == 1 and issued[0] not in out + err
@@ -181,14 +202,40 @@ def test_enroll_checks_its_arguments_before_writing_anything(
     cases: list[tuple[list[str | Path], str]] = [
         ([*base, "--token-file", token, "--root-fingerprint", fingerprint], "--url"),
         ([*base, "--token-file", token, "--url", UNREACHABLE], "--root-fingerprint"),
-        ([*base, "--token-file", token, "--url", UNREACHABLE, "--root-fingerprint", "abc"],
-         "--root-fingerprint"),
-        ([*base, "--token-file", tmp_path / "missing", "--url", UNREACHABLE,
-          "--root-fingerprint", fingerprint], "--token-file"),
-        ([*base, "--token-file", empty, "--url", UNREACHABLE, "--root-fingerprint",
-          fingerprint], "--token-file"),
-        ([*base, "--token-file", token, "--url", UNREACHABLE, "--root-fingerprint",
-          fingerprint, "--ca", tmp_path / "missing.pem"], "--ca"),
+        (
+            [*base, "--token-file", token, "--url", UNREACHABLE, "--root-fingerprint", "abc"],
+            "--root-fingerprint",
+        ),
+        (
+            [
+                *base,
+                "--token-file",
+                tmp_path / "missing",
+                "--url",
+                UNREACHABLE,
+                "--root-fingerprint",
+                fingerprint,
+            ],
+            "--token-file",
+        ),
+        (
+            [*base, "--token-file", empty, "--url", UNREACHABLE, "--root-fingerprint", fingerprint],
+            "--token-file",
+        ),
+        (
+            [
+                *base,
+                "--token-file",
+                token,
+                "--url",
+                UNREACHABLE,
+                "--root-fingerprint",
+                fingerprint,
+                "--ca",
+                tmp_path / "missing.pem",
+            ],
+            "--ca",
+        ),
     ]
     for args, flag in cases * 2:  # the second round finds nothing left over by the first
         code, out, err = run(capsys, *args)
@@ -198,13 +245,29 @@ def test_enroll_checks_its_arguments_before_writing_anything(
         assert not key.exists() and not key.with_name("p.key.pending").exists()
 
     key.with_name("p.key.pending").write_bytes(b"")
-    code, _, err = run(capsys, *base, "--token-file", token, "--url", UNREACHABLE,
-                       "--root-fingerprint", fingerprint)
+    code, _, err = run(
+        capsys,
+        *base,
+        "--token-file",
+        token,
+        "--url",
+        UNREACHABLE,
+        "--root-fingerprint",
+        fingerprint,
+    )
     assert code == 2 and "interrupted" in one_line(err, "enroll")
 
     key.write_bytes(b"")
-    code, _, err = run(capsys, *base, "--token-file", token, "--url", UNREACHABLE,
-                       "--root-fingerprint", fingerprint)
+    code, _, err = run(
+        capsys,
+        *base,
+        "--token-file",
+        token,
+        "--url",
+        UNREACHABLE,
+        "--root-fingerprint",
+        fingerprint,
+    )
     assert code == 2 and "refusing to overwrite" in one_line(err, "enroll")
 
 
@@ -214,8 +277,20 @@ def test_enroll_that_cannot_reach_the_kds_leaves_no_key_file(
     token = tmp_path / "p.token"
     token.write_text("a-token\n")
     key = tmp_path / "p.key"
-    code, _, err = run(capsys, "enroll", "--name", "p", "--key-out", key, "--token-file", token,
-                       "--url", UNREACHABLE, "--root-fingerprint", "sha256:" + "ab" * 32)
+    code, _, err = run(
+        capsys,
+        "enroll",
+        "--name",
+        "p",
+        "--key-out",
+        key,
+        "--token-file",
+        token,
+        "--url",
+        UNREACHABLE,
+        "--root-fingerprint",
+        "sha256:" + "ab" * 32,
+    )
     assert code == 1 and "unreachable" in one_line(err, "enroll")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.token"]
 
@@ -264,11 +339,9 @@ def test_admin_errors_are_one_line(
     url = ["--url", UNREACHABLE]
     code, _, err = run(capsys, "admin", "--key", key, "--totp", "1", "topic", "list")
     assert code == 2 and "--url" in one_line(err, "admin topic list")
-    code, _, err = run(capsys, "admin", *url, "--key", tmp_path / "x.key", "--totp", "1",
-                       "audit")
+    code, _, err = run(capsys, "admin", *url, "--key", tmp_path / "x.key", "--totp", "1", "audit")
     assert code == 1 and "`sealedbus kds init`" in one_line(err, "admin audit")
-    code, _, err = run(capsys, "admin", *url, "--key", data / "admin.totp", "--totp", "1",
-                       "audit")
+    code, _, err = run(capsys, "admin", *url, "--key", data / "admin.totp", "--totp", "1", "audit")
     assert code == 1 and "not a sealedbus key file" in one_line(err, "admin audit")
     assert "secret=" not in err
     code, _, err = run(capsys, "admin", *url, "--key", key, "--totp", "1", "rotate", "t")
@@ -294,8 +367,17 @@ def test_the_reported_enroll_sequence_as_a_process(tmp_path: Path) -> None:
     """The report: enroll without --url wrote the key file; running it again crashed."""
     token = tmp_path / "p.token"
     token.write_text("a-token\n")
-    args = ("enroll", "--name", "p", "--token-file", token, "--key-out", tmp_path / "p.key",
-            "--root-fingerprint", "sha256:" + "ab" * 32)
+    args = (
+        "enroll",
+        "--name",
+        "p",
+        "--token-file",
+        token,
+        "--key-out",
+        tmp_path / "p.key",
+        "--root-fingerprint",
+        "sha256:" + "ab" * 32,
+    )
     for _ in range(2):
         result = cli(*args, check=False)
         assert result.returncode == 2
@@ -305,7 +387,8 @@ def test_the_reported_enroll_sequence_as_a_process(tmp_path: Path) -> None:
 
 def test_init_with_an_unreachable_database_leaves_no_key_files(tmp_path: Path) -> None:
     data = tmp_path / "kds"
-    code = main(["kds", "init", "--data-dir", str(data),
-                     "--db", "postgresql://nobody:pw@127.0.0.1:1/none"])
+    code = main(
+        ["kds", "init", "--data-dir", str(data), "--db", "postgresql://nobody:pw@127.0.0.1:1/none"]
+    )
     assert code == 1
     assert not any(data.iterdir())  # nothing to refuse on the retry

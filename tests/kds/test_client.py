@@ -189,11 +189,20 @@ def test_unknown_certificate_ids_do_not_cost_a_request_per_envelope(kds: Kds) ->
 def test_client_from_the_key_file_enroll_wrote(kds: Kds, tmp_path: Path) -> None:
     kds.admin.create_topic("orders", producers=["p"], consumers=["p"])
     identity = MemberIdentity.generate("p", os.urandom)
-    enroll("http://testserver", identity, kds.admin.create_token("p", None),
-           kds.root_fingerprint, http=kds.http, clock=kds.clock)
+    enroll(
+        "http://testserver",
+        identity,
+        kds.admin.create_token("p", None),
+        kds.root_fingerprint,
+        http=kds.http,
+        clock=kds.clock,
+    )
     write_secret(tmp_path / "p.key", identity.to_bytes())
     client = KeyServiceClient.from_key_file(
-        "http://testserver", str(tmp_path / "p.key"), kds.root_fingerprint, http=kds.http,
+        "http://testserver",
+        str(tmp_path / "p.key"),
+        kds.root_fingerprint,
+        http=kds.http,
         clock=kds.clock,
     )
     sealer, opener = Sealer(client, clock=kds.clock), Opener(client, clock=kds.clock)

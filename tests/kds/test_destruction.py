@@ -20,19 +20,24 @@ from ._harness import Kds
 
 
 def test_nothing_opens_a_message_after_retention(kds: Kds, tmp_path: Path) -> None:
-    kds.admin.create_topic("phi", producers=["p"], consumers=["c"], rotation=60, retention=120,
-                           history=True)
+    kds.admin.create_topic(
+        "phi", producers=["p"], consumers=["c"], rotation=60, retention=120, history=True
+    )
     sealer = Sealer(kds.member("p"), clock=kds.clock)
     consumer = kds.member("c")
     opener = Opener(consumer, clock=kds.clock)
     envelope = sealer.seal("phi", b"diagnosis")
     assert opener.open("phi", envelope).body == b"diagnosis"  # the consumer holds the key now
     with kds.store.read() as conn:
-        wrapped = conn.execute(select(epoch_keys.c.wrapped).where(
-            epoch_keys.c.topic == "phi", epoch_keys.c.epoch == 0)).scalar_one()
-        public = EpochDescription.verify(conn.execute(select(epochs.c.description).where(
-            epochs.c.topic == "phi", epochs.c.epoch == 0)).scalar_one(),
-            kds.service.root_public).public_key
+        wrapped = conn.execute(
+            select(epoch_keys.c.wrapped).where(epoch_keys.c.topic == "phi", epoch_keys.c.epoch == 0)
+        ).scalar_one()
+        public = EpochDescription.verify(
+            conn.execute(
+                select(epochs.c.description).where(epochs.c.topic == "phi", epochs.c.epoch == 0)
+            ).scalar_one(),
+            kds.service.root_public,
+        ).public_key
 
     kds.clock.advance(181)  # epoch 0 ends at 60 s and is destroyed at 180 s
     assert kds.service.tick("test").destroyed == 1
@@ -56,8 +61,12 @@ def test_nothing_opens_a_message_after_retention(kds: Kds, tmp_path: Path) -> No
     # the KDS's database, read with the master key: the wrapped key is gone, bytes and all
     with kds.store.read() as conn:
         rows = conn.execute(select(epoch_keys)).all()
-        assert conn.execute(select(epochs.c.state).where(
-            epochs.c.topic == "phi", epochs.c.epoch == 0)).scalar_one() == "destroyed"
+        assert (
+            conn.execute(
+                select(epochs.c.state).where(epochs.c.topic == "phi", epochs.c.epoch == 0)
+            ).scalar_one()
+            == "destroyed"
+        )
     for row in rows:
         seed = kds.service.master.unwrap(row.wrapped, _key_context(row.topic, row.epoch))
         assert suites.keypair_from_seed(suites.Suite.X25519, seed).public != public

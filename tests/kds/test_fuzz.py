@@ -51,15 +51,27 @@ def test_api_never_fails_on_bad_input(case: Any) -> None:
     data = kwargs.get("data")
     raw = data if isinstance(data, bytes | str) else None
     request = kds.http.build_request(
-        kwargs["method"], kwargs["url"], params=kwargs.get("params"),
+        kwargs["method"],
+        kwargs["url"],
+        params=kwargs.get("params"),
         headers={k: str(v) for k, v in (kwargs.get("headers") or {}).items()},
-        content=kwargs.get("content") or raw, json=kwargs.get("json"),
-        data=None if raw is not None else data)
+        content=kwargs.get("content") or raw,
+        json=kwargs.get("json"),
+        data=None if raw is not None else data,
+    )
     admin = request.url.path.startswith("/v1/admin")
     identity = kds.admin_identity if admin else kds.clients[0]._identity
-    request.headers.update(auth.sign_request(
-        identity.signing_key, identity.name, request.method, request.url.raw_path,
-        request.content, kds.clock_ms(), os.urandom(16)))
+    request.headers.update(
+        auth.sign_request(
+            identity.signing_key,
+            identity.name,
+            request.method,
+            request.url.raw_path,
+            request.content,
+            kds.clock_ms(),
+            os.urandom(16),
+        )
+    )
     if admin:
         request.headers[auth.TOTP_CODE] = kds.totp()
     response = kds.http.send(request)

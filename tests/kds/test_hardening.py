@@ -22,18 +22,27 @@ from ._harness import Kds
 
 
 def _headers(principal: str, stamp: str = "", nonce: str = "a" * 32) -> dict[str, str]:
-    return {auth.PRINCIPAL: principal, auth.TIMESTAMP: stamp, auth.NONCE: nonce,
-            auth.SIGNATURE: "A" * 88}
+    return {
+        auth.PRINCIPAL: principal,
+        auth.TIMESTAMP: stamp,
+        auth.NONCE: nonce,
+        auth.SIGNATURE: "A" * 88,
+    }
 
 
-@given(stamp=st.text(min_size=1, max_size=20), nonce=st.text(min_size=1, max_size=40),
-       principal=st.text(min_size=1, max_size=40))
+@given(
+    stamp=st.text(min_size=1, max_size=20),
+    nonce=st.text(min_size=1, max_size=40),
+    principal=st.text(min_size=1, max_size=40),
+)
 @settings(max_examples=60, deadline=None)
 def test_any_signature_header_is_refused_cleanly(stamp: str, nonce: str, principal: str) -> None:
     kds = _shared()
     for path in ("/v1/revocations", "/v1/admin/topics"):
-        headers = {k.encode(): v.encode("latin-1", "replace")  # bytes, as a client may send
-                   for k, v in _headers(principal, stamp, nonce).items()}
+        headers = {
+            k.encode(): v.encode("latin-1", "replace")  # bytes, as a client may send
+            for k, v in _headers(principal, stamp, nonce).items()
+        }
         response = kds.http.send(kds.http.build_request("GET", path, headers=headers))
         assert response.status_code == 401, response.text
         assert response.headers["content-type"].startswith("application/json")
@@ -52,19 +61,25 @@ def test_names_cannot_be_probed_without_a_signature(kds: Kds) -> None:
     kds.member("gone")
     kds.admin.revoke("gone")
     answers = set()
-    for path, who in (("/v1/revocations", "m"), ("/v1/revocations", "nobody"),
-                      ("/v1/revocations", "gone"), ("/v1/admin/topics", "root-admin"),
-                      ("/v1/admin/topics", "nobody")):
+    for path, who in (
+        ("/v1/revocations", "m"),
+        ("/v1/revocations", "nobody"),
+        ("/v1/revocations", "gone"),
+        ("/v1/admin/topics", "root-admin"),
+        ("/v1/admin/topics", "nobody"),
+    ):
         request = kds.http.build_request("GET", path)
         request.headers.update(_headers(who, str(kds.clock_ms()), os.urandom(16).hex()))
         response = kds.http.send(request)
         answers.add((response.status_code, response.text))
-    assert answers == {(401, '{"error":"bad_signature","reason":"request signature does not '
-                             'verify"}')}
+    assert answers == {
+        (401, '{"error":"bad_signature","reason":"request signature does not verify"}')
+    }
 
 
-def test_an_internal_error_is_answered_not_re_raised(kds: Kds, monkeypatch: Any,
-                                                      caplog: Any) -> None:
+def test_an_internal_error_is_answered_not_re_raised(
+    kds: Kds, monkeypatch: Any, caplog: Any
+) -> None:
     def broken() -> None:
         raise RuntimeError("SELECT ... parameters: secret-value")
 
@@ -104,11 +119,20 @@ def test_a_chunked_body_over_the_limit_gets_413(kds: Kds) -> None:
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/v1/enroll", "raw_path": b"/v1/enroll",
-             "query_string": b"", "root_path": "", "client": ("192.0.2.1", 1),
-             "server": ("kds", 80), "headers": [(b"content-type", b"application/json"),
-                                                (b"transfer-encoding", b"chunked")]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/enroll",
+        "raw_path": b"/v1/enroll",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("192.0.2.1", 1),
+        "server": ("kds", 80),
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+    }
     asyncio.run(kds.app(scope, receive, send))
     assert sent[0]["status"] == 413
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

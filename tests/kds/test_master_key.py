@@ -31,8 +31,9 @@ def test_rotation_under_running_replicas_keeps_every_key_readable(
     running.create_topic("admin:x", _policy("t"))
     monkeypatch.setenv(MASTER_KEYS_ENV, (data / MASTER_KEYS_FILE).read_text())
     # a replica that cannot follow the file (keyring in its environment, not yet restarted)
-    stale = KeyDistributionService(running.store, running.root,
-                                   MasterKeyring.load(data / MASTER_KEYS_FILE))
+    stale = KeyDistributionService(
+        running.store, running.root, MasterKeyring.load(data / MASTER_KEYS_FILE)
+    )
     monkeypatch.delenv(MASTER_KEYS_ENV)
 
     assert cli._rotate_master(args) == 0

@@ -72,8 +72,9 @@ def test_retention_destroys_keys_on_postgres(pg_kds: Kds, tmp_path: Path) -> Non
 def _published(url: str) -> list[tuple[int, str]]:
     store = Store(url)
     with store.read() as conn:
-        rows = conn.execute(select(audit.c.detail, audit.c.actor)
-                            .where(audit.c.action == "epoch.published")).all()
+        rows = conn.execute(
+            select(audit.c.detail, audit.c.actor).where(audit.c.action == "epoch.published")
+        ).all()
     store.dispose()
     import json
 
@@ -83,8 +84,11 @@ def _published(url: str) -> list[tuple[int, str]]:
 def _epoch_numbers(url: str) -> list[int]:
     store = Store(url)
     with store.read() as conn:
-        numbers = list(conn.execute(select(epochs.c.epoch).where(epochs.c.topic == "ticks")
-                                    .order_by(epochs.c.epoch)).scalars())
+        numbers = list(
+            conn.execute(
+                select(epochs.c.epoch).where(epochs.c.topic == "ticks").order_by(epochs.c.epoch)
+            ).scalars()
+        )
     store.dispose()
     return numbers
 
@@ -105,8 +109,11 @@ def test_two_replicas_rotate_once_and_hand_over(database: str, tmp_path: Path) -
     a = KdsProcess(data, "--replica", "a", *options, db=database)
     b = KdsProcess(data, "--replica", "b", *options, db=database)
     try:
-        admin = AdminClient(a.url, MemberIdentity.from_bytes(read_secret(data / "admin.key")),
-                            lambda: totp_code(data))
+        admin = AdminClient(
+            a.url,
+            MemberIdentity.from_bytes(read_secret(data / "admin.key")),
+            lambda: totp_code(data),
+        )
         admin.create_topic("ticks", rotation=2, retention=60)
         admin.close()
         leaders = {a.health()["leader"], b.health()["leader"]}
@@ -116,8 +123,10 @@ def test_two_replicas_rotate_once_and_hand_over(database: str, tmp_path: Path) -
         leader.kill()
         _wait(lambda: survivor.health()["leader"], "the survivor to take the lease")
         survivor_name = "scheduler:" + survivor.health()["replica"]
-        _wait(lambda: sum(actor == survivor_name for _, actor in _published(database)) >= 2,
-              "rotations by the survivor")
+        _wait(
+            lambda: sum(actor == survivor_name for _, actor in _published(database)) >= 2,
+            "rotations by the survivor",
+        )
         numbers = _epoch_numbers(database)
         assert numbers == list(range(len(numbers)))  # no gap, no duplicate
         counts = Counter(n for n, _ in _published(database))

@@ -55,8 +55,9 @@ def _flip(b64: str) -> str:
 
 
 def mitm_client(kds: Kds, name: str, tamper: Tamper) -> Any:
-    http = httpx.Client(transport=Mitm(AsgiTransport(kds.app), tamper),
-                        base_url="http://testserver")
+    http = httpx.Client(
+        transport=Mitm(AsgiTransport(kds.app), tamper), base_url="http://testserver"
+    )
     return kds.member(name, http=http)
 
 
@@ -97,10 +98,18 @@ def test_swapped_epoch_public_key_is_detected(kds: Kds) -> None:
 
     def swap_key(path: str, doc: dict[str, Any]) -> dict[str, Any]:
         if path.endswith("/sealing-epoch"):
-            real = EpochDescription.verify(base64.b64decode(doc["description"]),
-                                           kds.service.root_public)
-            forged = EpochDescription(real.topic, real.epoch, real.suite, os.urandom(32),
-                                      real.not_before_ms, real.not_after_ms, real.destroy_after_ms)
+            real = EpochDescription.verify(
+                base64.b64decode(doc["description"]), kds.service.root_public
+            )
+            forged = EpochDescription(
+                real.topic,
+                real.epoch,
+                real.suite,
+                os.urandom(32),
+                real.not_before_ms,
+                real.not_after_ms,
+                real.destroy_after_ms,
+            )
             doc["description"] = base64.b64encode(forged.sign(attacker)).decode()
         return doc
 
@@ -117,8 +126,10 @@ def test_grant_for_another_epoch_is_detected(kds: Kds, topic: Sealer) -> None:
 
     def replay_old(path: str, doc: dict[str, Any]) -> dict[str, Any]:
         if path.endswith("/epochs/1/grant"):
-            doc = {"description": base64.b64encode(old[0][0]).decode(),
-                   "grant": base64.b64encode(old[0][1]).decode()}
+            doc = {
+                "description": base64.b64encode(old[0][0]).decode(),
+                "grant": base64.b64encode(old[0][1]).decode(),
+            }
         return doc
 
     consumer = mitm_client(kds, "c", replay_old)
@@ -185,13 +196,19 @@ def test_a_current_epoch_outside_its_window_is_refused(kds: Kds) -> None:
             nonce = bytes.fromhex(request.url.params["nonce"])
             digest = EpochDescription.verify(old, kds.service.root_public).digest
             answer = SealingEpochAnswer("orders", digest, b"", nonce, kds.clock_ms())
-            return httpx.Response(200, json={
-                "description": base64.b64encode(old).decode(),
-                "answer": base64.b64encode(answer.sign(kds.service.root)).decode()})
+            return httpx.Response(
+                200,
+                json={
+                    "description": base64.b64encode(old).decode(),
+                    "answer": base64.b64encode(answer.sign(kds.service.root)).decode(),
+                },
+            )
 
     identity = _enrolled(kds, "p")
-    producer = kds.client(identity, http=httpx.Client(
-        transport=Stale(AsgiTransport(kds.app)), base_url="http://testserver"))
+    producer = kds.client(
+        identity,
+        http=httpx.Client(transport=Stale(AsgiTransport(kds.app)), base_url="http://testserver"),
+    )
     with pytest.raises(UntrustedResponse, match="window does not contain now"):
         producer.sealing_epoch("orders", kds.clock_ms())
 
@@ -210,19 +227,39 @@ def test_certificate_for_another_id_is_detected(kds: Kds, topic: Sealer) -> None
         Opener(mitm_client(kds, "c", swap), clock=kds.clock).open("orders", envelope)
 
 
-def _signed(kds: Kds, identity: MemberIdentity, path: str, *, now_ms: int | None = None,
-            nonce: bytes | None = None) -> httpx.Request:
+def _signed(
+    kds: Kds,
+    identity: MemberIdentity,
+    path: str,
+    *,
+    now_ms: int | None = None,
+    nonce: bytes | None = None,
+) -> httpx.Request:
     request = kds.http.build_request("GET", path)
-    request.headers.update(auth.sign_request(
-        identity.signing_key, identity.name, "GET", request.url.raw_path, b"",
-        kds.clock_ms() if now_ms is None else now_ms, nonce or os.urandom(16)))
+    request.headers.update(
+        auth.sign_request(
+            identity.signing_key,
+            identity.name,
+            "GET",
+            request.url.raw_path,
+            b"",
+            kds.clock_ms() if now_ms is None else now_ms,
+            nonce or os.urandom(16),
+        )
+    )
     return request
 
 
 def _enrolled(kds: Kds, name: str) -> MemberIdentity:
     identity = MemberIdentity.generate(name, os.urandom)
-    enroll("http://testserver", identity, kds.admin.create_token(name), kds.root_fingerprint,
-           http=kds.http, clock=kds.clock)
+    enroll(
+        "http://testserver",
+        identity,
+        kds.admin.create_token(name),
+        kds.root_fingerprint,
+        http=kds.http,
+        clock=kds.clock,
+    )
     return identity
 
 
@@ -257,8 +294,9 @@ def test_badly_signed_requests_are_refused(kds: Kds, topic: Sealer, problem: str
 
 
 def _enroll_raw(kds: Kds, identity: MemberIdentity, token: str) -> None:
-    enroll("http://testserver", identity, token, kds.root_fingerprint, http=kds.http,
-           clock=kds.clock)
+    enroll(
+        "http://testserver", identity, token, kds.root_fingerprint, http=kds.http, clock=kds.clock
+    )
 
 
 def test_enrollment_tokens_are_one_time_short_lived_and_named(kds: Kds) -> None:
@@ -283,27 +321,37 @@ def test_enrollment_tokens_are_one_time_short_lived_and_named(kds: Kds) -> None:
     assert actions.count("enrollment.refused") == 4
 
 
-def _enroll_body(kds: Kds, identity: MemberIdentity, token: str,
-                 identity_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+def _enroll_body(
+    kds: Kds, identity: MemberIdentity, token: str, identity_key: Ed25519PrivateKey | None = None
+) -> dict[str, Any]:
     token_key = auth.token_key(token)
     token_public = token_key.public_key().public_bytes_raw()
-    message = auth.enrollment_message(token_public, identity.name, identity.identity_public,
-                                      int(identity.receive.suite), identity.receive.public,
-                                      kds.clock_ms())
+    message = auth.enrollment_message(
+        token_public,
+        identity.name,
+        identity.identity_public,
+        int(identity.receive.suite),
+        identity.receive.public,
+        kds.clock_ms(),
+    )
     sign = (identity_key or identity.signing_key).sign
-    return {"token_key": base64.b64encode(token_public).decode(), "member": identity.name,
-            "identity_public": base64.b64encode(identity.identity_public).decode(),
-            "receive_suite": "x25519",
-            "receive_public": base64.b64encode(identity.receive.public).decode(),
-            "timestamp_ms": kds.clock_ms(),
-            "token_proof": base64.b64encode(token_key.sign(message)).decode(),
-            "proof": base64.b64encode(sign(message)).decode()}
+    return {
+        "token_key": base64.b64encode(token_public).decode(),
+        "member": identity.name,
+        "identity_public": base64.b64encode(identity.identity_public).decode(),
+        "receive_suite": "x25519",
+        "receive_public": base64.b64encode(identity.receive.public).decode(),
+        "timestamp_ms": kds.clock_ms(),
+        "token_proof": base64.b64encode(token_key.sign(message)).decode(),
+        "proof": base64.b64encode(sign(message)).decode(),
+    }
 
 
 def test_enrollment_proof_must_come_from_the_identity_key(kds: Kds) -> None:
     identity = MemberIdentity.generate("svc", os.urandom)
-    body = _enroll_body(kds, identity, kds.admin.create_token("svc"),
-                        identity_key=Ed25519PrivateKey.generate())
+    body = _enroll_body(
+        kds, identity, kds.admin.create_token("svc"), identity_key=Ed25519PrivateKey.generate()
+    )
     response = kds.http.post("/v1/enroll", json=body)
     assert (response.status_code, response.json()["error"]) == (400, "bad_enrollment")
 
@@ -327,17 +375,25 @@ def test_a_proxy_that_sees_an_enrollment_cannot_enroll_its_own_keys(kds: Kds) ->
     victim = MemberIdentity.generate("svc", os.urandom)
     proxied = httpx.Client(transport=Proxy(AsgiTransport(kds.app)), base_url="http://testserver")
     with pytest.raises(KeyServiceUnavailable):
-        enroll("http://testserver", victim, token, kds.root_fingerprint, http=proxied,
-               clock=kds.clock)
+        enroll(
+            "http://testserver", victim, token, kds.root_fingerprint, http=proxied, clock=kds.clock
+        )
     assert token.encode() not in seen[0]
     body = json.loads(seen[0])
     attacker = MemberIdentity.generate("svc", os.urandom)  # ...and enrolls its own keys first
     message = auth.enrollment_message(
-        base64.b64decode(body["token_key"]), "svc", attacker.identity_public,
-        int(attacker.receive.suite), attacker.receive.public, body["timestamp_ms"])
-    body.update(identity_public=base64.b64encode(attacker.identity_public).decode(),
-                receive_public=base64.b64encode(attacker.receive.public).decode(),
-                proof=base64.b64encode(attacker.signing_key.sign(message)).decode())
+        base64.b64decode(body["token_key"]),
+        "svc",
+        attacker.identity_public,
+        int(attacker.receive.suite),
+        attacker.receive.public,
+        body["timestamp_ms"],
+    )
+    body.update(
+        identity_public=base64.b64encode(attacker.identity_public).decode(),
+        receive_public=base64.b64encode(attacker.receive.public).decode(),
+        proof=base64.b64encode(attacker.signing_key.sign(message)).decode(),
+    )
     response = kds.http.post("/v1/enroll", json=body)
     assert (response.status_code, response.json()["error"]) == (400, "bad_enrollment")
     with kds.store.read() as conn:  # the KDS keeps only the token's public key
@@ -350,24 +406,39 @@ def test_a_proxy_that_sees_an_enrollment_cannot_enroll_its_own_keys(kds: Kds) ->
 
 
 def test_enrollment_is_rate_limited(kds: Kds) -> None:
-    http = httpx.Client(transport=AsgiTransport(create_app(kds.service, enroll_per_minute=2)),
-                        base_url="http://testserver")
-    body = {"token_key": "", "member": "svc", "identity_public": "", "receive_public": "",
-            "timestamp_ms": 0, "token_proof": "", "proof": ""}
+    http = httpx.Client(
+        transport=AsgiTransport(create_app(kds.service, enroll_per_minute=2)),
+        base_url="http://testserver",
+    )
+    body = {
+        "token_key": "",
+        "member": "svc",
+        "identity_public": "",
+        "receive_public": "",
+        "timestamp_ms": 0,
+        "token_proof": "",
+        "proof": "",
+    }
     codes = [http.post("/v1/enroll", json=body).status_code for _ in range(3)]
     assert codes == [400, 400, 429]
 
 
 def test_admin_needs_the_right_totp(kds: Kds) -> None:
     for code in ("000000", "", "12345x"):
-        wrong = AdminClient("http://testserver", kds.admin_identity, lambda c=code: c,  # type: ignore[misc]
-                            http=kds.http, clock=kds.clock)
+        wrong = AdminClient(
+            "http://testserver",
+            kds.admin_identity,
+            lambda c=code: c,  # type: ignore[misc]
+            http=kds.http,
+            clock=kds.clock,
+        )
         with pytest.raises(Refused) as refused:
             wrong.create_topic("t")
         assert (refused.value.status, refused.value.code) == (401, "bad_totp")
     stale = auth.totp(kds.totp_secret).generate(int(kds.clock()) - 120).decode()
-    late = AdminClient("http://testserver", kds.admin_identity, lambda: stale, http=kds.http,
-                       clock=kds.clock)
+    late = AdminClient(
+        "http://testserver", kds.admin_identity, lambda: stale, http=kds.http, clock=kds.clock
+    )
     with pytest.raises(Refused, match="TOTP"):
         late.topics()
     actions = [a for (a,) in kds.store.engine.connect().execute(select(audit.c.action))]
@@ -376,8 +447,9 @@ def test_admin_needs_the_right_totp(kds: Kds) -> None:
 
 
 def _admin_with(kds: Kds, code: Callable[[], str]) -> AdminClient:
-    return AdminClient("http://testserver", kds.admin_identity, code, http=kds.http,
-                       clock=kds.clock)
+    return AdminClient(
+        "http://testserver", kds.admin_identity, code, http=kds.http, clock=kds.clock
+    )
 
 
 def test_a_totp_code_is_accepted_once(kds: Kds) -> None:
@@ -402,8 +474,9 @@ def test_wrong_totp_codes_lock_the_admin_out_for_a_while(kds: Kds) -> None:
     with pytest.raises(KeyServiceUnavailable, match="totp_locked") as locked:
         kds.admin.topics()  # even the right code, while locked out: 429
     assert "429" in str(locked.value)
-    other_replica = KeyDistributionService(kds.store, kds.service.root, kds.service.master,
-                                           clock=kds.clock, totp_clock=kds.totp_clock)
+    other_replica = KeyDistributionService(
+        kds.store, kds.service.root, kds.service.master, clock=kds.clock, totp_clock=kds.totp_clock
+    )
     with pytest.raises(ServiceError) as shared:  # the lockout lives in the database
         other_replica.check_totp(kds.admin_identity.name, kds.totp_secret, kds.totp())
     assert shared.value.code == "totp_locked"
@@ -431,8 +504,11 @@ def test_a_member_key_is_not_an_admin_key(kds: Kds) -> None:
 
 
 def test_oversized_bodies_are_refused(kds: Kds) -> None:
-    response = kds.http.post("/v1/enroll", content=b"{" + b" " * 70_000 + b"}",
-                             headers={"content-type": "application/json"})
+    response = kds.http.post(
+        "/v1/enroll",
+        content=b"{" + b" " * 70_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert (response.status_code, response.json()["error"]) == (413, "too_large")
 
 
@@ -458,14 +534,22 @@ def _rewrite_audit(kds: Kds, drop: Callable[[int], bool]) -> None:
         prev = GENESIS
         for seq, r in enumerate(rows, 1):
             prev = entry_hash(prev, seq, r.at_ms, r.actor, r.action, r.detail)
-            conn.execute(insert(audit).values(seq=seq, at_ms=r.at_ms, actor=r.actor,
-                                              action=r.action, detail=r.detail, hash=prev))
-        conn.execute(update(heads).where(heads.c.name == "audit")
-                     .values(seq=len(rows), hash=prev))
+            conn.execute(
+                insert(audit).values(
+                    seq=seq,
+                    at_ms=r.at_ms,
+                    actor=r.actor,
+                    action=r.action,
+                    detail=r.detail,
+                    hash=prev,
+                )
+            )
+        conn.execute(update(heads).where(heads.c.name == "audit").values(seq=len(rows), hash=prev))
 
 
-@pytest.mark.parametrize("drop", [lambda seq: seq == 5, lambda seq: seq > 30],
-                         ids=["one entry", "the tail"])
+@pytest.mark.parametrize(
+    "drop", [lambda seq: seq == 5, lambda seq: seq > 30], ids=["one entry", "the tail"]
+)
 def test_audit_rewritten_with_a_recomputed_chain_is_detected(
     kds: Kds, drop: Callable[[int], bool]
 ) -> None:
@@ -496,8 +580,9 @@ def test_epoch_keys_are_encrypted_at_rest_and_the_master_key_rotates(
     assert Opener(kds.member("c2"), clock=kds.clock).open("orders", envelope).body == b"x"
     with kds.store.read() as conn:
         assert set(conn.execute(select(epoch_keys.c.key_id)).scalars()) == {retired.current}
-    other = KeyDistributionService(kds.store, kds.service.root, MasterKeyring.generate(),
-                                   clock=kds.clock)
+    other = KeyDistributionService(
+        kds.store, kds.service.root, MasterKeyring.generate(), clock=kds.clock
+    )
     with pytest.raises(SecretError):
         other.grant("c", "orders", 0)
 

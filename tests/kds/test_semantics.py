@@ -63,9 +63,17 @@ def test_refusal_is_http_403_with_reason(kds: Kds) -> None:
     kds.admin.create_topic("orders", producers=["p"])
     client = kds.member("c")
     response = client._http.http.build_request("GET", "/v1/topics/orders/sealing-epoch")
-    response.headers.update(auth.sign_request(
-        client._identity.signing_key, "c", "GET", response.url.raw_path, b"",
-        kds.clock_ms(), bytes(16)))
+    response.headers.update(
+        auth.sign_request(
+            client._identity.signing_key,
+            "c",
+            "GET",
+            response.url.raw_path,
+            b"",
+            kds.clock_ms(),
+            bytes(16),
+        )
+    )
     answer = kds.http.send(response)
     assert answer.status_code == 403
     assert answer.json() == {"error": "access_denied", "reason": "'c' may not produce to 'orders'"}
@@ -74,8 +82,9 @@ def test_refusal_is_http_403_with_reason(kds: Kds) -> None:
 def test_consumer_added_later_gets_no_earlier_epochs_unless_history(kds: Kds) -> None:
     for history in (False, True):
         topic = f"t{int(history)}"
-        kds.admin.create_topic(topic, producers=["p"], consumers=[], history=history,
-                               rotation=60, retention=3600)
+        kds.admin.create_topic(
+            topic, producers=["p"], consumers=[], history=history, rotation=60, retention=3600
+        )
         kds.admin.set_policy(topic, producers=[f"p-{topic}"])
         sealer = Sealer(kds.member(f"p-{topic}"), clock=kds.clock)
         old = sealer.seal(topic, b"before")
@@ -198,8 +207,13 @@ def test_topic_key_is_shared_by_the_topics_members_only(kds: Kds) -> None:
 def test_a_member_joining_a_role_later_gets_no_earlier_epochs(kds: Kds) -> None:
     """The access window counts from when this member enrolled, not from when its role was
     added to the policy."""
-    kds.admin.create_topic("phi", producers=["p"], consumers=["role:auditors", "old"],
-                           rotation=60, retention=7 * 86_400)
+    kds.admin.create_topic(
+        "phi",
+        producers=["p"],
+        consumers=["role:auditors", "old"],
+        rotation=60,
+        retention=7 * 86_400,
+    )
     sealer = Sealer(kds.member("p"), clock=kds.clock)
     veteran = Opener(kds.member("veteran", roles=["auditors"]), clock=kds.clock)
     before = sealer.seal("phi", b"sealed before the newcomer enrolled")
