@@ -149,9 +149,9 @@ def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> 
         service,
         app,
         http,
-        None,
+        None,  # type: ignore[arg-type]  # the admin client needs the Kds; set just below
         admin_identity,
-        totp_secret,  # type: ignore[arg-type]
+        totp_secret,
         fingerprint(root.public_key().public_bytes_raw()),
         totp_clock=totp_clock,
     )
