@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
 import os
 import shlex
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import time
@@ -50,6 +50,20 @@ from urllib.parse import urlsplit
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "services"
+
+
+def _load_probes() -> Any:
+    """scripts/services/probes.py: the one copy of the broker readiness probes."""
+    spec = importlib.util.spec_from_file_location("sealedbus_service_probes", SCRIPTS / "probes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_probes = _load_probes()
+amqp_answers: Callable[[str, int], bool] = _probes.amqp_answers
+kafka_answers: Callable[[str, int], bool] = _probes.kafka_answers
 
 MARKERS = {
     "rabbitmq": "needs a real RabbitMQ broker",
@@ -101,38 +115,8 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# readiness probes, shared by the testcontainers branch (the native scripts have their own)
+# readiness probes: one copy, in scripts/services/probes.py, shared with the native scripts
 # ------------------------------------------------------------------------------------------------
-def amqp_answers(host: str, port: int) -> bool:
-    """The broker answers an AMQP 0-9-1 protocol header with a Connection.Start frame."""
-    try:
-        with socket.create_connection((host, port), timeout=2) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            frame = sock.recv(7)
-    except OSError:
-        return False
-    return len(frame) == 7 and frame[0] == 1
-
-
-def kafka_answers(host: str, port: int) -> bool:
-    """The broker answers an ApiVersions request (it does once it is unfenced)."""
-    client = b"sealedbus-probe"
-    body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
-    try:
-        with socket.create_connection((host, port), timeout=3) as sock:
-            sock.sendall(struct.pack(">i", len(body)) + body)
-            head = b""
-            while len(head) < 10:
-                chunk = sock.recv(10 - len(head))
-                if not chunk:
-                    return False
-                head += chunk
-    except OSError:
-        return False
-    _size, correlation, error = struct.unpack(">iih", head)
-    return bool(correlation == 1 and error == 0)
-
-
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -27,7 +27,6 @@ import pwd
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from probes import amqp_answers, kafka_answers
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -504,14 +505,8 @@ class RabbitMQ(Service):
         (d / "rabbitmq-env.conf").write_text("# empty: keeps /etc/rabbitmq/rabbitmq-env.conf out\n")
 
     def amqp_ready(self) -> bool:
-        """The AMQP listener answers a protocol header with a Connection.Start frame."""
-        try:
-            with socket.create_connection((LOOPBACK, self.amqp_port), timeout=2) as sock:
-                sock.sendall(b"AMQP\x00\x00\x09\x01")
-                frame = sock.recv(7)
-        except OSError:
-            return False
-        return len(frame) == 7 and frame[0] == 1 and port_open(self.amqps_port)
+        """The AMQP listener answers a protocol header, and the TLS listener is open."""
+        return amqp_answers(LOOPBACK, self.amqp_port) and port_open(self.amqps_port)
 
     def _start(self, timeout: float) -> None:
         require_free(
@@ -695,26 +690,7 @@ class Kafka(Service):
         )
 
     def api_versions_ok(self) -> bool:
-        """The broker answers an ApiVersions request without error.
-
-        The broker enables request processing only after it has caught up with the metadata
-        log and been unfenced, so an answer here means clients can use it.
-        """
-        client = b"sealedbus-probe"
-        body = struct.pack(">hhih", 18, 0, 1, len(client)) + client  # ApiVersions v0, corr 1
-        try:
-            with socket.create_connection((LOOPBACK, self.port), timeout=3) as sock:
-                sock.sendall(struct.pack(">i", len(body)) + body)
-                head = b""
-                while len(head) < 10:
-                    chunk = sock.recv(10 - len(head))
-                    if not chunk:
-                        return False
-                    head += chunk
-        except OSError:
-            return False
-        _size, correlation, error = struct.unpack(">iih", head)
-        return bool(correlation == 1 and error == 0)
+        return kafka_answers(LOOPBACK, self.port)
 
     def log_says_started(self) -> bool:
         try:
