@@ -13,6 +13,7 @@ of the KDS), 1 for anything that failed after that.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import getpass
 import ipaddress
@@ -28,7 +29,13 @@ from typing import Any
 DB_ENV = "SEALEDBUS_KDS_DATABASE_URL"
 URL_ENV = "SEALEDBUS_KDS_URL"
 FINGERPRINT_ENV = "SEALEDBUS_KDS_ROOT_FINGERPRINT"
+CA_ENV = "SEALEDBUS_KDS_CA"
 TOTP_ENV = "SEALEDBUS_TOTP"
+TOTP_FILE_ENV = "SEALEDBUS_TOTP_FILE"
+SESSION_ENV = "SEALEDBUS_ADMIN_SESSION"
+TOKEN_TTL = (10, 86_400)  # what the KDS accepts for `admin token --ttl`, in seconds
+SESSION_TTL = (10, 86_400)
+PRODUCER_REFRESH_S = 10  # KeyServiceClient's default epoch_refresh
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 Command = Callable[[argparse.Namespace], int]
@@ -63,13 +70,15 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
         def run(args: argparse.Namespace) -> int:
             from sqlalchemy.exc import SQLAlchemyError
 
-            from sealedbus.errors import SealedbusError
+            from sealedbus.errors import KeyServiceUnavailable, SealedbusError
             from sealedbus.kds.secrets import SecretError
 
             try:
                 return func(args)
             except CommandError as exc:
                 message, code = str(exc), exc.code
+            except KeyServiceUnavailable as exc:
+                message, code = _unavailable(getattr(args, "url", None), exc), 1
             except BrokenPipeError:
                 raise  # `sealedbus ... | head`: not an error (the entry point returns 0)
             except (SealedbusError, SecretError, OSError) as exc:
@@ -87,6 +96,47 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
     return decorate
 
 
+def _unavailable(url: str | None, exc: BaseException) -> str:
+    """Why the KDS at ``url`` could not be asked: refused, timed out, TLS on one side only..."""
+    import ssl
+
+    import httpx
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not chain or not isinstance(chain[0], httpx.HTTPError):
+        return str(exc)  # the KDS answered (e.g. 503): the message says what
+    at = f"KDS at {url}" if url else "KDS"
+    secure = bool(url and url.startswith("https:"))
+    ssl_error = next((c for c in chain if isinstance(c, ssl.SSLError)), None)
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        why = "connection refused (nothing listens on that port: is the KDS running there?)"
+    elif isinstance(chain[0], httpx.TimeoutException):
+        why = "timed out (no answer within --timeout; a firewall, or a hung KDS?)"
+    elif any(isinstance(c, socket.gaierror) for c in chain):
+        why = "host name not found"
+    elif isinstance(ssl_error, ssl.SSLCertVerificationError):
+        why = (
+            f"its TLS certificate is not trusted ({ssl_error.verify_message}); pass its CA "
+            f"with --ca or ${CA_ENV}"
+        )
+    elif ssl_error is not None and secure and "WRONG_VERSION_NUMBER" in str(ssl_error).upper():
+        why = "spoke TLS to a plain-HTTP port (use an http:// URL, or serve with TLS)"
+    elif ssl_error is not None:
+        why = f"TLS handshake failed ({ssl_error.reason or ssl_error})"
+    elif not secure and isinstance(chain[0], httpx.RemoteProtocolError):
+        why = (
+            "the server closed the connection without an answer: spoke HTTP to a TLS port? "
+            "(use an https:// URL)"
+        )
+    else:
+        why = f"{type(chain[0]).__name__}: {chain[0]}"
+    return f"{at} unreachable: {why}"
+
+
 def _describe(exc: BaseException) -> str:
     """One line for an error. Our errors never carry secrets; an OSError names a path."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -101,40 +151,72 @@ def register(sub: Any) -> None:
 
     init = kds_sub.add_parser("init", help="create the root key, master key and first admin")
     _data_options(init)
-    init.add_argument("--admin", default="admin", help="name of the first admin")
+    init.add_argument("--admin", default="admin", help="name of the first admin (default: admin)")
     _command(init, _init)
 
     serve = kds_sub.add_parser("serve", help="serve the KDS API (TLS unless --insecure-http)")
     _data_options(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8443)
-    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8443, help="TCP port (default: 8443)")
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="server certificate chain, PEM (no default)"
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="server private key, PEM (no default)"
+    )
     serve.add_argument(
         "--tls-client-ca",
         type=Path,
-        help="require client certificates issued by this CA (mutual TLS)",
+        metavar="FILE",
+        help="require client certificates issued by this CA (mutual TLS; default: not required)",
     )
     serve.add_argument(
         "--insecure-http",
         action="store_true",
-        help="plain HTTP on a loopback address, for development only",
+        help="plain HTTP on a loopback address, for development only (default: off)",
     )
     serve.add_argument(
         "--replica",
         default=f"{socket.gethostname()}-{os.getpid()}",
-        help="this replica's name in the scheduler lease and audit log",
+        help="this replica's name in the scheduler lease and audit log (default: HOST-PID)",
     )
-    serve.add_argument("--scheduler-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--scheduler-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the scheduler looks for epochs to publish or destroy (default: 1 s)",
+    )
     serve.add_argument(
         "--lease",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="scheduler lease: a dead leader is replaced after this long",
+        help="scheduler lease: a dead leader is replaced after this long (default: 10 s)",
     )
-    serve.add_argument("--certificate-lifetime", type=float, default=3600.0, metavar="SECONDS")
-    serve.add_argument("--enroll-per-minute", type=int, default=10)
+    serve.add_argument(
+        "--certificate-lifetime",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of member certificates (default: 3600 s = 1 h)",
+    )
+    serve.add_argument(
+        "--enroll-per-minute",
+        type=int,
+        default=10,
+        metavar="N",
+        help="enrollment attempts per client address per minute, bursts of as many (default: 10)",
+    )
+    serve.add_argument(
+        "--admin-session-ttl",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="longest admin session one TOTP code opens (default: 900 s = 15 min)",
+    )
     _command(serve, _serve)
 
     rewrap = kds_sub.add_parser(
@@ -145,7 +227,7 @@ def register(sub: Any) -> None:
         "--retire",
         action="store_true",
         help="instead: drop older master keys from the keyring file, refusing "
-        "while any stored value still uses one",
+        "while any stored value still uses one (default: off)",
     )
     _command(rewrap, _rotate_master)
 
@@ -156,56 +238,160 @@ def register(sub: Any) -> None:
         "--data-dir",
         type=Path,
         default=Path("."),
+        metavar="DIR",
         help="where the key files live (default: the current directory)",
     )
     _command(show_fingerprint, _fingerprint)
 
-    admin = sub.add_parser("admin", help="administer a KDS (needs the admin key and a TOTP code)")
+    admin = sub.add_parser(
+        "admin",
+        help="administer a KDS (needs the admin key, and a TOTP code or an admin session)",
+        description="Administer a KDS. Each request is signed with the admin key and carries "
+        "a TOTP code (--totp, $SEALEDBUS_TOTP, --totp-file, else a prompt on a terminal) or an "
+        "admin session that one code opened (`admin session open`, then --session).",
+    )
     _client_options(admin)
-    admin.add_argument("--key", type=Path, default=Path("admin.key"), help="admin key file")
-    admin.add_argument("--totp", help=f"TOTP code (default ${TOTP_ENV}, else prompt)")
+    admin.add_argument(
+        "--key",
+        type=Path,
+        default=Path("admin.key"),
+        metavar="FILE",
+        help="admin key file (default: admin.key in the current directory)",
+    )
+    admin.add_argument(
+        "--totp",
+        metavar="CODE",
+        help=f"TOTP code, 6 digits (default: ${TOTP_ENV}, else --totp-file, else a prompt)",
+    )
+    admin.add_argument(
+        "--totp-file",
+        type=Path,
+        default=_env_path(TOTP_FILE_ENV),
+        metavar="FILE",
+        help=f"the admin's TOTP secret (admin.totp) to compute codes from (default: "
+        f"${TOTP_FILE_ENV}); trades the second factor for automation: CI secrets only",
+    )
+    admin.add_argument(
+        "--session",
+        type=Path,
+        default=_env_path(SESSION_ENV),
+        metavar="FILE",
+        help=f"an admin session file from `admin session open`, used instead of a TOTP code "
+        f"(default: ${SESSION_ENV})",
+    )
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
+    session = admin_sub.add_parser("session", help="open or close an admin session")
+    session_sub = session.add_subparsers(dest="session_command", required=True, metavar="ACTION")
+    opening = session_sub.add_parser(
+        "open", help="spend one TOTP code on a session that later commands use (--session)"
+    )
+    opening.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="file for the session (0600)"
+    )
+    opening.add_argument(
+        "--ttl",
+        type=int,
+        metavar="SECONDS",
+        help="session lifetime, 10 s or more (default: the KDS's --admin-session-ttl, 900 s)",
+    )
+    _command(opening, _admin, action="session-open")
+    closing = session_sub.add_parser("close", help="close the session in --session, or all")
+    closing.add_argument(
+        "--all",
+        action="store_true",
+        help="close every open session of this admin (default: only the one in --session)",
+    )
+    _command(closing, _admin, action="session-close")
+
     token = admin_sub.add_parser("token", help="create a one-time enrollment token")
-    token.add_argument("member")
-    token.add_argument("--role", action="append", default=[], help="a role (repeatable)")
-    token.add_argument("--ttl", type=int, default=900, metavar="SECONDS")
-    token.add_argument("--out", type=Path, required=True, help="file for the token (0600)")
+    token.add_argument("member", help="the service name the token enrolls")
+    token.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="a role the member gets (repeatable; default: none)",
+    )
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help=f"how long the token is valid, {TOKEN_TTL[0]} to {TOKEN_TTL[1]} s (default: 900 s)",
+    )
+    token.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="file for the token (0600)"
+    )
     _command(token, _admin, action="token")
 
     topic = admin_sub.add_parser("topic", help="create, change, list and show topics")
     topic_sub = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
     create = topic_sub.add_parser("create", help="create a topic (deny by default)")
-    create.add_argument("name")
-    create.add_argument("--producers", default="", help="comma-separated names or role:NAME")
-    create.add_argument("--consumers", default="", help="comma-separated names or role:NAME")
-    create.add_argument("--rotation", type=int, default=3600, metavar="SECONDS")
-    create.add_argument("--retention", type=int, default=7 * 86_400, metavar="SECONDS")
-    create.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
+    create.add_argument("name", help="topic name")
+    create.add_argument(
+        "--producers",
+        default="",
+        metavar="NAMES",
+        help="comma-separated names or role:NAME (default: nobody)",
+    )
+    create.add_argument(
+        "--consumers",
+        default="",
+        metavar="NAMES",
+        help="comma-separated names or role:NAME (default: nobody)",
+    )
+    create.add_argument(
+        "--rotation",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="epoch length: a new topic key this often (default: 3600 s = 1 h)",
+    )
+    create.add_argument(
+        "--retention",
+        type=int,
+        default=7 * 86_400,
+        metavar="SECONDS",
+        help="how long an epoch's private key is kept after the epoch ends, then destroyed "
+        "(default: 604800 s = 7 days)",
+    )
+    create.add_argument(
+        "--suite",
+        choices=["x25519", "x25519-mlkem768"],
+        default="x25519",
+        help="key agreement; x25519-mlkem768 is post-quantum hybrid (default: x25519)",
+    )
     create.add_argument(
         "--history",
         action="store_true",
-        help="new consumers may read epochs from before they were added",
+        help="new consumers may read epochs from before they were added (default: off)",
     )
     _command(create, _admin, action="topic-create")
     change = topic_sub.add_parser("set", help="replace who may produce or consume")
-    change.add_argument("name")
-    change.add_argument("--producers", help="comma-separated; '' for nobody")
-    change.add_argument("--consumers", help="comma-separated; '' for nobody (rotates at once)")
+    change.add_argument("name", help="topic name")
+    change.add_argument(
+        "--producers", metavar="NAMES", help="comma-separated; '' for nobody (default: unchanged)"
+    )
+    change.add_argument(
+        "--consumers",
+        metavar="NAMES",
+        help="comma-separated; '' for nobody; a removal rotates at once (default: unchanged)",
+    )
     _command(change, _admin, action="topic-set")
     _command(topic_sub.add_parser("list", help="list topics"), _admin, action="topics")
     show = topic_sub.add_parser("show", help="show a topic's policy")
-    show.add_argument("name")
+    show.add_argument("name", help="topic name")
     _command(show, _admin, action="topic-show")
 
     rotate = admin_sub.add_parser("rotate", help="start a new epoch now")
-    rotate.add_argument("name")
+    rotate.add_argument("name", help="topic name")
     _command(rotate, _admin, action="rotate")
     revoke = admin_sub.add_parser("revoke", help="revoke a member (rotates its topics)")
-    revoke.add_argument("member")
+    revoke.add_argument("member", help="member name")
     _command(revoke, _admin, action="revoke")
-    epochs = admin_sub.add_parser("epochs", help="list a topic's epochs")
-    epochs.add_argument("name")
+    epochs = admin_sub.add_parser("epochs", help="list a topic's epochs (times in UTC)")
+    epochs.add_argument("name", help="topic name")
     _command(epochs, _admin, action="epochs")
     audit = admin_sub.add_parser("audit", help="verify the audit log's hash chain and checkpoints")
     _command(audit, _admin, action="audit")
@@ -213,10 +399,28 @@ def register(sub: Any) -> None:
     enroll = sub.add_parser("enroll", help="create a member's key file and enroll it")
     _client_options(enroll)
     enroll.add_argument("--name", required=True, help="the service name the token was made for")
-    enroll.add_argument("--token-file", type=Path, required=True)
-    enroll.add_argument("--key-out", type=Path, required=True, help="member key file (0600)")
-    enroll.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
+    enroll.add_argument(
+        "--token-file",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the one-time token from `sealedbus admin token`",
+    )
+    enroll.add_argument(
+        "--key-out", type=Path, required=True, metavar="FILE", help="member key file (0600)"
+    )
+    enroll.add_argument(
+        "--suite",
+        choices=["x25519", "x25519-mlkem768"],
+        default="x25519",
+        help="the receive key's suite (default: x25519)",
+    )
     _command(enroll, _enroll)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -224,25 +428,54 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=Path("."),
+        metavar="DIR",
         help="where the key files live (default: the current directory)",
     )
     parser.add_argument(
         "--db",
         default=os.environ.get(DB_ENV),
-        help=f"database URL (default ${DB_ENV}, else sqlite in --data-dir)",
+        metavar="URL",
+        help=f"database URL (default: ${DB_ENV}, else kds.db, SQLite, in --data-dir)",
     )
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get(URL_ENV), help=f"KDS URL (${URL_ENV})")
+    parser.add_argument(
+        "--url", default=os.environ.get(URL_ENV), help=f"KDS URL (default: ${URL_ENV})"
+    )
     parser.add_argument(
         "--root-fingerprint",
         default=os.environ.get(FINGERPRINT_ENV),
-        help=f"pinned KDS root key fingerprint (${FINGERPRINT_ENV})",
+        metavar="SHA256",
+        help=f"pinned KDS root key fingerprint (default: ${FINGERPRINT_ENV})",
     )
-    parser.add_argument("--ca", type=Path, help="CA bundle to verify the KDS TLS certificate")
-    parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
-    parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        default=_env_path(CA_ENV),
+        metavar="FILE",
+        help=f"CA bundle to verify the KDS TLS certificate (default: ${CA_ENV}, else the "
+        "system trust store)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate for mutual TLS (default: none)",
+    )
+    parser.add_argument(
+        "--client-key",
+        type=Path,
+        metavar="FILE",
+        help="client key for mutual TLS (default: the --client-cert file)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up on a KDS request after this long (default: 5 s)",
+    )
 
 
 def _db_url(args: argparse.Namespace) -> str:
@@ -260,7 +493,10 @@ def _http_options(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise _usage(f"{flag} {path}: not a readable file")
+    if not args.timeout > 0:
+        raise _usage("--timeout: must be more than 0 s")
     options: dict[str, Any] = {"verify": str(args.ca) if args.ca else True}
+    options["timeout"] = args.timeout
     if args.client_cert:
         options["cert"] = (str(args.client_cert), str(args.client_key or args.client_cert))
     return options
@@ -354,6 +590,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise _usage("--tls-cert and --tls-key are required (or --insecure-http on loopback)")
     if args.insecure_http and not _loopback(args.host):
         raise _usage(f"--insecure-http only binds loopback addresses, not {args.host}")
+    if tls:
+        _check_tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if not 10 <= args.admin_session_ttl <= 86_400:
+        raise _usage("--admin-session-ttl: must be 10 to 86400 seconds")
+    listener = _listen(args.host, args.port)  # before the slow start: a busy port is one line
     service = _open_service(args, args.replica)
     metrics = Metrics()
     scheduler = Scheduler(
@@ -367,6 +608,7 @@ def _serve(args: argparse.Namespace) -> int:
         on_shutdown=scheduler.stop,
         is_leader=lambda: scheduler.leader,
     )
+    app.state.admin_session_ttl = args.admin_session_ttl
     options: dict[str, Any] = {}
     if tls:
         options.update(ssl_certfile=str(args.tls_cert), ssl_keyfile=str(args.tls_key))
@@ -381,8 +623,89 @@ def _serve(args: argparse.Namespace) -> int:
         )
         print(banner, file=sys.stderr, flush=True)
         logging.getLogger("sealedbus.kds").warning("serving plain HTTP (--insecure-http)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **options)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", **options)
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server socket, bound here so that a port in use is one line and exit 1."""
+    if not 0 < port < 65536:
+        raise _usage(f"--port {port}: must be 1 to 65535")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise _usage(f"--host {host}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise CommandError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _check_tls_files(cert_path: Path, key_path: Path | None, client_ca: Path | None) -> None:
+    """Name the TLS file that is wrong, and why, before the server starts (exit 2)."""
+    import ssl
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    if cert_path is None or key_path is None:
+        raise _usage("--tls-cert and --tls-key go together")
+    files = [("--tls-cert", cert_path), ("--tls-key", key_path)]
+    files += [("--tls-client-ca", client_ca)] if client_ca else []
+    for flag, path in files:
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise _usage(f"{flag} {path}: {exc.strerror or 'cannot be read'}") from None
+    try:
+        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    except ValueError:
+        raise _usage(
+            f"--tls-cert {cert_path}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except TypeError:
+        raise _usage(
+            f"--tls-key {key_path}: encrypted with a passphrase; the KDS needs it unencrypted "
+            "(`openssl pkey -in KEY -out KEY.plain`, mode 0600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise _usage(
+            f"--tls-key {key_path}: not a PEM private key (expected -----BEGIN PRIVATE KEY-----)"
+        ) from None
+    raw = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, raw) != chain[0].public_key().public_bytes(der, raw):
+        raise _usage(
+            f"--tls-key {key_path} does not belong to the certificate in --tls-cert {cert_path} "
+            "(its first certificate must be the server's)"
+        )
+    now = datetime.now(UTC)
+    if now > chain[0].not_valid_after_utc:
+        raise _usage(
+            f"--tls-cert {cert_path}: expired on {chain[0].not_valid_after_utc.isoformat()}"
+        )
+    if now < chain[0].not_valid_before_utc:
+        raise _usage(
+            f"--tls-cert {cert_path}: not valid before {chain[0].not_valid_before_utc.isoformat()}"
+        )
+    if client_ca:
+        try:
+            ssl.create_default_context(cafile=str(client_ca))
+        except ssl.SSLError as exc:
+            raise _usage(
+                f"--tls-client-ca {client_ca}: not a PEM CA bundle ({exc.reason})"
+            ) from None
 
 
 def _loopback(host: str) -> bool:
@@ -436,13 +759,76 @@ def _retire_master(service: Any, path: Path) -> int:
     return 0
 
 
-def _totp_code(args: argparse.Namespace) -> str:
+class _TotpFile:
+    """Codes computed from the admin's TOTP secret (``--totp-file``). The KDS accepts each 30 s
+    step once, with one step of drift either way: this hands out the previous, current and next
+    step in turn (``advance`` after a ``totp_reused``), then waits for a new one."""
+
+    def __init__(self, path: Path) -> None:
+        import base64
+        from urllib.parse import parse_qs, urlsplit
+
+        from sealedbus.kds import auth
+        from sealedbus.kds.secrets import SecretError, read_secret
+
+        text = read_secret(path).decode(errors="replace").strip()
+        secret = parse_qs(urlsplit(text).query).get("secret", [""])[0] if "://" in text else text
+        try:
+            self._totp = auth.totp(base64.b32decode(secret.upper() + "=" * (-len(secret) % 8)))
+        except ValueError:
+            raise SecretError(
+                f"{path} holds no TOTP secret (expected the otpauth:// URI that "
+                "`sealedbus kds init` wrote to admin.totp, or its base32 secret)"
+            ) from None
+        self._step = self._now() - 1
+
+    @staticmethod
+    def _now() -> int:
+        import time
+
+        from sealedbus.kds import auth
+
+        return int(time.time()) // auth.TOTP_STEP
+
+    def __call__(self) -> str:
+        import time
+
+        from sealedbus.kds import auth
+
+        while self._step > self._now() + 1:
+            time.sleep(0.2)
+        return self._totp.generate(self._step * auth.TOTP_STEP).decode()
+
+    def advance(self) -> None:
+        self._step += 1
+
+
+def _totp_source(args: argparse.Namespace) -> Callable[[], str]:
+    """Where the TOTP code comes from: --totp, $SEALEDBUS_TOTP, --totp-file, else a prompt
+    (only on a terminal). A given code is checked here, before anything is sent."""
     code = args.totp or os.environ.get(TOTP_ENV)
     if code:
-        return str(code)
+        if not re.fullmatch(r"[0-9]{6}", str(code)):
+            flag = "--totp" if args.totp else f"${TOTP_ENV}"
+            raise _usage(f"{flag}: a TOTP code is 6 digits")
+        return lambda: str(code)
+    if args.totp_file is not None:
+        return _TotpFile(args.totp_file)
     if not sys.stdin.isatty():
-        raise _usage(f"pass --totp or set ${TOTP_ENV}")
-    return getpass.getpass("TOTP code: ")
+        raise _usage(
+            f"no terminal to ask for a TOTP code: pass --totp, --totp-file or ${TOTP_ENV} "
+            "(or --session)"
+        )
+
+    def prompt() -> str:
+        for _ in range(3):
+            typed = getpass.getpass("TOTP code: ").strip()
+            if re.fullmatch(r"[0-9]{6}", typed):
+                return typed
+            print("a TOTP code is 6 digits", file=sys.stderr)
+        raise _usage("no valid TOTP code was typed")
+
+    return prompt
 
 
 def _load_identity(path: Path, hint: str) -> Any:
@@ -454,6 +840,15 @@ def _load_identity(path: Path, hint: str) -> Any:
     try:
         return MemberIdentity.from_bytes(data)
     except ValueError:
+        if re.fullmatch(rb"[A-Za-z0-9_-]{20,100}\n?", data):
+            raise SecretError(
+                f"{path} is not a sealedbus key file: it holds an enrollment token; pass it "
+                "to `sealedbus enroll --token-file`, which writes the key file"
+            ) from None
+        if data.startswith(b"otpauth://"):
+            raise SecretError(
+                f"{path} is not a sealedbus key file: it holds a TOTP secret"
+            ) from None
         raise SecretError(f"{path} is not a sealedbus key file") from None
 
 
@@ -467,12 +862,61 @@ def _new_secret_path(path: Path, flag: str) -> None:
         raise _usage(f"{flag}: {exc}") from None
 
 
+def _check_admin_args(args: argparse.Namespace) -> None:
+    """What the KDS would refuse, refused here before a TOTP code is spent (exit 2)."""
+    from sealedbus.kds import auth
+
+    def in_range(flag: str, value: int | None, bounds: tuple[int, int]) -> None:
+        if value is not None and not bounds[0] <= value <= bounds[1]:
+            raise _usage(f"{flag} {value}: must be {bounds[0]} to {bounds[1]} seconds")
+
+    if args.action == "token":
+        in_range("--ttl", args.ttl, TOKEN_TTL)
+        names = [args.member, *args.role]
+    elif args.action == "session-open":
+        in_range("--ttl", args.ttl, SESSION_TTL)
+        names = []
+    elif args.action == "revoke":
+        names = [args.member]
+    else:
+        names = []
+    if args.action == "topic-create":
+        in_range("--rotation", args.rotation, (1, 366 * 86_400))
+        in_range("--retention", args.retention, (1, 100 * 366 * 86_400))
+    if getattr(args, "name", None) and not re.fullmatch(auth.TOPIC_PATTERN, args.name):
+        raise _usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
+    for name in names:
+        if not re.fullmatch(auth.NAME_PATTERN, name):
+            raise _usage(f"{name!r}: names use letters, digits and ._~:@+- (up to 128)")
+    if args.action == "session-open":
+        _new_secret_path(args.out, "--out")
+    if args.action == "session-close" and args.session is None and not args.all:
+        raise _usage(f"--session FILE (or ${SESSION_ENV}) names the session to close; or --all")
+
+
+def _read_session(path: Path) -> tuple[str, str]:
+    """(token, session id) from a session file that `admin session open` wrote."""
+    from sealedbus.kds.secrets import SecretError, read_secret
+
+    fields = read_secret(path, hint="`sealedbus admin session open --out FILE` writes it")
+    parts = fields.decode(errors="replace").split()
+    if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{32}", parts[0]):
+        raise SecretError(f"{path} is not an admin session file (from `admin session open`)")
+    return parts[1], parts[0]
+
+
 @_reports_errors("sealedbus admin")
 def _admin(args: argparse.Namespace) -> int:
+    from sealedbus.errors import Refused
     from sealedbus.kds.admin_client import AdminClient
-    from sealedbus.kds.secrets import SecretError, write_secret
 
     options = _http_options(args)
+    if args.root_fingerprint and not _FINGERPRINT.fullmatch(args.root_fingerprint):
+        raise _usage(
+            "--root-fingerprint: expected sha256: and 64 lowercase hex digits, as "
+            "`sealedbus kds init` and `sealedbus kds fingerprint` print it"
+        )
+    _check_admin_args(args)
     if args.action == "token":  # before the KDS issues a token that could not be saved
         _new_secret_path(args.out, "--out")
     admin = _load_identity(
@@ -480,59 +924,129 @@ def _admin(args: argparse.Namespace) -> int:
         "`sealedbus kds init` writes the first admin's key to "
         "admin.key in its --data-dir; pass it with --key",
     )
-    code = _totp_code(args)
-    client = AdminClient(args.url, admin, lambda: code, **options)
-    out: Any = None
+    session = None
+    if args.session is not None and args.action != "session-open":
+        session = _read_session(args.session)
+        totp: Callable[[], str] = _no_code
+    else:
+        totp = _totp_source(args)
+    client = AdminClient(args.url, admin, totp, session=session[0] if session else None, **options)
     try:
-        if args.action == "token":
-            token = client.create_token(args.member, args.role, args.ttl)
+        if args.root_fingerprint:  # before a code is sent to it
+            client.check_root(args.root_fingerprint)
+        for attempt in range(4):
             try:
-                write_secret(args.out, token.encode() + b"\n")
-            except (SecretError, OSError) as exc:
-                raise CommandError(
-                    f"the KDS issued a token for {args.member}, but it could not be saved "
-                    f"({_describe(exc)}); it is lost and expires unused in {args.ttl} s: "
-                    "issue another"
-                ) from None
-            print(
-                f"wrote a one-time token for {args.member} to {args.out} (expires in {args.ttl} s)"
-            )
-        elif args.action == "topic-create":
-            out = client.create_topic(
-                args.name,
-                producers=_names(args.producers),
-                consumers=_names(args.consumers),
-                rotation=args.rotation,
-                retention=args.retention,
-                suite=args.suite,
-                history=args.history,
-            )
-        elif args.action == "topic-set":
-            out = client.set_policy(
-                args.name,
-                producers=None if args.producers is None else _names(args.producers),
-                consumers=None if args.consumers is None else _names(args.consumers),
-            )
-        elif args.action == "topics":
-            out = client.topics()
-        elif args.action == "topic-show":
-            out = client.topic(args.name)
-        elif args.action == "rotate":
-            out = {"topic": args.name, "epoch": client.rotate(args.name)}
-        elif args.action == "revoke":
-            client.revoke(args.member)
-            print(f"revoked {args.member}; its topics rotated")
-        elif args.action == "epochs":
-            out = client.epochs(args.name)
-        elif args.action == "audit":
-            out = client.audit()
+                out = _admin_action(client, args, session)
+                break
+            except Refused as exc:
+                if exc.code != "totp_reused" or not isinstance(totp, _TotpFile) or attempt == 3:
+                    raise
+                totp.advance()
     finally:
         client.close()
     if out is not None:
         print(json.dumps(out, indent=2))
-        if args.action == "audit" and not out.get("ok"):
-            return 1
+    if not args.root_fingerprint:
+        print(
+            f"{args.command_name}: note: no root fingerprint pinned (--root-fingerprint or "
+            f"${FINGERPRINT_ENV}); the KDS was trusted on its TLS certificate alone",
+            file=sys.stderr,
+        )
+    if args.action == "audit" and out is not None and not out.get("ok"):
+        return 1
     return 0
+
+
+def _no_code() -> str:  # pragma: no cover - the session header is sent instead
+    raise CommandError("a TOTP code was asked for under an admin session")
+
+
+def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str] | None) -> Any:
+    """Run one admin action; returns what to print as JSON (None: it printed already)."""
+    from sealedbus.kds.secrets import SecretError, write_secret
+
+    action = args.action
+    if action == "session-open":
+        doc = client.open_session(args.ttl)
+        write_secret(args.out, f"{doc['session_id']} {doc['session']}\n".encode())
+        until = _utc(doc["expires_at_ms"])
+        print(
+            f"opened admin session {doc['session_id']} until {until} ({doc['expires_in']} s); "
+            f"wrote {args.out} (0600): pass --session {args.out} or set ${SESSION_ENV}"
+        )
+        return None
+    if action == "session-close":
+        closed = client.close_session(None if args.all else session[1] if session else None)
+        print(f"closed {closed} admin session{'' if closed == 1 else 's'}")
+        return None
+    if action == "token":
+        token = client.create_token(args.member, args.role, args.ttl)
+        try:
+            write_secret(args.out, token.encode() + b"\n")
+        except (SecretError, OSError) as exc:
+            raise CommandError(
+                f"the KDS issued a token for {args.member}, but it could not be saved "
+                f"({_describe(exc)}); it is lost and expires unused in {args.ttl} s: "
+                "issue another"
+            ) from None
+        print(f"wrote a one-time token for {args.member} to {args.out} (expires in {args.ttl} s)")
+        return None
+    if action == "topic-create":
+        return client.create_topic(
+            args.name,
+            producers=_names(args.producers),
+            consumers=_names(args.consumers),
+            rotation=args.rotation,
+            retention=args.retention,
+            suite=args.suite,
+            history=args.history,
+        )
+    if action == "topic-set":
+        return client.set_policy(
+            args.name,
+            producers=None if args.producers is None else _names(args.producers),
+            consumers=None if args.consumers is None else _names(args.consumers),
+        )
+    if action == "topics":
+        return client.topics()
+    if action == "topic-show":
+        return client.topic(args.name)
+    if action == "rotate":
+        epoch = client.rotate(args.name)
+        current = next((e for e in client.epochs(args.name) if e["epoch"] == epoch), None)
+        out: dict[str, Any] = {"topic": args.name, "epoch": epoch}
+        if current is not None:
+            start = current["not_before_ms"]
+            out["not_before"] = _utc(start)
+            out["producers_switch_by"] = _utc(start + PRODUCER_REFRESH_S * 1000)
+            out["note"] = (
+                f"producers re-check the sealing epoch every {PRODUCER_REFRESH_S} s "
+                "(KeyServiceClient epoch_refresh) and switch at their next check; "
+                "consumers open both epochs meanwhile"
+            )
+        return out
+    if action == "revoke":
+        client.revoke(args.member)
+        print(f"revoked {args.member}; its topics rotated")
+        return None
+    if action == "epochs":
+        return [
+            {**e, **{k[:-3]: _utc(e[k]) for k in _EPOCH_TIMES if k in e}}
+            for e in client.epochs(args.name)
+        ]
+    if action == "audit":
+        return client.audit()
+    raise AssertionError(action)  # pragma: no cover - every parser sets a known action
+
+
+_EPOCH_TIMES = ("not_before_ms", "not_after_ms", "destroy_after_ms")
+
+
+def _utc(ms: int) -> str:
+    """A millisecond stamp as ISO 8601 UTC, to the millisecond (what the stamp says exactly)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _names(text: str) -> list[str]:
