@@ -886,8 +886,11 @@ def _check_admin_args(args: argparse.Namespace) -> None:
     if getattr(args, "name", None) and not re.fullmatch(auth.TOPIC_PATTERN, args.name):
         raise _usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
     for name in names:
-        if not re.fullmatch(auth.NAME_PATTERN, name):
-            raise _usage(f"{name!r}: names use letters, digits and ._~:@+- (up to 128)")
+        if not re.fullmatch(auth.NAME_PATTERN, name) or name.startswith("role:"):
+            raise _usage(
+                f"{name!r}: member and role names use letters, digits and ._~:@+- (up to 128) "
+                "and do not start with role:"
+            )
     if args.action == "session-open":
         _new_secret_path(args.out, "--out")
     if args.action == "session-close" and args.session is None and not args.all:
