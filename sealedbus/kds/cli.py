@@ -96,6 +96,10 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
     return decorate
 
 
+# what OpenSSL says when the other side answers a TLS handshake in plain text (by version)
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+
+
 def _unavailable(url: str | None, exc: BaseException) -> str:
     """Why the KDS at ``url`` could not be asked: refused, timed out, TLS on one side only..."""
     import ssl
@@ -123,13 +127,13 @@ def _unavailable(url: str | None, exc: BaseException) -> str:
             f"its TLS certificate is not trusted ({ssl_error.verify_message}); pass its CA "
             f"with --ca or ${CA_ENV}"
         )
-    elif ssl_error is not None and secure and "WRONG_VERSION_NUMBER" in str(ssl_error).upper():
+    elif ssl_error is not None and secure and ssl_error.reason in _NOT_TLS:
         why = "spoke TLS to a plain-HTTP port (use an http:// URL, or serve with TLS)"
     elif ssl_error is not None:
         why = f"TLS handshake failed ({ssl_error.reason or ssl_error})"
-    elif not secure and isinstance(chain[0], httpx.RemoteProtocolError):
+    elif not secure and isinstance(chain[0], (httpx.RemoteProtocolError, httpx.ReadError)):
         why = (
-            "the server closed the connection without an answer: spoke HTTP to a TLS port? "
+            "spoke HTTP to a TLS port? The server closed the connection without an answer "
             "(use an https:// URL)"
         )
     else:
