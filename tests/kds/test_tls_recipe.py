@@ -86,7 +86,7 @@ def test_the_documented_tls_recipe_serves_the_kds(tmp_path: Path) -> None:
 
         # the CLI with the CA from the environment, as the docs say
         env_ca = {**os.environ, "SEALEDBUS_KDS_CA": str(tls / "ca.pem")}
-        admin = ["admin", "--url", url, "--key", data / "admin.key"]
+        admin: list[str | Path] = ["admin", "--url", url, "--key", data / "admin.key"]
         admin += ["--root-fingerprint", fingerprint, "--totp", totp_code(data)]
         listed = subprocess.run(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "sealedbus.ops.cli", *map(str, admin), "topic", "list"],
