@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+import weakref
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -57,14 +58,14 @@ admin_sessions = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Column("closed_ms", BigInteger),
 )
-_ready: set[int] = set()  # ids of the stores whose table was checked (a KDS opened before)
+_ready: weakref.WeakSet[Store] = weakref.WeakSet()  # stores whose table is known to exist
 
 
 def _table(store: Store) -> None:
     """Create the sessions table in a database made before it existed (once per store)."""
-    if id(store) not in _ready:
+    if store not in _ready:
         admin_sessions.create(store.engine, checkfirst=True)
-        _ready.add(id(store))
+        _ready.add(store)
 
 
 def key_digest(public: Ed25519PublicKey) -> bytes:
