@@ -1095,7 +1095,7 @@ def _enroll(args: argparse.Namespace) -> int:
         cert = enroll(args.url, identity, token, args.root_fingerprint, **options)
     except KeyServiceError as exc:
         pending.unlink(missing_ok=True)
-        raise CommandError(f"enrollment failed: {exc}") from None
+        raise CommandError(f"enrollment failed: {_unavailable(args.url, exc)}") from None
     except BaseException:
         pending.unlink(missing_ok=True)
         raise
