@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from sealedbus.kds import auth, secrets
+from sealedbus.kds import auth, cli_admin, secrets
 from sealedbus.kds import cli as kds_cli
 from sealedbus.kds.store import admin_totp
 from sealedbus.keys.client import KeyServiceClient, check_fingerprint
@@ -111,7 +111,7 @@ def test_one_code_for_a_scripted_setup_through_a_session(
     assert code == 0, err
     for epoch in json.loads(out):
         for name in ("not_before", "not_after", "destroy_after"):
-            stamp = kds_cli._utc(epoch[f"{name}_ms"])
+            stamp = cli_admin._utc(epoch[f"{name}_ms"])
             assert epoch[name] == stamp and stamp.endswith("+00:00")
     assert last_totp_step(kds) == step  # no code was spent after the first
 
