@@ -6,16 +6,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from sealedbus.errors import Refused
+from sealedbus.kds import admin_sessions, secrets
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import audit
 from sealedbus.keys.identity import MemberIdentity
 
 from ._harness import Kds
+from ._processes import KdsProcess, init, totp_code
 
 
 def audit_actions(kds: Kds) -> list[tuple[str, dict[str, object]]]:
@@ -142,3 +145,27 @@ def test_session_lifetime_is_configurable_and_capped(kds: Kds) -> None:
     with pytest.raises(Refused) as refused:
         kds.admin.open_session(1)
     assert refused.value.status == 422
+
+
+def test_a_database_from_before_sessions_gets_the_table(kds: Kds) -> None:
+    admin_sessions.admin_sessions.drop(kds.store.engine)
+    admin_sessions._ready.discard(kds.store)
+    token = kds.admin.open_session()["session"]
+    assert session_client(kds, token).topics() == []
+
+
+def test_serve_takes_the_session_lifetime(tmp_path: Path) -> None:
+    data = tmp_path / "kds"
+    init(data)
+    kds = KdsProcess(data, "--admin-session-ttl", "60")
+    try:
+        admin = AdminClient(
+            kds.url,
+            MemberIdentity.from_bytes(secrets.read_secret(data / "admin.key")),
+            lambda: totp_code(data),
+        )
+        assert admin.open_session()["expires_in"] == 60
+        assert admin.open_session(3600)["expires_in"] == 60
+        admin.close()
+    finally:
+        kds.stop()
