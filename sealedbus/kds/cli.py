@@ -483,10 +483,7 @@ def _listen(host: str, port: int) -> socket.socket:
     """The server socket, bound here so that a port in use is one line and exit 1."""
     if not 0 < port < 65536:
         raise _usage(f"--port {port}: must be 1 to 65535")
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as exc:
-        raise _usage(f"--host {host}: {exc.strerror}") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -494,6 +491,8 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        if isinstance(exc, socket.gaierror):
+            raise _usage(f"--host {host}: {exc.strerror}") from None
         raise CommandError(f"cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(True)
     return sock

@@ -158,6 +158,12 @@ def test_port_in_use_is_one_line_and_exit_1(
     line = one_line(err, "kds serve")
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in line
 
+    cert, key = tls_files(tmp_path)
+    tls: list[str | Path] = ["--tls-cert", cert, "--tls-key", key]
+    for flag, value in (("--port", "0"), ("--port", "70000"), ("--host", "nowhere.invalid")):
+        code, _, err = run(capsys, "kds", "serve", "--data-dir", tmp_path, *tls, flag, value)
+        assert code == 2 and f"{flag} {value}" in one_line(err, "kds serve")
+
 
 def certificate(
     key: ec.EllipticCurvePrivateKey, days: tuple[int, int] = (-1, 1)
