@@ -6,12 +6,18 @@
 #                                    run again after `stop` to restart it with the same keys
 #   examples/kds_dev.sh stop [DIR]   stop it (the keys stay in DIR; delete DIR to start afresh)
 #
-# Settings (environment): KDS_PORT (8765), TOPIC (admissions), PRODUCER (admissions-api),
-# CONSUMER (records-svc), SEALEDBUS (the sealedbus command; default: the repository's .venv, else
-# PATH), PYTHON (a Python that has sealedbus; default: the one beside SEALEDBUS).
+# Settings, as environment variables (examples/README.md lists them too):
+#   KDS_PORT (8765)             the KDS's port on 127.0.0.1
+#   TOPIC (admissions)          the topic to create; DIR/env exports it as SEALEDBUS_TOPIC
+#   PRODUCER (admissions-api)   the member that may produce to it
+#   CONSUMER (records-svc)      the member that may consume from it
+#   SEALEDBUS (.venv's, else PATH's)  the sealedbus command
+#   PYTHON (the one beside SEALEDBUS) a Python that has sealedbus
+# e.g. `TOPIC=discharges PRODUCER=ward-app examples/kds_dev.sh .discharges-dev`
 #
 # Development only: no TLS, and the admin key and its TOTP seed sit side by side in DIR (the
-# script computes the admin's TOTP codes itself). Secrets go to 0600 files, never to the terminal.
+# admin commands take their code from it with --totp-file). Secrets go to 0600 files, never to
+# the terminal.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,7 +25,7 @@ repo=$(dirname "$here")
 umask 077  # everything this creates (database, logs too) is for its owner only
 action=setup
 if [[ ${1:-} == stop ]]; then action=stop; shift; fi
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0; fi
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0; fi
 dir=${1:-./.sealedbus-dev}
 dir=${dir%/}
 port=${KDS_PORT:-8765}
@@ -81,29 +87,13 @@ quietly() {
     echo "$out" >>"$dir/setup.log"
 }
 
-# A TOTP code for the admin, as an authenticator app would show it (from admin.totp). The KDS
-# accepts each 30 s step once, with one step of drift either way: successive commands use the
-# previous, current and next step, then wait for a new one (the last used is kept in DIR).
-totp_code() {
-    "$PYTHON" - "$dir/admin.totp" "$dir/.totp-step" <<'EOF'
-import base64, os, sys, time, urllib.parse
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
-
-query = urllib.parse.urlsplit(open(sys.argv[1]).read().strip()).query
-secret = urllib.parse.parse_qs(query)["secret"][0]
-secret += "=" * (-len(secret) % 8)
-last = int(open(sys.argv[2]).read()) if os.path.exists(sys.argv[2]) else 0
-step = max(last + 1, int(time.time()) // 30 - 1)
-while step > int(time.time()) // 30 + 1:
-    time.sleep(0.2)
-open(sys.argv[2], "w").write(str(step))
-print(TOTP(base64.b32decode(secret), 6, SHA1(), 30).generate(step * 30).decode())
-EOF
+# Admin commands share one admin session, opened with one TOTP code that `--totp-file` computes
+# from admin.totp (development only: this puts the second factor next to the admin key).
+sealedbus_admin() {
+    "$SEALEDBUS" admin --url "$url" --key "$dir/admin.key" --root-fingerprint "$fingerprint" "$@"
 }
-
 admin() {
-    SEALEDBUS_TOTP=$(totp_code) quietly "$SEALEDBUS" admin --url "$url" --key "$dir/admin.key" "$@"
+    quietly sealedbus_admin --session "$dir/admin.session" "$@"
 }
 
 # Wait until /healthz answers from the replica we started (not something else on the port).
@@ -165,8 +155,10 @@ else
 fi
 
 # 3. The topic and who may use it (deny by default).
-if ! SEALEDBUS_TOTP=$(totp_code) "$SEALEDBUS" admin --url "$url" --key "$dir/admin.key" \
-        topic show "$topic" >/dev/null 2>&1; then
+rm -f "$dir/admin.session"  # left by an interrupted run: it may have expired
+quietly sealedbus_admin --totp-file "$dir/admin.totp" session open --ttl 300 \
+    --out "$dir/admin.session"
+if ! sealedbus_admin --session "$dir/admin.session" topic show "$topic" >/dev/null 2>&1; then
     admin topic create "$topic" --producers "$producer" --consumers "$consumer"
     echo "created topic $topic: producers [$producer], consumers [$consumer]"
 fi
@@ -181,6 +173,9 @@ for member in "$producer" "$consumer"; do
     rm -f "$dir/$member.token"  # used up: enrollment consumed it
     echo "enrolled $member: key file $dir/$member.key (0600)"
 done
+
+admin session close
+rm -f "$dir/admin.session"
 
 cat >"$dir/env" <<EOF
 export SEALEDBUS_KDS_URL=$url

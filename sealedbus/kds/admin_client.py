@@ -1,6 +1,7 @@
 """The admin side of the KDS API, used by ``sealedbus admin`` and by tests. Every call is signed
 with the admin's key and carries a TOTP code from ``totp`` (called per request, so it can prompt
-or compute)."""
+or compute), or, once ``open_session`` was called (or given ``session=``), the admin session token
+instead (``sealedbus.kds.admin_sessions``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,47 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealedbus.kds import auth
-from sealedbus.keys.client import SignedHttp
+from sealedbus.keys.client import SignedHttp, fetch_root
 from sealedbus.keys.identity import MemberIdentity
+
+SESSION_HEADER = "x-sealedbus-admin-session"  # the server side: sealedbus.kds.admin_sessions
+SESSIONS_PATH = "/v1/admin/sessions"
 
 
 class AdminClient:
     def __init__(
-        self, url: str, admin: MemberIdentity, totp: Callable[[], str], **http_options: Any
+        self,
+        url: str,
+        admin: MemberIdentity,
+        totp: Callable[[], str],
+        *,
+        session: str | None = None,
+        **http_options: Any,
     ) -> None:
         self._http = SignedHttp(url, admin.name, admin.signing_key, **http_options)
         self._totp = totp
+        self.session = session
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
-        return self._http.call(method, path, json, headers={auth.TOTP_CODE: self._totp()})
+        code = {SESSION_HEADER: self.session} if self.session else {auth.TOTP_CODE: self._totp()}
+        return self._http.call(method, path, json, headers=code)
+
+    def open_session(self, ttl: int | None = None) -> dict[str, Any]:
+        """Spend one TOTP code on an admin session; later calls use it instead of codes.
+        Returns ``session`` (the token), ``session_id``, ``expires_at_ms`` and ``expires_in``."""
+        self.session = None
+        doc = dict(self._call("POST", SESSIONS_PATH, {"ttl_seconds": ttl}))
+        self.session = str(doc["session"])
+        return doc
+
+    def close_session(self, session_id: str | None = None) -> int:
+        """Close one session by id (any admin's), or all of this admin's; returns how many."""
+        path = SESSIONS_PATH + (f"/{session_id}" if session_id else "")
+        return int(self._call("DELETE", path)["closed"])
+
+    def check_root(self, root_fingerprint: str) -> None:
+        """Refuse (UntrustedResponse) a KDS whose root key is not the pinned one."""
+        fetch_root(self._http, root_fingerprint)
 
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
         doc = self._call(

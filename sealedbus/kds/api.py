@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
-from sealedbus.kds import auth
+from sealedbus.kds import admin_sessions, auth
 from sealedbus.kds.service import KeyDistributionService, ServiceError
 from sealedbus.keys.authority import TopicPolicy
 
@@ -340,8 +340,10 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     kind = "admin" if admin else "member"
     if not service.remember_nonce(f"{kind}:{principal}", nonce, int(stamp) + 2 * auth.MAX_SKEW_MS):
         raise ServiceError(401, "replayed_request", "this request was seen before")
-    if admin:
-        service.check_totp(principal, totp_secret, h.get(auth.TOTP_CODE, ""))
+    if admin:  # a TOTP code, or an admin session opened with one
+        admin_sessions.second_factor(
+            request, principal, key, totp_secret, h.get(auth.TOTP_CODE, "")
+        )
     return principal
 
 
@@ -612,5 +614,6 @@ def create_app(
             problem=report.problem,
         )
 
+    app.include_router(admin_sessions.router(_admin))
     app.add_middleware(BodyLimit, limit=max_body)
     return app

@@ -1,4 +1,5 @@
-"""``sealedbus kds serve|init|rotate-master-key``, ``sealedbus admin ...`` and ``sealedbus enroll``.
+"""``sealedbus kds serve|init|rotate-master-key|fingerprint`` and ``sealedbus enroll``; the
+helpers ``sealedbus admin ...`` (``sealedbus.kds.cli_admin``) shares with them.
 
 Secrets (keys, tokens, TOTP seeds) only ever go to files created with 0600 permissions; the
 commands print paths, names and public fingerprints. Heavy imports happen inside the commands.
@@ -13,10 +14,9 @@ of the KDS), 1 for anything that failed after that.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
-import getpass
 import ipaddress
-import json
 import os
 import re
 import socket
@@ -28,7 +28,10 @@ from typing import Any
 DB_ENV = "SEALEDBUS_KDS_DATABASE_URL"
 URL_ENV = "SEALEDBUS_KDS_URL"
 FINGERPRINT_ENV = "SEALEDBUS_KDS_ROOT_FINGERPRINT"
+CA_ENV = "SEALEDBUS_KDS_CA"
 TOTP_ENV = "SEALEDBUS_TOTP"
+TOTP_FILE_ENV = "SEALEDBUS_TOTP_FILE"
+SESSION_ENV = "SEALEDBUS_ADMIN_SESSION"
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 Command = Callable[[argparse.Namespace], int]
@@ -63,13 +66,15 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
         def run(args: argparse.Namespace) -> int:
             from sqlalchemy.exc import SQLAlchemyError
 
-            from sealedbus.errors import SealedbusError
+            from sealedbus.errors import KeyServiceUnavailable, SealedbusError
             from sealedbus.kds.secrets import SecretError
 
             try:
                 return func(args)
             except CommandError as exc:
                 message, code = str(exc), exc.code
+            except KeyServiceUnavailable as exc:
+                message, code = _unavailable(getattr(args, "url", None), exc), 1
             except BrokenPipeError:
                 raise  # `sealedbus ... | head`: not an error (the entry point returns 0)
             except (SealedbusError, SecretError, OSError) as exc:
@@ -87,6 +92,51 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
     return decorate
 
 
+# what OpenSSL says when the other side answers a TLS handshake in plain text (by version)
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+
+
+def _unavailable(url: str | None, exc: BaseException) -> str:
+    """Why the KDS at ``url`` could not be asked: refused, timed out, TLS on one side only..."""
+    import ssl
+
+    import httpx
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc.__cause__
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not chain or not isinstance(chain[0], httpx.HTTPError):
+        return str(exc)  # the KDS answered (e.g. 503): the message says what
+    at = f"KDS at {url}" if url else "KDS"
+    secure = bool(url and url.startswith("https:"))
+    ssl_error = next((c for c in chain if isinstance(c, ssl.SSLError)), None)
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        why = "connection refused (nothing listens on that port: is the KDS running there?)"
+    elif isinstance(chain[0], httpx.TimeoutException):
+        why = "timed out (no answer within --timeout; a firewall, or a hung KDS?)"
+    elif any(isinstance(c, socket.gaierror) for c in chain):
+        why = "host name not found"
+    elif isinstance(ssl_error, ssl.SSLCertVerificationError):
+        why = (
+            f"its TLS certificate is not trusted ({ssl_error.verify_message}); pass its CA "
+            f"with --ca or ${CA_ENV}"
+        )
+    elif ssl_error is not None and secure and ssl_error.reason in _NOT_TLS:
+        why = "spoke TLS to a plain-HTTP port (use an http:// URL, or serve with TLS)"
+    elif ssl_error is not None:
+        why = f"TLS handshake failed ({ssl_error.reason or ssl_error})"
+    elif not secure and isinstance(chain[0], (httpx.RemoteProtocolError, httpx.ReadError)):
+        why = (
+            "spoke HTTP to a TLS port? The server closed the connection without an answer "
+            "(use an https:// URL)"
+        )
+    else:
+        why = f"{type(chain[0]).__name__}: {chain[0]}"
+    return f"{at} unreachable: {why}"
+
+
 def _describe(exc: BaseException) -> str:
     """One line for an error. Our errors never carry secrets; an OSError names a path."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -101,40 +151,72 @@ def register(sub: Any) -> None:
 
     init = kds_sub.add_parser("init", help="create the root key, master key and first admin")
     _data_options(init)
-    init.add_argument("--admin", default="admin", help="name of the first admin")
+    init.add_argument("--admin", default="admin", help="name of the first admin (default: admin)")
     _command(init, _init)
 
     serve = kds_sub.add_parser("serve", help="serve the KDS API (TLS unless --insecure-http)")
     _data_options(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8443)
-    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8443, help="TCP port (default: 8443)")
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="server certificate chain, PEM (no default)"
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="server private key, PEM (no default)"
+    )
     serve.add_argument(
         "--tls-client-ca",
         type=Path,
-        help="require client certificates issued by this CA (mutual TLS)",
+        metavar="FILE",
+        help="require client certificates issued by this CA (mutual TLS; default: not required)",
     )
     serve.add_argument(
         "--insecure-http",
         action="store_true",
-        help="plain HTTP on a loopback address, for development only",
+        help="plain HTTP on a loopback address, for development only (default: off)",
     )
     serve.add_argument(
         "--replica",
         default=f"{socket.gethostname()}-{os.getpid()}",
-        help="this replica's name in the scheduler lease and audit log",
+        help="this replica's name in the scheduler lease and audit log (default: HOST-PID)",
     )
-    serve.add_argument("--scheduler-interval", type=float, default=1.0, metavar="SECONDS")
+    serve.add_argument(
+        "--scheduler-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the scheduler looks for epochs to publish or destroy (default: 1 s)",
+    )
     serve.add_argument(
         "--lease",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="scheduler lease: a dead leader is replaced after this long",
+        help="scheduler lease: a dead leader is replaced after this long (default: 10 s)",
     )
-    serve.add_argument("--certificate-lifetime", type=float, default=3600.0, metavar="SECONDS")
-    serve.add_argument("--enroll-per-minute", type=int, default=10)
+    serve.add_argument(
+        "--certificate-lifetime",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of member certificates (default: 3600 s = 1 h)",
+    )
+    serve.add_argument(
+        "--enroll-per-minute",
+        type=int,
+        default=10,
+        metavar="N",
+        help="enrollment attempts per client address per minute, bursts of as many (default: 10)",
+    )
+    serve.add_argument(
+        "--admin-session-ttl",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="longest admin session one TOTP code opens (default: 900 s = 15 min)",
+    )
     _command(serve, _serve)
 
     rewrap = kds_sub.add_parser(
@@ -145,7 +227,7 @@ def register(sub: Any) -> None:
         "--retire",
         action="store_true",
         help="instead: drop older master keys from the keyring file, refusing "
-        "while any stored value still uses one",
+        "while any stored value still uses one (default: off)",
     )
     _command(rewrap, _rotate_master)
 
@@ -156,67 +238,40 @@ def register(sub: Any) -> None:
         "--data-dir",
         type=Path,
         default=Path("."),
+        metavar="DIR",
         help="where the key files live (default: the current directory)",
     )
     _command(show_fingerprint, _fingerprint)
 
-    admin = sub.add_parser("admin", help="administer a KDS (needs the admin key and a TOTP code)")
-    _client_options(admin)
-    admin.add_argument("--key", type=Path, default=Path("admin.key"), help="admin key file")
-    admin.add_argument("--totp", help=f"TOTP code (default ${TOTP_ENV}, else prompt)")
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    from sealedbus.kds import cli_admin  # here: it imports this module's helpers
 
-    token = admin_sub.add_parser("token", help="create a one-time enrollment token")
-    token.add_argument("member")
-    token.add_argument("--role", action="append", default=[], help="a role (repeatable)")
-    token.add_argument("--ttl", type=int, default=900, metavar="SECONDS")
-    token.add_argument("--out", type=Path, required=True, help="file for the token (0600)")
-    _command(token, _admin, action="token")
-
-    topic = admin_sub.add_parser("topic", help="create, change, list and show topics")
-    topic_sub = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
-    create = topic_sub.add_parser("create", help="create a topic (deny by default)")
-    create.add_argument("name")
-    create.add_argument("--producers", default="", help="comma-separated names or role:NAME")
-    create.add_argument("--consumers", default="", help="comma-separated names or role:NAME")
-    create.add_argument("--rotation", type=int, default=3600, metavar="SECONDS")
-    create.add_argument("--retention", type=int, default=7 * 86_400, metavar="SECONDS")
-    create.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
-    create.add_argument(
-        "--history",
-        action="store_true",
-        help="new consumers may read epochs from before they were added",
-    )
-    _command(create, _admin, action="topic-create")
-    change = topic_sub.add_parser("set", help="replace who may produce or consume")
-    change.add_argument("name")
-    change.add_argument("--producers", help="comma-separated; '' for nobody")
-    change.add_argument("--consumers", help="comma-separated; '' for nobody (rotates at once)")
-    _command(change, _admin, action="topic-set")
-    _command(topic_sub.add_parser("list", help="list topics"), _admin, action="topics")
-    show = topic_sub.add_parser("show", help="show a topic's policy")
-    show.add_argument("name")
-    _command(show, _admin, action="topic-show")
-
-    rotate = admin_sub.add_parser("rotate", help="start a new epoch now")
-    rotate.add_argument("name")
-    _command(rotate, _admin, action="rotate")
-    revoke = admin_sub.add_parser("revoke", help="revoke a member (rotates its topics)")
-    revoke.add_argument("member")
-    _command(revoke, _admin, action="revoke")
-    epochs = admin_sub.add_parser("epochs", help="list a topic's epochs")
-    epochs.add_argument("name")
-    _command(epochs, _admin, action="epochs")
-    audit = admin_sub.add_parser("audit", help="verify the audit log's hash chain and checkpoints")
-    _command(audit, _admin, action="audit")
+    cli_admin.register(sub)
 
     enroll = sub.add_parser("enroll", help="create a member's key file and enroll it")
     _client_options(enroll)
     enroll.add_argument("--name", required=True, help="the service name the token was made for")
-    enroll.add_argument("--token-file", type=Path, required=True)
-    enroll.add_argument("--key-out", type=Path, required=True, help="member key file (0600)")
-    enroll.add_argument("--suite", choices=["x25519", "x25519-mlkem768"], default="x25519")
+    enroll.add_argument(
+        "--token-file",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the one-time token from `sealedbus admin token`",
+    )
+    enroll.add_argument(
+        "--key-out", type=Path, required=True, metavar="FILE", help="member key file (0600)"
+    )
+    enroll.add_argument(
+        "--suite",
+        choices=["x25519", "x25519-mlkem768"],
+        default="x25519",
+        help="the receive key's suite (default: x25519)",
+    )
     _command(enroll, _enroll)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -224,25 +279,54 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=Path("."),
+        metavar="DIR",
         help="where the key files live (default: the current directory)",
     )
     parser.add_argument(
         "--db",
         default=os.environ.get(DB_ENV),
-        help=f"database URL (default ${DB_ENV}, else sqlite in --data-dir)",
+        metavar="URL",
+        help=f"database URL (default: ${DB_ENV}, else kds.db, SQLite, in --data-dir)",
     )
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get(URL_ENV), help=f"KDS URL (${URL_ENV})")
+    parser.add_argument(
+        "--url", default=os.environ.get(URL_ENV), help=f"KDS URL (default: ${URL_ENV})"
+    )
     parser.add_argument(
         "--root-fingerprint",
         default=os.environ.get(FINGERPRINT_ENV),
-        help=f"pinned KDS root key fingerprint (${FINGERPRINT_ENV})",
+        metavar="SHA256",
+        help=f"pinned KDS root key fingerprint (default: ${FINGERPRINT_ENV})",
     )
-    parser.add_argument("--ca", type=Path, help="CA bundle to verify the KDS TLS certificate")
-    parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
-    parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        default=_env_path(CA_ENV),
+        metavar="FILE",
+        help=f"CA bundle to verify the KDS TLS certificate (default: ${CA_ENV}, else the "
+        "system trust store)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate for mutual TLS (default: none)",
+    )
+    parser.add_argument(
+        "--client-key",
+        type=Path,
+        metavar="FILE",
+        help="client key for mutual TLS (default: the --client-cert file)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up on a KDS request after this long (default: 5 s)",
+    )
 
 
 def _db_url(args: argparse.Namespace) -> str:
@@ -260,7 +344,10 @@ def _http_options(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise _usage(f"{flag} {path}: not a readable file")
+    if not args.timeout > 0:
+        raise _usage("--timeout: must be more than 0 s")
     options: dict[str, Any] = {"verify": str(args.ca) if args.ca else True}
+    options["timeout"] = args.timeout
     if args.client_cert:
         options["cert"] = (str(args.client_cert), str(args.client_key or args.client_cert))
     return options
@@ -354,6 +441,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise _usage("--tls-cert and --tls-key are required (or --insecure-http on loopback)")
     if args.insecure_http and not _loopback(args.host):
         raise _usage(f"--insecure-http only binds loopback addresses, not {args.host}")
+    if tls:
+        _check_tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if not 10 <= args.admin_session_ttl <= 86_400:
+        raise _usage("--admin-session-ttl: must be 10 to 86400 seconds")
+    listener = _listen(args.host, args.port)  # before the slow start: a busy port is one line
     service = _open_service(args, args.replica)
     metrics = Metrics()
     scheduler = Scheduler(
@@ -367,6 +459,7 @@ def _serve(args: argparse.Namespace) -> int:
         on_shutdown=scheduler.stop,
         is_leader=lambda: scheduler.leader,
     )
+    app.state.admin_session_ttl = args.admin_session_ttl
     options: dict[str, Any] = {}
     if tls:
         options.update(ssl_certfile=str(args.tls_cert), ssl_keyfile=str(args.tls_key))
@@ -381,8 +474,88 @@ def _serve(args: argparse.Namespace) -> int:
         )
         print(banner, file=sys.stderr, flush=True)
         logging.getLogger("sealedbus.kds").warning("serving plain HTTP (--insecure-http)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **options)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", **options)
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server socket, bound here so that a port in use is one line and exit 1."""
+    if not 0 < port < 65536:
+        raise _usage(f"--port {port}: must be 1 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        if isinstance(exc, socket.gaierror):
+            raise _usage(f"--host {host}: {exc.strerror}") from None
+        raise CommandError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _check_tls_files(cert_path: Path, key_path: Path | None, client_ca: Path | None) -> None:
+    """Name the TLS file that is wrong, and why, before the server starts (exit 2)."""
+    import ssl
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    if cert_path is None or key_path is None:
+        raise _usage("--tls-cert and --tls-key go together")
+    files = [("--tls-cert", cert_path), ("--tls-key", key_path)]
+    files += [("--tls-client-ca", client_ca)] if client_ca else []
+    for flag, path in files:
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise _usage(f"{flag} {path}: {exc.strerror or 'cannot be read'}") from None
+    try:
+        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    except ValueError:
+        raise _usage(
+            f"--tls-cert {cert_path}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except TypeError:
+        raise _usage(
+            f"--tls-key {key_path}: encrypted with a passphrase; the KDS needs it unencrypted "
+            "(`openssl pkey -in KEY -out KEY.plain`, mode 0600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise _usage(
+            f"--tls-key {key_path}: not a PEM private key (expected -----BEGIN PRIVATE KEY-----)"
+        ) from None
+    raw = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, raw) != chain[0].public_key().public_bytes(der, raw):
+        raise _usage(
+            f"--tls-key {key_path} does not belong to the certificate in --tls-cert {cert_path} "
+            "(its first certificate must be the server's)"
+        )
+    now = datetime.now(UTC)
+    if now > chain[0].not_valid_after_utc:
+        raise _usage(
+            f"--tls-cert {cert_path}: expired on {chain[0].not_valid_after_utc.isoformat()}"
+        )
+    if now < chain[0].not_valid_before_utc:
+        raise _usage(
+            f"--tls-cert {cert_path}: not valid before {chain[0].not_valid_before_utc.isoformat()}"
+        )
+    if client_ca:
+        try:
+            ssl.create_default_context(cafile=str(client_ca))
+        except ssl.SSLError as exc:
+            raise _usage(
+                f"--tls-client-ca {client_ca}: not a PEM CA bundle ({exc.reason})"
+            ) from None
 
 
 def _loopback(host: str) -> bool:
@@ -436,15 +609,6 @@ def _retire_master(service: Any, path: Path) -> int:
     return 0
 
 
-def _totp_code(args: argparse.Namespace) -> str:
-    code = args.totp or os.environ.get(TOTP_ENV)
-    if code:
-        return str(code)
-    if not sys.stdin.isatty():
-        raise _usage(f"pass --totp or set ${TOTP_ENV}")
-    return getpass.getpass("TOTP code: ")
-
-
 def _load_identity(path: Path, hint: str) -> Any:
     """A member's or admin's key file as a MemberIdentity (SecretError if it is not one)."""
     from sealedbus.kds.secrets import SecretError, read_secret
@@ -454,6 +618,15 @@ def _load_identity(path: Path, hint: str) -> Any:
     try:
         return MemberIdentity.from_bytes(data)
     except ValueError:
+        if re.fullmatch(rb"[A-Za-z0-9_-]{20,100}\n?", data):
+            raise SecretError(
+                f"{path} is not a sealedbus key file: it holds an enrollment token; pass it "
+                "to `sealedbus enroll --token-file`, which writes the key file"
+            ) from None
+        if data.startswith(b"otpauth://"):
+            raise SecretError(
+                f"{path} is not a sealedbus key file: it holds a TOTP secret"
+            ) from None
         raise SecretError(f"{path} is not a sealedbus key file") from None
 
 
@@ -465,78 +638,6 @@ def _new_secret_path(path: Path, flag: str) -> None:
         check_new_secret_path(path)
     except SecretError as exc:
         raise _usage(f"{flag}: {exc}") from None
-
-
-@_reports_errors("sealedbus admin")
-def _admin(args: argparse.Namespace) -> int:
-    from sealedbus.kds.admin_client import AdminClient
-    from sealedbus.kds.secrets import SecretError, write_secret
-
-    options = _http_options(args)
-    if args.action == "token":  # before the KDS issues a token that could not be saved
-        _new_secret_path(args.out, "--out")
-    admin = _load_identity(
-        args.key,
-        "`sealedbus kds init` writes the first admin's key to "
-        "admin.key in its --data-dir; pass it with --key",
-    )
-    code = _totp_code(args)
-    client = AdminClient(args.url, admin, lambda: code, **options)
-    out: Any = None
-    try:
-        if args.action == "token":
-            token = client.create_token(args.member, args.role, args.ttl)
-            try:
-                write_secret(args.out, token.encode() + b"\n")
-            except (SecretError, OSError) as exc:
-                raise CommandError(
-                    f"the KDS issued a token for {args.member}, but it could not be saved "
-                    f"({_describe(exc)}); it is lost and expires unused in {args.ttl} s: "
-                    "issue another"
-                ) from None
-            print(
-                f"wrote a one-time token for {args.member} to {args.out} (expires in {args.ttl} s)"
-            )
-        elif args.action == "topic-create":
-            out = client.create_topic(
-                args.name,
-                producers=_names(args.producers),
-                consumers=_names(args.consumers),
-                rotation=args.rotation,
-                retention=args.retention,
-                suite=args.suite,
-                history=args.history,
-            )
-        elif args.action == "topic-set":
-            out = client.set_policy(
-                args.name,
-                producers=None if args.producers is None else _names(args.producers),
-                consumers=None if args.consumers is None else _names(args.consumers),
-            )
-        elif args.action == "topics":
-            out = client.topics()
-        elif args.action == "topic-show":
-            out = client.topic(args.name)
-        elif args.action == "rotate":
-            out = {"topic": args.name, "epoch": client.rotate(args.name)}
-        elif args.action == "revoke":
-            client.revoke(args.member)
-            print(f"revoked {args.member}; its topics rotated")
-        elif args.action == "epochs":
-            out = client.epochs(args.name)
-        elif args.action == "audit":
-            out = client.audit()
-    finally:
-        client.close()
-    if out is not None:
-        print(json.dumps(out, indent=2))
-        if args.action == "audit" and not out.get("ok"):
-            return 1
-    return 0
-
-
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @_reports_errors("sealedbus enroll")
@@ -574,7 +675,7 @@ def _enroll(args: argparse.Namespace) -> int:
         cert = enroll(args.url, identity, token, args.root_fingerprint, **options)
     except KeyServiceError as exc:
         pending.unlink(missing_ok=True)
-        raise CommandError(f"enrollment failed: {exc}") from None
+        raise CommandError(f"enrollment failed: {_unavailable(args.url, exc)}") from None
     except BaseException:
         pending.unlink(missing_ok=True)
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import ssl
 import threading
 import time
@@ -56,6 +57,23 @@ _MAX_CACHED_CERTS = 10_000
 # certificates, so a real one is never unknown first; the answer is not signed, so not forever.
 _UNKNOWN_CERT_MS = 60_000
 _PREFETCH_RETRY_MS = 1000
+
+
+URL_ENV = "SEALEDBUS_KDS_URL"
+FINGERPRINT_ENV = "SEALEDBUS_KDS_ROOT_FINGERPRINT"
+CA_ENV = "SEALEDBUS_KDS_CA"
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def check_fingerprint(value: str) -> str:
+    """``value`` if it is a root fingerprint as ``sealedbus kds init`` prints it (``sha256:`` and
+    64 lowercase hex digits); ValueError otherwise, before anything is asked of the KDS."""
+    if not isinstance(value, str) or not _FINGERPRINT.fullmatch(value):
+        raise ValueError(
+            "root fingerprint: expected sha256: and 64 lowercase hex digits, as "
+            "`sealedbus kds init` and `sealedbus kds fingerprint` print it"
+        )
+    return value
 
 
 def tls_context(verify: Any = True, cert: Any = None) -> ssl.SSLContext | bool:
@@ -174,6 +192,7 @@ def enroll(
 ) -> Certificate:
     """Enroll ``identity`` with a one-time token; returns the verified certificate. The token
     does not travel: a key derived from it signs the enrollment (``auth.token_key``)."""
+    check_fingerprint(root_fingerprint)
     http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
     clock: Callable[[], float] = http_options.get("clock", time.time)
     try:
@@ -259,7 +278,7 @@ class KeyServiceClient:
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._identity = identity
-        self._fingerprint = root_fingerprint
+        self._fingerprint = check_fingerprint(root_fingerprint)
         self._http = SignedHttp(
             url,
             identity.name,
@@ -305,6 +324,20 @@ class KeyServiceClient:
         """A client for the member whose key file ``sealedbus enroll`` wrote (mode 0600)."""
         identity = MemberIdentity.from_bytes(read_secret(Path(key_file), hint=ENROLL_HINT))
         return cls(url, identity, root_fingerprint, **options)
+
+    @classmethod
+    def from_env(cls, key_file: str | os.PathLike[str], **options: Any) -> KeyServiceClient:
+        """``from_key_file`` configured as the CLI is: the KDS URL from ``$SEALEDBUS_KDS_URL``,
+        the pinned root fingerprint from ``$SEALEDBUS_KDS_ROOT_FINGERPRINT`` and, if set, the CA
+        bundle for the KDS's TLS certificate from ``$SEALEDBUS_KDS_CA`` (else the system trust
+        store). Keyword options (``verify=``, ``timeout=``...) win over the environment."""
+        url, pin = os.environ.get(URL_ENV, ""), os.environ.get(FINGERPRINT_ENV, "")
+        missing = [f"${name}" for name, v in ((URL_ENV, url), (FINGERPRINT_ENV, pin)) if not v]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)} (or use from_key_file)")
+        if os.environ.get(CA_ENV):
+            options.setdefault("verify", os.environ[CA_ENV])
+        return cls.from_key_file(url, key_file, pin, **options)
 
     def close(self) -> None:
         self._http.close()

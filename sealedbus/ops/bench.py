@@ -18,7 +18,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="throughput benchmark: plaintext vs sealed on memory, RabbitMQ, Kafka",
-        description=__doc__,
+        description="The end-to-end throughput benchmark (plaintext against sealed) on the "
+        "in-memory bus, RabbitMQ and Kafka. It runs from a source checkout: the runner lives in "
+        "benchmarks/throughput, which is not part of the installed package.",
     )
     add_arguments(parser)
     parser.set_defaults(func=_bench)
@@ -29,34 +31,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 300 messages per phase, one round (well under a minute)",
+        help="a smoke run: 300 messages per phase, one round (well under a minute; default: off)",
     )
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (full default: 5)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rounds per configuration, each in fresh processes; the median is reported "
+        "(default: 5, or 1 with --quick; README.md's figures are from --rounds 3)",
+    )
     parser.add_argument(
         "--transports",
         default="memory,rabbitmq,kafka",
-        help="comma-separated subset of memory,rabbitmq,kafka",
+        metavar="LIST",
+        help="comma-separated subset of memory,rabbitmq,kafka (default: all three)",
     )
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("SEALEDBUS_AMQP_URL", ""),
-        help="RabbitMQ URL (default $SEALEDBUS_AMQP_URL)",
+        metavar="URL",
+        help="RabbitMQ URL (default: $SEALEDBUS_AMQP_URL)",
     )
     parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", ""),
-        help="Kafka host:port (default $SEALEDBUS_KAFKA_BOOTSTRAP)",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap server (default: $SEALEDBUS_KAFKA_BOOTSTRAP)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="folder for latest.json, latest.md and the PNG plots"
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for latest.json, latest.md and the PNG plots (default: none, print only)",
     )
     parser.add_argument(
         "--open-threads",
         type=int,
         default=2,
-        help="opener threads for per-message consumers (default 2)",
+        metavar="N",
+        help="opener threads for per-message consumers (default: 2)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

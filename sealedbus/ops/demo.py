@@ -29,7 +29,13 @@ _EVENTS = ("admitted", "lab-result", "medication", "transferred", "discharged")
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole flow in one process (no broker needed)")
     p.add_argument("--messages", type=int, default=2000, help="events to send (default 2000)")
-    p.add_argument("--show", type=int, default=6, help="rows of the side-by-side table")
+    p.add_argument(
+        "--show",
+        type=int,
+        default=6,
+        metavar="N",
+        help="rows of the side-by-side table (default: 6)",
+    )
     p.set_defaults(func=run)
 
 

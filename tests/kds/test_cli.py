@@ -291,7 +291,8 @@ def test_enroll_that_cannot_reach_the_kds_leaves_no_key_file(
         "--root-fingerprint",
         "sha256:" + "ab" * 32,
     )
-    assert code == 1 and "unreachable" in one_line(err, "enroll")
+    assert code == 1
+    assert f"KDS at {UNREACHABLE} unreachable: connection refused" in one_line(err, "enroll")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.token"]
 
 
@@ -337,20 +338,24 @@ def test_admin_errors_are_one_line(
     assert run(capsys, "kds", "init", "--data-dir", data)[0] == 0
     key = data / "admin.key"
     url = ["--url", UNREACHABLE]
-    code, _, err = run(capsys, "admin", "--key", key, "--totp", "1", "topic", "list")
+    code, _, err = run(capsys, "admin", "--key", key, "--totp", "123456", "topic", "list")
     assert code == 2 and "--url" in one_line(err, "admin topic list")
-    code, _, err = run(capsys, "admin", *url, "--key", tmp_path / "x.key", "--totp", "1", "audit")
+    code, _, err = run(
+        capsys, "admin", *url, "--key", tmp_path / "x.key", "--totp", "123456", "audit"
+    )
     assert code == 1 and "`sealedbus kds init`" in one_line(err, "admin audit")
-    code, _, err = run(capsys, "admin", *url, "--key", data / "admin.totp", "--totp", "1", "audit")
+    code, _, err = run(
+        capsys, "admin", *url, "--key", data / "admin.totp", "--totp", "123456", "audit"
+    )
     assert code == 1 and "not a sealedbus key file" in one_line(err, "admin audit")
     assert "secret=" not in err
-    code, _, err = run(capsys, "admin", *url, "--key", key, "--totp", "1", "rotate", "t")
+    code, _, err = run(capsys, "admin", *url, "--key", key, "--totp", "123456", "rotate", "t")
     assert code == 1 and "unreachable" in one_line(err, "admin rotate")
     monkeypatch.setattr(sys, "stdin", io.StringIO())
     code, _, err = run(capsys, "admin", *url, "--key", key, "revoke", "p")
     assert code == 2 and "--totp" in one_line(err, "admin revoke")
     os.chmod(key, 0o644)
-    code, _, err = run(capsys, "admin", *url, "--key", key, "--totp", "1", "topic", "list")
+    code, _, err = run(capsys, "admin", *url, "--key", key, "--totp", "123456", "topic", "list")
     assert code == 1 and "chmod 600" in one_line(err, "admin topic list")
 
 
