@@ -1,0 +1,185 @@
+"""The KDS container image, built here without a registry (``scripts/ops/image``: mmdebstrap +
+podman import + buildah bud) and run with ``buildah run --isolation chroot`` on loopback
+(``podman run`` cannot set rlimits in this sandbox): init, serve, /healthz, /readyz, /metrics, the
+HEALTHCHECK command, one enrollment and a producer->consumer round trip against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sealedbus import Opener, Sealer
+from tests.kds._processes import free_port
+
+from ._stack import set_up_members
+from ._tools import ROOT, run, tool
+
+pytestmark = [pytest.mark.ops, pytest.mark.slow]
+
+CONTAINERS = ROOT / "scripts" / "ops" / "containers"
+DATA = "/var/lib/sealedbus/data"
+
+
+def containers(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(CONTAINERS, *args, check=check, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    for name in ("buildah", "podman", "mmdebstrap"):
+        tool(name)
+    start = time.monotonic()
+    built = run(ROOT / "scripts" / "ops" / "image", timeout=1800)
+    name = built.stdout.strip().splitlines()[-1]
+    size = int(containers("podman", "image", "inspect", "--format", "{{.Size}}", name).stdout)
+    print(f"\nimage {name}: {size / 1e6:.0f} MB, built in {time.monotonic() - start:.0f} s")
+    print(built.stderr)
+    return name
+
+
+@pytest.fixture
+def container(image: str) -> Iterator[str]:
+    name = containers("buildah", "from", "--quiet", image).stdout.strip()
+    try:
+        yield name
+    finally:
+        containers("buildah", "rm", name, check=False)
+
+
+def in_container(
+    container: str, data: Path, *command: str, env: dict[str, str] | None = None
+) -> list[str]:
+    args = [str(CONTAINERS), "buildah", "run", "--isolation", "chroot", "-v", f"{data}:{DATA}"]
+    for key, value in (env or {}).items():
+        args += ["--env", f"{key}={value}"]
+    return [*args, container, "--", *command]
+
+
+def kds_pids(session: int) -> list[int]:
+    """The ``sealedbus kds serve`` processes in the session ``buildah run`` started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[3]) == session and b"serve" in cmdline and b"buildah" not in cmdline[0]:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_image_metadata(image: str) -> None:
+    config = json.loads(containers("buildah", "inspect", "--type", "image", image).stdout)
+    docker = config["Docker"]["config"]
+    assert docker["User"] == "10001:10001"  # fixed, non-root
+    assert docker["Entrypoint"] == ["/opt/sealedbus/bin/sealedbus", "kds", "serve"]
+    assert docker["Healthcheck"]["Test"][0] == "CMD"
+    assert "/usr/local/lib/sealedbus/healthcheck.py" in docker["Healthcheck"]["Test"]
+
+
+def test_runtime_has_the_kds_extra_only_and_no_compiler(container: str, tmp_path: Path) -> None:
+    probe = (
+        "import importlib.util as u, shutil\n"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'sqlalchemy', 'psycopg', 'httpx',"
+        " 'pika', 'kafka', 'matplotlib', 'pytest', 'pip') if u.find_spec(m)))\n"
+        "print([c for c in ('gcc', 'cc', 'make') if shutil.which(c)])\n"
+    )
+    out = run(*in_container(container, tmp_path, "/opt/sealedbus/bin/python", "-c", probe))
+    found, compilers = out.stdout.strip().splitlines()
+    assert found == "['fastapi', 'httpx', 'psycopg', 'sqlalchemy', 'uvicorn']"
+    assert compilers == "[]"
+
+
+def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 10001, 10001)  # the image's user owns its data
+    data.chmod(0o700)
+    init = run(*in_container(container, data, "sealedbus", "kds", "init", "--data-dir", DATA))
+    fingerprint = init.stdout.split("root key fingerprint: ")[1].split()[0]
+    assert (data / "root.key").stat().st_uid == 10001
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(  # noqa: S603 - our own script and image
+        in_container(
+            container,
+            data,
+            "sealedbus",
+            "kds",
+            "serve",
+            "--insecure-http",
+            "--port",
+            str(port),
+            "--data-dir",
+            DATA,
+            "--scheduler-interval",
+            "0.2",
+            "--lease",
+            "2",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as one below
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.3)
+        health = httpx.get(url + "/healthz", timeout=5).json()
+        assert health["status"] == "ok"
+        assert httpx.get(url + "/readyz", timeout=5).json()["status"] == "ready"
+
+        check = in_container(
+            container,
+            data,
+            "/opt/sealedbus/bin/python",
+            "/usr/local/lib/sealedbus/healthcheck.py",
+            env={"SEALEDBUS_HEALTHCHECK_URL": url + "/healthz"},
+        )
+        assert run(*check, check=False).returncode == 0
+
+        producer, consumer = set_up_members(data, url, fingerprint, tmp_path)
+        try:
+            sealed = [Sealer(producer).seal("orders", b"order %d" % i) for i in range(3)]
+            opener = Opener(consumer)
+            assert [opener.open("orders", e).body for e in sealed] == [
+                b"order 0",
+                b"order 1",
+                b"order 2",
+            ]
+        finally:
+            producer.close()
+            consumer.close()
+        metrics = httpx.get(url + "/metrics", timeout=5).text
+        assert "sealedbus_kds_enrollments_total 2.0" in metrics
+        assert "sealedbus_kds_grants_total" in metrics
+        assert "sealedbus_kds_scheduler_leader 1.0" in metrics
+    finally:
+        for pid in kds_pids(serve.pid):  # buildah would SIGKILL it: stop the KDS itself
+            os.kill(pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+        log.close()
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    assert run(*check, check=False).returncode == 1  # the HEALTHCHECK sees it gone
