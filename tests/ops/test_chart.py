@@ -31,10 +31,12 @@ TARGET = ("--namespace", "sealed", "--kube-version", f"{KUBERNETES}.0")
 
 
 @cache
-def render(values: str | None) -> tuple[Manifest, ...]:
+def render(values: str | None, *sets: str) -> tuple[Manifest, ...]:
     args: list[str | Path] = [tool("helm"), "template", "kds", CHART, *TARGET]
     if values:
         args += ["--values", VALUES / values]
+    for assignment in sets:
+        args += ["--set", assignment]
     docs = yaml.safe_load_all(run(*args).stdout)
     return tuple(d for d in docs if d)
 
@@ -125,6 +127,22 @@ def test_default_is_one_sqlite_replica_on_a_claim() -> None:
     assert docs["PersistentVolumeClaim"]["metadata"]["annotations"] == {
         "helm.sh/resource-policy": "keep"
     }
+
+
+def test_sqlite_volume_is_seeded_once_from_the_bootstrap_secret() -> None:
+    docs = render(None, "sqlite.bootstrap.existingSecret=kds-seed")
+    spec = pod(docs)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["bootstrap"]["secret"]["secretName"] == "kds-seed"
+    (init,) = spec["initContainers"]
+    script = init["command"][-1]
+    assert "if [ ! -e /var/lib/sealedbus/kds.db ]; then" in script  # never over a database
+    assert "cp /etc/sealedbus/bootstrap/kds.db /var/lib/sealedbus/kds.db" in script
+    assert "bootstrap" not in {v["name"] for v in pod(render(None))["volumes"]}
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
 def test_ha_runs_three_replicas_on_postgresql_from_a_secret() -> None:

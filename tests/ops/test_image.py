@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from sealedbus import Opener, Sealer
 from tests.kds._processes import free_port
+from tests.kds._processes import init as host_init
 
 from ._stack import set_up_members
-from ._tools import ROOT, run, tool
+from ._tools import CHART, ROOT, run, tool
 
 pytestmark = [pytest.mark.ops, pytest.mark.slow]
 
@@ -55,9 +58,15 @@ def container(image: str) -> Iterator[str]:
 
 
 def in_container(
-    container: str, data: Path, *command: str, env: dict[str, str] | None = None
+    container: str,
+    data: Path,
+    *command: str,
+    env: dict[str, str] | None = None,
+    mounts: dict[Path, str] | None = None,
 ) -> list[str]:
     args = [str(CONTAINERS), "buildah", "run", "--isolation", "chroot", "-v", f"{data}:{DATA}"]
+    for host, inside in (mounts or {}).items():
+        args += ["-v", f"{host}:{inside}"]
     for key, value in (env or {}).items():
         args += ["--env", f"{key}={value}"]
     return [*args, container, "--", *command]
@@ -99,6 +108,101 @@ def test_runtime_has_the_kds_extra_only_and_no_compiler(container: str, tmp_path
     assert compilers == "[]"
 
 
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    for pid in kds_pids(process.pid):  # buildah would SIGKILL it: stop the KDS itself
+        os.kill(pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_the_charts_init_container_and_arguments_work_in_the_image(
+    container: str, tmp_path: Path
+) -> None:
+    """The pod as the chart makes it: Secret files (group-readable, as under fsGroup) copied
+    owner-only by the init container's script, the SQLite volume seeded from the bootstrap
+    Secret, then `serve` with the chart's --data-dir and database URL."""
+    rendered = run(
+        tool("helm"), "template", "kds", CHART, "--kube-version", "1.30.0",
+        "--set", "sqlite.bootstrap.existingSecret=seed",
+    )  # fmt: skip
+    (deployment,) = [
+        d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "Deployment"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (init_container,) = pod["initContainers"]
+    workstation = tmp_path / "workstation"  # `sealedbus kds init` where the admin works
+    fingerprint = host_init(workstation)
+    secrets = {"root": "root.key", "master": "master.keys", "bootstrap": "kds.db"}
+    mounts: dict[Path, str] = {}
+    for name, file in secrets.items():
+        volume = tmp_path / "secret" / name
+        volume.mkdir(parents=True)
+        (volume / file).write_bytes((workstation / file).read_bytes())
+        os.chown(volume / file, 0, 10001)  # what the kubelet does under fsGroup: root:fsGroup 0440
+        (volume / file).chmod(0o440)
+        mounts[volume] = f"/etc/sealedbus/{name}"
+    for name, inside in (("keys", "/run/sealedbus/keys"), ("pvc", "/var/lib/sealedbus")):
+        (tmp_path / name).mkdir()
+        os.chown(tmp_path / name, 10001, 10001)
+        mounts[tmp_path / name] = inside
+    unused = tmp_path / "unused"  # in_container's own data mount
+    unused.mkdir()
+    copied = run(*in_container(container, unused, *init_container["command"], mounts=mounts))
+    assert "seeded the database" in copied.stdout
+    for file in ("root.key", "master.keys"):
+        info = (tmp_path / "keys" / file).stat()
+        assert (info.st_mode & 0o777, info.st_uid) == (0o600, 10001)
+    assert (tmp_path / "pvc" / "kds.db").stat().st_mode & 0o777 == 0o600  # SQLite writes to it
+    again = run(*in_container(container, unused, *init_container["command"], mounts=mounts))
+    assert "seeded" not in again.stdout  # a restart never overwrites the database
+
+    port = free_port()
+    (kds,) = pod["containers"]
+    config = {"SEALEDBUS_KDS_PORT": str(port), "SEALEDBUS_KDS_SCHEDULER_INTERVAL": "0.5",
+              "SEALEDBUS_KDS_LEASE": "5", "SEALEDBUS_KDS_CERTIFICATE_LIFETIME": "3600",
+              "SEALEDBUS_KDS_ENROLL_PER_MINUTE": "10", "POD_NAME": "kds-0",
+              "SEALEDBUS_KDS_DATABASE_URL": "sqlite:////var/lib/sealedbus/kds.db"}  # fmt: skip
+    args = [re.sub(r"\$\((\w+)\)", lambda m: config[m.group(1)], a) for a in kds["args"]]
+    # loopback and plain HTTP here instead of 0.0.0.0 with the TLS Secret
+    args = [a for a in args if not a.startswith(("--host=", "--tls-"))] + ["--insecure-http"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(  # noqa: S603 - our own script and image
+            in_container(
+                container, unused, "sealedbus", "kds", "serve", *args, env=config, mounts=mounts
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, serve, log)
+            assert httpx.get(url + "/healthz", timeout=5).json()["replica"] == "kds-0"
+            root = httpx.get(url + "/v1/root", timeout=5).json()
+            assert root["fingerprint"] == fingerprint  # the root key from the Secret
+            # the first admin came with the seeded database: it can create a token
+            set_up_members(workstation, url, fingerprint, tmp_path)
+        finally:
+            stop(serve)
+
+
 def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -133,16 +237,7 @@ def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) 
         start_new_session=True,  # its own process group: stopped as one below
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.3)
+        wait_ready(url, serve, tmp_path / "serve.log")
         health = httpx.get(url + "/healthz", timeout=5).json()
         assert health["status"] == "ok"
         assert httpx.get(url + "/readyz", timeout=5).json()["status"] == "ready"
@@ -173,13 +268,7 @@ def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) 
         assert "sealedbus_kds_grants_total" in metrics
         assert "sealedbus_kds_scheduler_leader 1.0" in metrics
     finally:
-        for pid in kds_pids(serve.pid):  # buildah would SIGKILL it: stop the KDS itself
-            os.kill(pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
+        stop(serve)
         log.close()
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
     assert run(*check, check=False).returncode == 1  # the HEALTHCHECK sees it gone
