@@ -198,7 +198,36 @@ def test_the_charts_init_container_and_arguments_work_in_the_image(
             root = httpx.get(url + "/v1/root", timeout=5).json()
             assert root["fingerprint"] == fingerprint  # the root key from the Secret
             # the first admin came with the seeded database: it can create a token
-            set_up_members(workstation, url, fingerprint, tmp_path)
+            producer, consumer = set_up_members(workstation, url, fingerprint, tmp_path)
+            before = Sealer(producer).seal("orders", b"before the rotation")
+
+            def exec_(*command: str) -> str:  # `kubectl exec` into the running pod
+                argv = in_container(container, unused, *command, env=config, mounts=mounts)
+                return run(*argv).stdout
+
+            # docs/operations.md, "Rotate the master key", steps 2 and 4
+            keys = "/run/sealedbus/keys"
+            rotated = exec_("sealedbus", "kds", "rotate-master-key", "--data-dir", keys)
+            assert "master key k2 is current" in rotated
+            after = Sealer(producer).seal("orders", b"after the rotation")
+            opener = Opener(consumer)
+            assert opener.open("orders", before).body == b"before the rotation"
+            assert opener.open("orders", after).body == b"after the rotation"
+            assert "retired master keys ['k1']" in exec_(
+                "sealedbus", "kds", "rotate-master-key", "--data-dir", keys, "--retire"
+            )
+            keyring = json.loads((tmp_path / "keys" / "master.keys").read_text())
+            assert keyring["current"] == "k2" and set(keyring["keys"]) == {"k2"}
+            # "Back up and restore": a consistent SQLite copy while the KDS runs
+            backup = (
+                "import sqlite3; sqlite3.connect('/var/lib/sealedbus/kds.db')"
+                ".backup(sqlite3.connect('/tmp/kds.db')); "
+                "print(sqlite3.connect('/tmp/kds.db').execute("
+                "'select count(*) from topics').fetchone()[0])"
+            )
+            assert exec_("/opt/sealedbus/bin/python", "-c", backup).strip() == "1"
+            producer.close()
+            consumer.close()
         finally:
             stop(serve)
 
