@@ -301,3 +301,105 @@ def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) 
         log.close()
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
     assert run(*check, check=False).returncode == 1  # the HEALTHCHECK sees it gone
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine
+
+    from sealedbus.kds.store import database_url
+
+    name = f"kds_image_{os.urandom(6).hex()}"
+    admin = create_engine(database_url(postgres_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_ha_replicas_from_the_image_share_postgresql_and_one_scheduler(
+    container: str, tmp_path: Path, database: str
+) -> None:
+    """HA mode as the chart runs it: replicas of the image on one PostgreSQL database (URL from
+    the environment, as from the Secret), one scheduler leader, taken over when it stops."""
+    workstation = tmp_path / "workstation"
+    fingerprint = host_init(workstation, database)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for file in ("root.key", "master.keys"):
+        (keys / file).write_bytes((workstation / file).read_bytes())
+        os.chown(keys / file, 10001, 10001)
+        (keys / file).chmod(0o600)
+    os.chown(keys, 10001, 10001)
+    unused = tmp_path / "unused"
+    unused.mkdir()
+    replicas: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    try:
+        for name in ("kds-a", "kds-b"):
+            port = free_port()
+            log = (tmp_path / f"{name}.log").open("w")
+            replicas[name] = (
+                f"http://127.0.0.1:{port}",
+                subprocess.Popen(  # noqa: S603 - our own script and image
+                    in_container(
+                        container,
+                        unused,
+                        "sealedbus",
+                        "kds",
+                        "serve",
+                        "--insecure-http",
+                        f"--port={port}",
+                        "--data-dir=/run/sealedbus/keys",
+                        f"--replica={name}",
+                        "--scheduler-interval=0.3",
+                        "--lease=2",
+                        env={"SEALEDBUS_KDS_DATABASE_URL": database},
+                        mounts={keys: "/run/sealedbus/keys"},
+                    ),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+            )
+            log.close()
+        for name, (url, process) in replicas.items():
+            wait_ready(url, process, tmp_path / f"{name}.log")
+
+        def leaders() -> set[str]:
+            found = set()
+            for name, (url, process) in replicas.items():
+                if (
+                    process.poll() is None
+                    and httpx.get(url + "/healthz", timeout=5).json()["leader"]
+                ):
+                    found.add(name)
+            return found
+
+        deadline = time.monotonic() + 30
+        while len(leaders()) != 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        (leader,) = leaders()
+        follower = next(n for n in replicas if n != leader)
+        follower_url = replicas[follower][0]
+        producer, consumer = set_up_members(workstation, follower_url, fingerprint, tmp_path)
+        sealed = Sealer(producer).seal("orders", b"through a follower")
+        assert Opener(consumer).open("orders", sealed).body == b"through a follower"
+
+        stop(replicas[leader][1])  # the leader goes: the follower takes the lease over
+        deadline = time.monotonic() + 30
+        while leaders() != {follower} and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert leaders() == {follower}
+        metrics = httpx.get(follower_url + "/metrics", timeout=5).text
+        assert "sealedbus_kds_scheduler_leader 1.0" in metrics
+        producer.close()
+        consumer.close()
+    finally:
+        for _url, process in replicas.values():
+            if process.poll() is None:
+                stop(process)
