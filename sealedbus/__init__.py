@@ -3,6 +3,8 @@
 The public surface is this list; everything else is reachable but may change.
 """
 
+from typing import TYPE_CHECKING
+
 from sealedbus.brokers.memory import MemoryBus
 from sealedbus.errors import (
     AccessDenied,
@@ -13,9 +15,20 @@ from sealedbus.errors import (
 )
 from sealedbus.keys.local import LocalKeyService
 from sealedbus.keys.source import KeySource
-from sealedbus.metrics import PrometheusMetrics
 from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealed, Sealer
+
+if TYPE_CHECKING:
+    from sealedbus.ops.prometheus import PrometheusMetrics
+
+
+def __getattr__(name: str) -> object:
+    if name == "PrometheusMetrics":  # lazy: importing sealedbus must not load prometheus_client
+        from sealedbus.ops.prometheus import PrometheusMetrics  # noqa: PLC0415
+
+        return PrometheusMetrics
+    raise AttributeError(f"module 'sealedbus' has no attribute {name!r}")
+
 
 __all__ = [
     "AccessDenied",

@@ -1,29 +1,47 @@
-"""What sealers, openers and broker adapters report, and two sinks for it.
+"""What sealers, openers and broker adapters report: the ``Metrics`` protocol and ``NoMetrics``.
 
-``NoMetrics`` (the default) drops everything; ``PrometheusMetrics`` exports to a
-``prometheus_client`` registry. Labels are bounded: topic names and fixed reason codes only.
+This module has no dependency: importing the core, a sealer or an opener never imports
+``prometheus_client``. The Prometheus implementation is ``sealedbus.ops.prometheus.
+PrometheusMetrics`` (also exported as ``sealedbus.PrometheusMetrics``); any object with these
+methods will do. Labels must stay bounded: topic names from a configured set, reason codes from
+``sealedbus.errors.Reason``, cache and error kinds from the constants below.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
-_LATENCY_BUCKETS = (
-    0.000005,
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.01,
-    0.1,
-    1.0,
+from sealedbus.errors import (
+    AccessDenied,
+    KeyServiceError,
+    KeyServiceUnavailable,
+    Refused,
+    UnknownTopic,
+    UntrustedResponse,
 )
+
+# ``Metrics.key_cache`` caches: opener session keys (one DH or KEM per producer session) and
+# sender certificates (one KDS lookup per certificate).
+CACHE_SESSION = "session"
+CACHE_SENDER = "sender"
+
+# ``Metrics.key_service_error`` kinds, one per KeyServiceError subclass.
+KEY_SERVICE_ERRORS = ("unavailable", "refused", "untrusted", "denied", "unknown_topic", "other")
+
+
+def key_service_error_kind(exc: KeyServiceError) -> str:
+    """The bounded label for a key service error (``unavailable`` = the KDS could not be
+    reached and the cache ran out)."""
+    for cls, kind in (
+        (KeyServiceUnavailable, "unavailable"),
+        (Refused, "refused"),
+        (UntrustedResponse, "untrusted"),
+        (AccessDenied, "denied"),
+        (UnknownTopic, "unknown_topic"),
+    ):
+        if isinstance(exc, cls):
+            return kind
+    return "other"
 
 
 class Metrics(Protocol):
@@ -44,6 +62,18 @@ class Metrics(Protocol):
     def session_started(self, topic: str) -> None:
         """A producer session started (new epoch, count or age limit reached)."""
 
+    def sealing_epoch(self, topic: str, epoch: int, not_before: float, not_after: float) -> None:
+        """The epoch a producer seals ``topic`` under, checked now (times in Unix seconds)."""
+
+    def revocations(self, issued_at: float) -> None:
+        """An opener took a revocation list issued at ``issued_at`` (Unix seconds)."""
+
+    def key_cache(self, cache: str, hit: bool) -> None:
+        """A lookup in an opener key cache (``CACHE_SESSION`` or ``CACHE_SENDER``)."""
+
+    def key_service_error(self, topic: str, kind: str) -> None:
+        """Sealing or opening on ``topic`` failed for want of keys (``KEY_SERVICE_ERRORS``)."""
+
 
 class NoMetrics:
     """Drops every report."""
@@ -63,70 +93,14 @@ class NoMetrics:
     def session_started(self, topic: str) -> None:
         pass
 
+    def sealing_epoch(self, topic: str, epoch: int, not_before: float, not_after: float) -> None:
+        pass
 
-class PrometheusMetrics:
-    """Exports the reports as ``sealedbus_*`` series into ``registry`` (a fresh one by default)."""
+    def revocations(self, issued_at: float) -> None:
+        pass
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self._sealed = Counter(
-            "sealedbus_messages_sealed", "Messages sealed", ["topic"], registry=r
-        )
-        self._opened = Counter(
-            "sealedbus_messages_opened", "Messages opened", ["topic"], registry=r
-        )
-        self._sealed_bytes = Counter(
-            "sealedbus_payload_sealed_bytes", "Payload bytes sealed", ["topic"], registry=r
-        )
-        self._opened_bytes = Counter(
-            "sealedbus_payload_opened_bytes", "Payload bytes opened", ["topic"], registry=r
-        )
-        self._rejected = Counter(
-            "sealedbus_envelopes_rejected",
-            "Envelopes refused, by reason",
-            ["topic", "reason"],
-            registry=r,
-        )
-        self._dead = Counter(
-            "sealedbus_envelopes_dead_lettered",
-            "Envelopes sent to the dead-letter destination",
-            ["topic", "reason"],
-            registry=r,
-        )
-        self._sessions = Counter(
-            "sealedbus_sessions_started", "Producer sessions started", ["topic"], registry=r
-        )
-        self._seal_seconds = Histogram(
-            "sealedbus_seal_seconds",
-            "Time to seal one message (batch time / batch size)",
-            ["topic"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._open_seconds = Histogram(
-            "sealedbus_open_seconds",
-            "Time to open one message",
-            ["topic"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+    def key_cache(self, cache: str, hit: bool) -> None:
+        pass
 
-    def sealed(self, topic: str, count: int, payload_bytes: int, seconds: float) -> None:
-        self._sealed.labels(topic).inc(count)
-        self._sealed_bytes.labels(topic).inc(payload_bytes)
-        self._seal_seconds.labels(topic).observe(seconds / max(count, 1))
-
-    def opened(self, topic: str, payload_bytes: int, seconds: float) -> None:
-        self._opened.labels(topic).inc()
-        self._opened_bytes.labels(topic).inc(payload_bytes)
-        self._open_seconds.labels(topic).observe(seconds)
-
-    def rejected(self, topic: str, reason: str) -> None:
-        self._rejected.labels(topic, reason).inc()
-
-    def dead_lettered(self, topic: str, reason: str) -> None:
-        self._dead.labels(topic, reason).inc()
-
-    def session_started(self, topic: str) -> None:
-        self._sessions.labels(topic).inc()
+    def key_service_error(self, topic: str, kind: str) -> None:
+        pass

@@ -24,6 +24,7 @@ from sealedbus.errors import (
     DuplicateEnvelope,
     ExpiredEnvelope,
     InvalidEnvelope,
+    KeyServiceError,
     MalformedEnvelope,
     NotAnEnvelope,
     Reason,
@@ -32,7 +33,13 @@ from sealedbus.errors import (
     UnopenableEnvelope,
 )
 from sealedbus.keys.source import KeySource
-from sealedbus.metrics import Metrics, NoMetrics
+from sealedbus.metrics import (
+    CACHE_SENDER,
+    CACHE_SESSION,
+    Metrics,
+    NoMetrics,
+    key_service_error_kind,
+)
 
 # The largest body a default Sealer seals (16 MiB) with 64 KiB of sealed headers, a full content
 # type, the hybrid encapsulation and the longest batch proof, and room to spare.
@@ -145,6 +152,9 @@ class Opener:
         except InvalidEnvelope as exc:
             self.metrics.rejected(topic, exc.reason.value)
             raise
+        except KeyServiceError as exc:
+            self.metrics.key_service_error(topic, key_service_error_kind(exc))
+            raise
         try:
             self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
         except BaseException:  # a faulty metrics sink must not eat the message
@@ -253,6 +263,7 @@ class Opener:
     def _sender(self, cert_id: bytes, now: int) -> _Sender:
         """The sender's certificate (cached) and identity key."""
         sender = self._senders.get(cert_id)
+        self.metrics.key_cache(CACHE_SENDER, sender is not None)
         if sender is None:
             cert = self.keys.sender_certificate(cert_id, now)
             if cert is None:
@@ -266,11 +277,13 @@ class Opener:
         held = self._revocation_list
         if held is None or now - held[1] >= self._check_ms:
             held = self._revocation_list = (self.keys.revocations(now), now)
+            self.metrics.revocations(held[0].issued_at_ms / 1000)
         return held[0]
 
     def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
         cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check
         cached = self._sessions.get(cache_key)
+        self.metrics.key_cache(CACHE_SESSION, cached is not None)
         if cached is None or now >= cached[1].destroy_after_ms:
             if cached is not None:
                 self._sessions.pop(cache_key)  # the epoch is past retention: forget it

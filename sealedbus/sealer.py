@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealedbus.core import envelope, suites, wire
 from sealedbus.core.envelope import Headers
 from sealedbus.core.signed import Certificate, EpochDescription
-from sealedbus.errors import ConfigurationError
+from sealedbus.errors import ConfigurationError, KeyServiceError
 from sealedbus.keys.source import KeySource
-from sealedbus.metrics import Metrics, NoMetrics
+from sealedbus.metrics import Metrics, NoMetrics, key_service_error_kind
 
 _LIVE: weakref.WeakSet[Sealer] = weakref.WeakSet()
 
@@ -138,7 +138,11 @@ class Sealer:
         KeyServiceUnavailable or ConfigurationError; never returns unsealed bytes."""
         start = time.perf_counter()
         with self._lock:
-            signer, d = self._draft(topic, body, headers, content_type, ttl, batch=False)
+            try:
+                signer, d = self._draft(topic, body, headers, content_type, ttl, batch=False)
+            except KeyServiceError as exc:
+                self.metrics.key_service_error(topic, key_service_error_kind(exc))
+                raise
             sealed = envelope.finish_single(signer, d)
         self.metrics.sealed(topic, 1, len(body), time.perf_counter() - start)
         return sealed
@@ -155,7 +159,11 @@ class Sealer:
     ) -> list[Sealed]:
         """Add a message to the open batch; returns the whole batch once it is full, else []."""
         with self._lock:
-            _, d = self._draft(topic, body, headers, content_type, ttl, batch=True)
+            try:
+                _, d = self._draft(topic, body, headers, content_type, ttl, batch=True)
+            except KeyServiceError as exc:
+                self.metrics.key_service_error(topic, key_service_error_kind(exc))
+                raise
             if not self._pending:
                 self.pending_since = self._clock()
             self._pending.append(_Pending(topic, d, len(body), context))
@@ -238,6 +246,9 @@ class Sealer:
             return session
         epoch = self.keys.sealing_epoch(topic, now)
         self._checked_ms[topic] = now
+        self.metrics.sealing_epoch(
+            topic, epoch.epoch, epoch.not_before_ms / 1000, epoch.not_after_ms / 1000
+        )
         if (
             session is None
             or session.epoch.epoch != epoch.epoch

@@ -22,20 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
 from sealedbus.kds import admin_sessions, auth
+from sealedbus.kds.metrics import KdsMetrics
 from sealedbus.kds.service import KeyDistributionService, ServiceError
 from sealedbus.keys.authority import TopicPolicy
 
@@ -177,38 +171,7 @@ def _topic_out(p: TopicPolicy) -> TopicIn:
     )
 
 
-class Metrics:
-    """The KDS's Prometheus metrics, in a registry of its own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "sealedbus_kds_requests_total", "HTTP requests", ["route", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "sealedbus_kds_request_seconds", "HTTP request latency", ["route"], registry=r
-        )
-        self.refusals = Counter(
-            "sealedbus_kds_refusals_total", "Refused requests by code", ["code"], registry=r
-        )
-        self.grants = Counter("sealedbus_kds_grants_total", "Epoch key grants issued", registry=r)
-        self.enrollments = Counter(
-            "sealedbus_kds_enrollments_total", "Members enrolled", registry=r
-        )
-        self.published = Counter(
-            "sealedbus_kds_epochs_published_total", "Epochs published by the scheduler", registry=r
-        )
-        self.destroyed = Counter(
-            "sealedbus_kds_epochs_destroyed_total",
-            "Epoch private keys destroyed after retention",
-            registry=r,
-        )
-        self.leader = Gauge(
-            "sealedbus_kds_scheduler_leader",
-            "1 while this replica runs the rotation scheduler",
-            registry=r,
-        )
+Metrics = KdsMetrics  # the name kds/cli.py imports
 
 
 class BodyLimit:
@@ -395,6 +358,7 @@ def create_app(
         },
     )
     app.state.metrics = m
+    m.watch(service, is_leader)
     app.state.service = service
 
     @app.exception_handler(ServiceError)
@@ -457,7 +421,6 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics_endpoint() -> Response:
-        m.leader.set(1 if is_leader() else 0)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/root", response_model=Root, tags=["members"])
@@ -579,7 +542,9 @@ def create_app(
 
     @app.post("/v1/admin/topics/{topic}/rotate", response_model=RotateOut, tags=["admin"])
     def rotate(topic: TopicName, who: Admin) -> RotateOut:
-        return RotateOut(epoch=service.rotate(who, topic))
+        epoch = service.rotate(who, topic)
+        m.rotations.labels("admin").inc()
+        return RotateOut(epoch=epoch)
 
     @app.get("/v1/admin/topics/{topic}/epochs", response_model=list[EpochOut], tags=["admin"])
     def list_epochs(topic: TopicName, who: Admin) -> list[EpochOut]:

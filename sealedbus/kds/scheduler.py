@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sealedbus.kds.api import Metrics
+from sealedbus.kds.metrics import KdsMetrics
 from sealedbus.kds.service import KeyDistributionService
 
 log = logging.getLogger("sealedbus.kds.scheduler")
@@ -24,7 +24,7 @@ class Scheduler:
         *,
         interval: float = 1.0,
         lease_seconds: float = 10.0,
-        metrics: Metrics | None = None,
+        metrics: KdsMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < interval < lease_seconds:
@@ -49,6 +49,7 @@ class Scheduler:
             report = self.service.tick(f"scheduler:{self.holder}")
             if self.metrics is not None:
                 self.metrics.published.inc(report.published)
+                self.metrics.rotations.labels("scheduler").inc(report.published)
                 self.metrics.destroyed.inc(report.destroyed)
         return leader
 

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from sealedbus.keys.local import LocalKeyService, LocalMember
+from sealedbus.metrics import NoMetrics
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import Driver, MemoryDriver, Receiver, Sender
 
 
-class RecordingMetrics:
-    """A thread-safe Metrics that counts what it is told."""
+class RecordingMetrics(NoMetrics):
+    """A thread-safe Metrics that counts what it is told (the reports it does not count, it
+    drops as NoMetrics does)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
