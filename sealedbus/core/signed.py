@@ -54,8 +54,9 @@ class _Signed:
             body, signature = msgpack.unpackb(data, raw=False, strict_map_key=True)
             root.verify(signature, cls.LABEL + body)
             fmt, *fields = msgpack.unpackb(body, raw=False)
-            if fmt != FORMAT:
-                raise SignatureError(f"unknown format {fmt}")
+            if type(fmt) is not int or fmt != FORMAT:
+                raise SignatureError(f"unknown format {fmt!r}")
+            _check_types(cls, fields)
             obj = cls._from_fields(fields)
             obj.__dict__["body"] = bytes(body)  # ids and digests hash the bytes that were signed
             return obj
@@ -69,6 +70,35 @@ class _Signed:
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:
         return cls(*fields)
+
+
+_WIRE_TYPES: dict[str, type] = {"str": str, "bytes": bytes, "int": int, "Suite": int}
+
+
+def _check_types(cls: type[_Signed], values: list[Any]) -> None:
+    """Each field's MessagePack family is the one SPEC.md 6 gives it (``str``, ``bin``,
+    ``int``, arrays of those), read from the dataclass annotations; anything else is refused,
+    so that no two implementations can disagree on what a mistyped object means."""
+    names = fields(cls)
+    if len(values) != len(names):
+        raise SignatureError(f"{cls.__name__} has {len(values)} fields, not {len(names)}")
+    for f, v in zip(names, values, strict=True):
+        if not _has_type(str(f.type), v):
+            raise SignatureError(f"{cls.__name__}.{f.name} is not of type {f.type}")
+
+
+def _has_type(annotation: str, value: Any) -> bool:
+    if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
+        item = annotation[6:-6]
+        return isinstance(value, list) and all(_has_type(item, v) for v in value)
+    if annotation.startswith("tuple["):  # a fixed-length array, e.g. tuple[bytes, str]
+        items = [a.strip() for a in annotation[6:-1].split(",")]
+        return (
+            isinstance(value, list)
+            and len(value) == len(items)
+            and all(_has_type(a, v) for a, v in zip(items, value, strict=True))
+        )
+    return type(value) is _WIRE_TYPES[annotation]  # exact: a boolean is not an int
 
 
 def _to_wire(values: list[Any]) -> list[Any]:
