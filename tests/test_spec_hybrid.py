@@ -23,7 +23,10 @@ XWING_PUBLIC_HEAD = "e2236b35a8c24b39b10aa1323a96a919"
 XWING_PUBLIC_TAIL = "23593d4ba32d9abac8cd049040ef6534"
 XWING_PUBLIC_SHA256 = "2e816deebcd76c5c80d0cd2d174478871658e8e2ff42bc9d4a6e486372e856bb"
 XWING_LABEL = b"\\.//^\\"
-HPKE_SUITE_ID = b"HPKE" + struct.pack(">HHH", 0x647A, 0x0001, 0x0002)  # X-Wing, SHA256, AES256
+
+
+def _suite_id(kem: int) -> bytes:
+    return b"HPKE" + struct.pack(">HHH", kem, 0x0001, 0x0002)  # HKDF-SHA256, AES-256-GCM
 
 
 def test_hybrid_private_key_is_the_xwing_seed() -> None:
@@ -36,15 +39,29 @@ def test_hybrid_private_key_is_the_xwing_seed() -> None:
     assert hashlib.sha256(pair.public).hexdigest() == XWING_PUBLIC_SHA256
 
 
-def _extract(salt: bytes, label: bytes, ikm: bytes) -> bytes:
+def _extract(suite_id: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    """RFC 9180 LabeledExtract (HKDF-Extract is HMAC keyed with the salt)."""
     h = hmac.HMAC(salt, hashes.SHA256())
-    h.update(b"HPKE-v1" + HPKE_SUITE_ID + label + ikm)
+    h.update(b"HPKE-v1" + suite_id + label + ikm)
     return h.finalize()
 
 
-def _expand(prk: bytes, label: bytes, info: bytes, n: int) -> bytes:
-    labeled = struct.pack(">H", n) + b"HPKE-v1" + HPKE_SUITE_ID + label + info
+def _expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, n: int) -> bytes:
+    labeled = struct.pack(">H", n) + b"HPKE-v1" + suite_id + label + info
     return HKDFExpand(hashes.SHA256(), n, labeled).derive(prk)
+
+
+def _open_base(kem: int, shared: bytes, info: bytes, ciphertext: bytes) -> bytes:
+    """RFC 9180 base-mode key schedule from the KEM's shared secret, then AES-256-GCM with
+    empty associated data (sequence 0)."""
+    sid = _suite_id(kem)
+    context = (
+        b"\x00" + _extract(sid, b"", b"psk_id_hash", b"") + _extract(sid, b"", b"info_hash", info)
+    )
+    secret = _extract(sid, shared, b"secret", b"")
+    key = _expand(sid, secret, b"key", context, 32)
+    nonce = _expand(sid, secret, b"base_nonce", context, 12)
+    return AESGCM(key).decrypt(nonce, ciphertext, b"")
 
 
 def test_hybrid_hpke_is_xwing_kem_0x647a_with_empty_aad() -> None:
@@ -63,8 +80,25 @@ def test_hybrid_hpke_is_xwing_kem_0x647a_with_empty_aad() -> None:
     ss_x = sk_x.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
     pk_x = pair.public[1184:]
     shared = hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + XWING_LABEL).digest()
-    context = b"\x00" + _extract(b"", b"psk_id_hash", b"") + _extract(b"", b"info_hash", info)
-    secret = _extract(shared, b"secret", b"")
-    key = _expand(secret, b"key", context, 32)
-    nonce = _expand(secret, b"base_nonce", context, 12)
-    assert AESGCM(key).decrypt(nonce, ciphertext, b"") == b"thirty-two bytes of session ikm!"
+    assert _open_base(0x647A, shared, info, ciphertext) == b"thirty-two bytes of session ikm!"
+
+
+def test_suite_1_grants_are_dhkem_x25519_0x0020_with_empty_aad() -> None:
+    """SPEC.md 6.6: grants to an X25519 receive key are DHKEM(X25519, HKDF-SHA256), KEM id
+    0x0020, HKDF-SHA256, AES-256-GCM, base mode, empty associated data, enc || ciphertext."""
+    receive = suites.keypair_from_seed(Suite.X25519, bytes(range(32)))
+    info = b"sealedbus/1 grant\x00spec check"
+    sealed = suites.hpke_seal(Suite.X25519, receive.public, bytes(32), info)
+    assert len(sealed) == 32 + 32 + 16
+    enc, ciphertext = sealed[:32], sealed[32:]
+    dh = x25519.X25519PrivateKey.from_private_bytes(receive.private).exchange(
+        x25519.X25519PublicKey.from_public_bytes(enc)
+    )
+    kem_id = b"KEM" + struct.pack(">H", 0x0020)
+    eae_prk = hmac.HMAC(b"", hashes.SHA256())
+    eae_prk.update(b"HPKE-v1" + kem_id + b"eae_prk" + dh)
+    prk = eae_prk.finalize()
+    kem_context = enc + receive.public
+    labeled = struct.pack(">H", 32) + b"HPKE-v1" + kem_id + b"shared_secret" + kem_context
+    shared = HKDFExpand(hashes.SHA256(), 32, labeled).derive(prk)
+    assert _open_base(0x0020, shared, info, ciphertext) == bytes(32)
