@@ -22,6 +22,7 @@ from tests.vectors.generate import (
     WORLD,
     VectorKeys,
     _schedule_values,
+    hybrid_schedule,
     negative,
     seal_case,
     seed,
@@ -200,6 +201,13 @@ def test_hybrid_suite_vector_opens() -> None:
     assert opened.headers == expected["headers"]
     assert opened.sender == expected["sender"]
     assert (opened.sequence, opened.sent_at * 1000) == (expected["seq"], expected["sent_at_ms"])
+
+
+def test_hybrid_key_schedule_intermediates() -> None:
+    values = OBJECTS["hybrid_key_schedule"]
+    assert values["ikm"] == seed("hybrid 1").hex()  # the sealer's first random draw
+    envelope = bytes.fromhex(OBJECTS["hybrid_envelope"])
+    assert hybrid_schedule(WORLD.epochs["vault/7"], "vault", envelope) == values
 
 
 def test_vectors_are_bound_to_their_topic() -> None:

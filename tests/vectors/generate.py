@@ -317,6 +317,36 @@ def _schedule_values(keys: EpochKeys, topic: str, session_seed: bytes) -> dict[s
     }
 
 
+def hybrid_schedule(keys: EpochKeys, topic: str, envelope_bytes: bytes) -> dict[str, str]:
+    """Every intermediate of SPEC.md section 4 for a suite-2 envelope (without content type),
+    as hex: the encapsulation opens to ``ikm``, which is the sealer's first random draw."""
+    d = keys.description
+    encapsulation = envelope_bytes[74 : 74 + suites.HYBRID_ENCAPSULATION_LEN]
+    context = suites.session_context(Suite.HYBRID, topic.encode(), d.epoch, d.public_key)
+    ikm = suites.hpke_open(
+        Suite.HYBRID, keys.keys.private, encapsulation, suites.LABEL_HYBRID + context
+    )
+    session_id = hashlib.sha256(encapsulation).digest()
+    assert envelope_bytes[25:57] == session_id
+    secret = HKDF(
+        hashes.SHA256(), 32, salt=None, info=suites.LABEL_SESSION + context + session_id
+    ).derive(ikm)
+
+    def expand(label: bytes, n: int) -> str:
+        return HKDFExpand(hashes.SHA256(), n, info=label).derive(secret).hex()
+
+    return {
+        "hpke_info": (suites.LABEL_HYBRID + context).hex(),
+        "ikm": ikm.hex(),
+        "session_id": session_id.hex(),
+        "context": context.hex(),
+        "session_secret": secret.hex(),
+        "aead_key": expand(suites.LABEL_AEAD_KEY, 32),
+        "nonce_base": expand(suites.LABEL_NONCE, 12),
+        "commitment": expand(suites.LABEL_COMMITMENT, 32),
+    }
+
+
 def seal_case(case: dict[str, Any], keys: VectorKeys) -> list[bytes]:
     """Seal one case's messages with fixed randomness and time; returns the envelopes."""
     rng = FixedRng(case["name"])
@@ -463,6 +493,7 @@ def objects(hybrid: bytes) -> dict[str, Any]:
         "hybrid_envelope": hybrid.hex(),
         "hybrid_envelope_topic": "vault",
         "hybrid_envelope_opener": settings(consumer="archive"),
+        "hybrid_key_schedule": hybrid_schedule(vault, "vault", hybrid),
         "hybrid_envelope_plaintext": {
             "body": b"pq".hex(),
             "headers": {"k": "v"},
