@@ -22,6 +22,7 @@ from tests.vectors.generate import (
     WORLD,
     VectorKeys,
     _schedule_values,
+    ed25519_cases,
     hybrid_schedule,
     negative,
     seal_case,
@@ -32,11 +33,12 @@ KEYS: dict[str, Any] = runner.load("keys.json")
 VECTORS: dict[str, Any] = runner.load("envelopes.json")
 NEGATIVE: dict[str, Any] = runner.load("negative.json")
 OBJECTS: dict[str, Any] = runner.load("objects.json")
+ED25519: dict[str, Any] = runner.load("ed25519.json")
 ROOT = Ed25519PublicKey.from_public_bytes(bytes.fromhex(KEYS["root"]["public_key"]))
 
 
 def test_files_are_one_vector_set() -> None:
-    for data in (KEYS, VECTORS, NEGATIVE, OBJECTS):
+    for data in (KEYS, VECTORS, NEGATIVE, OBJECTS, ED25519):
         assert data["vector_set"] == VECTOR_SET
 
 
@@ -215,3 +217,10 @@ def test_vectors_are_bound_to_their_topic() -> None:
     settings = dict(VECTORS["opener"], epochs=[])
     with pytest.raises(InvalidEnvelope):
         runner.opener(KEYS, settings).open("invoices", env)
+
+
+def test_ed25519_edge_case_verdicts() -> None:
+    """The reference's verdicts on the published Ed25519 edge cases (cofactorless, S < L) are
+    what the file says; a cryptography upgrade that changes one fails here, not silently."""
+    assert ed25519_cases() == ED25519["cases"]
+    assert [c["index"] for c in ED25519["cases"] if c["accepted"]] == [1, 3, 5, 6, 14]
