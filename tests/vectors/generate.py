@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -28,7 +29,7 @@ from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
 from sealedbus.keys import authority
 from sealedbus.keys.source import EpochKeys
-from sealedbus.opener import DEFAULT_MAX_ENVELOPE
+from sealedbus.opener import DEFAULT_MAX_ENVELOPE, OpenedMessage
 from sealedbus.sealer import Sealer
 from tests.vectors import runner
 
@@ -419,6 +420,7 @@ def seal_raw(
     ttl_ms: int = 0,
     cert: str = "orders-api",
     topic: str = "orders",
+    content_type: str = "",
     ciphertext_xor: int = 0,
 ) -> bytes:
     """One per-message envelope from explicit fields: session seed ``seed(label)``, the given
@@ -440,7 +442,7 @@ def seal_raw(
         seq,
         sent_at_ms,
         ttl_ms,
-        "",
+        content_type,
         keys.encapsulation,
     ).encode()
     pt = b"\x00\x00" + body if plaintext is None else plaintext
@@ -713,6 +715,13 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
         "suite_not_allowed",
     )
     add(
+        "suite 1 claimed on a suite-2 topic",
+        hybrid[:3] + b"\x01" + hybrid[4:74] + hybrid[74 + 1168 :],
+        "suite_not_allowed",
+        topic="vault",
+        consumer="archive",
+    )
+    add(
         "small-order session id (zero point)",
         good[:25] + bytes(32) + good[57:],
         "decrypt_failed",
@@ -781,6 +790,8 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
     add("ciphertext changed", _flip(good, len(good) - 20), "bad_signature")
     add("tag changed", _flip(good, len(good) - 1), "bad_signature")
     add("extended by one byte", good + b"\x00", "bad_signature")
+    add("batch flag cleared on a batch envelope", batch[:4] + b"\x00" + batch[5:], "bad_signature")
+    add("batch flag set on a per-message envelope", good[:4] + b"\x01" + good[5:], "malformed")
     add("batch path element changed", _flip(batch, 74 + 64 + 4 + 5), "bad_signature")
     add(
         "batch index changed (still in range)",
@@ -829,6 +840,17 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
     ]
     for name, pt in payloads:
         add(name, seal_raw(f"payload {name}", plaintext=pt), "malformed")
+    every_type = {"s": "é ✓", "b": b"\x00\xff", "": "", "min": -(2**63), "max": 2**64 - 1}
+    add(
+        "every header value type (str, bin, int at both ends of the range)",
+        seal_raw("every type", plaintext=sealed_payload(bytes(msgpack.packb(every_type)))),
+        None,
+    )
+    add(
+        "content type with multi-byte UTF-8",
+        seal_raw("utf-8 content type", content_type="text/plain; charset=utf-8; lang=日本"),
+        None,
+    )
     add(
         "non-shortest MessagePack encodings are accepted",
         seal_raw("non-shortest", plaintext=sealed_payload(b"\xde\x00\x01\xd9\x01k\xd0\x05")),
@@ -972,6 +994,21 @@ def ed25519_cases() -> list[dict[str, Any]]:
     return out
 
 
+def headers_json(headers: dict[str, str | bytes | int]) -> dict[str, Any]:
+    """Sealed headers in JSON: strings and integers as themselves, bytes as ``{"bin": hex}``."""
+    return {k: {"bin": v.hex()} if isinstance(v, bytes) else v for k, v in headers.items()}
+
+
+def opened_json(got: OpenedMessage) -> dict[str, Any]:
+    return {
+        "body": got.body.hex(),
+        "headers": headers_json(got.headers),
+        "content_type": got.content_type,
+        "sender": got.sender,
+        "seq": got.sequence,
+    }
+
+
 def _json(data: Any) -> str:
     return json.dumps(data, indent=1) + "\n"
 
@@ -990,12 +1027,7 @@ def main() -> None:
         reason = got.reason.value if isinstance(got, InvalidEnvelope) else None
         assert reason == v["reason"], (v["name"], got)
         if not isinstance(got, InvalidEnvelope):
-            v["opens_to"] = {
-                "body": got.body.hex(),
-                "headers": got.headers,
-                "sender": got.sender,
-                "seq": got.sequence,
-            }
+            v["opens_to"] = opened_json(got)
     (HERE / "keys.json").write_text(_json(world))
     (HERE / "envelopes.json").write_text(_json(vectors))
     (HERE / "negative.json").write_text(
