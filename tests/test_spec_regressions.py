@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealedbus.core import envelope
 from sealedbus.core.signed import Certificate, RevocationList, SignatureError
-from sealedbus.errors import MalformedEnvelope, Reason
+from sealedbus.errors import MalformedEnvelope, Reason, UnopenableEnvelope
+from tests.vectors import runner
+from tests.vectors.generate import resign_hybrid, settings
 
 
 def test_second_encoding_of_no_headers_is_refused() -> None:
@@ -69,3 +71,19 @@ def test_mistyped_revocation_entry_is_refused() -> None:
         bad = _signed_with_fields(root, label, [1, 0, 1, [], [], withdrawn])
         with pytest.raises(SignatureError):
             RevocationList.verify(bad, root.public_key())
+
+
+def test_cached_hybrid_session_does_not_skip_the_encapsulation_check() -> None:
+    """A suite-2 envelope carrying another encapsulation than its session id commits to was
+    refused by a fresh opener (decrypt_failed) but opened by one that had joined the session:
+    the session cache skipped the hash check of SPEC.md 4.2. Results must not depend on it."""
+    world = runner.load("keys.json")
+    hybrid = bytes.fromhex(runner.load("objects.json")["hybrid_envelope"])
+    forged = resign_hybrid(hybrid, bytes(1168), seq=1)
+    for warm in (False, True):
+        opener = runner.opener(world, settings(consumer="archive"))
+        if warm:
+            opener.open("vault", hybrid)
+        with pytest.raises(UnopenableEnvelope) as info:
+            opener.open("vault", forged)
+        assert info.value.reason is Reason.DECRYPT_FAILED

@@ -452,6 +452,23 @@ def seal_raw(
     return envelope.finish_single(WORLD.members[c.member].identity, d)
 
 
+def resign_hybrid(hybrid: bytes, encapsulation: bytes, seq: int = 0) -> bytes:
+    """``hybrid`` (a per-message suite-2 envelope on ``vault``) with its encapsulation replaced,
+    but still its session id, re-encrypted and re-signed by its producer: what only a
+    certified producer can make, and what no opener may open, whatever it has cached."""
+    vault = WORLD.epochs["vault/7"]
+    parsed = wire.parse(hybrid)
+    keys = suites.join_session(
+        Suite.HYBRID, b"vault", 7, vault.keys, parsed.header.session_id, parsed.header.encapsulation
+    )
+    ctx = envelope.SessionContext(b"vault", keys)
+    plaintext = ctx.decrypt(parsed.header.seq, parsed.header_bytes, parsed.ciphertext)
+    header = hybrid[:57] + struct.pack(">I", seq) + hybrid[61:74] + encapsulation
+    ct = ctx.encrypt(seq, header, plaintext)
+    d = envelope.Draft(header, ct, ctx.signed_content(header, ct))
+    return envelope.finish_single(WORLD.members["vault-api"].identity, d)
+
+
 def sealed_payload(headers_region: bytes, body: bytes = b"body") -> bytes:
     return struct.pack(">H", len(headers_region)) + headers_region + body
 
@@ -756,6 +773,16 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
         topic="vault",
         consumer="archive",
     )
+    other_enc = _flip(hybrid[74 : 74 + 1168], 500)
+    for name, before in (("", ()), (", its session already joined", (hybrid,))):
+        add(
+            f"hybrid: encapsulation changed and re-signed by the producer{name}",
+            resign_hybrid(hybrid, other_enc, seq=1),
+            "decrypt_failed",
+            topic="vault",
+            consumer="archive",
+            opened_before=before,
+        )
     epoch_nb = WORLD.epochs["orders/7"].description.not_before_ms
     epoch_na = WORLD.epochs["orders/7"].description.not_after_ms
     add(
