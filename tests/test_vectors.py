@@ -3,16 +3,19 @@ them byte for byte, and open or refuse each opening vector exactly as it says.""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealedbus.core import suites
+from sealedbus.core.replay import ReplayGuard
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.errors import InvalidEnvelope
 from sealedbus.keys import authority
+from sealedbus.opener import Opener
 from tests.core._support import REASON_CLASS
 from tests.vectors import runner
 from tests.vectors.generate import (
@@ -219,3 +222,18 @@ def test_ed25519_edge_case_verdicts() -> None:
     what the file says; a cryptography upgrade that changes one fails here, not silently."""
     assert ed25519_cases() == ED25519["cases"]
     assert [c["index"] for c in ED25519["cases"] if c["accepted"]] == [1, 3, 5, 6, 14]
+
+
+def test_default_settings_are_the_reference_defaults() -> None:
+    """The vectors' default opener settings (README.md, SPEC.md 7.11) are the Opener's."""
+    params = inspect.signature(Opener).parameters
+    default = VECTORS["opener"]
+    assert default["suites"] == [int(s) for s in params["suites"].default]
+    assert default["skew_ms"] == params["clock_skew"].default * 1000
+    assert default["max_age_ms"] is params["max_age"].default is None
+    assert default["max_envelope"] == params["max_envelope"].default
+    assert default["replay_window"] == params["replay_window"].default
+    assert default["max_sessions"] == params["max_sessions"].default
+    guard = inspect.signature(ReplayGuard).parameters
+    assert default["max_sessions_per_sender"] == guard["max_sessions_per_sender"].default
+    assert default["plaintext_passthrough"] is params["plaintext_passthrough"].default is False
