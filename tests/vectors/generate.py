@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from sealedbus.core import envelope, suites, wire
+from sealedbus.core import envelope, merkle, suites, wire
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
@@ -371,6 +371,26 @@ def seal_case(case: dict[str, Any], keys: VectorKeys) -> list[bytes]:
     return out
 
 
+def signature_inputs(envelopes: list[bytes], session_seed: bytes) -> dict[str, Any]:
+    """What was signed, per SPEC.md 5: ``SHA-256(signed_content)`` of each envelope and, for a
+    batch, each leaf hash and the root (so a mismatch can be told apart from a bad path)."""
+    d = WORLD.epochs["orders/7"].description
+    keys = suites.start_session(Suite.X25519, b"orders", d.epoch, d.public_key, session_seed)
+    ctx = envelope.SessionContext(b"orders", keys)
+    parsed = [wire.parse(e) for e in envelopes]
+    out: dict[str, Any] = {
+        "signed_content_sha256": [
+            hashlib.sha256(ctx.signed_content(p.header_bytes, p.ciphertext)).hexdigest()
+            for p in parsed
+        ]
+    }
+    if parsed[0].proof is not None:
+        leaves = [ctx.leaf_hash(p.header_bytes, p.ciphertext) for p in parsed]
+        out["leaf_hashes"] = [leaf.hex() for leaf in leaves]
+        out["root"] = merkle.build(leaves)[0].hex()
+    return out
+
+
 def build() -> dict[str, Any]:
     keys = VectorKeys()
     epoch_keys = WORLD.epochs["orders/7"]
@@ -389,6 +409,7 @@ def build() -> dict[str, Any]:
                     epoch_keys, "orders", seed(f"{case['name']} 1", 32)
                 ),
                 "envelopes": [e.hex() for e in envelopes],
+                "signatures": signature_inputs(envelopes, seed(f"{case['name']} 1")),
             }
         )
     return {
