@@ -26,9 +26,11 @@ from tests.vectors.generate import (
     WORLD,
     VectorKeys,
     _schedule_values,
+    build,
     ed25519_cases,
     hybrid_schedule,
     negative,
+    objects,
     opened_json,
     seal_case,
     seed,
@@ -253,3 +255,11 @@ def test_default_settings_are_the_reference_defaults() -> None:
     guard = inspect.signature(ReplayGuard).parameters
     assert default["max_sessions_per_sender"] == guard["max_sessions_per_sender"].default
     assert default["plaintext_passthrough"] is params["plaintext_passthrough"].default is False
+
+
+def test_vector_files_are_what_the_generator_writes() -> None:
+    """Every file is exactly the generator's output (the randomized objects taken from the
+    stored file, which the other tests open): no hand edit survives."""
+    assert build() == VECTORS
+    assert objects(bytes.fromhex(OBJECTS["hybrid_envelope"]), OBJECTS) == OBJECTS
+    assert ED25519["cases"] == ed25519_cases()
