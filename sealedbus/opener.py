@@ -290,6 +290,8 @@ class Opener:
             cached = self._join(topic, h, now)
             self._sessions.put(cache_key, cached)
         ctx, epoch = cached
+        if ctx.keys.encapsulation != h.encapsulation:  # a hit must not skip 4.2's hash check
+            raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "not the session's encapsulation")
         if (
             not epoch.not_before_ms - self._skew_ms
             <= h.sent_at_ms

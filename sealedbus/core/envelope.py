@@ -119,6 +119,8 @@ def decode_inner(plaintext: bytes) -> tuple[dict[str, HeaderValue], bytes]:
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse") from None
     if not isinstance(headers, dict) or not all(_is_header(k, v) for k, v in headers.items()):
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers are not a string map")
+    if not headers:  # no headers are encoded as h = 0: one encoding, so one signed byte string
+        raise MalformedEnvelope(Reason.MALFORMED, "empty header map with h > 0")
     return headers, plaintext[2 + n :]
 
 

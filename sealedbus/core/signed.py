@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, ClassVar, Self
+from types import UnionType
+from typing import Any, ClassVar, Self, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -54,8 +55,9 @@ class _Signed:
             body, signature = msgpack.unpackb(data, raw=False, strict_map_key=True)
             root.verify(signature, cls.LABEL + body)
             fmt, *fields = msgpack.unpackb(body, raw=False)
-            if fmt != FORMAT:
-                raise SignatureError(f"unknown format {fmt}")
+            if type(fmt) is not int or fmt != FORMAT:
+                raise SignatureError(f"unknown format {fmt!r}")
+            _check_types(cls, fields)
             obj = cls._from_fields(fields)
             obj.__dict__["body"] = bytes(body)  # ids and digests hash the bytes that were signed
             return obj
@@ -69,6 +71,53 @@ class _Signed:
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:
         return cls(*fields)
+
+
+def _check_types(cls: type[_Signed], values: list[Any]) -> None:
+    """Each field's MessagePack family is the one SPEC.md 6 gives it (``str``, ``bin``,
+    ``int``, arrays of those), read from the dataclass annotations; anything else is refused,
+    so that no two implementations can disagree on what a mistyped object means."""
+    hints = _field_types(cls)
+    if len(values) != len(hints):
+        raise SignatureError(f"{cls.__name__} has {len(values)} fields, not {len(hints)}")
+    for (name, hint), v in zip(hints, values, strict=True):
+        if not _has_type(hint, v):
+            raise SignatureError(f"{cls.__name__}.{name} is not of type {hint}")
+
+
+_FIELD_TYPES: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _field_types(cls: type) -> tuple[tuple[str, Any], ...]:
+    """``(field name, resolved annotation)`` of a signed object class, computed once."""
+    known = _FIELD_TYPES.get(cls)
+    if known is None:
+        hints = get_type_hints(cls)
+        known = _FIELD_TYPES[cls] = tuple((f.name, hints[f.name]) for f in fields(cls))
+    return known
+
+
+def _has_type(hint: Any, value: Any) -> bool:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: an array
+        return isinstance(value, list) and all(_has_type(args[0], v) for v in value)
+    if origin is tuple:  # tuple[X, Y]: an array of exactly these
+        return (
+            isinstance(value, list)
+            and len(value) == len(args)
+            and all(_has_type(a, v) for a, v in zip(args, value, strict=True))
+        )
+    if origin in (Union, UnionType):
+        return any(_has_type(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if isinstance(hint, type) and issubclass(hint, bool):
+        return type(value) is bool
+    if isinstance(hint, type) and issubclass(hint, int):  # int, and IntEnums such as Suite
+        return type(value) is int  # exact: a boolean is not an int
+    if hint in (str, bytes):
+        return type(value) is hint
+    raise NotImplementedError(f"no MessagePack type for field annotation {hint!r}")
 
 
 def _to_wire(values: list[Any]) -> list[Any]:

@@ -25,7 +25,7 @@ LABEL_HYBRID = PROTOCOL + b" hybrid encapsulation"
 
 _X25519_LEN = 32
 _MLKEM768_PUBLIC_LEN = 1184
-_MLKEM_SEED_LEN = 64
+_XWING_SEED_LEN = 32  # X-Wing's private key format: one seed, expanded with SHAKE256
 _HYBRID_SECRET_LEN = 32
 _HPKE_HYBRID = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 # enc (1120) + sealed 32-byte secret (32) + GCM tag (16)
@@ -36,7 +36,7 @@ class Suite(IntEnum):
     """A cipher suite: session KEM, HKDF-SHA256, AES-256-GCM, Ed25519."""
 
     X25519 = 1
-    HYBRID = 2  # X25519 + ML-KEM-768 (HPKE hybrid KEM), for data that must stay secret for decades
+    HYBRID = 2  # X-Wing (ML-KEM-768 + X25519, HPKE KEM 0x647A): secret for decades
 
     @property
     def label(self) -> str:
@@ -59,8 +59,8 @@ class Suite(IntEnum):
 
     @property
     def seed_len(self) -> int:
-        """Random bytes needed to generate one key pair of this suite."""
-        return _X25519_LEN + (_MLKEM_SEED_LEN if self is Suite.HYBRID else 0)
+        """Random bytes needed to generate one key pair of this suite (its private key)."""
+        return _XWING_SEED_LEN if self is Suite.HYBRID else _X25519_LEN
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,28 @@ class KeyPair:
 
 
 def keypair_from_seed(suite: Suite, seed: bytes) -> KeyPair:
-    """Derive a key pair from ``suite.seed_len`` random bytes (X25519 scalar, then ML-KEM seed)."""
+    """Derive a key pair from ``suite.seed_len`` random bytes, which are the private key: the
+    X25519 scalar (suite 1) or the X-Wing seed (suite 2, SPEC.md section 3)."""
     if len(seed) != suite.seed_len:
         raise ValueError(f"{suite.label} needs a {suite.seed_len}-byte seed")
-    xsk = x25519.X25519PrivateKey.from_private_bytes(seed[:_X25519_LEN])
-    public = xsk.public_key().public_bytes_raw()
     if suite is Suite.HYBRID:
-        msk = mlkem.MLKEM768PrivateKey.from_seed_bytes(seed[_X25519_LEN:])
-        public = msk.public_key().public_bytes_raw() + public
+        msk, xsk = _xwing_expand(seed)
+        public = msk.public_key().public_bytes_raw() + xsk.public_key().public_bytes_raw()
+    else:
+        public = _x25519_private(seed).public_key().public_bytes_raw()
     return KeyPair(suite, bytes(seed), public)
+
+
+def _xwing_expand(seed: bytes) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519PrivateKey]:
+    """X-Wing's expandDecapsulationKey (draft-connolly-cfrg-xwing-kem-06 and later):
+    SHAKE256(seed, 96) = ML-KEM-768 seed (d || z, 64 bytes) || X25519 scalar (32 bytes)."""
+    if len(seed) != _XWING_SEED_LEN:
+        raise ValueError("an X-Wing private key is a 32-byte seed")
+    expanded = hashlib.shake_256(seed).digest(96)
+    return (
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
+        x25519.X25519PrivateKey.from_private_bytes(expanded[64:]),
+    )
 
 
 def check_public_key(suite: Suite, public: bytes) -> None:
@@ -113,9 +126,7 @@ def _hpke_private(
 ) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
     if suite is Suite.X25519:
         return _x25519_private(private)
-    return hpke.MLKEM768X25519PrivateKey(
-        mlkem.MLKEM768PrivateKey.from_seed_bytes(private[_X25519_LEN:]), _x25519_private(private)
-    )
+    return hpke.MLKEM768X25519PrivateKey(*_xwing_expand(private))
 
 
 def hpke_seal(suite: Suite, public: bytes, plaintext: bytes, info: bytes) -> bytes:
