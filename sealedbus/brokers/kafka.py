@@ -580,16 +580,23 @@ class SealedKafkaConsumer:
         admin = KafkaAdminClient(**config)
         try:
             resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
-            answers = admin.describe_configs(resources)
+            try:  # kafka-python 3 lists only modified settings unless asked for all
+                answer = admin.describe_configs(resources, config_filter="all")
+            except TypeError:
+                answer = admin.describe_configs(resources)
         finally:
             admin.close()
         sizes: dict[str, int] = {}
-        for answer in answers if isinstance(answers, list) else [answers]:
-            for resource in answer.resources:
+        if isinstance(answer, dict):  # kafka-python 3: {"topic": {name: {setting: {"value"}}}}
+            for name, settings in answer.get("topic", {}).items():
+                value = settings.get("max.message.bytes", {}).get("value")
+                if value is not None:
+                    sizes[name] = int(value)
+            return sizes
+        for response in answer if isinstance(answer, list) else [answer]:  # kafka-python 2
+            for resource in response.resources:
                 error, name, entries = resource[0], resource[3], resource[4]
-                if error:
-                    continue
-                for entry in entries:
+                for entry in entries if not error else ():
                     if entry[0] == "max.message.bytes" and entry[1] is not None:
                         sizes[name] = int(entry[1])
         return sizes
@@ -766,6 +773,8 @@ class SealedKafkaConsumer:
             if not stop.retryable:
                 raise stop  # this reader may not read: nothing is committed or dead-lettered
             delay = min(self.max_retry_backoff, self.retry_backoff * 2 ** min(failures - 1, 16))
+            for later in self._buffers[tp]:  # opened again, in order, when the retry comes
+                self._forget(later)
             self._hold(tp, record, stop, delay)
             return None
         assert isinstance(result, InvalidEnvelope)  # noqa: S101  # reader_refusal took the rest
