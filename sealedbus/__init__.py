@@ -3,6 +3,7 @@
 The public surface is this list; everything else is reachable but may change.
 """
 
+from sealedbus.brokers._common import KeyTokenizer, UndeliverablePolicy
 from sealedbus.brokers.memory import MemoryBus
 from sealedbus.errors import (
     AccessDenied,
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidEnvelope",
     "KeyServiceUnavailable",
     "KeySource",
+    "KeyTokenizer",
     "LocalKeyService",
     "MemoryBus",
     "OpenedMessage",
@@ -31,6 +33,7 @@ __all__ = [
     "Sealed",
     "SealedbusError",
     "Sealer",
+    "UndeliverablePolicy",
 ]
 
 __version__ = "0.1.0"
