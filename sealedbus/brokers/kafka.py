@@ -747,7 +747,8 @@ class SealedKafkaConsumer:
 
     def _handled(self, tp: Any, record: Any, message: OpenedMessage | None) -> None:
         self._done[tp] = record.offset + 1
-        self._failures.pop(tp, None)
+        if self._failures.pop(tp, None) is not None and not self._holds:
+            self._unreported = None  # the wait is over before anyone heard of it
         if message is not None and message.session:
             state = self._state.setdefault(tp, {})
             digest = message.replay_digest
