@@ -498,6 +498,7 @@ class SealedKafkaConsumer:
         undeliverable: UndeliverablePolicy | None = None,
         replay_state_age: float = 25 * 3600.0,
         replay_state_bytes: int = DEFAULT_STATE_BYTES,
+        check_sizes: bool = True,
     ) -> None:
         if consumer.config["enable_auto_commit"]:
             raise ConfigurationError(
@@ -518,6 +519,7 @@ class SealedKafkaConsumer:
         self.undeliverable = undeliverable or UndeliverablePolicy()
         self.replay_state_age = replay_state_age
         self.replay_state_bytes = replay_state_bytes
+        self.check_sizes = check_sizes
         self.skipped = 0  # refused records whose dead letter could not be delivered (policy)
         self._buffers: dict[Any, deque[Any]] = {}  # TopicPartition -> fetched, not handed on
         self._opened: dict[int, OpenedMessage | SealedbusError] = {}  # by id(record), ahead
@@ -533,13 +535,15 @@ class SealedKafkaConsumer:
 
     def subscribe(self, topics: Iterable[str]) -> None:
         """Subscribe (as ``KafkaConsumer.subscribe``) with a listener that commits what was
-        handled before partitions move to another member of the group; then warn (log) when
-        a dead-letter topic or producer takes smaller records than the topic."""
+        handled before partitions move to another member of the group; then (unless
+        ``check_sizes`` is off) warn in the log when a dead-letter topic or producer takes
+        smaller records than the topic (one admin request)."""
         topics = list(topics)
         with translate_errors("subscribe"):
             self.consumer.subscribe(topics, listener=self._listener)
-        for warning in self.check_dead_letter_sizes(topics):
-            log.warning("%s", warning)
+        if self.check_sizes:
+            for warning in self.check_dead_letter_sizes(topics):
+                log.warning("%s", warning)
 
     def check_dead_letter_sizes(self, topics: Iterable[str]) -> list[str]:
         """Compare each topic's ``max.message.bytes`` with its dead-letter topic's and with the

@@ -120,12 +120,14 @@ def test_multi_partition_backlog_is_never_dead_lettered_as_outside_the_replay_wi
 ) -> None:
     fill(world, bootstrap, BACKLOG)  # one session: its sequence numbers spread over 3 partitions
     receiver = KafkaReceiver(bootstrap, world.topic, world.opener(), group=unique("fresh"))
+    start = time.monotonic()
     try:
         got = drain_all(receiver, BACKLOG)
     finally:
         receiver.close()
+    took = time.monotonic() - start
     dead = world.driver.dead_letters(world.topic)
-    print(f"backlog: delivered {len(got)}, dead-lettered {len(dead)}")
+    print(f"backlog: delivered {len(got)}, dead-lettered {len(dead)} ({len(got) / took:.0f}/s)")
     assert len(dead) == 0
     assert len(got) == BACKLOG and sorted(got) == list(range(BACKLOG))  # none twice
     assert world.metrics.rejections() == {}
