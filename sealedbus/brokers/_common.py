@@ -182,10 +182,12 @@ class KeyTokenizer:
 
 def tokenize_key(
     tokenizer: KeyTokenizer | None, topic: str, key: bytes | None, headers: Headers | None
-) -> tuple[bytes | None, Headers]:
+) -> tuple[bytes | None, Headers | None]:
     """The key to put on the broker and the headers to seal: the original key travels sealed,
     and the broker's key (a token with a tokenizer) is bound, so the consumer can check it."""
-    if tokenizer is None or key is None:
+    if key is None:  # nothing to bind: ``.key`` is None whatever key the broker shows
+        return None, headers
+    if tokenizer is None:
         return key, bind_key(key, headers)
     token = tokenizer.tokenize(topic, key)
     return token, bind_key(token, {**(headers or {}), SEALED_KEY_HEADER: key})
