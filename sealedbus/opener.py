@@ -205,10 +205,11 @@ class Opener:
         ``OpenedMessage.replay_digest``), the highest sequence number already handled in this
         scope of ``topic``. Sessions this opener holds no window for yet start from it: what is
         at or below it is a duplicate there (or outside the replay window)."""
-        with self._lock:
-            held = self._floors.setdefault((topic, scope), {})
-            for digest, seq in floors.items():
-                held[digest] = max(seq, held.get(digest, -1))
+        with self._lock:  # the state given is the whole state: what it no longer names goes
+            held = self._floors.get((topic, scope), {})
+            self._floors[(topic, scope)] = {
+                digest: max(seq, held.get(digest, -1)) for digest, seq in floors.items()
+            }
 
     def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         now = int(self._clock() * 1000)

@@ -11,9 +11,7 @@ the broker carries it is sealed too, so a record moved to another key is refused
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import struct
 import threading
 import time
 from collections import deque
@@ -23,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -45,6 +42,12 @@ from sealedbus.brokers._common import (
     log,
     reader_refusal,
     tokenize_key,
+)
+from sealedbus.brokers._kafka_state import (
+    DEFAULT_STATE_BYTES,
+    decode_replay_state,
+    encode_replay_state,
+    max_message_bytes,
 )
 from sealedbus.core.envelope import HeaderValue
 from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, SealedbusError
@@ -419,42 +422,6 @@ class _Hold:
     retry_at: float  # monotonic
 
 
-# Replay state carried in the offset commit's metadata (see SealedKafkaConsumer): per session
-# of the partition, 8 bytes of session digest, the highest sequence number handled, and the
-# sent-at second of that message.
-_STATE_PREFIX = "sb1:"
-_STATE_ENTRY = struct.Struct(">8sII")
-DEFAULT_STATE_BYTES = 4000  # the broker's offset.metadata.max.bytes is 4096 by default
-
-
-def encode_replay_state(
-    entries: Mapping[bytes, tuple[int, int]], now: float, max_age: float, max_chars: int
-) -> str:
-    """The newest entries (``digest -> (seq, sent_at_s)``) younger than ``max_age`` that fit."""
-    fresh = sorted(
-        ((sent, digest, seq) for digest, (seq, sent) in entries.items() if sent >= now - max_age),
-        reverse=True,
-    )
-    room = (max_chars - len(_STATE_PREFIX)) * 3 // 4 // _STATE_ENTRY.size
-    packed = b"".join(_STATE_ENTRY.pack(d, q, t) for t, d, q in fresh[: max(room, 0)])
-    if not packed:
-        return ""
-    return _STATE_PREFIX + base64.urlsafe_b64encode(packed).decode().rstrip("=")
-
-
-def decode_replay_state(metadata: str | None) -> dict[bytes, tuple[int, int]]:
-    """What ``encode_replay_state`` wrote; anything else (another tool's metadata) is empty."""
-    if not metadata or not metadata.startswith(_STATE_PREFIX):
-        return {}
-    text = metadata[len(_STATE_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:
-        return {}
-    n = len(raw) // _STATE_ENTRY.size
-    return {d: (q, t) for d, q, t in (_STATE_ENTRY.unpack_from(raw, i * 16) for i in range(n))}
-
-
 class SealedKafkaConsumer:
     """Opens what a ``KafkaConsumer`` reads; iterate it for ``ConsumedRecord``s.
 
@@ -550,8 +517,9 @@ class SealedKafkaConsumer:
         dead-letter producer's ``max_request_size``: a record the dead letters cannot take is
         found at start-up, not when one arrives. Returns the warnings (empty when unsure)."""
         try:
-            sizes = self._max_message_bytes(
-                [t for topic in topics for t in (topic, self._dead_letter_topic(topic))]
+            sizes = max_message_bytes(
+                self.consumer.config,
+                [t for topic in topics for t in (topic, self._dead_letter_topic(topic))],
             )
         except Exception as exc:  # an admin API the broker or the ACLs refuse: no check
             log.info("could not compare dead-letter record sizes: %r", exc)
@@ -573,37 +541,6 @@ class SealedKafkaConsumer:
                         "will be parked and skipped (UndeliverablePolicy)"
                     )
         return warnings
-
-    def _max_message_bytes(self, topics: list[str]) -> dict[str, int]:
-        keep = ("bootstrap_servers", "security_protocol", "ssl_", "sasl_", "api_version")
-        config = {
-            k: v
-            for k, v in self.consumer.config.items()
-            if k.startswith(keep) and k in KafkaAdminClient.DEFAULT_CONFIG
-        }
-        admin = KafkaAdminClient(**config)
-        try:
-            resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
-            try:  # kafka-python 3 lists only modified settings unless asked for all
-                answer = admin.describe_configs(resources, config_filter="all")
-            except TypeError:
-                answer = admin.describe_configs(resources)
-        finally:
-            admin.close()
-        sizes: dict[str, int] = {}
-        if isinstance(answer, dict):  # kafka-python 3: {"topic": {name: {setting: {"value"}}}}
-            for name, settings in answer.get("topic", {}).items():
-                value = settings.get("max.message.bytes", {}).get("value")
-                if value is not None:
-                    sizes[name] = int(value)
-            return sizes
-        for response in answer if isinstance(answer, list) else [answer]:  # kafka-python 2
-            for resource in response.resources:
-                error, name, entries = resource[0], resource[3], resource[4]
-                for entry in entries if not error else ():
-                    if entry[0] == "max.message.bytes" and entry[1] is not None:
-                        sizes[name] = int(entry[1])
-        return sizes
 
     def _dead_letter_topic(self, topic: str) -> str:
         return self.dead_letter_topic or f"{topic}.dlq"

@@ -269,7 +269,7 @@ def test_replay_after_a_rebalance_is_dropped(world: World, bootstrap: str) -> No
 
 
 def test_replay_state_fits_the_offset_metadata_limit() -> None:
-    from sealedbus.brokers.kafka import decode_replay_state, encode_replay_state
+    from sealedbus.brokers._kafka_state import decode_replay_state, encode_replay_state
 
     entries = {i.to_bytes(8, "big"): (i, 1_000_000 + i) for i in range(1000)}
     text = encode_replay_state(entries, 1_000_999.0, 3600.0, 4000)
