@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sealedbus.core.envelope import Headers, HeaderValue
 from sealedbus.errors import (
     AccessDenied,
+    BrokerError,
     ConfigurationError,
     InvalidEnvelope,
     KeyServiceError,
@@ -278,6 +279,17 @@ class UndeliverablePolicy:
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` failed tries."""
         return float(min(self.max_backoff, self.backoff * 2 ** max(0, failures - 1)))
+
+    def retrying(self, exc: BaseException, failures: int) -> BrokerError:
+        """What the application hears while a dead letter is retried: a retryable error (the
+        adapter retries, then parks), whatever the broker's error said."""
+        error = BrokerError(
+            f"dead-lettering failed ({failures} of {self.attempts} tries; then parked and "
+            f"skipped): {exc}",
+            retryable=True,
+        )
+        error.__cause__ = exc
+        return error
 
     def park(self, item: Undeliverable) -> bool:
         """Park ``item`` (callback and/or file); False when nothing could hold it."""

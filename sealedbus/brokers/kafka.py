@@ -730,7 +730,8 @@ class SealedKafkaConsumer:
             failures = self._failed(tp, record)
             if failures < self.undeliverable.attempts:
                 self._opened[id(record)] = result  # still first in line, still refused
-                self._hold(tp, record, exc, self.undeliverable.delay(failures))
+                error = self.undeliverable.retrying(exc, failures)
+                self._hold(tp, record, error, self.undeliverable.delay(failures))
                 return None
             self.undeliverable.give_up(
                 Undeliverable(

@@ -577,7 +577,7 @@ class SealedChannel:
                 self._dead_letter_failures.popitem(last=False)
             with translate_errors("requeueing after failed dead-lettering"):
                 self.channel.basic_nack(method.delivery_tag, requeue=True)
-            raise  # not lost: back to the queue, and the caller learns why
+            raise self.undeliverable.retrying(error, failures) from error  # back in the queue
         self._dead_letter_failures.pop(hashlib.sha256(body).digest(), None)
         if self.opener is not None:
             self.opener.metrics.dead_lettered(topic, exc.reason.value)

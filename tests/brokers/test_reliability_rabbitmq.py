@@ -126,7 +126,8 @@ def test_an_undeliverable_dead_letter_is_parked_and_skipped_not_requeued_forever
     while (len(got) < 3 or sub.skipped < 1) and time.monotonic() < deadline:
         try:
             take(sub, f"{world.topic}.q", 1.0, into=got)
-        except BrokerError:
+        except BrokerError as exc:  # retried, then parked: retryable for the application
+            assert exc.retryable
             raised += 1
     assert sorted(got) == [b"m0", b"m1", b"m2"]
     assert raised == 2  # attempts - 1 times back to the queue, then parked
