@@ -5,8 +5,9 @@ Kafka partition (the adapter passes the partition number), or ``None`` for the w
 RabbitMQ queue, the in-memory bus). Each scope has its own window, so a consumer catching up on
 one partition's backlog after another's never finds the older partition's messages "too old"
 (SPEC.md section 7, step 10). A message seen in one scope is still a duplicate in every other
-scope of its session while the window it was seen in holds it: a copy moved by the broker to
-another partition is dropped.
+scope of its session while it is inside the session's last ``window`` sequence numbers over all
+scopes (one more window per session, so the check costs the same for any number of
+partitions): a copy moved by the broker to another partition is dropped.
 
 A window can start from a *floor* (state carried over from before a restart or a rebalance): the
 sequence numbers at or below it count as opened in that scope, but only there, since the floor
@@ -68,7 +69,7 @@ class ReplayWindow:
             self._highest = seq
             if self._bits.bit_length() > 2 * self.size:  # trim now and then, not on every mark
                 self._bits &= (1 << self.size) - 1
-        else:
+        elif self._highest - seq < self.size:  # below the window: nothing to remember
             self._bits |= 1 << (self._highest - seq)
 
     def unmark(self, seq: int) -> None:
@@ -89,6 +90,7 @@ class ReplayWindow:
 
 
 _Scopes = dict[Hashable, ReplayWindow]
+_EVERY = ("sealedbus every scope",)  # the window over all scopes of a session (never a scope)
 
 
 class ReplayGuard:
@@ -136,10 +138,13 @@ class ReplayGuard:
             seen = own.check(seq)
         else:
             seen = ReplayWindow(self.window, floor).check(seq) if floor >= 0 else Seen.NEW
-        if seen is Seen.NEW and len(scopes) > (own is not None):
-            for other, w in scopes.items():  # a copy moved to another scope is a duplicate
-                if other != scope and w.check(seq, exact=True) is Seen.DUPLICATE:
-                    return Seen.DUPLICATE
+        every = scopes.get(_EVERY)
+        if (
+            seen is Seen.NEW
+            and every is not None
+            and every.check(seq, exact=True) is Seen.DUPLICATE
+        ):
+            return Seen.DUPLICATE  # opened in another scope: a copy moved there
         return seen
 
     def mark(
@@ -163,17 +168,26 @@ class ReplayGuard:
         if w is None:
             w = scopes[scope] = ReplayWindow(self.window, floor)
             self._count += 1
-            if self._count > self.max_sessions:
-                self._evict(max(self._senders, key=lambda k: len(self._senders[k])))
         else:
             w.lift(floor)
         w.mark(seq)
+        if scope is not None:
+            every = scopes.get(_EVERY)
+            if every is None:
+                every = scopes[_EVERY] = ReplayWindow(self.window)
+                self._count += 1
+            every.mark(seq)
+        if self._count > self.max_sessions:
+            self._evict(max(self._senders, key=lambda k: len(self._senders[k])))
 
     def unmark(self, sender: Hashable, session: Hashable, seq: int, scope: Hashable = None) -> None:
         scopes = self._scopes(sender, session)
-        w = None if scopes is None else scopes.get(scope)
-        if w is not None:
-            w.unmark(seq)
+        if scopes is None:
+            return
+        for key in (scope, _EVERY) if scope is not None else (scope,):
+            w = scopes.get(key)
+            if w is not None:
+                w.unmark(seq)
 
     def _evict(self, sender: Hashable) -> None:
         sessions = self._senders[sender]

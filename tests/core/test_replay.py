@@ -164,3 +164,12 @@ def test_a_floor_lifts_a_window_that_fell_behind() -> None:
     assert g.check("s", b"a", 30, scope=0, floor=30) is Seen.DUPLICATE
     assert g.check("s", b"a", 31, scope=0) is Seen.NEW
     assert g.check("s", b"a", 5, scope=0) is Seen.TOO_OLD
+
+
+def test_the_cross_scope_check_costs_one_window_whatever_the_partitions() -> None:
+    g = ReplayGuard(window=128, max_sessions=1000)
+    for p in range(64):
+        g.mark("s", b"a", p, scope=p)
+    assert g.check("s", b"a", 3, scope=40) is Seen.DUPLICATE  # opened in partition 3
+    assert g.check("s", b"a", 64, scope=40) is Seen.NEW
+    assert g._count == 65  # a window per partition, and one over all of them
