@@ -7,7 +7,8 @@ puts it back for the group's next ``poll``. Thread-safe; ``poll`` can block with
 ``MemoryProducer`` and ``MemoryConsumer`` seal and open on top of it with the same contract as the
 RabbitMQ and Kafka adapters: duplicates are acknowledged and counted, never delivered; messages
 that do not open go to a dead-letter topic (``<topic>.dlq`` unless configured) with the reason in
-the ``x-sealedbus-reason`` header; ``KeyServiceUnavailable`` puts the records back and is raised.
+the ``x-sealedbus-reason`` header; ``KeyServiceUnavailable`` (or a refusal of this reader, such
+as ``AccessDenied``) puts the records back and is raised, never dead-letters them.
 """
 
 from __future__ import annotations
