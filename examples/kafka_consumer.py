@@ -19,7 +19,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer
 from kds_member import ensure_kafka_topics, key_service, parser
 
-from sealedbus import KeyServiceUnavailable, Opener
+from sealedbus import AccessDenied, KeyServiceUnavailable, Opener
 from sealedbus.brokers.kafka import SealedKafkaConsumer
 
 
@@ -69,6 +69,9 @@ def main() -> int:
         except KeyServiceUnavailable as exc:  # the record stays first in line: retry later
             print(f"KDS unavailable ({exc}); retrying in 1 s", file=sys.stderr, flush=True)
             time.sleep(1)
+        except AccessDenied as exc:  # this key may not read the topic: nothing was taken
+            print(f"stopping: {exc}", file=sys.stderr, flush=True)
+            break
     consumer.close()  # commits the offsets of what was handled
     consumer.dead_letter_producer.close()
     keys.close()

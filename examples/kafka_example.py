@@ -15,8 +15,7 @@ import uuid
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from sealedbus import LocalKeyService, Opener, Sealer
-from sealedbus.brokers._common import KeyTokenizer
+from sealedbus import KeyTokenizer, LocalKeyService, Opener, Sealer
 from sealedbus.brokers.kafka import SealedKafkaConsumer, SealedKafkaProducer
 
 BOOTSTRAP = os.environ.get("SEALEDBUS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")

@@ -17,8 +17,7 @@ import os
 from kafka import KafkaProducer
 from kds_member import ensure_kafka_topics, key_service, parser, patient_event
 
-from sealedbus import Sealer
-from sealedbus.brokers._common import KeyTokenizer
+from sealedbus import KeyTokenizer, Sealer
 from sealedbus.brokers.kafka import SealedKafkaProducer
 
 

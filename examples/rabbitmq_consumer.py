@@ -20,7 +20,7 @@ import time
 import pika
 from kds_member import key_service, parser
 
-from sealedbus import KeyServiceUnavailable, Opener
+from sealedbus import AccessDenied, KeyServiceUnavailable, Opener
 from sealedbus.brokers.rabbitmq import SealedChannel
 
 DEAD_LETTERS = "sealedbus.dead-letter"  # the default; declared with a queue of the same name
@@ -67,6 +67,9 @@ def main() -> int:
         except KeyServiceUnavailable as exc:  # the message went back to the queue: retry later
             print(f"KDS unavailable ({exc}); retrying in 1 s", file=sys.stderr, flush=True)
             time.sleep(1)
+        except AccessDenied as exc:  # this key may not read the topic: nothing was taken
+            print(f"stopping: {exc}", file=sys.stderr, flush=True)
+            break
     channel.cancel()
     channel.close()
     connection.close()

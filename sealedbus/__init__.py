@@ -5,6 +5,7 @@ The public surface is this list; everything else is reachable but may change.
 
 from typing import TYPE_CHECKING
 
+from sealedbus.brokers._common import KeyTokenizer, UndeliverablePolicy
 from sealedbus.brokers.memory import MemoryBus
 from sealedbus.errors import (
     AccessDenied,
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidEnvelope",
     "KeyServiceUnavailable",
     "KeySource",
+    "KeyTokenizer",
     "LocalKeyService",
     "MemoryBus",
     "OpenedMessage",
@@ -44,6 +46,7 @@ __all__ = [
     "Sealed",
     "SealedbusError",
     "Sealer",
+    "UndeliverablePolicy",
 ]
 
 __version__ = "0.1.0"

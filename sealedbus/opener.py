@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealedbus.core import envelope, merkle, suites, wire
 from sealedbus.core.envelope import HeaderValue, SessionContext
-from sealedbus.core.replay import ReplayGuard, Seen
+from sealedbus.core.replay import ReplayGuard, Seen, session_digest
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
@@ -61,6 +61,12 @@ class OpenedMessage:
     content_type: str = ""
     expires_at: float | None = None
     session: bytes = field(default=b"", repr=False)  # sender certificate id + session id
+    scope: Hashable = field(default=None, repr=False, compare=False)  # replay scope read from
+
+    @property
+    def replay_digest(self) -> bytes:
+        """The session as named in carried-over replay state (``Opener.restore_replay``)."""
+        return session_digest(self.session[:16], self.epoch, self.session[16:])
 
 
 K = TypeVar("K")
@@ -142,13 +148,17 @@ class Opener:
         self._trees = merkle.VerifiedTrees()
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
         self._revocation_list: tuple[RevocationList, int] | None = None
+        self._floors: dict[tuple[str, Hashable], dict[bytes, int]] = {}
 
-    def open(self, topic: str, data: bytes) -> OpenedMessage:
+    def open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
-        ``.reason``) when any check fails, or KeyServiceUnavailable when keys cannot be had now."""
+        ``.reason``) when any check fails, or KeyServiceUnavailable when keys cannot be had now.
+
+        ``scope`` names where in the topic it was read, when the broker keeps order only there
+        (adapters pass the Kafka partition): replay windows are kept per scope (SPEC.md 7.10)."""
         start = time.perf_counter()
         try:
-            message = self._open(topic, bytes(data))
+            message = self._open(topic, bytes(data), scope)
         except InvalidEnvelope as exc:
             self.metrics.rejected(topic, exc.reason.value)
             raise
@@ -162,10 +172,13 @@ class Opener:
             raise
         return message
 
-    def open_many(self, items: Sequence[tuple[str, bytes]]) -> list[OpenedMessage | SealedbusError]:
-        """Open several ``(topic, envelope)`` pairs; each result, in order, is the message or the
-        error its opening raised (an InvalidEnvelope, or KeyServiceUnavailable: then release the
-        messages after it that the caller will not hand on, so their redelivery opens).
+    def open_many(
+        self, items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]]
+    ) -> list[OpenedMessage | SealedbusError]:
+        """Open several ``(topic, envelope)`` or ``(topic, envelope, scope)``; each result, in
+        order, is the message or the error its opening raised (an InvalidEnvelope, or
+        KeyServiceUnavailable: then release the messages after it that the caller will not hand
+        on, so their redelivery opens).
 
         With ``threads > 1`` they are opened on a pool: Ed25519 verification and AES-GCM release
         the GIL, so per-message signatures verify on several cores at once."""
@@ -173,7 +186,9 @@ class Opener:
             return [self._open_or_error(item) for item in items]
         return list(self._pool.map(self._open_or_error, items))
 
-    def _open_or_error(self, item: tuple[str, bytes]) -> OpenedMessage | SealedbusError:
+    def _open_or_error(
+        self, item: tuple[str, bytes] | tuple[str, bytes, Hashable]
+    ) -> OpenedMessage | SealedbusError:
         try:
             return self.open(*item)
         except SealedbusError as exc:
@@ -192,9 +207,21 @@ class Opener:
                 (message.topic, message.session[:16]),
                 (message.epoch, message.session[16:]),
                 message.sequence,
+                message.scope,
             )
 
-    def _open(self, topic: str, data: bytes) -> OpenedMessage:
+    def restore_replay(self, topic: str, scope: Hashable, floors: Mapping[bytes, int]) -> None:
+        """Carry replay state over from before a restart or a rebalance: for each session (by
+        ``OpenedMessage.replay_digest``), the highest sequence number already handled in this
+        scope of ``topic``. Sessions this opener holds no window for yet start from it: what is
+        at or below it is a duplicate there (or outside the replay window)."""
+        with self._lock:  # the state given is the whole state: what it no longer names goes
+            held = self._floors.get((topic, scope), {})
+            self._floors[(topic, scope)] = {
+                digest: max(seq, held.get(digest, -1)) for digest, seq in floors.items()
+            }
+
+    def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         now = int(self._clock() * 1000)
         if len(data) > self.max_envelope:
             raise MalformedEnvelope(Reason.TOO_LARGE, f"{len(data)} bytes")
@@ -240,9 +267,13 @@ class Opener:
         headers, body = envelope.open_body(ctx, parsed)
         replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
         with self._lock:  # checked after decryption, atomically with marking it seen
-            seen = self._replay.check(replay_sender, replay_session, h.seq)
+            floors = self._floors.get((topic, scope))
+            floor = -1
+            if floors:
+                floor = floors.get(session_digest(h.cert_id, h.epoch, h.session_id), -1)
+            seen = self._replay.check(replay_sender, replay_session, h.seq, scope, floor)
             if seen is Seen.NEW:
-                self._replay.mark(replay_sender, replay_session, h.seq)
+                self._replay.mark(replay_sender, replay_session, h.seq, scope, floor)
         if seen is Seen.DUPLICATE:
             raise DuplicateEnvelope()
         if seen is Seen.TOO_OLD:
@@ -258,6 +289,7 @@ class Opener:
             content_type=h.content_type,
             expires_at=(h.sent_at_ms + h.ttl_ms) / 1000 if h.ttl_ms else None,
             session=h.cert_id + h.session_id,
+            scope=scope,
         )
 
     def _sender(self, cert_id: bytes, now: int) -> _Sender:

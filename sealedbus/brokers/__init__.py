@@ -1,6 +1,6 @@
 """Broker adapters. ``memory`` needs nothing; ``rabbitmq`` needs pika and ``kafka`` needs
 kafka-python, each imported only by its own module."""
 
-from sealedbus.brokers._common import KeyTokenizer
+from sealedbus.brokers._common import KeyTokenizer, Undeliverable, UndeliverablePolicy
 
-__all__ = ["KeyTokenizer"]
+__all__ = ["KeyTokenizer", "Undeliverable", "UndeliverablePolicy"]

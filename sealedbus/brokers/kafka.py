@@ -5,7 +5,8 @@ sealedbus does not touch their configuration.
 
 The sealing topic is the Kafka topic name: a record copied to another topic does not open there.
 Record values are envelopes; record headers carry nothing in clear (the application's headers are
-sealed inside); keys travel as given, or as HMAC tokens with a ``KeyTokenizer``.
+sealed inside); keys travel as given, or as HMAC tokens with a ``KeyTokenizer``, and the key as
+the broker carries it is sealed too, so a record moved to another key is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -32,10 +33,21 @@ from kafka.future import Future
 from sealedbus.brokers._common import (
     KeyTokenizer,
     OpenedRecord,
+    Undeliverable,
+    UndeliverablePolicy,
+    check_bound_key,
     check_headers,
     dead_letter_headers,
     is_duplicate,
+    log,
+    reader_refusal,
     tokenize_key,
+)
+from sealedbus.brokers._kafka_state import (
+    DEFAULT_STATE_BYTES,
+    decode_replay_state,
+    encode_replay_state,
+    max_message_bytes,
 )
 from sealedbus.core.envelope import HeaderValue
 from sealedbus.errors import BrokerError, ConfigurationError, InvalidEnvelope, SealedbusError
@@ -60,14 +72,25 @@ def translate_errors(what: str) -> Iterator[None]:
 
 class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type information
     """kafka-python's ``Future``, resolved with the record's ``RecordMetadata`` once the broker
-    has the sealed record; failures are ``BrokerError`` (the kafka error as ``__cause__``)."""
+    has the sealed record; failures are ``BrokerError`` (the kafka error as ``__cause__``).
 
-    __slots__ = ("_done",)
+    ``ref`` is what the application passed to ``send(ref=...)``; ``envelope`` the sealed bytes
+    once sealed (None while its batch waits or when it could not be signed). A failed future
+    with an envelope may still have reached the broker: ``SealedKafkaProducer.resend`` sends the
+    same bytes again, and consumers drop the second copy as a duplicate."""
+
+    __slots__ = ("_done", "envelope", "key", "partition", "ref", "timestamp_ms", "topic")
     _waiting = threading.Lock()  # guards _done: an Event only for futures someone waits on
 
-    def __init__(self) -> None:
+    def __init__(self, topic: str = "", ref: Any = None) -> None:
         super().__init__()
         self._done: threading.Event | None = None
+        self.topic = topic
+        self.ref = ref
+        self.envelope: bytes | None = None
+        self.key: bytes | None = None
+        self.partition: int | None = None
+        self.timestamp_ms: int | None = None
 
     def _wake(self) -> None:
         with self._waiting:
@@ -174,8 +197,10 @@ class SealedKafkaProducer:
         *,
         content_type: str = "",
         ttl: float | None = None,
+        ref: Any = None,
     ) -> SealedFuture:
         """Seal ``value`` and ``headers`` for ``topic`` and send, as ``KafkaProducer.send``.
+        ``ref`` (any object: the application's message or its id) comes back on the future.
 
         Raises AccessDenied / UnknownTopic (not a producer of ``topic``), KeyServiceUnavailable
         or ConfigurationError (``key`` not bytes) at once. Broker failures arrive through the
@@ -193,7 +218,7 @@ class SealedKafkaProducer:
         clear_key, sealed_headers = tokenize_key(
             self.key_tokenizer, topic, key, check_headers(_header_map(headers))
         )
-        future = SealedFuture()
+        future = SealedFuture(topic, ref)
         context = _Context(clear_key, partition, timestamp_ms, future)
         with self._cond:
             if self._closed:
@@ -229,6 +254,23 @@ class SealedKafkaProducer:
                 self._started = time.monotonic()
                 self._cond.notify_all()
         return future
+
+    def resend(self, futures: Iterable[SealedFuture]) -> list[SealedFuture]:
+        """Send the same sealed bytes of failed ``futures`` again (after a lost acknowledgement
+        or connection the record may have reached the broker: a consumer then drops the second
+        copy as a duplicate instead of getting two messages). Returns new futures (same ``ref``),
+        in order. A future whose message was never sealed (``envelope`` None: its batch could not
+        be signed) cannot be resent: nothing of it reached the broker; ``send`` it again."""
+        out = []
+        for old in futures:
+            if old.envelope is None:
+                raise ConfigurationError(f"message {old.ref!r} was never sealed: send it again")
+            future = SealedFuture(old.topic, old.ref)
+            context = _Context(old.key, old.partition, old.timestamp_ms, future)
+            with self._cond:
+                self._send_sealed(old.topic, old.envelope, context)
+            out.append(future)
+        return out
 
     def flush(self, timeout: float | None = None) -> None:
         """Close the open sealed batch, then wait for everything to be acknowledged."""
@@ -328,6 +370,9 @@ class SealedKafkaProducer:
                 context.future.failure(failed)
 
     def _send_sealed(self, topic: str, data: bytes, context: _Context) -> None:
+        future = context.future
+        future.topic, future.envelope, future.key = topic, data, context.key
+        future.partition, future.timestamp_ms = context.partition, context.timestamp_ms
         with translate_errors(f"sending to {topic!r}"):
             sent = self.producer.send(
                 topic,
@@ -369,6 +414,14 @@ class ConsumedRecord(OpenedRecord):
         return int(self.record.offset)
 
 
+@dataclass(slots=True)
+class _Hold:
+    """A partition waiting: its first record could not be handled now."""
+
+    error: SealedbusError
+    retry_at: float  # monotonic
+
+
 class SealedKafkaConsumer:
     """Opens what a ``KafkaConsumer`` reads; iterate it for ``ConsumedRecord``s.
 
@@ -376,12 +429,25 @@ class SealedKafkaConsumer:
     the application has had and asked past (before the next fetch, on a rebalance and on
     ``close()``), so a crash loses nothing (it may redeliver). The record the application was on
     when it raised or left the loop is not committed; the next iteration hands it on again.
-    Records that do not open go to
-    ``dead_letter_topic`` (``<topic>.dlq`` unless given) through ``dead_letter_producer``, with
-    the reason in the ``x-sealedbus-reason`` header, and count as handled once the broker has
-    them. On ``KeyServiceUnavailable`` the record stays first in line and the error is raised:
-    iterate again later to retry it. Iteration ends after ``consumer_timeout_ms`` without records,
-    as kafka-python's does.
+    Iteration ends after ``consumer_timeout_ms`` without records, as kafka-python's does.
+
+    Progress is per partition. A record that cannot be handled now holds back only its own
+    partition (and its commits); the others keep flowing:
+    - a retryable error (``KeyServiceUnavailable``, a revocation list too old to trust): the
+      partition is paused and the record opened again after ``retry_backoff`` seconds, doubling
+      up to ``max_retry_backoff``; the error is raised once nothing else is ready, so the
+      caller sees it and can back off;
+    - a refusal of this reader (``AccessDenied``: not granted on the topic, revoked, unknown to
+      the KDS): raised at once; nothing is committed or dead-lettered; the record stays first;
+    - records that do not open go to ``dead_letter_topic`` (``<topic>.dlq`` unless given) through
+      ``dead_letter_producer``, with the reason in the ``x-sealedbus-reason`` header, and count as
+      handled once the broker has them. One the dead-letter topic does not take is retried, then
+      parked and skipped, as ``undeliverable`` (an ``UndeliverablePolicy``) says.
+
+    Replay state survives restarts and rebalances: each offset commit carries, in its metadata,
+    the highest sequence number handled per producer session of that partition (the newest
+    sessions that fit in ``replay_state_bytes`` characters, at most ``replay_state_age`` seconds
+    old). Whoever reads the partition next starts its replay windows there (SPEC.md 7.10).
     """
 
     def __init__(
@@ -394,12 +460,20 @@ class SealedKafkaConsumer:
         dead_letter_timeout: float = 30.0,
         poll_timeout: float = 0.5,
         max_records: int = 500,
+        retry_backoff: float = 0.1,
+        max_retry_backoff: float = 2.0,
+        undeliverable: UndeliverablePolicy | None = None,
+        replay_state_age: float = 25 * 3600.0,
+        replay_state_bytes: int = DEFAULT_STATE_BYTES,
+        check_sizes: bool = True,
     ) -> None:
         if consumer.config["enable_auto_commit"]:
             raise ConfigurationError(
                 "SealedKafkaConsumer commits itself: build the KafkaConsumer with "
                 "enable_auto_commit=False"
             )
+        if not 0 < retry_backoff <= max_retry_backoff:
+            raise ConfigurationError("need 0 < retry_backoff <= max_retry_backoff")
         self.consumer = consumer
         self.opener = opener
         self.dead_letter_producer = dead_letter_producer
@@ -407,47 +481,94 @@ class SealedKafkaConsumer:
         self.dead_letter_timeout = dead_letter_timeout
         self.poll_timeout_ms = int(poll_timeout * 1000)
         self.max_records = max_records
-        self._buffer: deque[Any] = deque()  # fetched records not yet handed on, in order
+        self.retry_backoff = retry_backoff
+        self.max_retry_backoff = max_retry_backoff
+        self.undeliverable = undeliverable or UndeliverablePolicy()
+        self.replay_state_age = replay_state_age
+        self.replay_state_bytes = replay_state_bytes
+        self.check_sizes = check_sizes
+        self.skipped = 0  # refused records whose dead letter could not be delivered (policy)
+        self._buffers: dict[Any, deque[Any]] = {}  # TopicPartition -> fetched, not handed on
         self._opened: dict[int, OpenedMessage | SealedbusError] = {}  # by id(record), ahead
         self._done: dict[Any, int] = {}  # TopicPartition -> next offset to commit
+        self._state: dict[Any, dict[bytes, tuple[int, int]]] = {}  # replay state per partition
+        self._holds: dict[Any, _Hold] = {}
+        self._failures: dict[Any, tuple[int, int]] = {}  # tp -> (offset, failed tries)
+        self._unreported: SealedbusError | None = None  # a hold the caller has not heard of
         self._revoked_partitions: set[Any] = set()  # filled by the rebalance listener
+        self._assigned_partitions: set[Any] = set()
         self._current: ConsumedRecord | None = None  # handed on, not yet asked past
         self._listener = _Listener(self)
 
     def subscribe(self, topics: Iterable[str]) -> None:
         """Subscribe (as ``KafkaConsumer.subscribe``) with a listener that commits what was
-        handled before partitions move to another member of the group."""
+        handled before partitions move to another member of the group; then (unless
+        ``check_sizes`` is off) warn in the log when a dead-letter topic or producer takes
+        smaller records than the topic (one admin request)."""
+        topics = list(topics)
         with translate_errors("subscribe"):
-            self.consumer.subscribe(list(topics), listener=self._listener)
+            self.consumer.subscribe(topics, listener=self._listener)
+        if self.check_sizes:
+            for warning in self.check_dead_letter_sizes(topics):
+                log.warning("%s", warning)
+
+    def check_dead_letter_sizes(self, topics: Iterable[str]) -> list[str]:
+        """Compare each topic's ``max.message.bytes`` with its dead-letter topic's and with the
+        dead-letter producer's ``max_request_size``: a record the dead letters cannot take is
+        found at start-up, not when one arrives. Returns the warnings (empty when unsure)."""
+        try:
+            sizes = max_message_bytes(
+                self.consumer.config,
+                [t for topic in topics for t in (topic, self._dead_letter_topic(topic))],
+            )
+        except Exception as exc:  # an admin API the broker or the ACLs refuse: no check
+            log.info("could not compare dead-letter record sizes: %r", exc)
+            return []
+        request = getattr(self.dead_letter_producer, "config", {}).get("max_request_size")
+        warnings = []
+        for topic in topics:
+            source, dlq = sizes.get(topic), sizes.get(self._dead_letter_topic(topic))
+            if source is None:
+                continue
+            for name, limit in (
+                (f"dead-letter topic {self._dead_letter_topic(topic)!r} max.message.bytes", dlq),
+                ("dead_letter_producer max_request_size", request),
+            ):
+                if isinstance(limit, int) and limit + 4096 < source:
+                    warnings.append(
+                        f"topic {topic!r} takes records up to {source} bytes but the {name} is "
+                        f"{limit}: larger records that do not open cannot be dead-lettered and "
+                        "will be parked and skipped (UndeliverablePolicy)"
+                    )
+        return warnings
+
+    def _dead_letter_topic(self, topic: str) -> str:
+        return self.dead_letter_topic or f"{topic}.dlq"
 
     def __iter__(self) -> Iterator[ConsumedRecord]:
         timeout = self.consumer.config["consumer_timeout_ms"] / 1000
         idle_since = time.monotonic()
         while True:
-            if not self._buffer:
+            tp = self._ready()
+            if tp is None:
                 self.commit()
-                with translate_errors("poll"):
-                    fetched = self.consumer.poll(
-                        timeout_ms=self.poll_timeout_ms, max_records=self.max_records
-                    )
-                if self._revoked_partitions:
-                    self._drop_revoked()
-                for records in fetched.values():
-                    self._buffer.extend(records)
-                if not self._buffer:
-                    if time.monotonic() - idle_since >= timeout:
-                        return
+                if self._fetch():
+                    idle_since = time.monotonic()
                     continue
-                idle_since = time.monotonic()
-            if id(self._buffer[0]) not in self._opened:
-                self._open_ahead()
-            record = self._buffer[0]
-            opened = self._handle(record)  # KeyServiceUnavailable leaves it first in line
-            self._buffer.popleft()
-            tp = TopicPartition(record.topic, record.partition)
-            if opened is None:  # duplicate or dead-lettered: handled
-                self._done[tp] = record.offset + 1
+                if self._unreported is not None:  # held, and nothing else to hand on
+                    error, self._unreported = self._unreported, None
+                    raise error
+                if not self._holds and time.monotonic() - idle_since >= timeout:
+                    return
                 continue
+            buffer = self._buffers[tp]
+            record = buffer[0]
+            if id(record) not in self._opened:
+                self._open_ahead()
+            opened = self._handle(tp, record)
+            if opened is None:
+                continue  # held, or handled (duplicate, dead-lettered, skipped)
+            buffer.popleft()
             self._current = opened
             try:
                 yield opened
@@ -455,22 +576,23 @@ class SealedKafkaConsumer:
                 if self._current is opened:
                     self._current = None
                     self.opener.release(opened.message)
-                    self._buffer.appendleft(record)  # handed on again by the next iteration
+                    buffer.appendleft(record)  # handed on again by the next iteration
                 raise
             if self._current is not opened:  # close() ran meanwhile: it was given back
                 return
             self._current = None
-            self._done[tp] = record.offset + 1
+            self._handled(tp, record, opened.message)
 
     def commit(self) -> None:
         """Commit the offsets of every record handled so far (dead-lettered, duplicate, or
-        handed out and asked past). If this member was dropped from the group meanwhile
-        (``CommitFailedError``: it spent longer than ``max_poll_interval_ms`` between fetches),
-        those offsets are given up: whoever owns the partitions now reads from the last commit
-        (this opener drops what it already handed on), and the next fetch rejoins the group."""
+        handed out and asked past), each with the partition's replay state as metadata. If this
+        member was dropped from the group meanwhile (``CommitFailedError``: it spent longer than
+        ``max_poll_interval_ms`` between fetches), those offsets are given up: whoever owns the
+        partitions now reads from the last commit (this opener drops what it already handed on),
+        and the next fetch rejoins the group."""
         if not self._done:
             return
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._done.items()}
+        offsets = self._offsets()
         try:
             with translate_errors("commit"):
                 self.consumer.commit(offsets=offsets)
@@ -492,14 +614,138 @@ class SealedKafkaConsumer:
         if self._current is not None:  # handed on but never asked past: not handled
             self.opener.release(self._current.message)
             self._current = None
-        for record in self._buffer:
-            self._forget(record)
-        self._buffer.clear()
+        for buffer in self._buffers.values():
+            for record in buffer:
+                self._forget(record)
+        self._buffers.clear()
+        self._holds.clear()
         try:
             self.commit()
         finally:
             with translate_errors("close"):
                 self.consumer.close(autocommit=False)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _offsets(self) -> dict[Any, Any]:
+        now = time.time()
+        return {
+            tp: OffsetAndMetadata(
+                off,
+                encode_replay_state(
+                    self._state.get(tp, {}), now, self.replay_state_age, self.replay_state_bytes
+                ),
+                -1,
+            )
+            for tp, off in dict(self._done).items()
+        }
+
+    def _ready(self) -> Any:
+        """The first partition with a record to handle now (held ones once their time came)."""
+        now = time.monotonic()
+        for tp, buffer in self._buffers.items():
+            if not buffer:
+                continue
+            hold = self._holds.get(tp)
+            if hold is not None:
+                if now < hold.retry_at:
+                    continue
+                del self._holds[tp]
+                with contextlib.suppress(Exception):  # revoked meanwhile: nothing to resume
+                    self.consumer.resume(tp)
+            return tp
+        return None
+
+    def _fetch(self) -> bool:
+        """Poll once (not longer than the next held partition's retry); True if records came."""
+        wait_ms = self.poll_timeout_ms
+        if self._holds:
+            due = min(h.retry_at for h in self._holds.values()) - time.monotonic()
+            wait_ms = max(0, min(wait_ms, int(due * 1000)))
+        with translate_errors("poll"):
+            fetched = self.consumer.poll(timeout_ms=wait_ms, max_records=self.max_records)
+        if self._revoked_partitions:
+            self._drop_revoked()
+        if self._assigned_partitions:
+            self._restore_assigned()
+        for tp, records in fetched.items():
+            if records:
+                self._buffers.setdefault(tp, deque()).extend(records)
+        return any(fetched.values())
+
+    def _hold(self, tp: Any, record: Any, error: SealedbusError, delay: float) -> None:
+        self._holds[tp] = _Hold(error, time.monotonic() + delay)
+        self._unreported = error
+        with contextlib.suppress(Exception):  # no longer assigned: the rebalance drops it
+            self.consumer.pause(tp)
+
+    def _failed(self, tp: Any, record: Any) -> int:
+        """Count one more failed try for the partition's first record; returns the count."""
+        offset, failures = self._failures.get(tp, (record.offset, 0))
+        failures = failures + 1 if offset == record.offset else 1
+        self._failures[tp] = (record.offset, failures)
+        return failures
+
+    def _handled(self, tp: Any, record: Any, message: OpenedMessage | None) -> None:
+        self._done[tp] = record.offset + 1
+        if self._failures.pop(tp, None) is not None and not self._holds:
+            self._unreported = None  # the wait is over before anyone heard of it
+        if message is not None and message.session:
+            state = self._state.setdefault(tp, {})
+            digest = message.replay_digest
+            seq = max(message.sequence, state.get(digest, (-1, 0))[0])
+            state[digest] = (seq, int(message.sent_at))
+
+    def _handle(self, tp: Any, record: Any) -> ConsumedRecord | None:
+        """The record to hand on, or None when it was handled here or its partition is held.
+        Raises what stops this reader (AccessDenied...)."""
+        result = self._opened.pop(id(record))
+        if isinstance(result, OpenedMessage):
+            try:
+                check_bound_key(result.headers, record.key)
+            except InvalidEnvelope as exc:
+                self.opener.release(result)
+                self.opener.metrics.rejected(record.topic, exc.reason.value)
+                result = exc
+            else:
+                return ConsumedRecord(result, record)
+        stop = reader_refusal(record.topic, result)
+        if stop is not None:
+            failures = self._failed(tp, record)
+            if not stop.retryable:
+                raise stop  # this reader may not read: nothing is committed or dead-lettered
+            delay = min(self.max_retry_backoff, self.retry_backoff * 2 ** min(failures - 1, 16))
+            for later in self._buffers[tp]:  # opened again, in order, when the retry comes
+                self._forget(later)
+            self._hold(tp, record, stop, delay)
+            return None
+        assert isinstance(result, InvalidEnvelope)  # noqa: S101  # reader_refusal took the rest
+        if is_duplicate(result):
+            self._buffers[tp].popleft()
+            self._handled(tp, record, None)
+            return None
+        try:
+            self._dead_letter(record, result)
+        except BrokerError as exc:
+            failures = self._failed(tp, record)
+            if failures < self.undeliverable.attempts:
+                self._opened[id(record)] = result  # still first in line, still refused
+                error = self.undeliverable.retrying(exc, failures)
+                self._hold(tp, record, error, self.undeliverable.delay(failures))
+                return None
+            self.undeliverable.give_up(
+                Undeliverable(
+                    record.topic,
+                    f"partition {record.partition} offset {record.offset}",
+                    record.value or b"",
+                    result.reason.value,
+                    str(exc),
+                )
+            )
+            self.skipped += 1
+        self._buffers[tp].popleft()
+        self._handled(tp, record, None)
+        return None
 
     def _revoked(self, partitions: Iterable[Any]) -> None:
         """Runs on kafka-python's IO thread during a rebalance (it must not block there).
@@ -509,7 +755,7 @@ class SealedKafkaConsumer:
         Buffered records of the revoked partitions are dropped by ``__iter__``: the new owner
         reads them from the last commit.
         """
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in dict(self._done).items()}
+        offsets = self._offsets()
         if offsets:
             with contextlib.suppress(KafkaError):
                 self.consumer.commit_async(offsets=offsets)
@@ -517,21 +763,45 @@ class SealedKafkaConsumer:
 
     def _drop_revoked(self) -> None:
         gone, self._revoked_partitions = self._revoked_partitions, set()
-        kept: deque[Any] = deque()
-        for r in self._buffer:
-            if TopicPartition(r.topic, r.partition) in gone:
-                self._forget(r)  # its new owner reads it from the last commit
-            else:
-                kept.append(r)
-        self._buffer = kept
         for tp in gone:
+            for r in self._buffers.pop(tp, ()):
+                self._forget(r)  # its new owner reads it from the last commit
             self._done.pop(tp, None)
+            self._holds.pop(tp, None)
+            self._failures.pop(tp, None)
+            self._state.pop(tp, None)
+
+    def _restore_assigned(self) -> None:
+        """Start the replay windows of newly assigned partitions from their committed state."""
+        new, self._assigned_partitions = self._assigned_partitions, set()
+        for tp in new:
+            try:
+                with translate_errors("reading committed replay state"):
+                    committed = self.consumer.committed(tp, metadata=True)
+            except BrokerError as exc:
+                log.warning("no replay state for %s: %s", tp, exc)
+                continue
+            entries = decode_replay_state(getattr(committed, "metadata", None))
+            if entries:
+                state = self._state.setdefault(tp, {})
+                for digest, (seq, sent) in entries.items():
+                    if seq > state.get(digest, (-1, 0))[0]:
+                        state[digest] = (seq, sent)
+                self.opener.restore_replay(
+                    tp.topic, tp.partition, {d: q for d, (q, _) in entries.items()}
+                )
 
     def _open_ahead(self) -> None:
         """Open every buffered record at once: with ``Opener(threads=2)`` per-message
         signatures verify on both cores."""
-        todo = [r for r in self._buffer if id(r) not in self._opened]  # never open one twice
-        results = self.opener.open_many([(r.topic, r.value or b"") for r in todo])
+        todo = [
+            r
+            for tp, buffer in self._buffers.items()
+            if tp not in self._holds
+            for r in buffer
+            if id(r) not in self._opened  # never open one twice
+        ]
+        results = self.opener.open_many([(r.topic, r.value or b"", r.partition) for r in todo])
         self._opened.update((id(r), result) for r, result in zip(todo, results, strict=True))
 
     def _forget(self, record: Any) -> None:
@@ -540,24 +810,8 @@ class SealedKafkaConsumer:
         if isinstance(result, OpenedMessage):
             self.opener.release(result)
 
-    def _handle(self, record: Any) -> ConsumedRecord | None:
-        result = self._opened.pop(id(record))
-        if isinstance(result, OpenedMessage):
-            return ConsumedRecord(result, record)
-        if isinstance(result, InvalidEnvelope):
-            if not is_duplicate(result):
-                try:
-                    self._dead_letter(record, result)
-                except BrokerError:
-                    self._opened[id(record)] = result  # still first in line, still refused
-                    raise
-            return None
-        for later in list(self._buffer)[1:]:  # KeyServiceUnavailable: retry from this record
-            self._forget(later)
-        raise result
-
     def _dead_letter(self, record: Any, exc: InvalidEnvelope) -> None:
-        topic = self.dead_letter_topic or f"{record.topic}.dlq"
+        topic = self._dead_letter_topic(record.topic)
         extra = {
             **dead_letter_headers(record.topic, exc),
             "x-sealedbus-partition": str(record.partition),
@@ -582,4 +836,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped bas
         self._owner._revoked(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        self._owner._assigned_partitions.update(assigned)

@@ -7,7 +7,8 @@ puts it back for the group's next ``poll``. Thread-safe; ``poll`` can block with
 ``MemoryProducer`` and ``MemoryConsumer`` seal and open on top of it with the same contract as the
 RabbitMQ and Kafka adapters: duplicates are acknowledged and counted, never delivered; messages
 that do not open go to a dead-letter topic (``<topic>.dlq`` unless configured) with the reason in
-the ``x-sealedbus-reason`` header; ``KeyServiceUnavailable`` puts the records back and is raised.
+the ``x-sealedbus-reason`` header; ``KeyServiceUnavailable`` (or a refusal of this reader, such
+as ``AccessDenied``) puts the records back and is raised, never dead-letters them.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from dataclasses import dataclass, field
 from sealedbus.brokers._common import (
     KeyTokenizer,
     OpenedRecord,
+    check_bound_key,
     check_headers,
     dead_letter_headers,
     is_duplicate,
+    reader_refusal,
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.errors import (
-    ConfigurationError,
-    InvalidEnvelope,
-    KeyServiceError,
-    KeyServiceUnavailable,
-)
+from sealedbus.errors import ConfigurationError, InvalidEnvelope, SealedbusError
 from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealed, Sealer
 
@@ -263,34 +261,42 @@ class MemoryConsumer:
     def poll(self, timeout: float = 0.0, max_records: int = 500) -> list[Delivery]:
         """Up to ``max_records`` opened messages, waiting at most ``timeout`` seconds for any.
 
-        Raises KeyServiceUnavailable (retryable) when keys cannot be had and nothing opened; the
-        records concerned go back to the group. Any other KeyServiceError (AccessDenied,
-        Refused, UntrustedResponse) puts back every record of this poll, releases the messages
-        already opened in it (so they open again) and is raised.
+        Raises KeyServiceUnavailable (or another retryable error) when keys cannot be had and
+        nothing opened; the records concerned go back to the group. A refusal of this reader
+        (AccessDenied: not granted, revoked; Refused, UntrustedResponse) puts back every record
+        of this poll, releases the messages already opened in it (so they open again) and is
+        raised; nothing is dead-lettered.
         """
         records = self._sub.poll(timeout, max_records)
         out: list[Delivery] = []
         for i, record in enumerate(records):
             try:
                 message = self.opener.open(self.topic, record.value)
-            except KeyServiceUnavailable:
+                try:
+                    check_bound_key(message.headers, record.key)
+                except InvalidEnvelope as exc:
+                    self.opener.release(message)
+                    self.opener.metrics.rejected(self.topic, exc.reason.value)
+                    raise
+            except SealedbusError as exc:
+                stop = reader_refusal(self.topic, exc)
+                if stop is None and isinstance(exc, InvalidEnvelope):
+                    if not is_duplicate(exc):
+                        self._dead_letter(record, exc)
+                    self._sub.ack(record)
+                    continue
                 for rest in records[i:]:
                     self._sub.nack(rest)
-                if out:
+                if stop is not None and stop.retryable and out:
                     return out
-                raise
-            except KeyServiceError:
+                if stop is None or stop.retryable:
+                    raise
                 for delivery in out:
                     self.opener.release(delivery.message)
                     self._sub.nack(delivery.record)
-                for rest in records[i:]:
-                    self._sub.nack(rest)
-                raise
-            except InvalidEnvelope as exc:
-                if not is_duplicate(exc):
-                    self._dead_letter(record, exc)
-                self._sub.ack(record)
-                continue
+                if stop is exc:
+                    raise
+                raise stop from exc
             out.append(Delivery(message, record))
         return out
 

@@ -7,7 +7,9 @@ consuming side opens each delivery for the sealing topic of the exchange it came
 envelope moved (re-published) to another exchange does not open there: it is dead-lettered.
 
 Properties: ``headers`` and ``content_type`` are sealed into the envelope and do not travel in
-clear; ``expiration`` also becomes the envelope's expiry. Every other property travels as given.
+clear; ``expiration`` also becomes the envelope's expiry. The routing key is sealed too and
+checked on delivery (a message the broker delivers under another routing key is refused). Every
+other property travels as given, unauthenticated.
 
 Signing: one Ed25519 signature per message by default. With ``linger`` > 0, publishes join the
 sealer's Merkle batch and go out together, in order, when it holds ``Sealer.batch_size`` messages,
@@ -19,8 +21,11 @@ fires while pika pumps events: ``process_data_events``, ``sleep``, consuming) or
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,15 +35,20 @@ import pika.exceptions
 
 from sealedbus.brokers._common import (
     SEALED_CONTENT_TYPE,
+    Undeliverable,
+    UndeliverablePolicy,
+    application_headers,
+    bind_key,
+    check_bound_key,
     check_headers,
     dead_letter_headers,
     is_duplicate,
+    reader_refusal,
 )
 from sealedbus.errors import (
     BrokerError,
     ConfigurationError,
     InvalidEnvelope,
-    KeyServiceError,
     SealedbusError,
 )
 from sealedbus.opener import OpenedMessage, Opener
@@ -71,18 +81,33 @@ class _Publish:
     routing_key: str
     properties: Any
     mandatory: bool
+    ref: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unpublished:
+    """A sealed message whose publish was not confirmed: where it was going, the application's
+    ``ref`` (what it passed to ``basic_publish(ref=...)``) and the sealed ``envelope``, to send
+    again with ``SealedChannel.republish`` (the same bytes: a consumer drops a second copy)."""
+
+    exchange: str
+    routing_key: str
+    ref: Any
+    envelope: bytes = dataclasses.field(repr=False)
+    properties: Any = dataclasses.field(repr=False, default=None)
+    mandatory: bool = False
 
 
 class BatchNotPublished(BrokerError):
-    """Part of a linger batch did not reach the broker. ``unpublished`` lists the
-    ``(exchange, routing_key)`` of each message not published, in order: first the one that
-    failed, then the rest of the batch. The channel keeps the rest (not the failed one when the
-    failure is not retryable, such as an unroutable ``mandatory`` message) and publishes it first
-    at the next ``basic_publish`` / ``flush()``."""
+    """A publish (or part of a linger batch) was not confirmed by the broker. ``unpublished``
+    lists each message not known published (``Unpublished``), in order: first the one that
+    failed, then the rest of the batch. It may have reached the broker all the same (a lost
+    confirm or connection): re-send it with ``republish(error.unpublished)`` on a new channel,
+    never by publishing the body again. With ``linger`` the channel also keeps the rest (not the
+    failed one when the failure is not retryable, such as an unroutable ``mandatory`` message)
+    and publishes it first at the next ``basic_publish`` / ``flush()``."""
 
-    def __init__(
-        self, message: str, *, retryable: bool, unpublished: list[tuple[str, str]]
-    ) -> None:
+    def __init__(self, message: str, *, retryable: bool, unpublished: list[Unpublished]) -> None:
         super().__init__(message, retryable=retryable)
         self.unpublished = unpublished
 
@@ -127,6 +152,7 @@ class SealedChannel:
         dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE,
         declare_dead_letter: bool = True,
         linger: float = 0.0,
+        undeliverable: UndeliverablePolicy | None = None,
     ) -> None:
         if linger < 0:
             raise ConfigurationError("linger must not be negative")
@@ -136,6 +162,9 @@ class SealedChannel:
         self.topics = dict(topics or {})
         self.dead_letter_exchange = dead_letter_exchange
         self.linger = linger
+        self.undeliverable = undeliverable or UndeliverablePolicy()
+        self.skipped = 0  # refused messages whose dead letter could not be delivered (policy)
+        self._dead_letter_failures: OrderedDict[bytes, int] = OrderedDict()
         self._batch_started: float | None = None  # monotonic time of the open batch's first one
         self._timer_armed = False
         self._unacked: dict[int, OpenedMessage] = {}
@@ -172,13 +201,16 @@ class SealedChannel:
         body: bytes,
         properties: Any = None,
         mandatory: bool = False,
+        *,
+        ref: Any = None,
     ) -> None:
         """Seal ``body`` for the exchange's topic and publish it, as pika's ``basic_publish``.
 
         Raises AccessDenied or UnknownTopic (not a producer), KeyServiceUnavailable, or
-        BrokerError (with confirms: NackError is retryable, UnroutableError is not). With
-        ``linger`` the message may wait for its batch; a failure then is a ``BatchNotPublished``
-        naming what was not published; the channel keeps the rest of the batch and publishes it
+        ``BatchNotPublished`` (a BrokerError; with confirms: a nack or a lost connection is
+        retryable, UnroutableError is not) whose ``unpublished`` holds the sealed message with
+        ``ref`` (the application's message or id) for ``republish``. With ``linger`` the message
+        may wait for its batch; the channel keeps the rest of a failed batch and publishes it
         first at the next ``basic_publish`` or ``flush()``.
         """
         if self.sealer is None:
@@ -191,16 +223,16 @@ class SealedChannel:
                 ttl = int(props.expiration) / 1000
             except ValueError:
                 raise ConfigurationError("expiration must be milliseconds as a string") from None
-        headers = check_headers(props.headers)
+        headers = bind_key(routing_key.encode(), check_headers(props.headers))
         content_type = props.content_type or ""
         props.headers = None
         props.content_type = SEALED_CONTENT_TYPE
+        to = _Publish(exchange, routing_key, props, mandatory, ref)
         if not self.linger:
             data = self.sealer.seal(
                 topic, body, headers=headers, content_type=content_type, ttl=ttl
             )
-            with translate_errors(f"publishing to {exchange!r}"):
-                self.channel.basic_publish(exchange, routing_key, data, props, mandatory)
+            self._publish_sealed([Sealed(topic, data, to)], keep=False)
             return
         ready = self.sealer.add(
             topic,
@@ -208,7 +240,7 @@ class SealedChannel:
             headers=headers,
             content_type=content_type,
             ttl=ttl,
-            context=_Publish(exchange, routing_key, props, mandatory),
+            context=to,
         )
         if not ready:
             now = time.monotonic()
@@ -227,9 +259,27 @@ class SealedChannel:
             self._publish_batch(self.sealer.flush())
 
     @property
-    def unpublished(self) -> list[tuple[str, str]]:
-        """``(exchange, routing_key)`` of signed messages an earlier failure left unsent."""
-        return [_destination(s) for s in self._unsent]
+    def unpublished(self) -> list[Unpublished]:
+        """Signed messages an earlier failure left unsent (published first at the next
+        ``basic_publish`` / ``flush()``)."""
+        return [_unpublished(s) for s in self._unsent]
+
+    def republish(self, unpublished: Iterable[Unpublished]) -> None:
+        """Publish the same sealed bytes again (from a ``BatchNotPublished`` of this or another,
+        broken, channel), in order. Whatever reached the broker the first time is dropped as a
+        duplicate by consumers; nothing is sealed again. Raises ``BatchNotPublished`` with what is
+        left when a publish fails again."""
+        self._publish_sealed(
+            [
+                Sealed(
+                    self.topic_of(u.exchange),
+                    u.envelope,
+                    _Publish(u.exchange, u.routing_key, u.properties, u.mandatory, u.ref),
+                )
+                for u in unpublished
+            ],
+            keep=False,
+        )
 
     def _arm_timer(self) -> None:
         if self._timer_armed:
@@ -256,6 +306,11 @@ class SealedChannel:
             if not isinstance(sealed.context, _Publish):
                 raise ConfigurationError("the sealer's batch holds another adapter's messages")
         todo, self._unsent = [*self._unsent, *batch], []
+        self._publish_sealed(todo, keep=True)
+
+    def _publish_sealed(self, todo: list[Sealed], *, keep: bool) -> None:
+        """Publish sealed messages in order; at the first failure raise BatchNotPublished with
+        it and the rest (and, with ``keep``, keep them for the next publish or flush)."""
         for i, sealed in enumerate(todo):
             to = sealed.context
             try:
@@ -264,12 +319,13 @@ class SealedChannel:
                         to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
                     )
             except BrokerError as exc:
-                self._unsent = todo[i:] if exc.retryable else todo[i + 1 :]
+                if keep:
+                    self._unsent = todo[i:] if exc.retryable else todo[i + 1 :]
+                kept = f" ({len(self._unsent)} kept for the next publish or flush)"
                 raise BatchNotPublished(
-                    f"{exc}; {len(todo) - i} message(s) of the batch not published "
-                    f"({len(self._unsent)} kept for the next publish or flush)",
+                    f"{exc}; {len(todo) - i} message(s) not known published{kept if keep else ''}",
                     retryable=exc.retryable,
-                    unpublished=[_destination(s) for s in todo[i:]],
+                    unpublished=[_unpublished(s) for s in todo[i:]],
                 ) from exc.__cause__
 
     # -- consuming ----------------------------------------------------------------------------
@@ -408,7 +464,7 @@ class SealedChannel:
                         f"the channel is closed: {len(left) + self.sealer.pending} sealed "
                         "message(s) not published",
                         retryable=True,
-                        unpublished=[_destination(s) for s in left],
+                        unpublished=[_unpublished(s) for s in left],
                     )
                 self._unsent = []
         if self.opener is not None:
@@ -447,18 +503,30 @@ class SealedChannel:
         topic = self.topics.get(method.exchange, method.exchange)
         try:
             message = opener.open(topic, body)
-        except KeyServiceError:  # unavailable, refused, untrusted answer: not the message's fault
-            if not auto_ack:
-                with translate_errors("requeueing while keys cannot be had"):
-                    self.channel.basic_nack(tag, requeue=True)
-            raise
-        except InvalidEnvelope as exc:
+            try:
+                check_bound_key(message.headers, method.routing_key)
+            except InvalidEnvelope as exc:
+                opener.release(message)
+                opener.metrics.rejected(topic, exc.reason.value)
+                raise
+        except SealedbusError as exc:
+            stop = reader_refusal(topic, exc)
+            if stop is not None:  # this reader may not read, or not now: not the message's fault
+                if not auto_ack:
+                    with translate_errors("requeueing a message this reader cannot open now"):
+                        self.channel.basic_nack(tag, requeue=True)
+                if stop is exc:
+                    raise
+                raise stop from exc
+            if not isinstance(exc, InvalidEnvelope):
+                raise
             if not is_duplicate(exc):
                 self._dead_letter(topic, method, properties, body, exc, auto_ack)
             if not auto_ack:
                 with translate_errors("acknowledging a refused message"):
                     self.channel.basic_ack(tag)
             return None
+        message = dataclasses.replace(message, headers=application_headers(message.headers))
         if not auto_ack:
             self._unacked[tag] = message
         return message
@@ -472,6 +540,9 @@ class SealedChannel:
         exc: InvalidEnvelope,
         auto_ack: bool,
     ) -> None:
+        """Publish the dead letter. When that fails, the message goes back to the queue for
+        another try and the error is raised; after ``undeliverable.attempts`` failed tries of one
+        message (or at once with ``auto_ack``), it is parked and skipped (acknowledged)."""
         props = copy.copy(properties) if properties is not None else pika.BasicProperties()
         props.headers = {
             **(props.headers or {}),
@@ -486,17 +557,36 @@ class SealedChannel:
                 self._dead_letter_channel.basic_publish(
                     self.dead_letter_exchange, method.routing_key, body, props, mandatory=True
                 )
-        except BrokerError:
-            if not auto_ack:  # not lost: back to the queue, and the caller learns why
-                with translate_errors("requeueing after failed dead-lettering"):
-                    self.channel.basic_nack(method.delivery_tag, requeue=True)
-            raise
+        except BrokerError as error:
+            digest = hashlib.sha256(body).digest()
+            failures = self._dead_letter_failures.pop(digest, 0) + 1
+            if failures >= self.undeliverable.attempts or auto_ack:
+                self.undeliverable.give_up(
+                    Undeliverable(
+                        topic,
+                        f"exchange {method.exchange!r} routing key {method.routing_key!r}",
+                        body,
+                        exc.reason.value,
+                        str(error),
+                    )
+                )
+                self.skipped += 1
+                return
+            self._dead_letter_failures[digest] = failures
+            if len(self._dead_letter_failures) > 10_000:
+                self._dead_letter_failures.popitem(last=False)
+            with translate_errors("requeueing after failed dead-lettering"):
+                self.channel.basic_nack(method.delivery_tag, requeue=True)
+            raise self.undeliverable.retrying(error, failures) from error  # back in the queue
+        self._dead_letter_failures.pop(hashlib.sha256(body).digest(), None)
         if self.opener is not None:
             self.opener.metrics.dead_lettered(topic, exc.reason.value)
 
 
-def _destination(sealed: Sealed) -> tuple[str, str]:
+def _unpublished(sealed: Sealed) -> Unpublished:
     to = sealed.context
     if not isinstance(to, _Publish):
         raise ConfigurationError("the sealer's batch holds another adapter's messages")
-    return to.exchange, to.routing_key
+    return Unpublished(
+        to.exchange, to.routing_key, to.ref, sealed.envelope, to.properties, to.mandatory
+    )

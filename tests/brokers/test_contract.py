@@ -116,16 +116,27 @@ class TestContract:
         expected = Reason.BAD_SIGNATURE if allowed_on_both else Reason.SENDER_NOT_ALLOWED
         assert reasons == [expected.value]
 
-    def test_consumer_without_grant_gets_nothing(self, world: World) -> None:
-        world.sender().send(b"not for you", key=KEY)
+    def test_consumer_without_grant_leaves_every_message_for_the_right_one(
+        self, world: World
+    ) -> None:
+        """Issue 15: a wrong key file must not drain the queue into the dead letters."""
+        sender = world.sender()
+        for i in range(5):
+            sender.send(f"{i}".encode(), key=KEY)
         outsider = world.keys.enroll("outsider")
         from sealedbus.opener import Opener
 
         receiver = world.receiver(Opener(outsider, metrics=world.metrics))
         deadline = time.monotonic() + WAIT
-        while not world.driver.dead_letters(world.topic) and time.monotonic() < deadline:
-            assert receiver.poll_once() == []
-        assert [r for r, _ in world.driver.dead_letters(world.topic)] == [Reason.NOT_GRANTED.value]
+        with pytest.raises(AccessDenied) as denied:
+            while time.monotonic() < deadline:
+                assert receiver.poll_once() == []
+        assert "may not read" in str(denied.value)
+        receiver.close()
+        assert world.driver.dead_letters(world.topic) == []
+        got = world.receiver().take(5)
+        assert sorted(g.body for g in got) == [f"{i}".encode() for i in range(5)]
+        assert world.driver.dead_letters(world.topic) == []
 
     def test_producer_without_grant_cannot_send(self, world: World) -> None:
         outsider = world.keys.enroll("outsider")

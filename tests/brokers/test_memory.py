@@ -142,3 +142,31 @@ def test_other_key_service_errors_mid_poll_lose_nothing(world: World, error: Exc
     assert sorted(d.value for d in got) == [b"m0", b"m1", b"m2", b"m3"]
     assert world.metrics.rejections() == {}
     assert bus_of(world).lag(world.topic, "g") == 4  # all in flight, none lost
+
+
+def test_a_record_key_moved_or_stripped_by_the_broker_is_refused() -> None:
+    """Issue 8.5: the record key is sealed and checked; what is not is called broker_key."""
+    from sealedbus import LocalKeyService, Reason, Sealer
+
+    keys = LocalKeyService()
+    producer, consumer = keys.enroll("p"), keys.enroll("c")
+    keys.create_topic("t", producers=["p"], consumers=["c"])
+    bus = MemoryBus()
+    MemoryProducer(bus, Sealer(producer)).send("t", b"alice's", key=b"alice")
+    MemoryProducer(bus, Sealer(producer)).send("t", b"keyless")
+    [alice, keyless] = bus.records("t")
+
+    def deliver(value: bytes, key: bytes | None) -> list[tuple[bytes, Any, Any]] | str:
+        """What a fresh consumer makes of one record the broker shows with ``key``."""
+        other = MemoryBus()
+        other.publish("t", value, key=key)
+        got = MemoryConsumer(other, Opener(consumer), "t", "g").poll()
+        dead = [r.headers["x-sealedbus-reason"].decode() for r in other.records("t.dlq")]
+        return [(d.value, d.key, d.broker_key) for d in got] or "".join(dead)
+
+    assert deliver(alice.value, b"alice") == [(b"alice's", b"alice", b"alice")]
+    assert deliver(alice.value, b"bob") == Reason.BAD_SIGNATURE.value  # moved to another key
+    assert deliver(alice.value, None) == Reason.BAD_SIGNATURE.value  # key stripped
+    assert deliver(keyless.value, None) == [(b"keyless", None, None)]
+    # a key added to a keyless record: shown as broker_key only, never as the sealed key
+    assert deliver(keyless.value, b"mallory") == [(b"keyless", None, b"mallory")]

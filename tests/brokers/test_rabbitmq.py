@@ -12,7 +12,7 @@ import pika.exceptions
 import pytest
 
 from sealedbus.brokers._common import SEALED_CONTENT_TYPE
-from sealedbus.brokers.rabbitmq import BatchNotPublished, SealedChannel
+from sealedbus.brokers.rabbitmq import BatchNotPublished, SealedChannel, Unpublished
 from sealedbus.core import wire
 from sealedbus.errors import (
     AccessDenied,
@@ -296,6 +296,10 @@ def test_broker_restart_mid_stream_loses_nothing_and_repeats_nothing(
     assert set(rejected) == {Reason.DUPLICATE.value} and rejected[Reason.DUPLICATE.value] >= 20
 
 
+def where(unpublished: list[Unpublished]) -> list[tuple[str, str]]:
+    return [(u.exchange, u.routing_key) for u in unpublished]
+
+
 def batch_producer(world: World, connection: Any, batch_size: int, linger: float) -> SealedChannel:
     return SealedChannel(
         connection.channel(), sealer=world.sealer(batch_size=batch_size), linger=linger
@@ -407,9 +411,13 @@ def test_a_failed_batch_member_does_not_drop_the_rest(world: World, connect: Any
     pub.basic_publish(world.topic, "", b"a2")
     with pytest.raises(BatchNotPublished) as raised:
         pub.basic_publish(world.topic, "", b"a3")  # fills the batch
-    assert raised.value.unpublished == [(nowhere, "nowhere"), (world.topic, ""), (world.topic, "")]
+    assert where(raised.value.unpublished) == [
+        (nowhere, "nowhere"),
+        (world.topic, ""),
+        (world.topic, ""),
+    ]
     assert not raised.value.retryable  # the unroutable one is given up...
-    assert pub.unpublished == [(world.topic, ""), (world.topic, "")]  # ...the rest kept
+    assert where(pub.unpublished) == [(world.topic, ""), (world.topic, "")]  # ...the rest kept
     pub.flush()
     assert pub.unpublished == []
     sub = consumer(world, connection)
@@ -424,7 +432,7 @@ def test_close_refuses_to_drop_sealed_messages_it_cannot_publish(
     pub.channel.close()
     with pytest.raises(BatchNotPublished) as raised:
         pub.close()
-    assert raised.value.unpublished == [(world.topic, "")]
+    assert where(raised.value.unpublished) == [(world.topic, "")]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 
 from sealedbus import AccessDenied, LocalKeyService, Opener, Reason
 from sealedbus.core import wire
-from sealedbus.errors import ConfigurationError, UnknownTopic
+from sealedbus.errors import ConfigurationError, DuplicateEnvelope, UnknownTopic
 
 from ._support import Clock, World, reencode, rejected
 
@@ -304,3 +304,41 @@ def test_bad_opener_settings_raise_configuration_error(kwargs: dict[str, object]
     ks = LocalKeyService()
     with pytest.raises(ConfigurationError):
         Opener(ks.enroll("c"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_partition_scopes_accept_a_backlog_read_partition_by_partition() -> None:
+    """Issue 9.1: sequence 4,999 of one partition before sequence 10 of another is fine."""
+    from sealedbus.sealer import Sealer
+
+    keys = LocalKeyService()
+    producer, consumer = keys.enroll("p"), keys.enroll("c")
+    keys.create_topic("t", producers=["p"], consumers=["c"])
+    sealer = Sealer(producer, batch_size=64)
+    envelopes = [sealer.seal("t", f"{i}".encode()) for i in range(300)]
+    opener = Opener(consumer, replay_window=16)
+    parts = {p: envelopes[p::3] for p in range(3)}
+    opened = [opener.open("t", e, p).body for p in (2, 0, 1) for e in parts[p]]
+    assert sorted(int(b) for b in opened) == list(range(300))
+    shared = Opener(consumer, replay_window=16)  # without scopes: the old behaviour
+    with pytest.raises(DuplicateEnvelope):
+        for p in (2, 0, 1):
+            for e in parts[p]:
+                shared.open("t", e)
+
+
+def test_restored_replay_state_drops_replays_after_a_restart() -> None:
+    from sealedbus.sealer import Sealer
+
+    keys = LocalKeyService()
+    producer, consumer = keys.enroll("p"), keys.enroll("c")
+    keys.create_topic("t", producers=["p"], consumers=["c"])
+    sealer = Sealer(producer)
+    envelopes = [sealer.seal("t", f"{i}".encode()) for i in range(5)]
+    first = Opener(consumer)
+    last = [first.open("t", e, 0) for e in envelopes[:4]][-1]
+    restarted = Opener(consumer)
+    restarted.restore_replay("t", 0, {last.replay_digest: last.sequence})
+    with pytest.raises(DuplicateEnvelope):
+        restarted.open("t", envelopes[1], 0)
+    assert restarted.open("t", envelopes[4], 0).body == b"4"
+    assert restarted.open("t", envelopes[1], 1).body == b"1"  # state is per partition

@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "InvalidEnvelope",
     "KeyServiceUnavailable",
     "KeySource",
+    "KeyTokenizer",
     "LocalKeyService",
     "MemoryBus",
     "OpenedMessage",
@@ -28,6 +29,7 @@ EXPECTED_ALL = [
     "Sealed",
     "SealedbusError",
     "Sealer",
+    "UndeliverablePolicy",
 ]
 
 

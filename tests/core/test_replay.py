@@ -121,3 +121,55 @@ def test_a_flooding_sender_evicts_only_its_own_windows() -> None:
 def test_guard_rejects_nonsense_limits(window: int, sessions: int) -> None:
     with pytest.raises(ValueError):
         ReplayGuard(window, sessions)
+
+
+def test_scopes_keep_their_own_windows() -> None:
+    """Issue 9.1: one partition's backlog must not make another's messages too old."""
+    g = ReplayGuard(window=8)
+    for seq in range(0, 300, 3):  # partition 0 of a session, read first
+        assert g.check("s", b"a", seq, scope=0) is Seen.NEW
+        g.mark("s", b"a", seq, scope=0)
+    for seq in range(1, 300, 3):  # then partition 1, far behind
+        assert g.check("s", b"a", seq, scope=1) is Seen.NEW
+        g.mark("s", b"a", seq, scope=1)
+    assert g.check("s", b"a", 298, scope=1) is Seen.DUPLICATE
+    assert g.check("s", b"a", 1, scope=1) is Seen.TOO_OLD  # within its own scope
+
+
+def test_a_copy_moved_to_another_scope_is_a_duplicate() -> None:
+    g = ReplayGuard(window=8)
+    g.mark("s", b"a", 10, scope=0)
+    assert g.check("s", b"a", 10, scope=1) is Seen.DUPLICATE
+    assert g.check("s", b"a", 11, scope=1) is Seen.NEW
+    g.unmark("s", b"a", 10, scope=0)  # given back: its redelivery is accepted anywhere
+    assert g.check("s", b"a", 10, scope=1) is Seen.NEW
+
+
+def test_a_floor_counts_what_was_handled_before_a_restart() -> None:
+    g = ReplayGuard(window=8)
+    assert g.check("s", b"a", 20, scope=0, floor=20) is Seen.DUPLICATE
+    assert g.check("s", b"a", 13, scope=0, floor=20) is Seen.DUPLICATE
+    assert g.check("s", b"a", 12, scope=0, floor=20) is Seen.TOO_OLD
+    assert g.check("s", b"a", 21, scope=0, floor=20) is Seen.NEW
+    g.mark("s", b"a", 21, scope=0, floor=20)
+    assert g.check("s", b"a", 19, scope=0) is Seen.DUPLICATE  # the floor stays with the window
+    # another scope's floor is not exact: it never makes this scope's message a duplicate
+    assert g.check("s", b"a", 15, scope=1) is Seen.NEW
+
+
+def test_a_floor_lifts_a_window_that_fell_behind() -> None:
+    """A partition that came back after another member read on: what it committed counts."""
+    g = ReplayGuard(window=8)
+    g.mark("s", b"a", 5, scope=0)
+    assert g.check("s", b"a", 30, scope=0, floor=30) is Seen.DUPLICATE
+    assert g.check("s", b"a", 31, scope=0) is Seen.NEW
+    assert g.check("s", b"a", 5, scope=0) is Seen.TOO_OLD
+
+
+def test_the_cross_scope_check_costs_one_window_whatever_the_partitions() -> None:
+    g = ReplayGuard(window=128, max_sessions=1000)
+    for p in range(64):
+        g.mark("s", b"a", p, scope=p)
+    assert g.check("s", b"a", 3, scope=40) is Seen.DUPLICATE  # opened in partition 3
+    assert g.check("s", b"a", 64, scope=40) is Seen.NEW
+    assert g._count == 65  # a window per partition, and one over all of them
