@@ -18,13 +18,19 @@ from kafka import KafkaProducer, TopicPartition
 
 from sealedbus.brokers._common import UndeliverablePolicy
 from sealedbus.brokers.kafka import SealedFuture, SealedKafkaConsumer, SealedKafkaProducer
-from sealedbus.core.signed import Certificate
 from sealedbus.errors import AccessDenied, BrokerError, KeyServiceUnavailable, Reason
-from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.conftest import World, make_world
-from tests.brokers.drivers import WAIT, Driver, KafkaDriver, KafkaReceiver, kafka_consumer, unique
+from tests.brokers.drivers import (
+    WAIT,
+    Driver,
+    KafkaDriver,
+    KafkaReceiver,
+    OutageKeys,
+    kafka_consumer,
+    unique,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -282,38 +288,6 @@ def test_replay_state_fits_the_offset_metadata_limit() -> None:
 
 
 # -- issue 9.3: one record must not stall the consumer ------------------------------------------
-
-
-class OutageKeys:
-    """The consumer's key source while the KDS is down: what is cached keeps working, anything
-    new raises KeyServiceUnavailable (as KeyServiceClient does past its caches)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.down = False
-        self.certs: set[bytes] = set()
-        self.epochs: set[tuple[str, int]] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def member(self) -> str:
-        return str(self.inner.member)
-
-    def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
-        if self.down and cert_id not in self.certs:
-            raise KeyServiceUnavailable("the key service is down")
-        self.certs.add(cert_id)
-        cert: Certificate | None = self.inner.sender_certificate(cert_id, now_ms)
-        return cert
-
-    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
-        if self.down and (topic, epoch) not in self.epochs:
-            raise KeyServiceUnavailable("the key service is down")
-        self.epochs.add((topic, epoch))
-        keys: EpochKeys = self.inner.epoch_keys(topic, epoch, now_ms)
-        return keys
 
 
 @pytest.mark.slow

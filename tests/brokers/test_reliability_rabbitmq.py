@@ -21,10 +21,9 @@ from sealedbus.errors import BrokerError, KeyServiceUnavailable, Reason
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.conftest import World, make_world
-from tests.brokers.drivers import WAIT, Driver
+from tests.brokers.drivers import WAIT, Driver, OutageKeys
 from tests.brokers.faults import CutProxy
 from tests.brokers.test_rabbitmq import consumer, producer, queued
-from tests.brokers.test_reliability_kafka import OutageKeys
 
 pytestmark = pytest.mark.rabbitmq
 
