@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,21 @@ def test_each_public_name_imports(name: str) -> None:
     namespace: dict[str, object] = {}
     exec(f"from sealedbus import {name}", namespace)  # noqa: S102 - the import statement itself
     assert namespace[name] is getattr(sealedbus, name)
+
+
+def test_importing_the_core_loads_no_adapter_kds_or_metrics_backend() -> None:
+    """The core stays pure when imported, not only in source: the package exports are lazy."""
+    code = (
+        "import sys, sealedbus.core.wire, sealedbus.core.envelope\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('sealedbus.brokers', "
+        "'sealedbus.kds', 'sealedbus.ops', 'sealedbus.keys', 'sealedbus.opener', "
+        "'sealedbus.sealer', 'prometheus_client', 'pika', 'kafka', 'fastapi', 'httpx')))\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(  # noqa: S603 - fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_version() -> None:
