@@ -63,11 +63,13 @@ _last_step: dict[Path, int] = {}
 
 def totp_code(data: Path) -> str:
     """A code the KDS has not accepted yet: it takes each time step once, with one step of drift
-    either way, so this hands out the previous, current and next step, then waits for more."""
+    either way, so this hands out the current and next step, then waits for more. Never the
+    previous step: the CLI process that sends it starts a few seconds later on a loaded machine,
+    and a step boundary in between would make that code two steps old (bad_totp)."""
     uri = (data / "admin.totp").read_text().strip()
     secret = parse_qs(urlsplit(uri).query)["secret"][0]
     secret_bytes = b32decode(secret + "=" * (-len(secret) % 8))
-    step = max(_last_step.get(data, 0) + 1, int(time.time()) // auth.TOTP_STEP - 1)
+    step = max(_last_step.get(data, 0) + 1, int(time.time()) // auth.TOTP_STEP)
     while step > int(time.time()) // auth.TOTP_STEP + 1:
         time.sleep(0.2)
     _last_step[data] = step
