@@ -15,7 +15,15 @@ from sealedbus.core.suites import Suite
 from sealedbus.errors import InvalidEnvelope
 from sealedbus.keys import authority
 from sealedbus.opener import Opener
-from tests.vectors.generate import CASES, T0_MS, VectorKeys, _schedule_values, seal_case, seed
+from tests.vectors.generate import (
+    CASES,
+    REVOCATIONS,
+    T0_MS,
+    VectorKeys,
+    _schedule_values,
+    seal_case,
+    seed,
+)
 
 VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors/envelopes.json").read_text())
 NEGATIVE: list[dict[str, str]] = json.loads(
@@ -104,10 +112,12 @@ def test_grant_and_topic_key_vectors_open_with_the_consumer_key() -> None:
 
 def test_revocation_list_vector() -> None:
     keys = VectorKeys()
-    expected = RevocationList(T0_MS, 3, (keys.cert.cert_id,), ("mallory",))
-    assert expected.sign(keys.root).hex() == OBJECTS["revocation_list"]
+    assert REVOCATIONS.sign(keys.root).hex() == OBJECTS["revocation_list"]
     got = RevocationList.verify(bytes.fromhex(OBJECTS["revocation_list"]), keys.root.public_key())
-    assert got.revokes(keys.cert)
+    assert got == REVOCATIONS
+    assert not got.revokes(keys.cert, T0_MS)  # retired from T0 + 1 s: earlier envelopes open
+    assert got.revokes(keys.cert, T0_MS + 1000)
+    assert got.withdraws(keys.cert, "payments") and not got.withdraws(keys.cert, "orders")
 
 
 def test_hybrid_suite_vector_opens() -> None:

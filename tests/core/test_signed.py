@@ -42,7 +42,7 @@ CERT = Certificate(
 )
 EPOCH = EpochDescription("a", 4, Suite.X25519, b"\x05" * 32, 10, 20, 30)
 GRANT = Grant("a", 4, "svc", EPOCH.digest, b"\x06" * 80)
-REVOCATIONS = RevocationList(7, 8, (b"\x09" * 16,), ("bad",))
+REVOCATIONS = RevocationList(7, 8, (("bad", 9, 0),), (("svc", "b", 3),))
 OBJECTS: list[Any] = [CERT, EPOCH, GRANT, REVOCATIONS]
 IDS = ["certificate", "epoch", "grant", "revocations"]
 
@@ -142,10 +142,24 @@ def test_fingerprint() -> None:
     assert len(signed.fingerprint(b"k")) == len("sha256:") + 64
 
 
-def test_revocation_list_revokes_by_id_and_member() -> None:
-    assert not REVOCATIONS.revokes(CERT)
-    assert RevocationList(0, 1, (CERT.cert_id,), ()).revokes(CERT)
-    assert RevocationList(0, 1, (), ("svc",)).revokes(CERT)
+def test_revocation_list_revokes_by_member_and_serial() -> None:
+    assert not REVOCATIONS.revokes(CERT, 0)
+    assert RevocationList(0, 1, (("svc", 3, 0),)).revokes(CERT, 0)  # compromise: any time
+    assert RevocationList(0, 1, (("svc", 3, 0),)).revokes(CERT, 1 << 50)
+    assert not RevocationList(0, 1, (("svc", 2, 0),)).revokes(CERT, 0)  # later certificate
+    assert not RevocationList(0, 1, (("other", 3, 0),)).revokes(CERT, 0)
+
+
+def test_retirement_refuses_only_envelopes_sent_from_its_time() -> None:
+    retired = RevocationList(0, 1, (("svc", 3, 500),))
+    assert not retired.revokes(CERT, 499)
+    assert retired.revokes(CERT, 500)
+
+
+def test_withdrawal_is_per_topic_up_to_a_serial() -> None:
+    assert REVOCATIONS.withdraws(CERT, "b")
+    assert not REVOCATIONS.withdraws(CERT, "a")
+    assert not RevocationList(0, 1, (), (("svc", "b", 2),)).withdraws(CERT, "b")
 
 
 def test_grant_bound_to_epoch_and_member() -> None:

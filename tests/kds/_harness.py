@@ -52,6 +52,13 @@ class AsgiTransport(httpx.BaseTransport):
         self._loop.close()
 
 
+def settle() -> None:
+    """Wait for the clients' background refreshes and prefetches (they run off the hot path)."""
+    for thread in threading.enumerate():
+        if thread.name in ("kds-refresh", "kds-prefetch"):
+            thread.join()
+
+
 def http_client(app: FastAPI) -> httpx.Client:
     return httpx.Client(transport=AsgiTransport(app), base_url="http://testserver")
 

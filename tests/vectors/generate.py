@@ -27,6 +27,14 @@ from sealedbus.sealer import Sealer
 
 HERE = Path(__file__).parent
 T0_MS = 1_790_000_000_000  # 2026-09-21T12:53:20Z
+# mallory's certificates up to serial 9 revoked for key compromise; orders-api's up to serial 1
+# retired from T0 + 1 s; orders-api's up to serial 1 withdrawn from "payments"
+REVOCATIONS = RevocationList(
+    T0_MS,
+    3,
+    (("mallory", 9, 0), ("orders-api", 1, T0_MS + 1000)),
+    (("orders-api", "payments", 1),),
+)
 
 
 def seed(label: str, n: int = 32) -> bytes:
@@ -63,7 +71,7 @@ class VectorKeys:
         self.description, self.epoch = authority.new_epoch(
             policy, 7, T0_MS - 60_000, seed("epoch", suite.seed_len)
         )
-        self.revoked = RevocationList(T0_MS, 1, (), ())
+        self.revoked = RevocationList(T0_MS, 1)
 
     @property
     def member(self) -> str:
@@ -236,7 +244,7 @@ def objects() -> dict[str, Any]:
         86_400_000,
         2,
     )
-    revocations = RevocationList(T0_MS, 3, (keys.cert.cert_id,), ("mallory",))
+    revocations = REVOCATIONS
     return {
         "description": "authority objects and hybrid-suite envelopes (SPEC.md sections 4.2, 6)",
         "consumer_receive_private": consumer.private.hex(),
