@@ -81,8 +81,13 @@ class _Cache(Generic[K, V]):
         with self._lock:
             self._d.pop(key, None)
 
+    def drop_if(self, stale: Callable[[V], bool]) -> None:
+        with self._lock:
+            self._d = {k: v for k, v in self._d.items() if not stale(v)}
+
 
 _SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
+_SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped, used or not
 
 
 @dataclass(slots=True)
@@ -135,6 +140,7 @@ class Opener:
         self._trees = merkle.VerifiedTrees()
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
         self._revocation_list: tuple[RevocationList, int] | None = None
+        self._next_sweep_ms = 0
 
     def open(self, topic: str, data: bytes) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
@@ -268,6 +274,9 @@ class Opener:
         held = self._revocation_list
         if held is None or now - held[1] >= self._check_ms:
             held = self._revocation_list = (self.keys.revocations(now), now)
+            if now >= self._next_sweep_ms:  # session keys of destroyed epochs go too
+                self._next_sweep_ms = now + _SWEEP_MS
+                self._sessions.drop_if(lambda cached: now >= cached[1].destroy_after_ms)
         return held[0]
 
     def _session(

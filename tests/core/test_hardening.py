@@ -124,3 +124,13 @@ def test_topic_max_age_is_validated() -> None:
     with pytest.raises(ValueError, match="maximum message age"):
         authority.TopicPolicy("t", frozenset(), frozenset(), max_age_ms=10)
     assert authority.TopicPolicy("t", frozenset(), frozenset(), max_age_ms=0).max_age_ms == 0
+
+
+def test_session_keys_of_destroyed_epochs_leave_the_opener_unused(world: World) -> None:
+    """Destroyed epochs' session keys stayed in the opener's cache until next used."""
+    opener = world.opener()
+    opener.open("orders", world.sealer().seal("orders", b"x"))
+    assert len(opener._sessions._d) == 1
+    world.clock.advance(8 * 86_400 + 120)  # past rotation + retention
+    opener.open("mirror", world.sealer().seal("mirror", b"a new epoch on another topic"))
+    assert [key[0] for key in opener._sessions._d] == ["mirror"]
