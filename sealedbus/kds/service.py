@@ -26,6 +26,7 @@ from sealedbus.core.signed import (
     EpochDescription,
     RevocationList,
     SealingEpochAnswer,
+    SignatureError,
 )
 from sealedbus.core.suites import Suite
 from sealedbus.kds import audit, auth
@@ -906,7 +907,43 @@ class KeyDistributionService:
         ).scalar()
         if signed is None:
             return RevocationList(0, 0)
-        return RevocationList.verify(signed, self.root_public)
+        try:
+            return RevocationList.verify(signed, self.root_public)
+        except SignatureError:
+            return self._legacy_revocations(conn, signed)
+
+    def _legacy_revocations(self, conn: Connection, signed: bytes) -> RevocationList:
+        """A list stored before revocation by member and serial (its fields: certificate ids,
+        members, withdrawn (certificate id, topic) pairs), as entries of today's form; all for
+        key compromise, as revocation then was. Raises SignatureError if it is not one."""
+        try:
+            body, signature = msgpack.unpackb(signed, raw=False)
+            self.root_public.verify(signature, RevocationList.LABEL + body)
+            _, at, serial, ids, names, withdrawn = msgpack.unpackb(body, raw=False)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise SignatureError("stored revocation list does not verify") from exc
+        wanted = [bytes(i) for i in ids] + [bytes(c) for c, _ in withdrawn]
+        certs = {
+            bytes(r.cert_id): (r.member, r.serial)
+            for r in conn.execute(
+                select(certificates.c.cert_id, certificates.c.member, certificates.c.serial).where(
+                    certificates.c.cert_id.in_(wanted)
+                )
+            )
+        }
+        head = conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one()
+        new = RevocationList(at, serial)
+        for name in names:
+            new = authority.revoke(new, name, head, at, compromised=True)
+        for cert_id in map(bytes, ids):
+            if cert_id in certs:
+                member, up_to = certs[cert_id]
+                new = authority.revoke(new, member, up_to, at, compromised=True)
+        for cert_id, topic in withdrawn:
+            if bytes(cert_id) in certs:
+                member, up_to = certs[bytes(cert_id)]
+                new = authority.withdraw(new, member, topic, up_to, at)
+        return new
 
     def _store_revocations(
         self, conn: Connection, old: RevocationList, new: RevocationList

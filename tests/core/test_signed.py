@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -229,3 +230,19 @@ def test_topic_key_grant_binds_topic_and_member_and_root() -> None:
     for args in refused:
         with pytest.raises(authority.GrantError):
             authority.open_topic_key(*args)
+
+
+def test_an_epoch_description_signed_before_max_age_existed_still_verifies() -> None:
+    """KDS databases hold descriptions of seven fields; they carry no maximum age (0)."""
+    root = Ed25519PrivateKey.generate()
+    body = msgpack.packb([1, "a", 4, 1, b"\x05" * 32, 10, 20, 30], use_bin_type=True)
+    signed = msgpack.packb([body, root.sign(EpochDescription.LABEL + body)], use_bin_type=True)
+    old = EpochDescription.verify(signed, root.public_key())
+    assert (old.max_age_ms, old.destroy_after_ms) == (0, 30)
+    assert old.digest == hashlib.sha256(body).digest()  # over the bytes that were signed
+    with pytest.raises(SignatureError):
+        bad = msgpack.packb([1, "a", 4, 1, b"\x05" * 32, 10, 20, 30, -1], use_bin_type=True)
+        EpochDescription.verify(
+            msgpack.packb([bad, root.sign(EpochDescription.LABEL + bad)], use_bin_type=True),
+            root.public_key(),
+        )

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 from sqlalchemy import func, insert, select, update
 
@@ -389,3 +390,27 @@ def test_an_epoch_that_starts_while_the_request_is_in_flight_is_accepted(kds: Kd
     description = client.sealing_epoch("orders", kds.clock_ms())
     assert description.epoch == 1
     settle()
+
+
+def test_a_revocation_list_stored_in_the_old_format_still_revokes(kds: Kds) -> None:
+    """A database written before revocation by serial holds a list of certificate ids: it
+    must keep refusing what it refused, not make every revocation call fail."""
+    kds.admin.create_topic("orders", producers=["p", "q"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    envelope = sealer.seal("orders", b"x")
+    Sealer(kds.member("q"), clock=kds.clock).seal("orders", b"y")
+    cert_id = wire.parse(envelope).header.cert_id
+    body = msgpack.packb([1, kds.clock_ms(), 4, [cert_id], ["gone"], []], use_bin_type=True)
+    root = kds.service.root
+    legacy = msgpack.packb([body, root.sign(RevocationList.LABEL + body)], use_bin_type=True)
+    with kds.store.write() as conn:
+        conn.execute(insert(revocations).values(serial=4, signed=legacy))
+    listed = RevocationList.verify(kds.service.revocation_list(), kds.service.root_public)
+    assert {m for m, _, _ in listed.members} == {"p", "gone"}
+    opener = Opener(kds.member("c"), clock=kds.clock)
+    with pytest.raises(InvalidEnvelope) as refused:
+        opener.open("orders", envelope)
+    assert refused.value.reason is Reason.SENDER_REVOKED
+    kds.admin.revoke("q")  # and revoking goes on from it
+    listed = RevocationList.verify(kds.service.revocation_list(), kds.service.root_public)
+    assert {m for m, _, _ in listed.members} == {"p", "gone", "q"}
