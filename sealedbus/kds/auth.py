@@ -33,6 +33,9 @@ MAX_SKEW_MS = 60_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,127}$"
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,248}$"
 TOTP_STEP = 30
+# Enrolling over an enrolled name: the request's ``replace`` (signed with it) says whether to and
+# how to revoke the old certificates: retired (from now on) or for key compromise (all).
+REPLACE_NONE, REPLACE_RETIRE, REPLACE_COMPROMISE = 0, 1, 2
 
 _REQUEST_LABEL = PROTOCOL + b" request\x00"
 _ENROLL_LABEL = PROTOCOL + b" enroll\x00"

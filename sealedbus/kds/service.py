@@ -58,8 +58,6 @@ TOTP_LOCKOUT_MS = 60_000
 TOTP_MAX_LOCKOUT_MS = 3_600_000
 ROLE_PREFIX = "role:"
 PRUNE_EVERY_MS = 3_600_000  # how often tick() drops revocation entries that no longer matter
-# Enrollment over an enrolled name (``replace`` in the enrollment request, signed by both keys)
-REPLACE_NONE, REPLACE_RETIRE, REPLACE_COMPROMISE = 0, 1, 2
 
 
 class ServiceError(Exception):
@@ -473,7 +471,7 @@ class KeyDistributionService:
         timestamp_ms: int,
         token_proof: bytes,
         proof: bytes,
-        replace: int = REPLACE_NONE,
+        replace: int = auth.REPLACE_NONE,
     ) -> bytes:
         """Redeem a one-time token, named by its public key (``auth.token_key``): check that the
         token's key and the new identity key both signed this enrollment, record the member's
@@ -517,7 +515,7 @@ class KeyDistributionService:
             ).first()
             if existing is not None and existing.revoked:
                 raise ServiceError(403, "member_revoked", f"member {member!r} is revoked")
-            if existing is not None and replace == REPLACE_NONE:
+            if existing is not None and replace == auth.REPLACE_NONE:
                 raise ServiceError(
                     409,
                     "member_enrolled",
@@ -527,7 +525,7 @@ class KeyDistributionService:
                 )
             if existing is not None:
                 self._replace_keys(
-                    conn, member, existing.identity_public, now, replace == REPLACE_COMPROMISE
+                    conn, member, existing.identity_public, now, replace == auth.REPLACE_COMPROMISE
                 )
             conn.execute(
                 update(tokens).where(tokens.c.token_hash == row.token_hash).values(used_ms=now)

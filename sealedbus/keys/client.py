@@ -6,9 +6,13 @@ TLS can neither read epoch keys nor substitute them (``UntrustedResponse``).
 
 Caching, after PyJWKClient: epoch descriptions are re-checked every ``epoch_refresh`` seconds and
 the next one is prefetched; epoch keys are kept until their ``destroy_after`` and dropped then;
-a key id (epoch, certificate) not in the cache is fetched once. When the KDS cannot be reached
-the client keeps answering from its cache while the cached epochs, certificate and revocation
-list still cover the request, and raises ``KeyServiceUnavailable`` (retryable) after that.
+a key id (epoch, certificate) not in the cache is fetched once (unknown certificate ids at a
+bounded rate). Refreshes of what the cache still covers run in the background, so no seal or
+open waits for the KDS while the cache answers. When the KDS cannot be reached the client keeps
+answering from its cache while the cached epochs, certificate and revocation list still cover
+the request (the list for at most ``revocation_max_age``, a producer's epoch view for at most
+``max_epoch_staleness``), and raises ``KeyServiceUnavailable`` (retryable; ``StaleRevocations``
+for the list) after that, at once while the outage backoff runs.
 """
 
 from __future__ import annotations
@@ -188,7 +192,9 @@ def enroll(
     ``replace``: the member's old key then stops working and its old certificates are revoked,
     as retirement (envelopes signed before now still open) or, with ``compromised``, as key
     compromise (none do)."""
-    replace_mode = (2 if compromised else 1) if replace else 0
+    replace_mode = auth.REPLACE_NONE
+    if replace:
+        replace_mode = auth.REPLACE_COMPROMISE if compromised else auth.REPLACE_RETIRE
     http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
     clock: Callable[[], float] = http_options.get("clock", time.time)
     try:
