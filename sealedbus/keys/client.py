@@ -445,9 +445,14 @@ class KeyServiceClient:
         if usable is None:
             raise UntrustedResponse("KDS answered with an epoch whose window does not contain now")
         with self._lock:
-            # Current epochs only move forward (defence in depth behind the nonce).
+            # Current epochs only move forward (defence in depth behind the nonce). A background
+            # refresh may have stored a newer answer while this request was in flight: use it.
             if current.epoch < self._highest.get(topic, -1):
-                raise UntrustedResponse("KDS answered with an older epoch (rollback)")
+                held = self._epochs.get(topic)
+                newer = held.at(max(now_ms, self._now_ms())) if held else None
+                if newer is None:
+                    raise UntrustedResponse("KDS answered with an older epoch (rollback)")
+                return newer
             self._highest[topic] = current.epoch
             self._epochs[topic] = fetched
             if self._cert is not None and topic not in self._cert.produce:

@@ -414,3 +414,32 @@ def test_a_revocation_list_stored_in_the_old_format_still_revokes(kds: Kds) -> N
     kds.admin.revoke("q")  # and revoking goes on from it
     listed = RevocationList.verify(kds.service.revocation_list(), kds.service.root_public)
     assert {m for m, _, _ in listed.members} == {"p", "gone", "q"}
+
+
+def test_a_newer_answer_that_lands_first_does_not_fail_the_seal(kds: Kds) -> None:
+    """A background refresh and a caller's fetch in flight together: when the caller's answer
+    (older) arrives after the refresh stored a newer epoch, the rollback guard refused it and
+    the seal failed; now the newer epoch is used (and the older answer is still not stored)."""
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    client: KeyServiceClient | None = None
+
+    class LateAnswer(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+            self.armed = False
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = self.inner.handle_request(request)
+            if self.armed and "sealing-epoch" in request.url.path:
+                self.armed = False
+                kds.service.rotate("admin:test", "orders")
+                assert client is not None
+                client._fetch_sealing_epoch("orders", kds.clock_ms())  # lands first
+            return response
+
+    transport = LateAnswer(AsgiTransport(kds.app))
+    client = kds.member("p", http=httpx.Client(transport=transport, base_url="http://testserver"))
+    assert client.sealing_epoch("orders", kds.clock_ms()).epoch == 0
+    transport.armed = True
+    assert client._fetch_sealing_epoch("orders", kds.clock_ms()).epoch == 1
+    assert client.sealing_epoch("orders", kds.clock_ms()).epoch == 1
