@@ -443,3 +443,12 @@ def test_a_newer_answer_that_lands_first_does_not_fail_the_seal(kds: Kds) -> Non
     transport.armed = True
     assert client._fetch_sealing_epoch("orders", kds.clock_ms()).epoch == 1
     assert client.sealing_epoch("orders", kds.clock_ms()).epoch == 1
+
+
+def test_a_database_from_before_max_age_gets_the_column_with_the_default(kds: Kds) -> None:
+    """create_all adds missing tables, not columns: an existing database must still serve."""
+    kds.admin.create_topic("orders", producers=["p"], consumers=["c"])
+    with kds.store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE topics DROP COLUMN max_age_ms")
+    kds.store.create_schema()
+    assert kds.service.topic("orders").max_age_ms == 86_400_000
