@@ -138,7 +138,8 @@ def service_level(topics: int) -> None:
         )
         identity = MemberIdentity.generate("c", os.urandom)
 
-        token = service.create_token("bench", "c", [], 60_000)
+        token, token_public = auth.new_token()
+        service.create_token("bench", "c", [], 60_000, token_public)
         service.create_topic("bench", TopicPolicy("bench", frozenset(), frozenset(["c"])))
         token_key = auth.token_key(token)
         token_public, now = token_key.public_key().public_bytes_raw(), service.now_ms()

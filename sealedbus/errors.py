@@ -14,6 +14,7 @@
     │   ├── Refused                    the KDS answered 4xx; ``status``, ``code``, ``reason``
     │   ├── UntrustedResponse          a KDS answer failed verification against the pinned root
     │   └── KeyServiceUnavailable      key service unreachable and the cache ran out (retryable)
+    │       └── StaleRevocations       the held revocation list is too old to trust (retryable)
     ├── ConfigurationError             the caller passed something that cannot work
     └── BrokerError                    a broker client failed; ``.retryable`` says whether to retry
 
@@ -134,6 +135,13 @@ class KeyServiceUnavailable(KeyServiceError):
     """The key service cannot be reached and cached keys no longer cover the request."""
 
     retryable = True
+
+
+class StaleRevocations(KeyServiceUnavailable):
+    """The revocation list this member holds is older than its maximum age and no newer one can
+    be had: no envelope is opened until one can (a revoked sender would otherwise keep its
+    voice while the KDS is cut off). Retryable: adapters put the message back, never
+    dead-letter it."""
 
 
 class ConfigurationError(SealedbusError, ValueError):

@@ -94,8 +94,13 @@ class _Cache(Generic[K, V]):
         with self._lock:
             self._d.pop(key, None)
 
+    def drop_if(self, stale: Callable[[V], bool]) -> None:
+        with self._lock:
+            self._d = {k: v for k, v in self._d.items() if not stale(v)}
+
 
 _SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
+_SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped, used or not
 
 
 @dataclass(slots=True)
@@ -149,6 +154,7 @@ class Opener:
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
         self._revocation_list: tuple[RevocationList, int] | None = None
         self._floors: dict[tuple[str, Hashable], dict[bytes, int]] = {}
+        self._next_sweep_ms = 0
 
     def open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
@@ -248,12 +254,12 @@ class Opener:
         if not cert.valid_at(h.sent_at_ms):
             raise UnauthenticEnvelope(Reason.CERTIFICATE_EXPIRED, cert.member)
         revocations = self._revocations(now)
-        if revocations.revokes(cert):
+        if revocations.revokes(cert, h.sent_at_ms):
             raise UnauthenticEnvelope(Reason.SENDER_REVOKED, cert.member)
         if revocations.withdraws(cert, topic):
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
-        ctx = self._session(topic, h, now)
+        ctx, joined = self._session(topic, h, now)
         if parsed.proof is None:
             envelope.verify_single(sender.identity, parsed, ctx)
         else:  # one signature per batch: envelopes of a verified tree need no Ed25519
@@ -263,6 +269,8 @@ class Opener:
             if not self._trees.contains(tree, proof.index, proof.size, leaf, proof.path):
                 envelope.verify_root(sender.identity, parsed, envelope.batch_root(parsed, leaf))
                 self._trees.add(tree, proof.index, proof.size, leaf, proof.path)
+        if joined is not None:  # cached only once a signature showed the sender made it
+            self._sessions.put(*joined)
 
         headers, body = envelope.open_body(ctx, parsed)
         replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
@@ -310,17 +318,25 @@ class Opener:
         if held is None or now - held[1] >= self._check_ms:
             held = self._revocation_list = (self.keys.revocations(now), now)
             self.metrics.revocations(held[0].issued_at_ms / 1000)
+            if now >= self._next_sweep_ms:  # session keys of destroyed epochs go too
+                self._next_sweep_ms = now + _SWEEP_MS
+                self._sessions.drop_if(lambda cached: now >= cached[1].destroy_after_ms)
         return held[0]
 
-    def _session(self, topic: str, h: wire.Header, now: int) -> SessionContext:
+    def _session(
+        self, topic: str, h: wire.Header, now: int
+    ) -> tuple[SessionContext, tuple[_SessionKey, tuple[SessionContext, EpochDescription]] | None]:
+        """The session's context, and the cache entry to add once the envelope's signature
+        verified (None when it came from the cache): unauthenticated input never fills it."""
         cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check
         cached = self._sessions.get(cache_key)
         self.metrics.key_cache(CACHE_SESSION, cached is not None)
+        joined = None
         if cached is None or now >= cached[1].destroy_after_ms:
             if cached is not None:
                 self._sessions.pop(cache_key)  # the epoch is past retention: forget it
             cached = self._join(topic, h, now)
-            self._sessions.put(cache_key, cached)
+            joined = (cache_key, cached)
         ctx, epoch = cached
         if ctx.keys.encapsulation != h.encapsulation:  # a hit must not skip 4.2's hash check
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "not the session's encapsulation")
@@ -330,7 +346,9 @@ class Opener:
             <= epoch.not_after_ms + self._skew_ms
         ):
             raise ExpiredEnvelope(Reason.OUTSIDE_EPOCH, f"epoch {h.epoch}")
-        return ctx
+        if epoch.max_age_ms and now > h.sent_at_ms + epoch.max_age_ms + self._skew_ms:
+            raise ExpiredEnvelope(Reason.EXPIRED, "older than the topic's maximum message age")
+        return ctx, joined
 
     def _join(
         self, topic: str, h: wire.Header, now: int

@@ -75,10 +75,19 @@ def test_mistyped_signed_object_is_refused(values: list[Any]) -> None:
 def test_mistyped_revocation_entry_is_refused() -> None:
     root = Ed25519PrivateKey.from_private_bytes(bytes(32))
     label = RevocationList.LABEL
-    ok = _signed_with_fields(root, label, [1, 0, 1, [bytes(16)], ["m"], [[bytes(16), "t"]]])
-    assert RevocationList.verify(ok, root.public_key()).withdrawn == ((bytes(16), "t"),)
-    for withdrawn in ([[bytes(16)]], [["id", "t"]], [[bytes(16), b"t"]]):
-        bad = _signed_with_fields(root, label, [1, 0, 1, [], [], withdrawn])
+    ok = _signed_with_fields(root, label, [1, 0, 1, [["m", 3, 0]], [["m", "t", 2]]])
+    got = RevocationList.verify(ok, root.public_key())
+    assert (got.members, got.withdrawn) == ((("m", 3, 0),), (("m", "t", 2),))
+    for members, withdrawn in (
+        ([["m", 3]], []),
+        ([[b"m", 3, 0]], []),
+        ([["m", "3", 0]], []),
+        ([["m", 3, 1.0]], []),
+        ([], [["m", "t"]]),
+        ([], [["m", b"t", 2]]),
+        ([], [["m", "t", True]]),
+    ):
+        bad = _signed_with_fields(root, label, [1, 0, 1, members, withdrawn])
         with pytest.raises(SignatureError):
             RevocationList.verify(bad, root.public_key())
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sealedbus.core import suites
 from sealedbus.core.replay import ReplayGuard
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import COMPROMISE, Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.errors import InvalidEnvelope
 from sealedbus.keys import authority
@@ -196,11 +196,26 @@ def test_grant_vectors_open_with_the_member_receive_key() -> None:
 
 
 def test_revocation_list_vector() -> None:
-    expected = RevocationList(T0_MS, 3, (WORLD.certs["orders-api"].cert_id,), ("mallory",))
+    expected = RevocationList(T0_MS, 3, (("mallory", 9, COMPROMISE), ("orders-api", 1, COMPROMISE)))
     assert expected.sign(WORLD.root).hex() == OBJECTS["revocation_list_signed"]
     assert KEYS["revocation_lists"][OBJECTS["revocation_list"]] == OBJECTS["revocation_list_signed"]
     got = RevocationList.verify(bytes.fromhex(OBJECTS["revocation_list_signed"]), ROOT)
-    assert got.revokes(WORLD.certs["orders-api"])
+    assert got.revokes(WORLD.certs["orders-api"], T0_MS)  # serial 1, key compromise: always
+    assert not got.revokes(WORLD.certs["orders-api long"], T0_MS)  # serial 5: a later certificate
+
+
+def test_retirement_revokes_only_what_was_sent_from_its_time_on() -> None:
+    retired = RevocationList.verify(
+        bytes.fromhex(KEYS["revocation_lists"]["retires orders-api from T0 + 1 s"]), ROOT
+    )
+    cert = WORLD.certs["orders-api"]
+    assert not retired.revokes(cert, T0_MS + 999)
+    assert retired.revokes(cert, T0_MS + 1000)
+    withdrawn = RevocationList.verify(
+        bytes.fromhex(KEYS["revocation_lists"]["withdraws orders-api from orders"]), ROOT
+    )
+    assert withdrawn.withdraws(cert, "orders") and not withdrawn.withdraws(cert, "invoices")
+    assert not withdrawn.withdraws(WORLD.certs["orders-api long"], "orders")
 
 
 def test_hybrid_suite_vector_opens() -> None:

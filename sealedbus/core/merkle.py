@@ -39,10 +39,11 @@ def build(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
 Range = tuple[int, int]  # leaves [start, end) under a node
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1024)  # (index, size) come from unauthenticated envelopes: a small bound
 def path_ranges(index: int, size: int) -> tuple[tuple[Range, Range, bool], ...]:
     """For each sibling on leaf ``index``'s inclusion path, bottom-up: the range of the node the
-    walk is at, the sibling's range, and whether the sibling is on the left."""
+    walk is at, the sibling's range, and whether the sibling is on the left. Cached for the
+    last 1,024 pairs (the batches in flight use a few sizes); at most 16 levels each."""
     if not 0 <= index < size:
         raise ValueError("leaf index out of range")
     out: list[tuple[Range, Range, bool]] = []

@@ -158,7 +158,8 @@ class Certificate(_Signed):
 
 @dataclass(frozen=True)
 class EpochDescription(_Signed):
-    """One epoch of a topic: its public key, when producers use it, when it is destroyed."""
+    """One epoch of a topic: its public key, when producers use it, when it is destroyed, and
+    the topic's maximum message age (openers refuse envelopes sent longer ago; 0: no limit)."""
 
     LABEL: ClassVar[bytes] = PROTOCOL + b" epoch\x00"
     topic: str
@@ -168,6 +169,7 @@ class EpochDescription(_Signed):
     not_before_ms: int  # producers switch to it from here
     not_after_ms: int  # producers stop sealing with it here
     destroy_after_ms: int  # the private key is destroyed here (retention)
+    max_age_ms: int = 0  # openers refuse envelopes sent longer ago than this (0: no limit)
 
     @cached_property
     def digest(self) -> bytes:
@@ -175,8 +177,11 @@ class EpochDescription(_Signed):
 
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:
-        t, e, s, pk, nb, na, da = fields
-        return cls(t, e, Suite(s), pk, nb, na, da)
+        t, e, s, pk, nb, na, da, *rest = fields  # seven fields: signed before max_age existed
+        (ma,) = rest or (0,)
+        if not isinstance(ma, int) or ma < 0:
+            raise ValueError("max age must be a non-negative integer")
+        return cls(t, e, Suite(s), pk, nb, na, da, ma)
 
 
 GRANT_INFO = PROTOCOL + b" grant\x00"
@@ -218,43 +223,58 @@ class TopicKeyGrant(_Signed):
     sealed_key: bytes
 
 
+COMPROMISE = 0  # a revocation's ``since_ms`` for key compromise: every envelope is refused
+
+
 @dataclass(frozen=True)
 class RevocationList(_Signed):
-    """Certificates and members the authority revoked, as of ``issued_at_ms``, and certificates
-    withdrawn for one topic: their member no longer produces to it, though the certificate
-    still lists it (it stays good for the member's other topics)."""
+    """What the authority revoked, as of ``issued_at_ms``, by member and certificate serial (so
+    its size grows with revocations, not with how many certificates a member ever had).
+
+    ``members`` entries ``(member, up_to_serial, since_ms)`` revoke that member's certificates
+    with a serial up to ``up_to_serial``: for key compromise (``since_ms`` 0) every envelope
+    they signed is refused, whatever its sent-at time; for retirement only envelopes sent at or
+    after ``since_ms`` (sent-at is the sender's word: retirement trusts the retired key).
+    ``withdrawn`` entries ``(member, topic, up_to_serial)``: those certificates no longer count
+    for ``topic`` (their member no longer produces to it), though they still list it until they
+    expire; they stay good for the member's other topics."""
 
     LABEL: ClassVar[bytes] = PROTOCOL + b" revocations\x00"
     issued_at_ms: int
     serial: int
-    cert_ids: tuple[bytes, ...]
-    members: tuple[str, ...]
-    withdrawn: tuple[tuple[bytes, str], ...] = ()  # (certificate id, topic)
+    members: tuple[tuple[str, int, int], ...] = ()
+    withdrawn: tuple[tuple[str, str, int], ...] = ()
 
-    def revokes(self, cert: Certificate) -> bool:
-        return cert.cert_id in self._revoked_ids or cert.member in self._revoked_members
+    def revokes(self, cert: Certificate, sent_at_ms: int) -> bool:
+        """Whether an envelope ``cert`` signed, stamped ``sent_at_ms``, is refused."""
+        for up_to, since in self._by_member.get(cert.member, ()):
+            if cert.serial <= up_to and (since == COMPROMISE or sent_at_ms >= since):
+                return True
+        return False
 
     def withdraws(self, cert: Certificate, topic: str) -> bool:
-        return (cert.cert_id, topic) in self._withdrawn
+        return cert.serial <= self._withdrawn.get((cert.member, topic), -1)
 
     @cached_property
-    def _revoked_ids(self) -> frozenset[bytes]:
-        return frozenset(self.cert_ids)
+    def _by_member(self) -> dict[str, list[tuple[int, int]]]:
+        index: dict[str, list[tuple[int, int]]] = {}
+        for member, up_to, since in self.members:
+            index.setdefault(member, []).append((up_to, since))
+        return index
 
     @cached_property
-    def _revoked_members(self) -> frozenset[str]:
-        return frozenset(self.members)
-
-    @cached_property
-    def _withdrawn(self) -> frozenset[tuple[bytes, str]]:
-        return frozenset(self.withdrawn)
+    def _withdrawn(self) -> dict[tuple[str, str], int]:
+        index: dict[tuple[str, str], int] = {}
+        for member, topic, up_to in self.withdrawn:
+            index[(member, topic)] = max(up_to, index.get((member, topic), -1))
+        return index
 
     @classmethod
     def _from_fields(cls, fields: list[Any]) -> Self:
-        at, serial, ids, members, withdrawn = fields
-        return cls(
-            at, serial, tuple(ids), tuple(members), tuple((bytes(c), str(t)) for c, t in withdrawn)
-        )
+        at, serial, members, withdrawn = fields
+        entries = tuple((str(m), int(s), int(t)) for m, s, t in members)
+        gone = tuple((str(m), str(t), int(s)) for m, t, s in withdrawn)
+        return cls(at, serial, entries, gone)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ instead (``sealedbus.kds.admin_sessions``)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,10 +53,20 @@ class AdminClient:
         fetch_root(self._http, root_fingerprint)
 
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
-        doc = self._call(
-            "POST", "/v1/admin/tokens", {"member": member, "roles": roles or [], "ttl_seconds": ttl}
+        """A one-time enrollment token for ``member``, made here: the KDS is sent only its
+        public key (``auth.new_token``), so the token never travels back to the admin."""
+        token, token_public = auth.new_token()
+        self._call(
+            "POST",
+            "/v1/admin/tokens",
+            {
+                "member": member,
+                "token_key": base64.b64encode(token_public).decode(),
+                "roles": roles or [],
+                "ttl_seconds": ttl,
+            },
         )
-        return str(doc["token"])
+        return token
 
     def create_topic(
         self,
@@ -67,6 +78,7 @@ class AdminClient:
         retention: int = 7 * 86_400,
         suite: str = "x25519",
         history: bool = False,
+        max_age: int = 86_400,
     ) -> dict[str, Any]:
         return dict(
             self._call(
@@ -80,6 +92,7 @@ class AdminClient:
                     "retention_seconds": retention,
                     "suite": suite,
                     "history": history,
+                    "max_age_seconds": max_age,
                 },
             )
         )
@@ -108,8 +121,11 @@ class AdminClient:
     def epochs(self, name: str) -> list[dict[str, Any]]:
         return list(self._call("GET", f"/v1/admin/topics/{name}/epochs"))
 
-    def revoke(self, member: str) -> None:
-        self._call("POST", f"/v1/admin/members/{member}/revoke")
+    def revoke(self, member: str, *, compromised: bool = True) -> None:
+        """Revoke ``member``; ``compromised=False`` retires it (envelopes stamped before now
+        still open) instead of refusing everything it ever signed."""
+        flag = "true" if compromised else "false"
+        self._call("POST", f"/v1/admin/members/{member}/revoke?compromised={flag}")
 
     def audit(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/admin/audit"))

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -72,6 +72,8 @@ class EnrollRequest(_Model):
     timestamp_ms: int = Field(ge=0, le=1 << 53)
     token_proof: B64
     proof: B64
+    # an enrolled member is replaced only when asked: 1 retires its old key, 2 as compromised
+    replace: int = Field(default=0, ge=0, le=2)
 
 
 class CertificateOut(_Model):
@@ -98,13 +100,15 @@ class SealedKeyOut(_Model):
 
 
 class TokenRequest(_Model):
+    """The admin's client makes the token; only its public key (``auth.token_key``) is sent."""
+
     member: Name
+    token_key: B64
     roles: list[Name] = Field(default_factory=list, max_length=16)
     ttl_seconds: int = Field(default=900, ge=10, le=86_400)
 
 
 class TokenOut(_Model):
-    token: str
     expires_in: int
 
 
@@ -116,6 +120,7 @@ class TopicIn(_Model):
     retention_seconds: int = Field(default=7 * 86_400, ge=1, le=100 * 366 * 86_400)
     suite: SuiteName = "x25519"
     history: bool = False
+    max_age_seconds: int = Field(default=86_400, ge=0, le=100 * 366 * 86_400)  # 0: no limit
 
 
 class PolicyPatch(_Model):
@@ -168,6 +173,7 @@ def _topic_out(p: TopicPolicy) -> TopicIn:
         retention_seconds=p.retention_ms // 1000,
         suite="x25519" if p.suite is Suite.X25519 else "x25519-mlkem768",
         history=p.history,
+        max_age_seconds=p.max_age_ms // 1000,
     )
 
 
@@ -289,25 +295,51 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     target = request.scope.get("raw_path") or request.url.path.encode()
     if request.scope.get("query_string"):
         target += b"?" + request.scope["query_string"]
+    message = auth.request_message(request.method, target, int(stamp), nonce, body)
     try:
+        signature_bytes = _b64(signature, "signature")
+        # an unknown principal costs the same verification as a known one: no timing probe
+        (key or _NOBODY).verify(signature_bytes, message)
         if key is None:
             raise InvalidSignature
-        key.verify(
-            _b64(signature, "signature"),
-            auth.request_message(request.method, target, int(stamp), nonce, body),
-        )
     except (InvalidSignature, ServiceError):
+        if (
+            not admin
+            and key is not None
+            and _signed_by_any(service.replaced_keys(principal), signature, message)
+        ):
+            raise ServiceError(
+                401, "key_replaced", "key replaced by a later enrollment of this member"
+            ) from None
         raise ServiceError(401, "bad_signature", "request signature does not verify") from None
     if revoked:
         raise ServiceError(403, "member_revoked", f"member {principal!r} is revoked")
     kind = "admin" if admin else "member"
-    if not service.remember_nonce(f"{kind}:{principal}", nonce, int(stamp) + 2 * auth.MAX_SKEW_MS):
+    expires = int(stamp) + 2 * auth.MAX_SKEW_MS
+    if request.method in ("GET", "HEAD"):  # a signed read costs no database write
+        fresh = request.app.state.read_nonces.remember(f"{kind}:{principal}", nonce, expires, now)
+    else:
+        fresh = service.remember_nonce(f"{kind}:{principal}", nonce, expires)
+    if not fresh:
         raise ServiceError(401, "replayed_request", "this request was seen before")
     if admin:  # a TOTP code, or an admin session opened with one
         admin_sessions.second_factor(
             request, principal, key, totp_secret, h.get(auth.TOTP_CODE, "")
         )
     return principal
+
+
+_NOBODY = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+
+
+def _signed_by_any(keys: list[Ed25519PublicKey], signature: str, message: bytes) -> bool:
+    for old in keys:
+        try:
+            old.verify(base64.b64decode(signature), message)
+            return True
+        except (InvalidSignature, ValueError):
+            continue
+    return False
 
 
 def _member(request: Request, body: Annotated[bytes, Depends(_raw_body)]) -> str:
@@ -360,6 +392,7 @@ def create_app(
     app.state.metrics = m
     m.watch(service, is_leader)
     app.state.service = service
+    app.state.read_nonces = auth.ReadNonces()
 
     @app.exception_handler(ServiceError)
     async def refused(_: Request, exc: Exception) -> JSONResponse:
@@ -447,6 +480,7 @@ def create_app(
                 body.timestamp_ms,
                 _b64(body.token_proof, "token_proof"),
                 _b64(body.proof, "proof"),
+                body.replace,
             )
         except ServiceError as exc:
             service.record(f"member:{body.member}", "enrollment.refused", code=exc.code)
@@ -501,8 +535,9 @@ def create_app(
 
     @app.post("/v1/admin/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
     def create_token(body: TokenRequest, who: Admin) -> TokenOut:
-        token = service.create_token(who, body.member, body.roles, body.ttl_seconds * 1000)
-        return TokenOut(token=token, expires_in=body.ttl_seconds)
+        token_public = _b64(body.token_key, "token_key")
+        service.create_token(who, body.member, body.roles, body.ttl_seconds * 1000, token_public)
+        return TokenOut(expires_in=body.ttl_seconds)
 
     @app.get("/v1/admin/topics", response_model=list[TopicIn], tags=["admin"])
     def list_topics(who: Admin) -> list[TopicIn]:
@@ -525,6 +560,7 @@ def create_app(
                 retention_ms=body.retention_seconds * 1000,
                 suite=Suite.parse(body.suite),
                 history=body.history,
+                max_age_ms=body.max_age_seconds * 1000,
             )
         except ValueError as exc:
             raise ServiceError(422, "invalid_policy", str(exc)) from None
@@ -565,8 +601,9 @@ def create_app(
         tags=["admin"],
         response_class=Response,
     )
-    def revoke(member: MemberName, who: Admin) -> Response:
-        service.revoke(who, member)
+    def revoke(member: MemberName, who: Admin, compromised: bool = True) -> Response:
+        """``compromised=false`` retires the member: envelopes it stamped before now still open."""
+        service.revoke(who, member, compromised=compromised)
         return Response(status_code=204)
 
     @app.get("/v1/admin/audit", response_model=AuditOut, tags=["admin"])

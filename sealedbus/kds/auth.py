@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
+import threading
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,6 +33,9 @@ MAX_SKEW_MS = 60_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,127}$"
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,248}$"
 TOTP_STEP = 30
+# Enrolling over an enrolled name: the request's ``replace`` (signed with it) says whether to and
+# how to revoke the old certificates: retired (from now on) or for key compromise (all).
+REPLACE_NONE, REPLACE_RETIRE, REPLACE_COMPROMISE = 0, 1, 2
 
 _REQUEST_LABEL = PROTOCOL + b" request\x00"
 _ENROLL_LABEL = PROTOCOL + b" enroll\x00"
@@ -82,11 +87,46 @@ def enrollment_message(
     suite: int,
     receive_public: bytes,
     timestamp_ms: int,
+    replace: int = 0,
 ) -> bytes:
     """What an enrollment request signs, twice: with the token's key (``token_key``), which
-    authorizes it, and with the new identity key, which proves the member holds that key."""
-    fields = [token_public, member, identity_public, suite, receive_public, timestamp_ms]
+    authorizes it, and with the new identity key, which proves the member holds that key.
+    ``replace`` (1: retire the enrolled member's old key, 2: as compromised) is signed too, so
+    no one in between can turn an enrollment into a replacement or soften a compromise."""
+    fields: list[object] = [token_public, member, identity_public, suite, receive_public]
+    fields += [timestamp_ms, replace] if replace else [timestamp_ms]
     return _ENROLL_LABEL + bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+def new_token() -> tuple[str, bytes]:
+    """A one-time enrollment token, made where the admin is, and its public key: the KDS is
+    sent (and stores) only the key, so the token never crosses the network to the admin."""
+    token = secrets.token_urlsafe(32)
+    return token, token_key(token).public_key().public_bytes_raw()
+
+
+class ReadNonces:
+    """Nonces of signed reads, remembered in memory (bounded) rather than in the database: a
+    read changes nothing, so a replayed one within the clock skew gains nothing durable, and a
+    stream of reads must not cost a database write each. Writes keep the durable check."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, principal: str, nonce: str, expires_ms: int, now_ms: int) -> bool:
+        """False when this principal used this nonce before (a replayed request)."""
+        key = (principal, nonce)
+        with self._lock:
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self.max_entries:
+                self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
+                while len(self._seen) >= self.max_entries:  # all live: forget the oldest
+                    del self._seen[next(iter(self._seen))]
+            self._seen[key] = expires_ms
+            return True
 
 
 def totp(secret: bytes) -> TOTP:

@@ -266,6 +266,17 @@ def register(sub: Any) -> None:
         default="x25519",
         help="the receive key's suite (default: x25519)",
     )
+    enroll.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an enrolled member's keys: its old key file stops working and its old "
+        "certificates are revoked (envelopes they signed before now still open)",
+    )
+    enroll.add_argument(
+        "--compromised",
+        action="store_true",
+        help="with --replace: the old key may be exposed; refuse every envelope it signed",
+    )
     _command(enroll, _enroll)
 
 
@@ -660,6 +671,8 @@ def _enroll(args: argparse.Namespace) -> int:
             "--root-fingerprint: expected sha256: and 64 lowercase hex digits, as "
             "`sealedbus kds init` and `sealedbus kds fingerprint` print it"
         )
+    if args.compromised and not args.replace:
+        raise _usage("--compromised goes with --replace")
     token = _read_token(args.token_file)
     key_out: Path = args.key_out
     pending = key_out.with_name(key_out.name + ".pending")
@@ -672,7 +685,15 @@ def _enroll(args: argparse.Namespace) -> int:
     identity = MemberIdentity.generate(args.name, os.urandom, Suite.parse(args.suite))
     write_secret(pending, identity.to_bytes())
     try:
-        cert = enroll(args.url, identity, token, args.root_fingerprint, **options)
+        cert = enroll(
+            args.url,
+            identity,
+            token,
+            args.root_fingerprint,
+            replace=args.replace,
+            compromised=args.compromised,
+            **options,
+        )
     except KeyServiceError as exc:
         pending.unlink(missing_ok=True)
         raise CommandError(f"enrollment failed: {_unavailable(args.url, exc)}") from None
@@ -680,6 +701,9 @@ def _enroll(args: argparse.Namespace) -> int:
         pending.unlink(missing_ok=True)
         raise
     _publish(pending, key_out, cert.member)
+    if args.replace:
+        kind = "for key compromise" if args.compromised else "from now on (retired)"
+        print(f"replaced {cert.member}'s keys; its old certificates are revoked {kind}")
     until = datetime.fromtimestamp(cert.not_after_ms / 1000, UTC).isoformat(timespec="seconds")
     print(
         f"enrolled {cert.member}; key file {key_out} (0600); certificate valid until "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from sealedbus.core.signed import (
     EpochDescription,
     RevocationList,
     SealingEpochAnswer,
+    SignatureError,
 )
 from sealedbus.core.suites import Suite
 from sealedbus.kds import audit, auth
@@ -43,6 +43,7 @@ from sealedbus.kds.store import (
     heads,
     members,
     nonces,
+    replaced_keys,
     revocations,
     tokens,
     topics,
@@ -56,6 +57,7 @@ TOTP_MAX_FAILURES = 5
 TOTP_LOCKOUT_MS = 60_000
 TOTP_MAX_LOCKOUT_MS = 3_600_000
 ROLE_PREFIX = "role:"
+PRUNE_EVERY_MS = 3_600_000  # how often tick() drops revocation entries that no longer matter
 
 
 class ServiceError(Exception):
@@ -96,6 +98,7 @@ def _policy(row: Row[Any]) -> TopicPolicy:
         retention_ms=row.retention_ms,
         suite=Suite(row.suite),
         history=row.history,
+        max_age_ms=row.max_age_ms,
     )
 
 
@@ -126,6 +129,7 @@ class KeyDistributionService:
         self.replica = replica
         self.totp_clock = totp_clock or clock  # tests give TOTP codes a clock of their own
         self._compaction_pending = True  # also once after a start: an earlier run may have died
+        self._next_prune_ms = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -206,21 +210,32 @@ class KeyDistributionService:
         if refusal is not None:
             raise refusal
 
-    def create_token(self, actor: str, member: str, roles: list[str], ttl_ms: int) -> str:
-        """A one-time enrollment token for ``member`` (a secret: shown to the admin once)."""
+    def create_token(
+        self, actor: str, member: str, roles: list[str], ttl_ms: int, token_public: bytes
+    ) -> None:
+        """Record a one-time enrollment token for ``member``, named by its public key
+        (``auth.token_key``). The admin's client made the token and keeps it: the KDS never
+        sees it, so no proxy or log between them can enroll in the member's place."""
         if any(n.startswith(ROLE_PREFIX) for n in (member, *roles)):
             raise ServiceError(
                 422, "invalid_name", f"member and role names may not start with {ROLE_PREFIX!r}"
             )
-        token = secrets.token_urlsafe(32)
+        try:
+            Ed25519PublicKey.from_public_bytes(token_public)
+        except ValueError:
+            raise ServiceError(422, "invalid_request", "token_key is not an Ed25519 key") from None
         now = self.now_ms()
         with self.store.write() as conn:
             row = conn.execute(select(members.c.revoked).where(members.c.name == member)).first()
             if row is not None and row.revoked:
                 raise ServiceError(409, "member_revoked", f"member {member!r} is revoked")
+            if conn.execute(
+                select(tokens.c.member).where(tokens.c.token_hash == token_public)
+            ).first():
+                raise ServiceError(409, "token_exists", "a token with this key exists")
             conn.execute(
                 insert(tokens).values(
-                    token_hash=auth.token_key(token).public_key().public_bytes_raw(),
+                    token_hash=token_public,
                     member=member,
                     roles=json.dumps(sorted(roles)),
                     expires_ms=now + ttl_ms,
@@ -237,7 +252,6 @@ class KeyDistributionService:
                 roles=sorted(roles),
                 expires_ms=now + ttl_ms,
             )
-        return token
 
     def record(self, actor: str, action: str, **detail: Any) -> None:
         """Audit an act that changes nothing else (a refused enrollment, a wrong TOTP)."""
@@ -261,6 +275,7 @@ class KeyDistributionService:
                     retention_ms=policy.retention_ms,
                     suite=int(policy.suite),
                     history=policy.history,
+                    max_age_ms=policy.max_age_ms,
                     token_key=token_key,
                     key_id=self.master.key_id_of(token_key),
                 )
@@ -282,6 +297,7 @@ class KeyDistributionService:
                 retention_ms=policy.retention_ms,
                 suite=policy.suite.label,
                 history=policy.history,
+                max_age_ms=policy.max_age_ms,
             )
             self._add_epoch(conn, policy, now, now, actor)
 
@@ -347,18 +363,12 @@ class KeyDistributionService:
         ]
         if not gone:
             return
-        ids = conn.execute(
-            select(certificates.c.cert_id).where(certificates.c.member.in_(gone))
-        ).scalars()
-        old = self._revocations(conn)
-        new = RevocationList(
-            now,
-            old.serial + 1,
-            old.cert_ids,
-            old.members,
-            old.withdrawn + tuple((bytes(i), topic) for i in ids),
-        )
-        conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
+        new = old = self._revocations(conn)
+        for member in gone:  # one entry per (member, topic): up to its latest certificate
+            latest = self._latest_serial(conn, member)
+            if latest is not None:
+                new = authority.withdraw(new, member, topic, latest, now)
+        self._store_revocations(conn, old, new)
         audit.append(
             conn, self.root, now, actor, "producers.withdrawn", topic=topic, members=sorted(gone)
         )
@@ -396,26 +406,29 @@ class KeyDistributionService:
 
     # -- members ----------------------------------------------------------------------------
 
-    def revoke(self, actor: str, member: str) -> None:
-        """Revoke a member: its certificates stop verifying and every topic it reads rotates."""
+    def revoke(self, actor: str, member: str, *, compromised: bool = True) -> None:
+        """Revoke a member: its certificates stop verifying and every topic it reads rotates.
+        For key compromise (the default) every envelope it signed is refused, whatever its
+        sent-at time; for retirement only envelopes stamped from now on."""
         now = self.now_ms()
         with self.store.write() as conn:
             row = conn.execute(select(members).where(members.c.name == member)).first()
             if row is None:
                 raise ServiceError(404, "unknown_member", f"no member {member!r}")
             conn.execute(update(members).where(members.c.name == member).values(revoked=True))
-            ids = tuple(
-                conn.execute(
-                    select(certificates.c.cert_id).where(certificates.c.member == member)
-                ).scalars()
-            )
+            serial = conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one()
             old = self._revocations(conn)
-            new = RevocationList(
-                now, old.serial + 1, old.cert_ids + ids, (*old.members, member), old.withdrawn
+            self._store_revocations(
+                conn, old, authority.revoke(old, member, serial, now, compromised=compromised)
             )
-            conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
             audit.append(
-                conn, self.root, now, actor, "member.revoked", member=member, certificates=len(ids)
+                conn,
+                self.root,
+                now,
+                actor,
+                "member.revoked",
+                member=member,
+                compromised=compromised,
             )
             names = _entries(member, json.loads(row.roles))
             for t in conn.execute(select(topics)).all():
@@ -433,6 +446,15 @@ class KeyDistributionService:
             return None
         return Ed25519PublicKey.from_public_bytes(row.identity_public), bool(row.revoked)
 
+    def replaced_keys(self, name: str) -> list[Ed25519PublicKey]:
+        """Identity keys of ``name`` that a later enrollment replaced (to name that in a
+        refusal when one of them signs a request; they authenticate nothing)."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(replaced_keys.c.identity_public).where(replaced_keys.c.member == name)
+            ).scalars()
+            return [Ed25519PublicKey.from_public_bytes(k) for k in rows]
+
     def remember_nonce(self, principal: str, nonce: str, expires_ms: int) -> bool:
         """False when this principal used this nonce before (a replayed request)."""
         return self.store.insert_unique(
@@ -449,12 +471,21 @@ class KeyDistributionService:
         timestamp_ms: int,
         token_proof: bytes,
         proof: bytes,
+        replace: int = auth.REPLACE_NONE,
     ) -> bytes:
         """Redeem a one-time token, named by its public key (``auth.token_key``): check that the
         token's key and the new identity key both signed this enrollment, record the member's
-        keys and return its signed certificate."""
+        keys and return its signed certificate. An enrolled member is replaced only when the
+        enrollment asks to (``replace``, signed): its old certificates are then revoked, as
+        retirement or as key compromise, and its old key gets ``key_replaced`` refusals."""
         message = enrollment_message(
-            token_public, member, identity_public, int(receive_suite), receive_public, timestamp_ms
+            token_public,
+            member,
+            identity_public,
+            int(receive_suite),
+            receive_public,
+            timestamp_ms,
+            replace,
         )
         try:
             identity = Ed25519PublicKey.from_public_bytes(identity_public)
@@ -480,10 +511,22 @@ class KeyDistributionService:
             if now >= row.expires_ms:
                 raise ServiceError(401, "token_expired", "this enrollment token has expired")
             existing = conn.execute(
-                select(members.c.revoked).where(members.c.name == member)
+                select(members.c.revoked, members.c.identity_public).where(members.c.name == member)
             ).first()
             if existing is not None and existing.revoked:
                 raise ServiceError(403, "member_revoked", f"member {member!r} is revoked")
+            if existing is not None and replace == auth.REPLACE_NONE:
+                raise ServiceError(
+                    409,
+                    "member_enrolled",
+                    f"member {member!r} is already enrolled; enrolling again with --replace "
+                    "gives it these keys and revokes its old certificates (its old key file "
+                    "stops working)",
+                )
+            if existing is not None:
+                self._replace_keys(
+                    conn, member, existing.identity_public, now, replace == auth.REPLACE_COMPROMISE
+                )
             conn.execute(
                 update(tokens).where(tokens.c.token_hash == row.token_hash).values(used_ms=now)
             )
@@ -526,6 +569,8 @@ class KeyDistributionService:
             return self._issue(conn, member, now)
 
     def certificate_by_id(self, cert_id: bytes) -> bytes | None:
+        """A certificate by id, for any member (consumers need their senders'; see the threat
+        model for what that shows). A read: no database write."""
         with self.store.read() as conn:
             return conn.execute(
                 select(certificates.c.signed).where(certificates.c.cert_id == cert_id)
@@ -690,6 +735,9 @@ class KeyDistributionService:
                         conn, self.root, now, actor, "epoch.destroyed", topic=topic, epoch=number
                     )
             self._compaction_pending = True
+        if now >= self._next_prune_ms:
+            self.prune_revocations()
+            self._next_prune_ms = now + PRUNE_EVERY_MS
         if self._compaction_pending:  # retried every tick until the database could do it
             self._compaction_pending = not self.store.compact()
         with self.store.write() as conn:
@@ -856,8 +904,121 @@ class KeyDistributionService:
             select(revocations.c.signed).order_by(revocations.c.serial.desc()).limit(1)
         ).scalar()
         if signed is None:
-            return RevocationList(0, 0, (), ())
-        return RevocationList.verify(signed, self.root_public)
+            return RevocationList(0, 0)
+        try:
+            return RevocationList.verify(signed, self.root_public)
+        except SignatureError:
+            return self._legacy_revocations(conn, signed)
+
+    def _legacy_revocations(self, conn: Connection, signed: bytes) -> RevocationList:
+        """A list stored before revocation by member and serial (its fields: certificate ids,
+        members, withdrawn (certificate id, topic) pairs), as entries of today's form; all for
+        key compromise, as revocation then was. Raises SignatureError if it is not one."""
+        try:
+            body, signature = msgpack.unpackb(signed, raw=False)
+            self.root_public.verify(signature, RevocationList.LABEL + body)
+            _, at, serial, ids, names, withdrawn = msgpack.unpackb(body, raw=False)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise SignatureError("stored revocation list does not verify") from exc
+        wanted = [bytes(i) for i in ids] + [bytes(c) for c, _ in withdrawn]
+        certs = {
+            bytes(r.cert_id): (r.member, r.serial)
+            for r in conn.execute(
+                select(certificates.c.cert_id, certificates.c.member, certificates.c.serial).where(
+                    certificates.c.cert_id.in_(wanted)
+                )
+            )
+        }
+        head = conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one()
+        new = RevocationList(at, serial)
+        for name in names:
+            new = authority.revoke(new, name, head, at, compromised=True)
+        for cert_id in map(bytes, ids):
+            if cert_id in certs:
+                member, up_to = certs[cert_id]
+                new = authority.revoke(new, member, up_to, at, compromised=True)
+        for cert_id, topic in withdrawn:
+            if bytes(cert_id) in certs:
+                member, up_to = certs[bytes(cert_id)]
+                new = authority.withdraw(new, member, topic, up_to, at)
+        return new
+
+    def _store_revocations(
+        self, conn: Connection, old: RevocationList, new: RevocationList
+    ) -> None:
+        """Sign and keep ``new`` as the only list (unless it is ``old``: nothing changed)."""
+        if new is old:
+            return
+        conn.execute(insert(revocations).values(serial=new.serial, signed=new.sign(self.root)))
+        conn.execute(delete(revocations).where(revocations.c.serial < new.serial))
+
+    def prune_revocations(self) -> int:
+        """Drop revocation entries whose certificates and every epoch they could have sealed
+        to are past (``authority.revocation_horizon``); returns how many were dropped."""
+        now = self.now_ms()
+        with self.store.write() as conn:
+            keep = conn.execute(
+                select(func.max(topics.c.rotation_ms + topics.c.retention_ms))
+            ).scalar()
+
+            def useful_until(member: str, up_to: int) -> int:
+                last = conn.execute(
+                    select(func.max(certificates.c.not_after_ms)).where(
+                        certificates.c.member == member, certificates.c.serial <= up_to
+                    )
+                ).scalar()
+                return authority.revocation_horizon(last, keep or 0)
+
+            old = self._revocations(conn)
+            new = authority.prune(old, useful_until, now)
+            self._store_revocations(conn, old, new)
+            dropped = len(old.members) + len(old.withdrawn) - len(new.members) - len(new.withdrawn)
+            if dropped:
+                audit.append(
+                    conn,
+                    self.root,
+                    now,
+                    f"kds:{self.replica}",
+                    "revocations.pruned",
+                    entries=dropped,
+                )
+            return dropped
+
+    def _latest_serial(self, conn: Connection, member: str) -> int | None:
+        return conn.execute(
+            select(func.max(certificates.c.serial)).where(certificates.c.member == member)
+        ).scalar()
+
+    def _replace_keys(
+        self, conn: Connection, member: str, old_key: bytes, now: int, compromised: bool
+    ) -> None:
+        """A re-enrollment: revoke the member's certificates so far and remember its old key."""
+        latest = self._latest_serial(conn, member)
+        if latest is not None:
+            old = self._revocations(conn)
+            self._store_revocations(
+                conn, old, authority.revoke(old, member, latest, now, compromised=compromised)
+            )
+        known = conn.execute(
+            select(replaced_keys.c.member).where(
+                replaced_keys.c.member == member, replaced_keys.c.identity_public == old_key
+            )
+        ).first()
+        if known is None:
+            conn.execute(
+                insert(replaced_keys).values(
+                    member=member, identity_public=old_key, replaced_ms=now
+                )
+            )
+        audit.append(
+            conn,
+            self.root,
+            now,
+            f"member:{member}",
+            "member.keys_replaced",
+            member=member,
+            compromised=compromised,
+        )
 
     def _latest_not_after(self, conn: Connection, topic: str) -> int | None:
         """When the highest-numbered epoch ends (it may end before a withdrawn one would)."""

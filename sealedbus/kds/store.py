@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     update,
 )
@@ -49,6 +50,8 @@ topics = Table(
     Column("history", Boolean, nullable=False),
     Column("token_key", LargeBinary, nullable=False),  # wrapped per-topic tokenization key
     Column("key_id", String(63), nullable=False),
+    # openers refuse envelopes sent longer ago (signed into epoch descriptions); 0: no limit
+    Column("max_age_ms", BigInteger, nullable=False, server_default="86400000"),
 )
 consumer_since = Table(
     "consumer_since",
@@ -89,6 +92,14 @@ members = Table(
     Column("roles", Text, nullable=False),
     Column("revoked", Boolean, nullable=False),
     Column("enrolled_ms", BigInteger, nullable=False),
+)
+replaced_keys = Table(  # identity keys a later enrollment replaced: named in refusals, never used
+    "replaced_keys",
+    metadata,
+    Column("member", String(128), nullable=False),
+    Column("identity_public", LargeBinary(32), nullable=False),
+    Column("replaced_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("member", "identity_public"),
 )
 certificates = Table(
     "certificates",
@@ -134,7 +145,7 @@ admin_totp = Table(  # per admin: RFC 6238 replay guard and wrong-code lockout, 
     Column("failures", Integer, nullable=False),  # wrong codes since the last accepted one
     Column("locked_until_ms", BigInteger, nullable=False),
 )
-revocations = Table(
+revocations = Table(  # the latest signed list (older ones are deleted: the audit log has the acts)
     "revocations",
     metadata,
     Column("serial", BigInteger, primary_key=True),
@@ -216,6 +227,7 @@ class Store:
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            _add_missing_columns(conn)
             for name in ("audit", "serial"):
                 _insert_missing(conn, heads, {"name": name, "seq": 0, "hash": GENESIS})
             _insert_missing(conn, leases, {"name": SCHEDULER_LEASE, "holder": "", "expires_ms": 0})
@@ -292,6 +304,15 @@ def _create_private(path: str | None) -> None:
     write-ahead log and shared-memory files the same mode."""
     if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Columns added since a database was created (create_all adds tables, not columns)."""
+    have = {c["name"] for c in inspect(conn).get_columns("topics")}
+    if "max_age_ms" not in have:
+        conn.exec_driver_sql(
+            "ALTER TABLE topics ADD COLUMN max_age_ms BIGINT NOT NULL DEFAULT 86400000"
+        )
 
 
 def _insert_missing(conn: Connection, table: Table, values: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ Pure: keys, randomness and times come in as arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidTag
@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from sealedbus.core import suites
 from sealedbus.core.signed import (
+    COMPROMISE,
     Certificate,
     EpochDescription,
     Grant,
+    RevocationList,
     SignatureError,
     TopicKeyGrant,
     grant_info,
@@ -27,6 +29,10 @@ from sealedbus.core.suites import KeyPair, Suite
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+DEFAULT_MAX_AGE_MS = DAY_MS
+# How long past a revoked certificate's expiry, beyond the longest rotation plus retention of any
+# topic, its revocation entry is kept: covers openers' clock skew allowance with a wide margin.
+PRUNE_MARGIN_MS = DAY_MS
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class TopicPolicy:
     retention_ms: int = 7 * DAY_MS
     suite: Suite = Suite.X25519
     history: bool = False  # consumers may read epochs from before they were added
+    # Openers refuse envelopes sent longer ago (signed into every epoch description): bounds how
+    # long a replay to another consumer or a restarted one can be accepted. 0: no limit.
+    max_age_ms: int = DEFAULT_MAX_AGE_MS
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 249:
@@ -48,6 +57,8 @@ class TopicPolicy:
             raise ValueError("rotation period must be at least one second")
         if self.retention_ms < self.rotation_ms:
             raise ValueError("retention must be at least one rotation period")
+        if self.max_age_ms != 0 and self.max_age_ms < 1000:
+            raise ValueError("maximum message age must be at least one second (or 0: no limit)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ def new_epoch(
         not_before_ms=not_before_ms,
         not_after_ms=not_before_ms + policy.rotation_ms,
         destroy_after_ms=not_before_ms + policy.rotation_ms + policy.retention_ms,
+        max_age_ms=policy.max_age_ms,
     )
     return description, keys
 
@@ -205,3 +217,79 @@ def open_grant(
     if keys.public != description.public_key:
         raise GrantError("granted private key does not match the epoch public key")
     return keys
+
+
+# -- revocation lists: one rule for LocalKeyService and the KDS ----------------------------------
+
+
+def revoke(
+    revocations: RevocationList,
+    member: str,
+    up_to_serial: int,
+    now_ms: int,
+    *,
+    compromised: bool,
+) -> RevocationList:
+    """``revocations`` plus the revocation of ``member``'s certificates up to ``up_to_serial``:
+    for key compromise every envelope they signed is refused; for retirement only those sent
+    from ``now_ms`` on. An entry that an existing one already covers changes nothing (the same
+    list is returned); entries the new one covers are dropped."""
+    since = COMPROMISE if compromised else now_ms
+
+    def covers(a: tuple[int, int], b: tuple[int, int]) -> bool:  # (up_to, since) a covers b
+        return a[0] >= b[0] and (a[1] == COMPROMISE or (b[1] != COMPROMISE and a[1] <= b[1]))
+
+    mine = [(s, t) for m, s, t in revocations.members if m == member]
+    if any(covers(e, (up_to_serial, since)) for e in mine):
+        return revocations
+    kept = tuple(
+        e for e in revocations.members if e[0] != member or not covers((up_to_serial, since), e[1:])
+    )
+    return RevocationList(
+        now_ms,
+        revocations.serial + 1,
+        (*kept, (member, up_to_serial, since)),
+        revocations.withdrawn,
+    )
+
+
+def withdraw(
+    revocations: RevocationList, member: str, topic: str, up_to_serial: int, now_ms: int
+) -> RevocationList:
+    """``revocations`` plus the withdrawal of ``member``'s certificates up to ``up_to_serial``
+    from ``topic``: one entry per (member, topic), raised to the highest serial."""
+    held = max((s for m, t, s in revocations.withdrawn if (m, t) == (member, topic)), default=-1)
+    if held >= up_to_serial:
+        return revocations
+    kept = tuple(e for e in revocations.withdrawn if (e[0], e[1]) != (member, topic))
+    return RevocationList(
+        now_ms,
+        revocations.serial + 1,
+        revocations.members,
+        (*kept, (member, topic, up_to_serial)),
+    )
+
+
+def prune(
+    revocations: RevocationList, useful_until: Callable[[str, int], int], now_ms: int
+) -> RevocationList:
+    """Drop entries that can no longer refuse anything: ``useful_until(member, up_to_serial)``
+    is when the last envelope any of those certificates signed stops opening anywhere (see
+    ``revocation_horizon``). Returns the same list when nothing is dropped."""
+    members = tuple(e for e in revocations.members if useful_until(e[0], e[1]) >= now_ms)
+    withdrawn = tuple(e for e in revocations.withdrawn if useful_until(e[0], e[2]) >= now_ms)
+    if (members, withdrawn) == (revocations.members, revocations.withdrawn):
+        return revocations
+    return RevocationList(now_ms, revocations.serial + 1, members, withdrawn)
+
+
+def revocation_horizon(last_not_after_ms: int | None, longest_keep_ms: int) -> int:
+    """Until when a revocation entry matters: an envelope is opened only if sent within its
+    certificate's validity and inside its epoch's window (give or take the openers' skew), and
+    only until that epoch is destroyed, a rotation plus retention later. ``last_not_after_ms`` is
+    the latest expiry of the certificates the entry covers (None: it covers none: keep it as
+    long as the others, it costs a few bytes); ``longest_keep_ms`` the longest rotation plus
+    retention of any topic."""
+    if last_not_after_ms is None:
+        return 1 << 62
+    return last_not_after_ms + longest_keep_ms + PRUNE_MARGIN_MS

@@ -6,9 +6,13 @@ TLS can neither read epoch keys nor substitute them (``UntrustedResponse``).
 
 Caching, after PyJWKClient: epoch descriptions are re-checked every ``epoch_refresh`` seconds and
 the next one is prefetched; epoch keys are kept until their ``destroy_after`` and dropped then;
-a key id (epoch, certificate) not in the cache is fetched once. When the KDS cannot be reached
-the client keeps answering from its cache while the cached epochs, certificate and revocation
-list still cover the request, and raises ``KeyServiceUnavailable`` (retryable) after that.
+a key id (epoch, certificate) not in the cache is fetched once (unknown certificate ids at a
+bounded rate). Refreshes of what the cache still covers run in the background, so no seal or
+open waits for the KDS while the cache answers. When the KDS cannot be reached the client keeps
+answering from its cache while the cached epochs, certificate and revocation list still cover
+the request (the list for at most ``revocation_max_age``, a producer's epoch view for at most
+``max_epoch_staleness``), and raises ``KeyServiceUnavailable`` (retryable; ``StaleRevocations``
+for the list) after that, at once while the outage backoff runs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from sealedbus.errors import (
     KeyServiceUnavailable,
     Reason,
     Refused,
+    StaleRevocations,
     UnknownTopic,
     UnopenableEnvelope,
     UntrustedResponse,
@@ -57,6 +62,7 @@ _MAX_CACHED_CERTS = 10_000
 # certificates, so a real one is never unknown first; the answer is not signed, so not forever.
 _UNKNOWN_CERT_MS = 60_000
 _PREFETCH_RETRY_MS = 1000
+_SWEEP_MS = 10_000  # how often cached epoch keys past their destruction time are dropped
 
 
 URL_ENV = "SEALEDBUS_KDS_URL"
@@ -188,10 +194,25 @@ def fetch_root(http: SignedHttp, root_fingerprint: str) -> Ed25519PublicKey:
 
 
 def enroll(
-    url: str, identity: MemberIdentity, token: str, root_fingerprint: str, **http_options: Any
+    url: str,
+    identity: MemberIdentity,
+    token: str,
+    root_fingerprint: str,
+    *,
+    replace: bool = False,
+    compromised: bool = False,
+    **http_options: Any,
 ) -> Certificate:
     """Enroll ``identity`` with a one-time token; returns the verified certificate. The token
-    does not travel: a key derived from it signs the enrollment (``auth.token_key``)."""
+    does not travel: a key derived from it signs the enrollment (``auth.token_key``).
+
+    The KDS refuses a name that is already enrolled (409 ``member_enrolled``) unless
+    ``replace``: the member's old key then stops working and its old certificates are revoked,
+    as retirement (envelopes signed before now still open) or, with ``compromised``, as key
+    compromise (none do)."""
+    replace_mode = auth.REPLACE_NONE
+    if replace:
+        replace_mode = auth.REPLACE_COMPROMISE if compromised else auth.REPLACE_RETIRE
     check_fingerprint(root_fingerprint)
     http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
     clock: Callable[[], float] = http_options.get("clock", time.time)
@@ -207,6 +228,7 @@ def enroll(
             int(identity.receive.suite),
             identity.receive.public,
             now_ms,
+            replace_mode,
         )
         doc = http.call(
             "POST",
@@ -220,6 +242,7 @@ def enroll(
                 "timestamp_ms": now_ms,
                 "token_proof": base64.b64encode(token_key.sign(message)).decode(),
                 "proof": base64.b64encode(identity.signing_key.sign(message)).decode(),
+                **({"replace": replace_mode} if replace_mode else {}),
             },
             signed=False,
         )
@@ -274,6 +297,10 @@ class KeyServiceClient:
         revocation_refresh: float = 30.0,
         certificate_refresh: float = 60.0,
         outage_backoff: float = 5.0,
+        revocation_max_age: float | None = None,
+        max_epoch_staleness: float | None = 300.0,
+        certificate_lookups_per_second: float = 5.0,
+        certificate_lookup_burst: int = 20,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -292,10 +319,28 @@ class KeyServiceClient:
         )
         self._epoch_refresh_ms = int(epoch_refresh * 1000)
         self._revocation_refresh_ms = int(revocation_refresh * 1000)
-        # a list signed longer ago than this is refused: a few refresh intervals, and the skew
-        self._revocation_max_age_ms = 3 * self._revocation_refresh_ms + auth.MAX_SKEW_MS
+        # A list signed longer ago than this is refused, and one held that long is no longer
+        # used (StaleRevocations, retryable): default a few refresh intervals and the skew.
+        self._revocation_max_age_ms = (
+            3 * self._revocation_refresh_ms + auth.MAX_SKEW_MS
+            if revocation_max_age is None
+            else int(revocation_max_age * 1000)
+        )
+        # A producer whose epoch view is older than this stops sealing until it can refresh:
+        # a consumer revoked meanwhile (the topic rotated) reads at most this long. None: the
+        # cached epoch is used to its end.
+        self._max_staleness_ms = (
+            None if max_epoch_staleness is None else int(max_epoch_staleness * 1000)
+        )
         self._cert_refresh_ms = int(certificate_refresh * 1000)
         self._backoff_ms = int(outage_backoff * 1000)
+        self._lookup_rate = certificate_lookups_per_second / 1000  # tokens per ms
+        self._lookup_burst = float(certificate_lookup_burst)
+        self._lookup_tokens = float(certificate_lookup_burst)
+        self._lookup_at_ms = 0
+        self._clock = clock
+        self._inflight: set[str] = set()
+        self._next_sweep_ms = 0
         self._rng = rng
         self._lock = threading.RLock()
         self._root: Ed25519PublicKey | None = None
@@ -349,47 +394,58 @@ class KeyServiceClient:
             cert = self._cert
             due = (
                 cert is None
-                or refresh
                 or now_ms - self._cert_fetched_ms >= self._cert_refresh_ms
                 or now_ms >= cert.not_after_ms - (cert.not_after_ms - cert.not_before_ms) // 4
             )
             down = self._down(now_ms)
-        if due and not (cert is not None and cert.valid_at(now_ms) and down):
-            try:
-                doc = self._call("GET", "/v1/certificate", now_ms)
-                fetched = _check_certificate(
-                    _field(doc, "certificate"), self._root_key(now_ms), self._identity
-                )
-                with self._lock:
-                    if self._cert is None or fetched.serial >= self._cert.serial:
-                        self._cert, self._cert_fetched_ms = fetched, now_ms
-                    cert = self._cert
-            except KeyServiceUnavailable:
-                if cert is None or not cert.valid_at(now_ms):
-                    raise
-            except Refused as exc:
-                raise AccessDenied(exc.reason) from None
-        if cert is None:  # pragma: no cover - the fetch above either set it or raised
-            raise KeyServiceUnavailable("no certificate")
-        return self._identity.signing_key, cert
+        if cert is not None and cert.valid_at(now_ms) and (not refresh or down):
+            if due and not down:  # renewed off the hot path while this one is good
+                self._background("identity", lambda: self._fetch_identity(now_ms))
+            return self._identity.signing_key, cert
+        try:
+            return self._identity.signing_key, self._fetch_identity(now_ms)
+        except KeyServiceUnavailable:
+            if cert is None or not cert.valid_at(now_ms):
+                raise
+            return self._identity.signing_key, cert
+
+    def _fetch_identity(self, now_ms: int) -> Certificate:
+        try:
+            doc = self._call("GET", "/v1/certificate", now_ms)
+        except Refused as exc:
+            raise AccessDenied(exc.reason) from None
+        fetched = _check_certificate(
+            _field(doc, "certificate"), self._root_key(now_ms), self._identity
+        )
+        with self._lock:
+            if self._cert is None or fetched.serial >= self._cert.serial:
+                self._cert, self._cert_fetched_ms = fetched, now_ms
+            return self._cert
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
         with self._lock:
             cached = self._epochs.get(topic)
             down = self._down(now_ms)
-        # a cached epoch is used only while now is inside its window, outage or not
+        # a cached epoch is used only while now is inside its window, outage or not, and while
+        # the view is younger than max_epoch_staleness; refreshed in the background
         usable = cached.at(now_ms) if cached else None
-        fresh = cached is not None and now_ms - cached.fetched_ms < self._epoch_refresh_ms
-        if usable is not None and (fresh or down):
-            return usable
+        if cached is not None and usable is not None:
+            age = now_ms - cached.fetched_ms
+            if self._max_staleness_ms is None or age < self._max_staleness_ms:
+                if age >= self._epoch_refresh_ms and not down:
+                    self._background(
+                        "epoch:" + topic, lambda: self._fetch_sealing_epoch(topic, now_ms)
+                    )
+                return usable
+        return self._fetch_sealing_epoch(topic, now_ms)
+
+    def _fetch_sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
         nonce = self._rng(16)
         try:
             doc = self._call("GET", f"/v1/topics/{topic}/sealing-epoch?nonce={nonce.hex()}", now_ms)
-        except KeyServiceUnavailable:
-            if usable is not None:
-                return usable
-            raise
         except Refused as exc:
+            with self._lock:  # no longer a producer: the cached epoch must not outlive that
+                self._epochs.pop(topic, None)
             if exc.status == 404:
                 raise UnknownTopic(exc.reason) from None
             raise AccessDenied(exc.reason) from None
@@ -416,13 +472,20 @@ class KeyServiceClient:
         if ahead is not None and ahead.epoch <= current.epoch:
             raise UntrustedResponse("KDS answered with a next epoch older than the current one")
         fetched = _TopicEpochs(current, ahead, now_ms)
-        usable = fetched.at(now_ms)
+        # The KDS answered at its now, later than ours when the request took a while: an epoch
+        # that started meanwhile is the right one (the opener allows the skew at its start).
+        usable = fetched.at(now_ms) or fetched.at(max(now_ms, self._now_ms()))
         if usable is None:
             raise UntrustedResponse("KDS answered with an epoch whose window does not contain now")
         with self._lock:
-            # Current epochs only move forward (defence in depth behind the nonce).
+            # Current epochs only move forward (defence in depth behind the nonce). A background
+            # refresh may have stored a newer answer while this request was in flight: use it.
             if current.epoch < self._highest.get(topic, -1):
-                raise UntrustedResponse("KDS answered with an older epoch (rollback)")
+                held = self._epochs.get(topic)
+                newer = held.at(max(now_ms, self._now_ms())) if held else None
+                if newer is None:
+                    raise UntrustedResponse("KDS answered with an older epoch (rollback)")
+                return newer
             self._highest[topic] = current.epoch
             self._epochs[topic] = fetched
             if self._cert is not None and topic not in self._cert.produce:
@@ -473,6 +536,11 @@ class KeyServiceClient:
             return cached
         if now_ms < unknown_until:  # junk envelopes must not cost a KDS request each
             return None
+        if not self._take_lookup(now_ms):  # nor a stream of fresh junk ids: a token bucket
+            raise KeyServiceUnavailable(
+                "certificate look-ups over the limit "
+                f"({self._lookup_rate * 1000:g}/s, bursts of {self._lookup_burst:g}); retry"
+            )
         try:
             doc = self._call("GET", f"/v1/certificates/{cert_id.hex()}", now_ms)
         except Refused as exc:
@@ -497,21 +565,34 @@ class KeyServiceClient:
 
     def revocations(self, now_ms: int) -> RevocationList:
         self._prefetch_due(now_ms)  # every open asks this: the cheap moment to look ahead
+        self._sweep(now_ms)
         with self._lock:
             current = self._revocations
-            stale = now_ms - self._revocations_fetched_ms >= self._revocation_refresh_ms
+            fetched_ms = self._revocations_fetched_ms
             down = self._down(now_ms)
-        if current is not None and not (stale and not down):
-            return current
+        if current is not None:
+            age = now_ms - min(fetched_ms, current.issued_at_ms)
+            if age < self._revocation_max_age_ms:
+                if now_ms - fetched_ms >= self._revocation_refresh_ms and not down:
+                    self._background("revocations", lambda: self._fetch_revocations(now_ms))
+                return current
+        try:
+            return self._fetch_revocations(now_ms)
+        except KeyServiceUnavailable as exc:
+            if current is None:
+                raise
+            raise StaleRevocations(
+                f"revocation list is {(now_ms - current.issued_at_ms) // 1000} s old (limit "
+                f"{self._revocation_max_age_ms // 1000} s) and the KDS cannot be asked: "
+                f"{exc}"
+            ) from exc
+
+    def _fetch_revocations(self, now_ms: int) -> RevocationList:
         try:
             doc = self._call("GET", "/v1/revocations", now_ms)
             fetched = RevocationList.verify(_field(doc, "revocations"), self._root_key(now_ms))
         except SignatureError as exc:
             raise UntrustedResponse(str(exc)) from None
-        except KeyServiceUnavailable:
-            if current is None:
-                raise
-            return current  # the outage: keep the list we have
         except Refused as exc:
             raise AccessDenied(exc.reason) from None
         # The KDS signs the list afresh for every answer: an old one is a replay.
@@ -532,23 +613,75 @@ class KeyServiceClient:
     def _down(self, now_ms: int) -> bool:
         return now_ms < self._down_until_ms
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
     def _call(self, method: str, path: str, now_ms: int) -> Any:
+        """One request, unless the KDS failed within the backoff: then fail at once, so a hung
+        KDS costs each caller nothing rather than a timeout. The backoff runs from when the
+        failure was known (after the timeout), not from when the request started."""
+        if self._down(now_ms):
+            raise KeyServiceUnavailable(
+                f"KDS unavailable (last attempt failed; next in under {self._backoff_ms} ms)"
+            )
         try:
             return self._http.call(method, path)
         except KeyServiceUnavailable:
             with self._lock:
-                self._down_until_ms = now_ms + self._backoff_ms
+                self._down_until_ms = max(now_ms, self._now_ms()) + self._backoff_ms
             raise
+
+    def _background(self, key: str, fetch: Callable[[], object]) -> None:
+        """Run ``fetch`` on a thread unless one for ``key`` is running: refreshes of what the
+        cache still covers never hold up a seal or an open. Failures are left to the backoff
+        and to the next caller (a refusal drops the cached entry where that matters)."""
+        with self._lock:
+            if key in self._inflight:
+                return
+            self._inflight.add(key)
+
+        def run() -> None:
+            try:
+                with contextlib.suppress(Exception):
+                    fetch()
+            finally:
+                with self._lock:
+                    self._inflight.discard(key)
+
+        threading.Thread(target=run, name="kds-refresh", daemon=True).start()
+
+    def _take_lookup(self, now_ms: int) -> bool:
+        with self._lock:
+            elapsed = max(0, now_ms - self._lookup_at_ms)
+            self._lookup_at_ms = max(now_ms, self._lookup_at_ms)
+            tokens = min(self._lookup_burst, self._lookup_tokens + elapsed * self._lookup_rate)
+            if tokens < 1:
+                self._lookup_tokens = tokens
+                return False
+            self._lookup_tokens = tokens - 1
+            return True
+
+    def _sweep(self, now_ms: int) -> None:
+        """Drop cached epoch keys past their destruction time, used or not."""
+        with self._lock:
+            if now_ms < self._next_sweep_ms:
+                return
+            self._next_sweep_ms = now_ms + _SWEEP_MS
+            self._keys = {
+                k: v for k, v in self._keys.items() if now_ms < v.description.destroy_after_ms
+            }
 
     def _root_key(self, now_ms: int) -> Ed25519PublicKey:
         with self._lock:
             root = self._root
         if root is None:
+            if self._down(now_ms):
+                raise KeyServiceUnavailable("KDS unavailable (backing off)")
             try:
                 root = fetch_root(self._http, self._fingerprint)
             except KeyServiceUnavailable:
                 with self._lock:
-                    self._down_until_ms = now_ms + self._backoff_ms
+                    self._down_until_ms = max(now_ms, self._now_ms()) + self._backoff_ms
                 raise
             with self._lock:
                 self._root = root

@@ -84,7 +84,7 @@ class LocalKeyService:
         self._certs: dict[bytes, Certificate] = {}
         self._current_cert: dict[str, Certificate] = {}
         self._revoked: set[str] = set()
-        self._revocations = RevocationList(0, 0, (), ())
+        self._revocations = RevocationList(0, 0)
         self._serial = 0
 
     # -- administration -------------------------------------------------------------------
@@ -103,8 +103,11 @@ class LocalKeyService:
         retention: float = 7 * 86_400.0,
         suite: str | Suite = Suite.X25519,
         history: bool = False,
+        max_message_age: float | None = authority.DEFAULT_MAX_AGE_MS / 1000,
     ) -> None:
-        """Create a topic. Nobody may produce or consume unless listed (deny by default)."""
+        """Create a topic. Nobody may produce or consume unless listed (deny by default).
+        Openers refuse envelopes sent more than ``max_message_age`` seconds ago (None: no
+        limit; the limit bounds replays to other or restarted consumers)."""
         try:
             policy = TopicPolicy(
                 name=name,
@@ -114,6 +117,7 @@ class LocalKeyService:
                 retention_ms=int(retention * 1000),
                 suite=Suite.parse(suite),
                 history=history,
+                max_age_ms=0 if max_message_age is None else int(max_message_age * 1000),
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
@@ -146,16 +150,16 @@ class LocalKeyService:
             topic.policy = change.policy
             self._serial += 1  # certificates name what a member may do: reissue them
             self._current_cert.clear()
-            withdrawn = tuple(
-                (c.cert_id, name)
-                for c in self._certs.values()
-                if c.member in change.removed_producers and name in c.produce
-            )
-            if withdrawn:
-                old = self._revocations
-                self._revocations = RevocationList(
-                    now, old.serial + 1, old.cert_ids, old.members, old.withdrawn + withdrawn
-                )
+            for member in change.removed_producers:
+                serials = [
+                    c.serial
+                    for c in self._certs.values()
+                    if c.member == member and name in c.produce
+                ]
+                if serials:
+                    self._revocations = authority.withdraw(
+                        self._revocations, member, name, max(serials), now
+                    )
             if change.removed_consumers:
                 self._rotate(topic, now)
 
@@ -164,31 +168,49 @@ class LocalKeyService:
         with self._lock:
             return self._rotate(self._topic(name), self._now_ms())
 
-    def revoke(self, member: str) -> None:
-        """Revoke a member: its certificates stop verifying and every topic it reads rotates."""
+    def revoke(self, member: str, *, compromised: bool = True) -> None:
+        """Revoke a member: its certificates stop verifying and every topic it reads rotates.
+        For key compromise (the default) every envelope it ever signed is refused; otherwise
+        (retirement) only envelopes stamped from now on."""
         with self._lock:
             self._revoked.add(member)
-            ids = tuple(c.cert_id for c in self._certs.values() if c.member == member)
             now = self._now_ms()
-            self._revocations = RevocationList(
-                now,
-                self._revocations.serial + 1,
-                self._revocations.cert_ids + ids,
-                (*self._revocations.members, member),
-                self._revocations.withdrawn,
+            self._revocations = authority.revoke(
+                self._prune(now), member, self._serial, now, compromised=compromised
             )
             self._current_cert.pop(member, None)
             for topic in self._topics.values():
                 if member in topic.policy.consumers:
                     self._rotate(topic, now)
 
-    def enroll(self, name: str, suite: str | Suite = Suite.X25519) -> LocalMember:
-        """Enroll a service (new keys, certificate) and return its key source."""
+    def enroll(
+        self,
+        name: str,
+        suite: str | Suite = Suite.X25519,
+        *,
+        replace: bool = False,
+        compromised: bool = False,
+    ) -> LocalMember:
+        """Enroll a service (new keys, certificate) and return its key source. An enrolled name
+        is replaced only with ``replace=True``: its old key source stops working and its old
+        certificates are revoked (retired: envelopes they signed before now still open; with
+        ``compromised=True`` none do)."""
         with self._lock:
             if name in self._revoked:
                 raise AccessDenied(f"member {name!r} is revoked")
             if name in self._members:
-                raise ConfigurationError(f"member {name!r} is already enrolled")
+                if not replace:
+                    raise ConfigurationError(
+                        f"member {name!r} is already enrolled (replace=True replaces its keys "
+                        "and revokes its old certificates)"
+                    )
+                now = self._now_ms()
+                serials = [c.serial for c in self._certs.values() if c.member == name]
+                if serials:
+                    self._revocations = authority.revoke(
+                        self._prune(now), name, max(serials), now, compromised=compromised
+                    )
+                self._current_cert.pop(name, None)
             ident = MemberIdentity.generate(name, self._rng, Suite.parse(suite))
             self._members[name] = ident
             return LocalMember(self, ident)
@@ -216,7 +238,30 @@ class LocalKeyService:
             for topic in self._topics.values():
                 self._advance(topic, now)
 
+    def _prune(self, now: int) -> RevocationList:
+        """The revocation list without entries that can no longer refuse anything."""
+        keep = max(
+            (t.policy.rotation_ms + t.policy.retention_ms for t in self._topics.values()), default=0
+        )
+
+        def useful_until(member: str, up_to: int) -> int:
+            last = max(
+                (
+                    c.not_after_ms
+                    for c in self._certs.values()
+                    if c.member == member and c.serial <= up_to
+                ),
+                default=None,
+            )
+            return authority.revocation_horizon(last, keep)
+
+        return authority.prune(self._revocations, useful_until, now)
+
     # -- what members ask (through LocalMember) -----------------------------------------------
+
+    def _check_key(self, identity: MemberIdentity) -> None:
+        if self._members.get(identity.name) is not identity:
+            raise AccessDenied(f"{identity.name!r}: key replaced by a later enrollment")
 
     def _certificate_for(self, member: str, now: int) -> Certificate:
         with self._lock:
@@ -364,9 +409,11 @@ class LocalMember:
     def identity(
         self, now_ms: int, refresh: bool = False
     ) -> tuple[Ed25519PrivateKey, Certificate]:  # always current: policy changes reissue it
+        self._service._check_key(self._identity)
         return self._identity.signing_key, self._service._certificate_for(self.member, now_ms)
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
+        self._service._check_key(self._identity)
         return self._service._sealing_epoch(self.member, topic, now_ms)
 
     def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
@@ -376,6 +423,7 @@ class LocalMember:
             return cached
         with self._lock:
             self._keys.pop((topic, epoch), None)  # destroyed: drop our copy too
+        self._service._check_key(self._identity)
         description, grant = self._service._grant(self.member, topic, epoch, now_ms)
         keys = EpochKeys(
             description,
@@ -388,6 +436,7 @@ class LocalMember:
         return keys
 
     def topic_key(self, topic: str, now_ms: int) -> bytes:
+        self._service._check_key(self._identity)
         return self._service._topic_key(self.member, topic)
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:

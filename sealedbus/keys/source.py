@@ -65,6 +65,8 @@ class KeySource(Protocol):
         ...
 
     def revocations(self, now_ms: int) -> RevocationList:
-        """The authority's current revocation list, verified: revoked certificates and members,
-        and certificates withdrawn from a topic their member no longer produces to."""
+        """The authority's current revocation list, verified: revoked members' certificates (by
+        serial; for key compromise or from a time on) and certificates withdrawn from a topic
+        their member no longer produces to. Raises StaleRevocations (retryable) when the list
+        held is too old to use and no fresh one can be had."""
         ...

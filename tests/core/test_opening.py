@@ -95,13 +95,33 @@ def test_expired_with_injected_clock(world: World, clock: Clock) -> None:
 
 
 def test_no_ttl_never_expires_but_max_age_applies(world: World, clock: Clock) -> None:
-    envelope = world.sealer().seal("orders", b"x")
-    later = clock.t + 6 * 86_400
-    assert _opener_at(world, later).open("orders", envelope).expires_at is None
-    rejected(
-        lambda: _opener_at(world, later, max_age=3600).open("orders", envelope), Reason.EXPIRED
+    world.ks.create_topic(
+        "unbounded", producers=["producer"], consumers=["consumer"], max_message_age=None
     )
-    assert _opener_at(world, clock.t + 3000, max_age=3600).open("orders", envelope).body == b"x"
+    envelope = world.sealer().seal("unbounded", b"x")
+    later = clock.t + 6 * 86_400
+    assert _opener_at(world, later).open("unbounded", envelope).expires_at is None
+    rejected(
+        lambda: _opener_at(world, later, max_age=3600).open("unbounded", envelope),
+        Reason.EXPIRED,
+    )
+    assert _opener_at(world, clock.t + 3000, max_age=3600).open("unbounded", envelope).body == b"x"
+
+
+def test_replay_to_a_restarted_consumer_past_the_topic_max_age_is_refused(
+    world: World, clock: Clock
+) -> None:
+    """Issue 8 item 7: a replay window lives in one opener's memory, so a restarted (or another)
+    consumer accepted a replay for the whole retention (7 days). Each topic's maximum message
+    age, signed into its epoch descriptions (default 24 h), now bounds that for every opener."""
+    envelope = world.sealer().seal("orders", b"x")
+    description = world.members["consumer"].epoch_keys("orders", 0, clock.ms).description
+    assert description.max_age_ms == 86_400_000
+    skew = 120
+    restarted = _opener_at(world, clock.t + 86_400 + skew)  # a new opener: an empty window
+    assert restarted.open("orders", envelope).body == b"x"
+    replayed_later = _opener_at(world, clock.t + 86_400 + skew + 1)
+    rejected(lambda: replayed_later.open("orders", envelope), Reason.EXPIRED)
 
 
 def test_from_future_beyond_clock_skew(world: World, clock: Clock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -42,7 +43,7 @@ CERT = Certificate(
 )
 EPOCH = EpochDescription("a", 4, Suite.X25519, b"\x05" * 32, 10, 20, 30)
 GRANT = Grant("a", 4, "svc", EPOCH.digest, b"\x06" * 80)
-REVOCATIONS = RevocationList(7, 8, (b"\x09" * 16,), ("bad",))
+REVOCATIONS = RevocationList(7, 8, (("bad", 9, 0),), (("svc", "b", 3),))
 OBJECTS: list[Any] = [CERT, EPOCH, GRANT, REVOCATIONS]
 IDS = ["certificate", "epoch", "grant", "revocations"]
 
@@ -142,10 +143,24 @@ def test_fingerprint() -> None:
     assert len(signed.fingerprint(b"k")) == len("sha256:") + 64
 
 
-def test_revocation_list_revokes_by_id_and_member() -> None:
-    assert not REVOCATIONS.revokes(CERT)
-    assert RevocationList(0, 1, (CERT.cert_id,), ()).revokes(CERT)
-    assert RevocationList(0, 1, (), ("svc",)).revokes(CERT)
+def test_revocation_list_revokes_by_member_and_serial() -> None:
+    assert not REVOCATIONS.revokes(CERT, 0)
+    assert RevocationList(0, 1, (("svc", 3, 0),)).revokes(CERT, 0)  # compromise: any time
+    assert RevocationList(0, 1, (("svc", 3, 0),)).revokes(CERT, 1 << 50)
+    assert not RevocationList(0, 1, (("svc", 2, 0),)).revokes(CERT, 0)  # later certificate
+    assert not RevocationList(0, 1, (("other", 3, 0),)).revokes(CERT, 0)
+
+
+def test_retirement_refuses_only_envelopes_sent_from_its_time() -> None:
+    retired = RevocationList(0, 1, (("svc", 3, 500),))
+    assert not retired.revokes(CERT, 499)
+    assert retired.revokes(CERT, 500)
+
+
+def test_withdrawal_is_per_topic_up_to_a_serial() -> None:
+    assert REVOCATIONS.withdraws(CERT, "b")
+    assert not REVOCATIONS.withdraws(CERT, "a")
+    assert not RevocationList(0, 1, (), (("svc", "b", 2),)).withdraws(CERT, "b")
 
 
 def test_grant_bound_to_epoch_and_member() -> None:
@@ -215,3 +230,19 @@ def test_topic_key_grant_binds_topic_and_member_and_root() -> None:
     for args in refused:
         with pytest.raises(authority.GrantError):
             authority.open_topic_key(*args)
+
+
+def test_an_epoch_description_signed_before_max_age_existed_still_verifies() -> None:
+    """KDS databases hold descriptions of seven fields; they carry no maximum age (0)."""
+    root = Ed25519PrivateKey.generate()
+    body = msgpack.packb([1, "a", 4, 1, b"\x05" * 32, 10, 20, 30], use_bin_type=True)
+    signed = msgpack.packb([body, root.sign(EpochDescription.LABEL + body)], use_bin_type=True)
+    old = EpochDescription.verify(signed, root.public_key())
+    assert (old.max_age_ms, old.destroy_after_ms) == (0, 30)
+    assert old.digest == hashlib.sha256(body).digest()  # over the bytes that were signed
+    with pytest.raises(SignatureError):
+        bad = msgpack.packb([1, "a", 4, 1, b"\x05" * 32, 10, 20, 30, -1], use_bin_type=True)
+        EpochDescription.verify(
+            msgpack.packb([bad, root.sign(EpochDescription.LABEL + bad)], use_bin_type=True),
+            root.public_key(),
+        )

@@ -4,6 +4,7 @@ through Starlette's TestClient (an httpx.Client), so KeyServiceClient runs uncha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class AsgiTransport(httpx.BaseTransport):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         async def send() -> httpx.Response:
@@ -44,12 +46,26 @@ class AsgiTransport(httpx.BaseTransport):
             content = await response.aread()
             return httpx.Response(response.status_code, headers=response.headers, content=content)
 
-        return asyncio.run_coroutine_threadsafe(send(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(send(), self._loop)
+        while True:  # a request in flight when the transport closes fails, as over a socket
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                if self._closed:
+                    raise httpx.ConnectError("transport closed", request=request) from None
 
     def close(self) -> None:
+        self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+def settle() -> None:
+    """Wait for the clients' background refreshes and prefetches (they run off the hot path)."""
+    for thread in threading.enumerate():
+        if thread.name in ("kds-refresh", "kds-prefetch"):
+            thread.join(30)
 
 
 def http_client(app: FastAPI) -> httpx.Client:

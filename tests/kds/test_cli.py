@@ -397,3 +397,26 @@ def test_init_with_an_unreachable_database_leaves_no_key_files(tmp_path: Path) -
     )
     assert code == 1
     assert not any(data.iterdir())  # nothing to refuse on the retry
+
+
+def test_enroll_an_enrolled_name_needs_replace_and_says_what_happens_to_the_old_key(
+    kds: Kds, served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `sealedbus enroll --name billing` silently replaced the member's keys."""
+    first_token, second_token = tmp_path / "1.token", tmp_path / "2.token"
+    issue_token(kds, served, capsys, "billing", first_token)
+    assert run(capsys, *enroll_args(kds, "billing", first_token, tmp_path / "1.key"))[0] == 0
+    issue_token(kds, served, capsys, "billing", second_token)
+    code, _, err = run(capsys, *enroll_args(kds, "billing", second_token, tmp_path / "2.key"))
+    message = one_line(err, "enroll")
+    assert code == 1 and "member_enrolled" in message and "--replace" in message
+    assert "old certificates" in message and not (tmp_path / "2.key").exists()
+    code, _, err = run(
+        capsys, *enroll_args(kds, "billing", second_token, tmp_path / "2.key"), "--compromised"
+    )
+    assert code == 2 and "--compromised goes with --replace" in one_line(err, "enroll")
+    code, out, err = run(
+        capsys, *enroll_args(kds, "billing", second_token, tmp_path / "2.key"), "--replace"
+    )
+    assert code == 0, err
+    assert "replaced billing's keys; its old certificates are revoked from now on" in out

@@ -16,7 +16,7 @@ from sealedbus.kds.secrets import write_secret
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
 
-from ._harness import AsgiTransport, Kds
+from ._harness import AsgiTransport, Kds, settle
 
 
 class Switch(httpx.BaseTransport):
@@ -66,6 +66,9 @@ def test_opening_an_uncached_epoch_during_an_outage_is_retryable(kds: Kds) -> No
     opener.open("orders", sealer.seal("orders", b"warm the cache"))
     kds.admin.rotate("orders")
     kds.clock.advance(11)
+    sealer.seal("orders", b"refreshes the epoch off the hot path")
+    settle()
+    kds.clock.advance(1)  # the sealer asks its key source again
     envelope = sealer.seal("orders", b"new epoch")
     switch.up = False
     with pytest.raises(KeyServiceUnavailable):

@@ -14,7 +14,7 @@ from sealedbus.kds import auth
 from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import consumer_since
 
-from ._harness import Kds
+from ._harness import Kds, settle
 
 
 def pair(kds: Kds, **topic: object) -> tuple[Sealer, Opener]:
@@ -146,6 +146,9 @@ def test_removing_a_consumer_rotates_at_once(kds: Kds) -> None:
     epochs = kds.admin.epochs("orders")
     assert len(epochs) == 2
     kds.clock.advance(11)  # past the producer's epoch refresh interval
+    sealer.seal("orders", b"refreshes the epoch off the hot path")
+    settle()
+    kds.clock.advance(1)  # the sealer asks its key source again
     envelope = sealer.seal("orders", b"after removal")
     with pytest.raises(UnopenableEnvelope) as refused:
         opener.open("orders", envelope)
@@ -213,6 +216,7 @@ def test_a_member_joining_a_role_later_gets_no_earlier_epochs(kds: Kds) -> None:
         consumers=["role:auditors", "old"],
         rotation=60,
         retention=7 * 86_400,
+        max_age=0,  # no maximum message age: a two-day-old message still opens
     )
     sealer = Sealer(kds.member("p"), clock=kds.clock)
     veteran = Opener(kds.member("veteran", roles=["auditors"]), clock=kds.clock)

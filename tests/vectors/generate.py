@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from sealedbus.core import envelope, merkle, suites, wire
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import COMPROMISE, Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
 from sealedbus.keys import authority
@@ -121,18 +121,29 @@ class World:
             ("orders", "epoch", Suite.X25519),
             ("vault", "hybrid epoch", Suite.HYBRID),
         ):
-            policy = authority.TopicPolicy(topic, frozenset(), frozenset(), suite=suite)
+            # "orders" has no maximum message age, so that the retention and window vectors test
+            # those alone; "vault" has the default (24 h), which its own vectors test
+            max_age = 0 if topic == "orders" else authority.DEFAULT_MAX_AGE_MS
+            policy = authority.TopicPolicy(
+                topic, frozenset(), frozenset(), suite=suite, max_age_ms=max_age
+            )
             description, keys = authority.new_epoch(
                 policy, 7, T0_MS - MINUTE_MS, seed(label, suite.seed_len)
             )
             self.epochs[f"{topic}/7"] = EpochKeys(description, keys)
-        cid = self.certs["orders-api"].cert_id
+        # entries by member and certificate serial (SPEC.md 6.4); "orders-api" is serial 1,
+        # "orders-api long" 5 and "orders-api short" 6
         self.revocations = {
-            "empty": RevocationList(T0_MS, 1, (), ()),
-            "revokes orders-api": RevocationList(T0_MS, 3, (cid,), ("mallory",)),
-            "revokes member orders-api": RevocationList(T0_MS, 4, (), ("orders-api",)),
+            "empty": RevocationList(T0_MS, 1),
+            "revokes orders-api": RevocationList(
+                T0_MS, 3, (("mallory", 9, COMPROMISE), ("orders-api", 1, COMPROMISE))
+            ),
+            "revokes member orders-api": RevocationList(T0_MS, 4, (("orders-api", 6, COMPROMISE),)),
+            "retires orders-api from T0 + 1 s": RevocationList(
+                T0_MS, 5, (("orders-api", 1, T0_MS + 1000),)
+            ),
             "withdraws orders-api from orders": RevocationList(
-                T0_MS, 5, (), (), ((cid, "orders"),)
+                T0_MS, 6, (), (("orders-api", "orders", 1),)
             ),
         }
 
@@ -690,6 +701,28 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
         now_ms=T0_MS + 1,
     )
 
+    topic_age = WORLD.epochs["vault/7"].description.max_age_ms  # the topic's, signed (6.2)
+    # the stored hybrid envelope (on "vault", no ttl): suite 2's encapsulation is randomized, so
+    # a fresh one would change on every run
+    aged = hybrid
+    hybrid_sent = wire.parse(hybrid).header.sent_at_ms
+    add(
+        "topic max age boundary: now = sent_at + max_age_ms + skew",
+        aged,
+        None,
+        topic="vault",
+        consumer="archive",
+        now_ms=hybrid_sent + topic_age + SKEW_MS,
+    )
+    add(
+        "expired by the topic's max age: now = sent_at + max_age_ms + skew + 1",
+        aged,
+        "expired",
+        topic="vault",
+        consumer="archive",
+        now_ms=hybrid_sent + topic_age + SKEW_MS + 1,
+    )
+
     # -- step 6: sender --
     add("sender certificate id changed", _flip(good, 9), "unknown_sender")
     add(
@@ -721,6 +754,18 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
     )
     add("certificate id revoked", good, "sender_revoked", revocation_list="revokes orders-api")
     add("member revoked", good, "sender_revoked", revocation_list="revokes member orders-api")
+    add(
+        "retirement boundary: sent_at = since - 1 opens",
+        seal_raw("retired before", sent_at_ms=T0_MS + 999),
+        None,
+        revocation_list="retires orders-api from T0 + 1 s",
+    )
+    add(
+        "retired: sent_at = since",
+        seal_raw("retired at", sent_at_ms=T0_MS + 1000),
+        "sender_revoked",
+        revocation_list="retires orders-api from T0 + 1 s",
+    )
     add(
         "certificate withdrawn from the topic",
         good,
