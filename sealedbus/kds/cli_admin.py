@@ -166,6 +166,15 @@ def register(sub: Any) -> None:
         action="store_true",
         help="new consumers may read epochs from before they were added (default: off)",
     )
+    create.add_argument(
+        "--max-age",
+        type=int,
+        default=86_400,
+        metavar="SECONDS",
+        help="openers refuse messages sent longer ago (bounds replays to restarted or other "
+        "consumers; a consumer lagging more dead-letters as expired); 0: no limit "
+        "(default: 86400 s = 24 h)",
+    )
     _command(create, _admin, action="topic-create")
     change = topic_sub.add_parser("set", help="replace who may produce or consume")
     change.add_argument("name", help="topic name")
@@ -188,6 +197,12 @@ def register(sub: Any) -> None:
     _command(rotate, _admin, action="rotate")
     revoke = admin_sub.add_parser("revoke", help="revoke a member (rotates its topics)")
     revoke.add_argument("member", help="member name")
+    revoke.add_argument(
+        "--retire",
+        action="store_true",
+        help="retirement, not key compromise: envelopes it stamped before now still open "
+        "(only for keys not suspected of exposure; default: key compromise, refuse them all)",
+    )
     _command(revoke, _admin, action="revoke")
     epochs = admin_sub.add_parser("epochs", help="list a topic's epochs (times in UTC)")
     epochs.add_argument("name", help="topic name")
@@ -289,6 +304,8 @@ def _check_admin_args(args: argparse.Namespace) -> None:
     if args.action == "topic-create":
         in_range("--rotation", args.rotation, (1, 366 * 86_400))
         in_range("--retention", args.retention, (1, 100 * 366 * 86_400))
+        if not 0 <= args.max_age <= 100 * 366 * 86_400:
+            raise _usage(f"--max-age {args.max_age}: must be 0 (no limit) to 3162240000 seconds")
     if getattr(args, "name", None) and not re.fullmatch(auth.TOPIC_PATTERN, args.name):
         raise _usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
     for name in names:
@@ -409,6 +426,7 @@ def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str
             retention=args.retention,
             suite=args.suite,
             history=args.history,
+            max_age=args.max_age,
         )
     if action == "topic-set":
         return client.set_policy(
@@ -435,8 +453,9 @@ def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str
             )
         return out
     if action == "revoke":
-        client.revoke(args.member)
-        print(f"revoked {args.member}; its topics rotated")
+        client.revoke(args.member, compromised=not args.retire)
+        kind = "retired" if args.retire else "revoked (key compromise)"
+        print(f"{kind} {args.member}; its topics rotated")
         return None
     if action == "epochs":
         return [

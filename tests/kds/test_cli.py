@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from sealedbus.core.signed import COMPROMISE, RevocationList
 from sealedbus.kds import cli as kds_cli
 from sealedbus.kds import secrets
 from sealedbus.kds.admin_client import AdminClient
@@ -420,3 +421,26 @@ def test_enroll_an_enrolled_name_needs_replace_and_says_what_happens_to_the_old_
     )
     assert code == 0, err
     assert "replaced billing's keys; its old certificates are revoked from now on" in out
+
+
+def test_topic_max_age_and_retirement_are_reachable_from_the_cli(
+    kds: Kds, served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API could set a topic's maximum message age and retire (not only revoke for key
+    compromise) a member, but the CLI offered neither."""
+    admin = admin_args(kds, served)
+    code, _, err = run(capsys, *admin, "topic", "create", "orders", "--max-age", "3600")
+    assert code == 0, err
+    assert kds.service.topic("orders").max_age_ms == 3_600_000
+    code, _, err = run(capsys, *admin_args(kds, served), "topic", "create", "x", "--max-age", "-1")
+    assert code == 2 and "--max-age -1: must be 0" in one_line(err, "admin topic create")
+
+    kds.member("p")
+    kds.member("q")
+    code, out, err = run(capsys, *admin_args(kds, served), "revoke", "p", "--retire")
+    assert code == 0 and "retired p" in out, err
+    code, out, err = run(capsys, *admin_args(kds, served), "revoke", "q")
+    assert code == 0 and "revoked (key compromise) q" in out, err
+    listed = RevocationList.verify(kds.service.revocation_list(), kds.service.root.public_key())
+    since = {member: since for member, _serial, since in listed.members}
+    assert since["p"] != COMPROMISE and since["q"] == COMPROMISE
