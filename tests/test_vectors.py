@@ -24,6 +24,9 @@ NEGATIVE: list[dict[str, str]] = json.loads(
 OBJECTS: dict[str, str] = json.loads((Path(__file__).parent / "vectors/objects.json").read_text())
 
 
+pytestmark = pytest.mark.usefixtures("each_core")  # both cores reproduce every vector
+
+
 def _opener(keys: VectorKeys) -> Opener:
     return Opener(keys, clock=lambda: T0_MS / 1000)
 

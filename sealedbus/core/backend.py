@@ -20,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core import envelope, merkle, suites, wire
@@ -120,6 +122,17 @@ def acceptable_point(encoding: bytes) -> bool:
     """SPEC.md 5.4: an encoding of A or R that may enter the equation (y < p, not small order)."""
     y = int.from_bytes(encoding, "little") & ((1 << 255) - 1)
     return len(encoding) == 32 and y < _P and encoding not in _SMALL_ORDER
+
+
+def pure_ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """The pure core's Ed25519 rule: SPEC.md 5.4's prechecks, then OpenSSL (cofactorless)."""
+    if not (acceptable_point(public) and acceptable_point(signature[:32])):
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _prefix_seq(header_bytes: bytes) -> int:
@@ -315,10 +328,15 @@ def _choose() -> Core:
 _default: Core = _choose()
 
 
-def set_default(name: str) -> None:
-    """Make ``name`` the core new Sealers and Openers use (tests, benchmarks)."""
+@contextmanager
+def using(name: str) -> Iterator[Core]:
+    """Within the block, Sealers and Openers made without ``core=`` use core ``name`` (tests)."""
     global _default  # noqa: PLW0603 - one process-wide choice, like SEALEDBUS_NATIVE
-    _default = get(name)
+    previous, _default = _default, get(name)
+    try:
+        yield _default
+    finally:
+        _default = previous
 
 
 def describe() -> str:
