@@ -91,16 +91,6 @@ class _Sender:
     identity: object  # the core's verifier of the certificate's identity key
 
 
-@dataclass(slots=True)
-class _Prepared:
-    """An envelope through every policy check (SPEC.md 7 steps 1-7), crypto still to do."""
-
-    topic: str
-    header: wire.Header
-    member: str
-    job: OpenJob
-
-
 class Opener:
     """Opens envelopes for the topics its member may consume."""
 
@@ -179,7 +169,7 @@ class Opener:
             return list(self._pool.map(self._open_or_error, items))
         start = time.perf_counter()
         results: list[OpenedMessage | SealedbusError | None] = []
-        prepared: list[tuple[int, _Prepared]] = []
+        prepared: list[tuple[int, OpenJob]] = []
         for topic, data in items:
             try:
                 p = self._prepare(topic, bytes(data))
@@ -195,7 +185,7 @@ class Opener:
             else:
                 prepared.append((len(results), p))
                 results.append(None)  # set below
-        opened = self._core.open_many([p.job for _, p in prepared], self._trees)
+        opened = self._core.open_many([p for _, p in prepared], self._trees)
         each = (time.perf_counter() - start) / len(items)
         for (i, p), outcome in zip(prepared, opened, strict=True):
             try:
@@ -237,9 +227,10 @@ class Opener:
         p = self._prepare(topic, data)
         if isinstance(p, OpenedMessage):
             return p
-        return self._finish(p, self._core.open_many([p.job], self._trees)[0])
+        return self._finish(p, self._core.open_many([p], self._trees)[0])
 
-    def _prepare(self, topic: str, data: bytes) -> _Prepared | OpenedMessage:
+    def _prepare(self, topic: str, data: bytes) -> OpenJob | OpenedMessage:
+        """SPEC.md 7 steps 1-7 (every policy check); the cryptography is left to the core."""
         now = int(self._clock() * 1000)
         if len(data) > self.max_envelope:
             raise MalformedEnvelope(Reason.TOO_LARGE, f"{len(data)} bytes")
@@ -272,15 +263,14 @@ class Opener:
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
         session = self._session(topic, h, now)
-        job = OpenJob(session, sender.identity, parsed, data, h.cert_id)
-        return _Prepared(topic, h, cert.member, job)
+        return OpenJob(session, sender.identity, parsed, data, topic, cert.member)
 
-    def _finish(self, p: _Prepared, outcome: backend.Opened | InvalidEnvelope) -> OpenedMessage:
+    def _finish(self, p: OpenJob, outcome: backend.Opened | InvalidEnvelope) -> OpenedMessage:
         """Steps 8-10: the core's verdict on signature and decryption, then the replay window."""
         if isinstance(outcome, InvalidEnvelope):
             raise outcome
         headers, body = outcome
-        topic, h = p.topic, p.header
+        topic, h = p.topic, p.parsed.header
         replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
         with self._lock:  # checked after decryption, atomically with marking it seen
             seen = self._replay.check(replay_sender, replay_session, h.seq)

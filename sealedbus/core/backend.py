@@ -67,7 +67,8 @@ class OpenJob:
     verifier: Any  # Core.verifier(...) of the sender's identity key
     parsed: wire.Parsed
     data: bytes
-    cert_id: bytes
+    topic: str  # the cores read only the fields above; these are the caller's
+    member: str
 
 
 class Core(Protocol):
@@ -135,6 +136,12 @@ def pure_ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool
     return True
 
 
+def _precheck(key_ok: bool, signature: bytes) -> None:
+    """SPEC.md 5.4 rules 1-2 for the key (checked once per sender) and R."""
+    if not key_ok or not acceptable_point(signature[:32]):
+        raise UnauthenticEnvelope(Reason.BAD_SIGNATURE)
+
+
 def _prefix_seq(header_bytes: bytes) -> int:
     return int.from_bytes(header_bytes[57:61], "big")
 
@@ -195,16 +202,17 @@ class PureCore:
     def _open(self, job: OpenJob, trees: merkle.VerifiedTrees) -> Opened:
         identity, key_ok = job.verifier
         parsed, ctx = job.parsed, job.session.handle
-        if not key_ok or not acceptable_point(parsed.signature[:32]):
-            raise UnauthenticEnvelope(Reason.BAD_SIGNATURE)
         if parsed.proof is None:
+            _precheck(key_ok, parsed.signature)
             envelope.verify_single(identity, parsed, ctx)
         else:  # one signature per batch: envelopes of a verified tree need no Ed25519
             proof = parsed.proof
-            tree = (job.cert_id, proof.size, parsed.signature)
+            tree = (parsed.header.cert_id, proof.size, parsed.signature)
             leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
             if not trees.contains(tree, proof.index, proof.size, leaf, proof.path):
-                envelope.verify_root(identity, parsed, envelope.batch_root(parsed, leaf))
+                root = envelope.batch_root(parsed, leaf)
+                _precheck(key_ok, parsed.signature)
+                envelope.verify_root(identity, parsed, root)
                 trees.add(tree, proof.index, proof.size, leaf, proof.path)
         return envelope.open_body(ctx, parsed)
 
