@@ -137,7 +137,7 @@ def bench(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
-def workload(core: str, op: str, mode: str, n: int) -> None:
+def workload(core: str, op: str, mode: str, n: int, pool_size: int) -> None:
     """What ``--callgrind`` measures: ``n`` messages of 1 KB through one core path. The clock
     stands still: slowed down 50 times, a real one would add key refreshes to the count."""
     t0 = time.time()
@@ -149,7 +149,8 @@ def workload(core: str, op: str, mode: str, n: int) -> None:
         for _ in range(batches):
             b.seal(core, mode, body)
         return
-    pool = [e for _ in range(batches + 1) for e in b.seal(core, mode, body)]
+    # the same pool whatever n, so that its sealing cancels out of the difference
+    pool = [e for _ in range(pool_size // BATCH + 1) for e in b.seal(core, mode, body)]
     loop = _OpenLoop(b.consumer, pool, core, op == "open_many", b.clock)
     loop()  # warm: sender, session
     for _ in range(batches):
@@ -169,7 +170,7 @@ def callgrind(n1: int = 128, n2: int = 640) -> list[dict[str, object]]:
                 counts = []
                 for n in (n1, n2):
                     cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-                    cmd += [sys.executable, __file__, "--workload", core, op, mode, str(n)]
+                    cmd += [sys.executable, __file__, "--workload", core, op, mode, str(n), str(n2)]
                     done = subprocess.run(  # noqa: S603 - valgrind and this script, no shell
                         cmd, env=env, capture_output=True, text=True, check=True
                     )
@@ -196,12 +197,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print JSON rows")
     ap.add_argument("--callgrind", action="store_true", help="instructions per message")
     ap.add_argument(
-        "--workload", nargs=4, metavar=("CORE", "OP", "MODE", "N"), help=argparse.SUPPRESS
+        "--workload", nargs=5, metavar=("CORE", "OP", "MODE", "N", "POOL"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.workload:
-        core, op, mode, n = args.workload
-        workload(core, op, mode, int(n))
+        core, op, mode, n, pool = args.workload
+        workload(core, op, mode, int(n), int(pool))
         return 0
     meta = {
         "python": sys.version.split()[0],

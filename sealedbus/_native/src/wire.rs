@@ -1,8 +1,6 @@
 //! Envelope layout (SPEC.md section 2) and the Merkle tree of batch signatures (section 5.3).
 //! Parsing never trusts a length it has not checked against the bytes present.
 
-use sha2::{Digest, Sha256};
-
 pub const MAGIC: [u8; 2] = [0x53, 0xB1];
 pub const VERSION: u8 = 1;
 pub const FLAG_BATCH: u8 = 0x01;
@@ -116,11 +114,11 @@ pub fn leaf_prefix(topic: &[u8]) -> Vec<u8> {
 }
 
 pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update([1u8]);
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    h.update(&[1u8]);
     h.update(left);
     h.update(right);
-    h.finalize().into()
+    h.finish().as_ref().try_into().expect("32 bytes")
 }
 
 /// Siblings on the inclusion path of leaf `index` in a tree of `size` leaves (RFC 9162).
