@@ -218,7 +218,8 @@ class Sealer:
         )
         session.next_seq += 1
         try:  # sealed headers checked now; encrypted with the batch (one native call)
-            return signer, (session.ctx, header_bytes, envelope.encode_inner(headers, b""), body)
+            inner = envelope.encode_inner(headers, b"")
+            return signer, (session.ctx.handle, header_bytes, inner, body)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
 

@@ -46,8 +46,9 @@ except ImportError:  # not built (no cargo at install time): the pure core serve
     _native = None
 
 Opened = tuple[dict[str, HeaderValue], bytes]
-# session, header bytes (with the sequence number), sealed-headers prefix (u16 h || headers), body
-SealItem = tuple["CoreSession", bytes, bytes, bytes]
+# CoreSession.handle, header bytes (with the sequence number), sealed-headers prefix
+# (u16 h || headers), body
+SealItem = tuple[Any, bytes, bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +179,7 @@ class PureCore:
 
     def seal(self, signer: Any, items: Sequence[SealItem], batch: bool) -> list[bytes]:
         drafts = []
-        for session, header_bytes, prefix, body in items:
-            ctx: envelope.SessionContext = session.handle
+        for ctx, header_bytes, prefix, body in items:
             ciphertext = ctx.encrypt(_prefix_seq(header_bytes), header_bytes, prefix + body)
             signed = (ctx.leaf_hash if batch else ctx.signed_content)(header_bytes, ciphertext)
             drafts.append(envelope.Draft(header_bytes, ciphertext, signed))
@@ -278,9 +278,7 @@ class NativeCore:
         return self._n.VerifyingKey(key.public_bytes_raw())
 
     def seal(self, signer: Any, items: Sequence[SealItem], batch: bool) -> list[bytes]:
-        return self._n.seal(  # type: ignore[no-any-return]
-            signer, [(s.handle, h, p, b) for s, h, p, b in items], batch
-        )
+        return self._n.seal(signer, items, batch)  # type: ignore[no-any-return]
 
     def new_cache(self) -> Any:
         return self._n.RootCache()

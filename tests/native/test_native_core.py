@@ -62,7 +62,7 @@ def test_native_session_refuses_to_seal_in_a_forked_child() -> None:
     )
     signer = core.signer(KEYS.signing)
     header = b"\x53\xb1\x01\x01\x00" + bytes(69)
-    item = (session, header, b"\x00\x00", b"x")
+    item = (session.handle, header, b"\x00\x00", b"x")
     assert core.seal(signer, [item], False)  # fine in the parent
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
