@@ -181,6 +181,7 @@ class Opener:
                 results.append(exc)
                 continue
             if isinstance(p, OpenedMessage):  # plaintext passed through
+                self.metrics.opened(topic, len(p.body), 0.0)
                 results.append(p)
             else:
                 prepared.append((len(results), p))
