@@ -75,3 +75,45 @@ def test_honest_signatures_pass_both_ways() -> None:
     bad = (public, signature, message + b"!")
     assert not n.ed25519_verify(*bad)
     assert not n.ed25519_batch_equation([*honest, bad])
+
+
+IDENTITY_POINT = bytes.fromhex("01" + "00" * 31)
+
+
+@pytest.mark.parametrize("core", ["pure", "native"])
+def test_small_order_identity_key_cannot_be_used_to_forge_any_message(core: str) -> None:
+    """Regression: a certificate whose identity key is a small-order point (here the identity
+    point) lets anyone sign anything: with A = 0, R = 0 and S = 0 satisfy [S]B = R + [k]A for
+    every message, and OpenSSL alone accepts that. SPEC.md 5.4 refuses such keys (and R)."""
+    if core == "native" and backend.NATIVE is None:
+        pytest.skip("native core not built")
+    from sealedbus.core import wire
+    from sealedbus.errors import InvalidEnvelope, Reason
+    from sealedbus.keys import authority
+    from sealedbus.opener import Opener
+    from sealedbus.sealer import Sealer
+    from tests.vectors.generate import T0_MS, VectorKeys
+
+    keys = VectorKeys()
+    c = keys.cert
+    keys.cert = authority.issue_certificate(
+        c.member, IDENTITY_POINT, c.receive_suite, c.receive_public, list(c.produce), [], T0_MS,
+        86_400_000, 2,
+    )  # fmt: skip
+    honest = Sealer(keys, clock=lambda: T0_MS / 1000, core=core).seal("orders", b"forged")
+    end = len(wire.parse(honest).header_bytes)
+    forged = honest[:end] + IDENTITY_POINT + bytes(32) + honest[end + 64 :]
+    # the forgery is valid under the bare RFC 8032 equation, as OpenSSL checks it...
+    assert _openssl_accepts(IDENTITY_POINT, forged[end : end + 64], b"any message")
+    # ...and refused by both cores
+    with pytest.raises(InvalidEnvelope) as info:
+        Opener(keys, clock=lambda: T0_MS / 1000, core=core).open("orders", forged)
+    assert info.value.reason is Reason.BAD_SIGNATURE
+
+
+def _openssl_accepts(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
