@@ -1,9 +1,19 @@
-"""Micro benchmark: seal and open throughput of the core, single thread, no broker.
+"""Micro benchmark: the pure and the native core side by side, one thread, no broker.
 
-For 128 B, 1 KB and 16 KB payloads, in per-message and batch (N=64) signing mode, prints msgs/s
-and the ratio to bare AES-256-GCM on the same payload measured in the same run.
+For 128 B, 1 KB and 16 KB payloads, in per-message and batch (N=64) signing mode: seal rate
+(``Sealer.seal`` per message, or ``add`` of a 64-message batch), open msgs/s through
+``Opener.open_many`` in chunks of 64 (per-message signatures verified as one batch by the
+native core) and through ``Opener.open`` one at a time, for each core, and the ratio
+native / pure measured in the same run (the two cores alternate inside each measurement).
+Rates are messages per CPU second of the measuring thread, so that other processes on a
+shared machine do not count.
 
     .venv/bin/python benchmarks/micro.py [--seconds 1.0] [--json]
+    .venv/bin/python benchmarks/micro.py --callgrind   # instructions per message (valgrind)
+
+``--callgrind`` runs each core path at 1 KB under ``valgrind --tool=callgrind`` twice, with n1
+and n2 messages, and reports (Ir(n2) - Ir(n1)) / (n2 - n1): the setup cancels out, and the
+count repeats from run to run, so a regression shows up as a number rather than as noise.
 """
 
 from __future__ import annotations
@@ -12,137 +22,230 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
 
 import cryptography
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealedbus import KeySource, LocalKeyService, Opener, Sealer
+from sealedbus.core import backend
 
 SIZES = (128, 1024, 16384)
 BATCH = 64
+CORES = ("pure", "native") if backend.NATIVE is not None else ("pure",)
+OPS = ("seal", "open_many", "open")
+MODES = ("per-message", "batch")
 
 
-def _rate(fn: Callable[[], int], seconds: float, rounds: int = 3) -> float:
-    """Median over ``rounds`` of messages per second; ``fn`` returns how many it handled."""
-    rates = []
-    for _ in range(rounds):
-        done, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / rounds:
-            done += fn()
-        rates.append(done / elapsed)
-    return statistics.median(rates)
+class _Bench:
+    """A key service, a producer and a consumer on one topic; envelopes of each core."""
 
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        ks = LocalKeyService(clock=clock)
+        self.clock = clock
+        ks.create_topic("bench", producers=["p"], consumers=["c"])
+        self.producer: KeySource = ks.enroll("p")
+        self.consumer: KeySource = ks.enroll("c")
+        self.sealers = {
+            c: Sealer(
+                self.producer, batch_size=BATCH, max_session_messages=1 << 24, core=c, clock=clock
+            )
+            for c in CORES
+        }
 
-def _count(fn: Callable[[], list[bytes]]) -> int:
-    return len(fn())
+    def seal(self, core: str, mode: str, body: bytes) -> list[bytes]:
+        """One batch of 64 envelopes."""
+        sealer = self.sealers[core]
+        if mode == "per-message":
+            return [sealer.seal("bench", body) for _ in range(BATCH)]
+        for _ in range(BATCH - 1):
+            sealer.add("bench", body)
+        return [s.envelope for s in sealer.add("bench", body)]
 
 
 class _OpenLoop:
     """Opens a pool of envelopes over and over; a fresh Opener per pass, so none is a replay."""
 
-    def __init__(self, consumer: KeySource, pool: list[bytes], threads: int = 1) -> None:
-        self.consumer, self.pool, self.i, self.threads = consumer, pool, 0, threads
-        self.opener = Opener(consumer, threads=threads)
+    def __init__(
+        self,
+        consumer: KeySource,
+        pool: list[bytes],
+        core: str,
+        many: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.consumer, self.pool, self.core, self.many, self.i = consumer, pool, core, many, 0
+        self.clock = clock
+        self.opener = Opener(consumer, core=core, clock=clock)
 
     def __call__(self) -> int:
         if self.i == 0:
-            self.opener.close()
-            self.opener = Opener(self.consumer, threads=self.threads)
+            self.opener = Opener(self.consumer, core=self.core, clock=self.clock)
         chunk = self.pool[self.i : self.i + BATCH]
-        if any(
-            isinstance(r, Exception) for r in self.opener.open_many([("bench", e) for e in chunk])
-        ):
-            raise RuntimeError("an envelope did not open")
+        if self.many:
+            results = self.opener.open_many([("bench", e) for e in chunk])
+            if any(isinstance(r, Exception) for r in results):
+                raise RuntimeError("an envelope did not open")
+        else:
+            for e in chunk:
+                self.opener.open("bench", e)
         self.i = (self.i + BATCH) % len(self.pool)
         return len(chunk)
 
 
+def _rates(fns: dict[str, Callable[[], int]], seconds: float, rounds: int = 5) -> dict[str, float]:
+    """Median msgs per CPU second of each function over ``rounds``; the functions alternate in
+    each round. CPU time of this thread, not wall time: on a shared machine the wall clock
+    counts other processes' work too (everything here runs on the calling thread)."""
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            done, start, cpu = 0, time.perf_counter(), time.thread_time()
+            while time.perf_counter() - start < seconds / rounds / len(fns):
+                done += fn()
+            rates[name].append(done / (time.thread_time() - cpu))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def _seal_count(b: _Bench, core: str, mode: str, body: bytes) -> int:
+    return len(b.seal(core, mode, body))
+
+
 def bench(seconds: float) -> list[dict[str, object]]:
-    ks = LocalKeyService()
-    ks.create_topic("bench", producers=["p"], consumers=["c"])
-    producer, consumer = ks.enroll("p"), ks.enroll("c")
-    sealer = Sealer(producer, batch_size=BATCH, max_session_messages=1 << 24)
+    b = _Bench()
     rows: list[dict[str, object]] = []
     for size in SIZES:
         body = os.urandom(size)
-        aead, nonce = AESGCM(os.urandom(32)), os.urandom(12)
+        for mode in MODES:
+            seal = _rates({c: partial(_seal_count, b, c, mode, body) for c in CORES}, seconds)
+            pools = {c: [e for _ in range(20) for e in b.seal(c, mode, body)] for c in CORES}
+            many = _rates({c: _OpenLoop(b.consumer, pools[c], c, True) for c in CORES}, seconds)
+            one = _rates({c: _OpenLoop(b.consumer, pools[c], c, False) for c in CORES}, seconds)
+            row: dict[str, object] = {"payload_bytes": size, "mode": mode}
+            for c in CORES:
+                row[f"{c}_seal_msgs_per_s"] = round(seal[c])
+                row[f"{c}_open_many_msgs_per_s"] = round(many[c])
+                row[f"{c}_open_msgs_per_s"] = round(one[c])
+            if "native" in CORES:
+                row["seal_ratio"] = round(seal["native"] / seal["pure"], 2)
+                row["open_many_ratio"] = round(many["native"] / many["pure"], 2)
+                row["open_ratio"] = round(one["native"] / one["pure"], 2)
+            row["overhead_bytes"] = len(pools["pure"][0]) - size
+            rows.append(row)
+    return rows
 
-        def aes() -> int:
-            for _ in range(BATCH):
-                aead.encrypt(nonce, body, b"")
-            return BATCH
 
-        def seal_single() -> list[bytes]:
-            return [sealer.seal("bench", body) for _ in range(BATCH)]
+def workload(core: str, op: str, mode: str, n: int, pool_size: int) -> None:
+    """What ``--callgrind`` measures: ``n`` messages of 1 KB through one core path. The clock
+    stands still: slowed down 50 times, a real one would add key refreshes to the count."""
+    t0 = time.time()
+    b = _Bench(clock=lambda: t0)
+    body = bytes(1024)
+    batches = max(1, n // BATCH)
+    if op == "seal":
+        b.seal(core, mode, body)  # warm: session, signer, caches
+        for _ in range(batches):
+            b.seal(core, mode, body)
+        return
+    # the same pool whatever n, so that its sealing cancels out of the difference
+    pool = [e for _ in range(pool_size // BATCH + 1) for e in b.seal(core, mode, body)]
+    loop = _OpenLoop(b.consumer, pool, core, op == "open_many", b.clock)
+    loop()  # warm: sender, session
+    for _ in range(batches):
+        loop()
 
-        def seal_batch() -> list[bytes]:
-            for _ in range(BATCH - 1):
-                sealer.add("bench", body)
-            return [s.envelope for s in sealer.add("bench", body)]
 
-        aes_rate = _rate(aes, seconds)
-        for mode, seal in (("per-message", seal_single), ("batch", seal_batch)):
-            seal_rate = _rate(partial(_count, seal), seconds)
-            pool = [e for _ in range(20) for e in seal()]
-            open_rate = _rate(_OpenLoop(consumer, pool), seconds)
-            open_2t = _rate(_OpenLoop(consumer, pool, threads=2), seconds)
-            rows.append(
-                {
-                    "payload_bytes": size,
-                    "mode": mode,
-                    "seal_msgs_per_s": round(seal_rate),
-                    "open_msgs_per_s": round(open_rate),
-                    "open_2_threads_msgs_per_s": round(open_2t),
-                    "aes_gcm_msgs_per_s": round(aes_rate),
-                    "seal_ratio_to_aes": round(seal_rate / aes_rate, 4),
-                    "open_ratio_to_aes": round(open_rate / aes_rate, 4),
-                    "overhead_bytes": len(pool[0]) - size,
-                }
-            )
+def callgrind(n1: int = 128, n2: int = 640) -> list[dict[str, object]]:
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
+    rows: list[dict[str, object]] = []
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    for mode in MODES:
+        for op in OPS:
+            row: dict[str, object] = {"payload_bytes": 1024, "mode": mode, "op": op}
+            for core in CORES:
+                counts = []
+                for n in (n1, n2):
+                    cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+                    cmd += [sys.executable, __file__, "--workload", core, op, mode, str(n), str(n2)]
+                    done = subprocess.run(  # noqa: S603 - valgrind and this script, no shell
+                        cmd, env=env, capture_output=True, text=True, check=True
+                    )
+                    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+                    if found is None:
+                        raise RuntimeError(done.stderr[-2000:])
+                    counts.append(int(found.group(1)))
+                messages = (max(1, n2 // BATCH) - max(1, n1 // BATCH)) * BATCH
+                row[f"{core}_instructions_per_msg"] = round((counts[1] - counts[0]) / messages)
+            if "native" in CORES:
+                row["ratio"] = round(
+                    int(row["pure_instructions_per_msg"])  # type: ignore[call-overload]
+                    / int(row["native_instructions_per_msg"]),  # type: ignore[call-overload]
+                    2,
+                )
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.5, help="time per measurement")
+    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement (all cores)")
     ap.add_argument("--json", action="store_true", help="print JSON rows")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per message")
+    ap.add_argument(
+        "--workload", nargs=5, metavar=("CORE", "OP", "MODE", "N", "POOL"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
+    if args.workload:
+        core, op, mode, n, pool = args.workload
+        workload(core, op, mode, int(n), int(pool))
+        return 0
+    meta = {
+        "python": sys.version.split()[0],
+        "cryptography": cryptography.__version__,
+        "machine": platform.machine(),
+        "cores": list(CORES),
+    }
+    if args.callgrind:
+        rows = callgrind()
+        if args.json:
+            print(json.dumps({**meta, "callgrind": rows}, indent=2))
+            return 0
+        print(f"{'mode':<12} {'op':<10} " + " ".join(f"{c + ' Ir/msg':>16}" for c in CORES))
+        for r in rows:
+            counts = " ".join(f"{r[f'{c}_instructions_per_msg']:>16,}" for c in CORES)
+            print(f"{r['mode']:<12} {r['op']:<10} {counts} {r.get('ratio', ''):>8}")
+        return 0
     rows = bench(args.seconds)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "python": sys.version.split()[0],
-                    "cryptography": cryptography.__version__,
-                    "machine": platform.machine(),
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({**meta, "rows": rows}, indent=2))
         return 0
     print(
-        f"python {sys.version.split()[0]}, cryptography {cryptography.__version__}; one thread,"
-        " except 'open/s 2t': Opener(threads=2).open_many"
+        f"python {meta['python']}, cryptography {meta['cryptography']}; one thread; msgs per CPU s;"
+        " open_many in chunks of 64, open one at a time; ratio = native / pure, same run"
     )
-    print(
-        f"{'payload':>8} {'mode':<12} {'seal/s':>10} {'open/s':>10} {'open/s 2t':>10} "
-        f"{'AES-GCM/s':>11} "
-        f"{'seal÷AES':>9} {'open÷AES':>9} {'overhead':>9}"
-    )
+    head = f"{'payload':>8} {'mode':<12}"
+    for c in CORES:
+        head += f" {c + ' seal':>12} {c + ' many':>12} {c + ' open':>12}"
+    if "native" in CORES:
+        head += f" {'seal x':>7} {'many x':>7} {'open x':>7}"
+    print(head + f" {'overhead':>9}")
     for r in rows:
-        print(
-            f"{r['payload_bytes']:>8} {r['mode']:<12} {r['seal_msgs_per_s']:>10,} "
-            f"{r['open_msgs_per_s']:>10,} {r['open_2_threads_msgs_per_s']:>10,} "
-            f"{r['aes_gcm_msgs_per_s']:>11,} "
-            f"{r['seal_ratio_to_aes']:>9.3f} {r['open_ratio_to_aes']:>9.3f} "
-            f"{r['overhead_bytes']:>8} B"
-        )
+        line = f"{r['payload_bytes']:>8} {r['mode']:<12}"
+        for c in CORES:
+            line += f" {r[f'{c}_seal_msgs_per_s']:>12,} {r[f'{c}_open_many_msgs_per_s']:>12,}"
+            line += f" {r[f'{c}_open_msgs_per_s']:>12,}"
+        if "native" in CORES:
+            line += f" {r['seal_ratio']:>7} {r['open_many_ratio']:>7} {r['open_ratio']:>7}"
+        print(line + f" {r['overhead_bytes']:>7} B")
     return 0
 
 

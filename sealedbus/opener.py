@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealedbus.core import envelope, merkle, suites, wire
-from sealedbus.core.envelope import HeaderValue, SessionContext
+from sealedbus.core import backend, wire
+from sealedbus.core.backend import CoreSession, OpenJob
+from sealedbus.core.envelope import HeaderValue
 from sealedbus.core.replay import ReplayGuard, Seen, session_digest
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
@@ -106,7 +106,7 @@ _SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped,
 @dataclass(slots=True)
 class _Sender:
     cert: Certificate
-    identity: Ed25519PublicKey
+    identity: object  # the core's verifier of the certificate's identity key
 
 
 class Opener:
@@ -127,8 +127,10 @@ class Opener:
         threads: int = 1,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        core: str | None = None,
     ) -> None:
         self.keys = keys
+        self._core = backend.get(core)  # "pure", "native", or None: the default (SEALEDBUS_NATIVE)
         try:
             self.suites = frozenset(Suite.parse(s) for s in suites)
             self._replay = ReplayGuard(replay_window, max_sessions)
@@ -147,10 +149,10 @@ class Opener:
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sealedbus-open")
         self._lock = threading.Lock()
-        self._sessions: _Cache[_SessionKey, tuple[SessionContext, EpochDescription]] = _Cache(
+        self._sessions: _Cache[_SessionKey, tuple[CoreSession, EpochDescription]] = _Cache(
             max_sessions
         )
-        self._trees = merkle.VerifiedTrees()
+        self._trees = self._core.new_cache()  # batch roots (or tree nodes) already verified
         self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
         self._revocation_list: tuple[RevocationList, int] | None = None
         self._floors: dict[tuple[str, Hashable], dict[bytes, int]] = {}
@@ -186,11 +188,50 @@ class Opener:
         KeyServiceUnavailable: then release the messages after it that the caller will not hand
         on, so their redelivery opens).
 
-        With ``threads > 1`` they are opened on a pool: Ed25519 verification and AES-GCM release
-        the GIL, so per-message signatures verify on several cores at once."""
-        if self._pool is None or len(items) < 2:
+        The checks run in Python, then the cryptography of the whole batch in one call to the
+        core (per-message signatures verified as one batch). With the pure core and
+        ``threads > 1`` they are opened on a pool instead: Ed25519 verification and AES-GCM
+        release the GIL, so per-message signatures verify on several cores at once."""
+        if len(items) < 2:
             return [self._open_or_error(item) for item in items]
-        return list(self._pool.map(self._open_or_error, items))
+        if self._pool is not None and self._core is backend.PURE:
+            return list(self._pool.map(self._open_or_error, items))
+        start = time.perf_counter()
+        results: list[OpenedMessage | SealedbusError | None] = []
+        prepared: list[tuple[int, OpenJob]] = []
+        for item in items:
+            topic, data, scope = item[0], item[1], item[2] if len(item) > 2 else None
+            try:
+                p = self._prepare(topic, bytes(data), scope)
+            except InvalidEnvelope as exc:
+                self.metrics.rejected(topic, exc.reason.value)
+                results.append(exc)
+                continue
+            except SealedbusError as exc:
+                results.append(exc)
+                continue
+            if isinstance(p, OpenedMessage):  # plaintext passed through
+                self.metrics.opened(topic, len(p.body), 0.0)
+                results.append(p)
+            else:
+                prepared.append((len(results), p))
+                results.append(None)  # set below
+        opened = self._core.open_many([p for _, p in prepared], self._trees)
+        each = (time.perf_counter() - start) / len(items)
+        for (i, p), outcome in zip(prepared, opened, strict=True):
+            try:
+                message = self._finish(p, outcome)
+            except InvalidEnvelope as exc:
+                self.metrics.rejected(p.topic, exc.reason.value)
+                results[i] = exc
+                continue
+            try:
+                self.metrics.opened(p.topic, len(message.body), each)
+            except BaseException:  # a faulty metrics sink must not eat the message
+                self.release(message)
+                raise
+            results[i] = message
+        return [r for r in results if r is not None]
 
     def _open_or_error(
         self, item: tuple[str, bytes] | tuple[str, bytes, Hashable]
@@ -228,6 +269,13 @@ class Opener:
             }
 
     def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
+        p = self._prepare(topic, data, scope)
+        if isinstance(p, OpenedMessage):
+            return p
+        return self._finish(p, self._core.open_many([p], self._trees)[0])
+
+    def _prepare(self, topic: str, data: bytes, scope: Hashable = None) -> OpenJob | OpenedMessage:
+        """SPEC.md 7 steps 1-7 (every policy check); the cryptography is left to the core."""
         now = int(self._clock() * 1000)
         if len(data) > self.max_envelope:
             raise MalformedEnvelope(Reason.TOO_LARGE, f"{len(data)} bytes")
@@ -259,20 +307,20 @@ class Opener:
         if revocations.withdraws(cert, topic):
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
-        ctx, joined = self._session(topic, h, now)
-        if parsed.proof is None:
-            envelope.verify_single(sender.identity, parsed, ctx)
-        else:  # one signature per batch: envelopes of a verified tree need no Ed25519
-            proof = parsed.proof
-            tree = (h.cert_id, proof.size, parsed.signature)
-            leaf = ctx.leaf_hash(parsed.header_bytes, parsed.ciphertext)
-            if not self._trees.contains(tree, proof.index, proof.size, leaf, proof.path):
-                envelope.verify_root(sender.identity, parsed, envelope.batch_root(parsed, leaf))
-                self._trees.add(tree, proof.index, proof.size, leaf, proof.path)
-        if joined is not None:  # cached only once a signature showed the sender made it
-            self._sessions.put(*joined)
+        session, joined = self._session(topic, h, now)
+        return OpenJob(session, sender.identity, parsed, data, topic, cert.member, scope, joined)
 
-        headers, body = envelope.open_body(ctx, parsed)
+    def _finish(self, p: OpenJob, outcome: backend.Opened | InvalidEnvelope) -> OpenedMessage:
+        """Steps 8-10: the core's verdict on signature and decryption, then the replay window."""
+        verified = (
+            not isinstance(outcome, InvalidEnvelope) or outcome.reason is Reason.DECRYPT_FAILED
+        )
+        if p.joined is not None and verified:  # cached only once a signature showed the sender
+            self._sessions.put(*p.joined)  # made it (decryption comes after the signature)
+        if isinstance(outcome, InvalidEnvelope):
+            raise outcome
+        headers, body = outcome
+        topic, h, scope = p.topic, p.parsed.header, p.scope
         replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
         with self._lock:  # checked after decryption, atomically with marking it seen
             floors = self._floors.get((topic, scope))
@@ -290,7 +338,7 @@ class Opener:
             body=body,
             headers=headers,
             topic=topic,
-            sender=cert.member,
+            sender=p.member,
             epoch=h.epoch,
             sequence=h.seq,
             sent_at=h.sent_at_ms / 1000,
@@ -308,7 +356,7 @@ class Opener:
             cert = self.keys.sender_certificate(cert_id, now)
             if cert is None:
                 raise UnauthenticEnvelope(Reason.UNKNOWN_SENDER)
-            sender = _Sender(cert, cert.identity_key())
+            sender = _Sender(cert, self._core.verifier(cert.identity_key()))
             self._senders.put(cert_id, sender)
         return sender
 
@@ -325,9 +373,9 @@ class Opener:
 
     def _session(
         self, topic: str, h: wire.Header, now: int
-    ) -> tuple[SessionContext, tuple[_SessionKey, tuple[SessionContext, EpochDescription]] | None]:
-        """The session's context, and the cache entry to add once the envelope's signature
-        verified (None when it came from the cache): unauthenticated input never fills it."""
+    ) -> tuple[CoreSession, tuple[_SessionKey, tuple[CoreSession, EpochDescription]] | None]:
+        """The session, and the cache entry to add once the envelope's signature verified
+        (None when it came from the cache): unauthenticated input never fills the cache."""
         cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check
         cached = self._sessions.get(cache_key)
         self.metrics.key_cache(CACHE_SESSION, cached is not None)
@@ -338,7 +386,7 @@ class Opener:
             cached = self._join(topic, h, now)
             joined = (cache_key, cached)
         ctx, epoch = cached
-        if ctx.keys.encapsulation != h.encapsulation:  # a hit must not skip 4.2's hash check
+        if ctx.encapsulation != h.encapsulation:  # a hit must not skip 4.2's hash check
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "not the session's encapsulation")
         if (
             not epoch.not_before_ms - self._skew_ms
@@ -350,18 +398,16 @@ class Opener:
             raise ExpiredEnvelope(Reason.EXPIRED, "older than the topic's maximum message age")
         return ctx, joined
 
-    def _join(
-        self, topic: str, h: wire.Header, now: int
-    ) -> tuple[SessionContext, EpochDescription]:
+    def _join(self, topic: str, h: wire.Header, now: int) -> tuple[CoreSession, EpochDescription]:
         epoch = self.keys.epoch_keys(topic, h.epoch, now)
         if epoch.description.suite is not h.suite:
             raise MalformedEnvelope(Reason.SUITE, "envelope suite differs from the topic's")
         if now >= epoch.description.destroy_after_ms:
             raise UnopenableEnvelope(Reason.EPOCH_DESTROYED)
         try:
-            keys = suites.join_session(
+            session = self._core.join_session(
                 h.suite, topic.encode(), h.epoch, epoch.keys, h.session_id, h.encapsulation
             )
         except (ValueError, InvalidTag):
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "session cannot be joined") from None
-        return SessionContext(topic.encode(), keys), epoch.description
+        return session, epoch.description

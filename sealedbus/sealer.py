@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealedbus.core import envelope, suites, wire
+from sealedbus.core import backend, envelope, wire
 from sealedbus.core.envelope import Headers
 from sealedbus.core.signed import Certificate, EpochDescription
 from sealedbus.errors import ConfigurationError, KeyServiceError
@@ -53,7 +53,7 @@ class Sealed:
 
 @dataclass(slots=True)
 class _Session:
-    ctx: envelope.SessionContext
+    ctx: backend.CoreSession
     epoch: EpochDescription
     next_seq: int
     expires_ms: int  # epoch end or age limit, whichever comes first
@@ -63,7 +63,7 @@ class _Session:
         head = self.heads.get((batch, cert_id))
         if head is None:
             head = self.heads[(batch, cert_id)] = wire.header_head(
-                self.epoch.suite, batch, self.epoch.epoch, cert_id, self.ctx.keys.session_id
+                self.epoch.suite, batch, self.epoch.epoch, cert_id, self.ctx.session_id
             )
         return head
 
@@ -71,7 +71,7 @@ class _Session:
 @dataclass(slots=True)
 class _Pending:
     topic: str
-    draft: envelope.Draft
+    item: backend.SealItem
     size: int
     context: Any
 
@@ -91,6 +91,7 @@ class Sealer:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
+        core: str | None = None,
     ) -> None:
         if not 1 <= batch_size <= 0xFFFF:
             raise ConfigurationError("batch_size must be between 1 and 65535")
@@ -99,6 +100,7 @@ class Sealer:
         if max_session_seconds <= 0 or epoch_check_interval <= 0 or max_body <= 0:
             raise ConfigurationError("limits and intervals must be positive")
         self.keys = keys
+        self._core = backend.get(core)  # "pure", "native", or None: the default (SEALEDBUS_NATIVE)
         self.batch_size = batch_size
         self.max_session_messages = max_session_messages
         self._max_age_ms = int(max_session_seconds * 1000)
@@ -139,11 +141,11 @@ class Sealer:
         start = time.perf_counter()
         with self._lock:
             try:
-                signer, d = self._draft(topic, body, headers, content_type, ttl, batch=False)
+                signer, item = self._draft(topic, body, headers, content_type, ttl, batch=False)
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
-            sealed = envelope.finish_single(signer, d)
+            sealed = self._core.seal(self._core.signer(signer), [item], False)[0]
         self.metrics.sealed(topic, 1, len(body), time.perf_counter() - start)
         return sealed
 
@@ -160,13 +162,13 @@ class Sealer:
         """Add a message to the open batch; returns the whole batch once it is full, else []."""
         with self._lock:
             try:
-                _, d = self._draft(topic, body, headers, content_type, ttl, batch=True)
+                _, item = self._draft(topic, body, headers, content_type, ttl, batch=True)
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
             if not self._pending:
                 self.pending_since = self._clock()
-            self._pending.append(_Pending(topic, d, len(body), context))
+            self._pending.append(_Pending(topic, item, len(body), context))
             if len(self._pending) < self.batch_size:
                 return []
             return self._close_batch()
@@ -184,7 +186,8 @@ class Sealer:
         start = time.perf_counter()
         signer = self._signer(int(self._clock() * 1000))[0]  # may raise: keep the batch till then
         batch, self._pending, self.pending_since = self._pending, [], None
-        envelopes = envelope.finish_batch(signer, [p.draft for p in batch])
+        # the whole linger batch in one call: encrypt, Merkle tree, one signature
+        envelopes = self._core.seal(self._core.signer(signer), [p.item for p in batch], True)
         per_topic: dict[str, tuple[int, int]] = {}
         for p in batch:
             n, b = per_topic.get(p.topic, (0, 0))
@@ -203,7 +206,7 @@ class Sealer:
         ttl: float | None,
         *,
         batch: bool,
-    ) -> tuple[Ed25519PrivateKey, envelope.Draft]:
+    ) -> tuple[Ed25519PrivateKey, backend.SealItem]:
         if len(body) > self.max_body:
             raise ConfigurationError(f"body of {len(body)} bytes exceeds max_body {self.max_body}")
         ttl_ms = 0 if ttl is None else int(ttl * 1000)
@@ -219,13 +222,12 @@ class Sealer:
         session = self._session(topic, now)
         seq = session.next_seq
         header_bytes = session.head(batch, cert.cert_id) + wire.header_tail(
-            seq, now, ttl_ms, content_type_b, session.ctx.keys.encapsulation
+            seq, now, ttl_ms, content_type_b, session.ctx.encapsulation
         )
         session.next_seq += 1
-        try:
-            return signer, envelope.draft(
-                session.ctx, header_bytes, seq, headers, body, batch=batch
-            )
+        try:  # sealed headers checked now; encrypted with the batch (one native call)
+            inner = envelope.encode_inner(headers, b"")
+            return signer, (session.ctx.handle, header_bytes, inner, body)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
 
@@ -256,11 +258,11 @@ class Sealer:
             or session.next_seq >= self.max_session_messages
         ):
             topic_b = topic.encode()
-            keys = suites.start_session(
+            core_session = self._core.start_session(
                 epoch.suite, topic_b, epoch.epoch, epoch.public_key, self._rng(32)
             )
             session = _Session(
-                envelope.SessionContext(topic_b, keys),
+                core_session,
                 epoch,
                 0,
                 min(epoch.not_after_ms, now + self._max_age_ms),

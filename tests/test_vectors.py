@@ -45,6 +45,9 @@ ED25519: dict[str, Any] = runner.load("ed25519.json")
 ROOT = Ed25519PublicKey.from_public_bytes(bytes.fromhex(KEYS["root"]["public_key"]))
 
 
+pytestmark = pytest.mark.usefixtures("each_core")  # both cores reproduce every vector
+
+
 def test_files_are_one_vector_set() -> None:
     for data in (KEYS, VECTORS, NEGATIVE, OBJECTS, ED25519):
         assert data["vector_set"] == VECTOR_SET

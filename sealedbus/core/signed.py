@@ -37,6 +37,10 @@ def fingerprint(public_key: bytes) -> str:
 class _Signed:
     LABEL: ClassVar[bytes]
 
+    # how many trailing fields were added after version 1 first shipped: an object signed before
+    # them has fewer fields and takes their defaults (SPEC.md 6)
+    LATER_FIELDS: ClassVar[int] = 0
+
     @cached_property
     def body(self) -> bytes:
         """The canonical encoding of the fields: what is signed and hashed."""
@@ -78,9 +82,9 @@ def _check_types(cls: type[_Signed], values: list[Any]) -> None:
     ``int``, arrays of those), read from the dataclass annotations; anything else is refused,
     so that no two implementations can disagree on what a mistyped object means."""
     hints = _field_types(cls)
-    if len(values) != len(hints):
+    if not len(hints) - cls.LATER_FIELDS <= len(values) <= len(hints):
         raise SignatureError(f"{cls.__name__} has {len(values)} fields, not {len(hints)}")
-    for (name, hint), v in zip(hints, values, strict=True):
+    for (name, hint), v in zip(hints, values, strict=False):
         if not _has_type(hint, v):
             raise SignatureError(f"{cls.__name__}.{name} is not of type {hint}")
 
@@ -162,6 +166,7 @@ class EpochDescription(_Signed):
     the topic's maximum message age (openers refuse envelopes sent longer ago; 0: no limit)."""
 
     LABEL: ClassVar[bytes] = PROTOCOL + b" epoch\x00"
+    LATER_FIELDS: ClassVar[int] = 1  # max_age_ms
     topic: str
     epoch: int
     suite: Suite

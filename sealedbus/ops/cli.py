@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sealedbus import __version__
+from sealedbus.core import backend
 from sealedbus.ops import demo, inspect_cmd
 
 _PLUGINS = ("sealedbus.kds.cli", "sealedbus.ops.bench")
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sealedbus", description="End-to-end sealed messages on RabbitMQ and Kafka."
     )
-    parser.add_argument("--version", action="version", version=f"sealedbus {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"sealedbus {__version__}, {backend.describe()}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     inspect_cmd.register(sub)

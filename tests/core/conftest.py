@@ -15,3 +15,9 @@ def clock() -> Clock:
 @pytest.fixture
 def world(clock: Clock) -> World:
     return make_world(clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def _on_each_core(each_core: str) -> str:
+    """Every core test runs on the pure and on the native core (tests/conftest.py)."""
+    return each_core

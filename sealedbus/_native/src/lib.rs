@@ -1,0 +1,461 @@
+//! sealedbus.core._native: the per-message hot path of SPEC.md behind a few batch-shaped
+//! functions. Python keeps every policy decision (which keys, which checks, what to refuse);
+//! this module only builds, signs, verifies, encrypts and decrypts, and crosses the boundary
+//! once per batch with the GIL released for the cryptography.
+//!
+//! Opaque handles only (a session, a signing key, a verifying key, a cache of verified roots);
+//! no class per wire struct. Failures come back as the reason codes of SPEC.md section 8.
+
+mod crypto;
+mod wire;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+
+use crypto::{SessionKeys, Signer, Verifier};
+use wire::Reason;
+
+fn array<const N: usize>(b: &[u8], what: &str) -> PyResult<[u8; N]> {
+    b.try_into()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be {N} bytes")))
+}
+
+/// Session keys of one producer or consumer session, zeroized on drop. Sealing refuses a
+/// session made in another process: a forked child must never continue its parent's nonces.
+#[pyclass(frozen, module = "sealedbus.core._native")]
+struct Session {
+    keys: SessionKeys,
+    pid: u32,
+}
+
+#[pymethods]
+impl Session {
+    #[getter]
+    fn session_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.keys.session_id)
+    }
+}
+
+/// Producer side, suite 1: session id = public key of `seed`; ikm = X25519(seed, epoch public).
+#[pyfunction]
+fn session_x25519_start(
+    topic: &[u8],
+    context: &[u8],
+    seed: &[u8],
+    epoch_public: &[u8],
+) -> PyResult<Session> {
+    let seed = zeroize::Zeroizing::new(array::<32>(seed, "seed")?);
+    let session_id = crypto::x25519_public(&seed);
+    let ikm = crypto::x25519(&seed, &array(epoch_public, "epoch public key")?)
+        .ok_or_else(|| PyValueError::new_err("all-zero X25519 shared secret"))?;
+    Ok(Session {
+        keys: SessionKeys::derive(topic, context, session_id, ikm.as_ref()),
+        pid: std::process::id(),
+    })
+}
+
+/// Consumer side, suite 1: ikm = X25519(epoch private, session id).
+#[pyfunction]
+fn session_x25519_join(
+    topic: &[u8],
+    context: &[u8],
+    epoch_private: &[u8],
+    session_id: &[u8],
+) -> PyResult<Session> {
+    let private = zeroize::Zeroizing::new(array::<32>(
+        &epoch_private[..32.min(epoch_private.len())],
+        "epoch private key",
+    )?);
+    let session_id = array::<32>(session_id, "session id")?;
+    let ikm = crypto::x25519(&private, &session_id)
+        .ok_or_else(|| PyValueError::new_err("all-zero X25519 shared secret"))?;
+    Ok(Session {
+        keys: SessionKeys::derive(topic, context, session_id, ikm.as_ref()),
+        pid: std::process::id(),
+    })
+}
+
+/// Any suite, from the session's input keying material (suite 2: the HPKE-opened secret).
+#[pyfunction]
+fn session_from_secret(
+    topic: &[u8],
+    context: &[u8],
+    session_id: &[u8],
+    ikm: &[u8],
+) -> PyResult<Session> {
+    let session_id = array::<32>(session_id, "session id")?;
+    Ok(Session {
+        keys: SessionKeys::derive(topic, context, session_id, ikm),
+        pid: std::process::id(),
+    })
+}
+
+/// An Ed25519 signing key held in native memory and zeroized on drop.
+#[pyclass(frozen, module = "sealedbus.core._native")]
+struct SigningKey(Signer);
+
+#[pymethods]
+impl SigningKey {
+    #[new]
+    fn new(seed: &[u8]) -> PyResult<Self> {
+        Ok(SigningKey(Signer::new(array(seed, "Ed25519 seed")?)))
+    }
+    #[getter]
+    fn public_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.public())
+    }
+}
+
+/// An Ed25519 public key, checked once against SPEC.md 5.4.
+#[pyclass(frozen, module = "sealedbus.core._native")]
+struct VerifyingKey(Verifier);
+
+#[pymethods]
+impl VerifyingKey {
+    #[new]
+    fn new(public: &[u8]) -> PyResult<Self> {
+        Ok(VerifyingKey(Verifier::new(array(
+            public,
+            "Ed25519 public key",
+        )?)))
+    }
+}
+
+type Fifo = (HashSet<Vec<u8>>, VecDeque<Vec<u8>>);
+
+/// Roots of batch trees whose signature verified: (key, size, signature, root), bounded.
+#[pyclass(frozen, module = "sealedbus.core._native")]
+struct RootCache {
+    inner: Mutex<Fifo>,
+    capacity: usize,
+}
+
+#[pymethods]
+impl RootCache {
+    #[new]
+    #[pyo3(signature = (capacity = 4096))]
+    fn new(capacity: usize) -> Self {
+        RootCache {
+            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl RootCache {
+    fn contains(&self, key: &[u8]) -> bool {
+        self.inner
+            .lock()
+            .map(|g| g.0.contains(key))
+            .unwrap_or(false)
+    }
+    fn insert(&self, key: Vec<u8>) {
+        if let Ok(mut g) = self.inner.lock() {
+            if g.0.insert(key.clone()) {
+                g.1.push_back(key);
+                while g.1.len() > self.capacity {
+                    if let Some(old) = g.1.pop_front() {
+                        g.0.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+type SealItem = (Py<Session>, PyBackedBytes, PyBackedBytes, PyBackedBytes);
+
+/// Seal a batch: for each `(session, header bytes, sealed-headers prefix, body)` encrypt
+/// `prefix || body`; with `batch` sign one Merkle root over all of them (SPEC.md 5.3), else
+/// sign each (5.2). Returns the envelopes in order.
+#[pyfunction]
+fn seal<'py>(
+    py: Python<'py>,
+    signer: &SigningKey,
+    items: Vec<SealItem>,
+    batch: bool,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    if items.is_empty() || items.len() > 0xFFFF {
+        return Err(PyValueError::new_err("a batch holds 1 to 65535 envelopes"));
+    }
+    let pid = std::process::id();
+    for (s, header, _, _) in &items {
+        if s.get().pid != pid {
+            return Err(PyValueError::new_err(
+                "session belongs to another process (fork)",
+            ));
+        }
+        if header.len() < wire::HEADER_FIXED {
+            return Err(PyValueError::new_err("header too short"));
+        }
+    }
+    let envelopes = py.allow_threads(|| {
+        let sealed: Vec<(&[u8], Vec<u8>)> = items
+            .iter()
+            .map(|(s, header, prefix, body)| {
+                let seq = wire::Layout::seq(header);
+                (&header[..], s.get().keys.encrypt(seq, header, prefix, body))
+            })
+            .collect();
+        if !batch {
+            return sealed
+                .iter()
+                .zip(&items)
+                .map(|((header, ct), (s, _, _, _))| {
+                    let sig = signer
+                        .0
+                        .sign(&s.get().keys.message_signing_input(header, ct));
+                    [*header, &sig[..], ct].concat()
+                })
+                .collect::<Vec<_>>();
+        }
+        let leaves: Vec<[u8; 32]> = sealed
+            .iter()
+            .zip(&items)
+            .map(|((h, ct), (s, _, _, _))| s.get().keys.leaf_hash(h, ct))
+            .collect();
+        let (root, paths) = wire::build(&leaves);
+        let size = (items.len() as u16).to_be_bytes();
+        let sig = signer
+            .0
+            .sign(&[wire::SIGN_BATCH_ROOT, &size, &root].concat());
+        sealed
+            .iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(i, ((header, ct), path))| {
+                [
+                    *header,
+                    &sig[..],
+                    &(i as u16).to_be_bytes(),
+                    &size,
+                    &path,
+                    ct,
+                ]
+                .concat()
+            })
+            .collect()
+    });
+    Ok(envelopes.iter().map(|e| PyBytes::new(py, e)).collect())
+}
+
+type OpenItem = (Py<Session>, Py<VerifyingKey>, PyBackedBytes);
+
+enum Outcome {
+    Opened(Vec<u8>, usize), // plaintext, offset of the body
+    Refused(Reason),
+}
+
+/// A signature to check: verifier, signature, signed message, the envelopes it decides.
+type Job<'a> = (&'a Verifier, [u8; 64], Vec<u8>, Vec<usize>);
+
+fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
+    let mut refused: Vec<Option<Reason>> = vec![None; items.len()];
+    let mut layouts = Vec::with_capacity(items.len());
+    // signatures to check: (verifier, signature, signed message, envelopes it decides)
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut roots: HashMap<Vec<u8>, usize> = HashMap::new(); // cache key -> job index
+    let mut root_keys: Vec<Option<Vec<u8>>> = Vec::new(); // per job
+    for (i, (s, v, data)) in items.iter().enumerate() {
+        let keys = &s.get().keys;
+        let verifier = &v.get().0;
+        let layout = match wire::parse(data) {
+            Ok(l) => l,
+            Err(r) => {
+                refused[i] = Some(r);
+                layouts.push(None);
+                continue;
+            }
+        };
+        layouts.push(Some(layout));
+        let header = &data[..layout.header_end];
+        let sig: [u8; 64] = data[layout.signature..layout.signature + 64]
+            .try_into()
+            .expect("64");
+        let ct = &data[layout.ciphertext..];
+        match layout.batch {
+            None => {
+                jobs.push((
+                    verifier,
+                    sig,
+                    keys.message_signing_input(header, ct),
+                    vec![i],
+                ));
+                root_keys.push(None);
+            }
+            Some((index, size, path_at)) => {
+                let leaf = keys.leaf_hash(header, ct);
+                let Some(root) = wire::root_from_path(
+                    index as usize,
+                    size as usize,
+                    leaf,
+                    &data[path_at..layout.ciphertext],
+                ) else {
+                    refused[i] = Some(Reason::BadSignature);
+                    continue;
+                };
+                let key = [&verifier.bytes[..], &size.to_be_bytes(), &sig, &root].concat();
+                if cache.contains(&key) {
+                    continue;
+                }
+                match roots.get(&key) {
+                    Some(j) => jobs[*j].3.push(i),
+                    None => {
+                        roots.insert(key.clone(), jobs.len());
+                        let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
+                        jobs.push((verifier, sig, msg, vec![i]));
+                        root_keys.push(Some(key));
+                    }
+                }
+            }
+        }
+    }
+    let checks: Vec<(&Verifier, [u8; 64], &[u8])> = jobs
+        .iter()
+        .map(|(v, s, m, _)| (*v, *s, m.as_slice()))
+        .collect();
+    let verdicts = crypto::verify_many(&checks);
+    for ((good, job), key) in verdicts.iter().zip(&jobs).zip(root_keys) {
+        if *good {
+            if let Some(key) = key {
+                cache.insert(key);
+            }
+        } else {
+            for i in &job.3 {
+                refused[*i] = Some(Reason::BadSignature);
+            }
+        }
+    }
+    items
+        .iter()
+        .zip(layouts)
+        .zip(refused)
+        .map(|(((s, _, data), layout), refused)| {
+            if let Some(r) = refused {
+                return Outcome::Refused(r);
+            }
+            let layout = layout.expect("parsed");
+            let header = &data[..layout.header_end];
+            match s
+                .get()
+                .keys
+                .decrypt(wire::Layout::seq(data), header, &data[layout.ciphertext..])
+            {
+                Err(r) => Outcome::Refused(r),
+                Ok(plain) => {
+                    if plain.len() < 2 {
+                        return Outcome::Refused(Reason::Malformed);
+                    }
+                    let n = u16::from_be_bytes([plain[0], plain[1]]) as usize;
+                    if plain.len() < 2 + n {
+                        return Outcome::Refused(Reason::Malformed);
+                    }
+                    Outcome::Opened(plain, 2 + n)
+                }
+            }
+        })
+        .collect()
+}
+
+/// Verify and decrypt a batch of `(session, sender key, envelope)`: per-message signatures
+/// checked as one batch (one by one if it fails), batch roots once each (and then cached).
+/// Each result, in order, is `(sealed headers, body)` or the reason code of its refusal.
+#[pyfunction]
+fn open_many<'py>(
+    py: Python<'py>,
+    items: Vec<OpenItem>,
+    cache: &RootCache,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let outcomes = py.allow_threads(|| open_all(&items, cache));
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Opened(mut plain, at) => {
+                let t = PyTuple::new(
+                    py,
+                    [
+                        PyBytes::new(py, &plain[2..at]),
+                        PyBytes::new(py, &plain[at..]),
+                    ],
+                )?;
+                zeroize::Zeroize::zeroize(&mut plain);
+                Ok(t.into_any())
+            }
+            Outcome::Refused(r) => Ok(PyString::new(py, r.code()).into_any()),
+        })
+        .collect()
+}
+
+/// Ed25519 verification under SPEC.md 5.4, one signature.
+#[pyfunction]
+fn ed25519_verify(
+    py: Python<'_>,
+    public: &[u8],
+    signature: &[u8],
+    message: &[u8],
+) -> PyResult<bool> {
+    let v = Verifier::new(array(public, "public key")?);
+    let sig = array::<64>(signature, "signature")?;
+    Ok(py.allow_threads(|| v.verify(&sig, message)))
+}
+
+/// The batch equation alone over `(public, signature, message)` triples (no one-by-one
+/// fallback): True when it accepts all of them. For proving that batch and single agree.
+#[pyfunction]
+fn ed25519_batch_equation(items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<bool> {
+    let mut parsed = Vec::with_capacity(items.len());
+    for (p, s, m) in &items {
+        parsed.push((
+            Verifier::new(array(p, "public key")?),
+            array::<64>(s, "signature")?,
+            m.as_slice(),
+        ));
+    }
+    let jobs: Vec<(&Verifier, [u8; 64], &[u8])> =
+        parsed.iter().map(|(v, s, m)| (v, *s, *m)).collect();
+    Ok(crypto::batch_equation(&jobs))
+}
+
+/// Merkle root and inclusion paths (concatenated siblings) over leaf hashes (SPEC.md 5.3).
+#[pyfunction]
+fn merkle_build<'py>(
+    py: Python<'py>,
+    leaves: Vec<Vec<u8>>,
+) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, PyBytes>>)> {
+    if leaves.is_empty() {
+        return Err(PyValueError::new_err(
+            "a Merkle tree needs at least one leaf",
+        ));
+    }
+    let leaves: Vec<[u8; 32]> = leaves
+        .iter()
+        .map(|l| array(l, "leaf"))
+        .collect::<PyResult<_>>()?;
+    let (root, paths) = wire::build(&leaves);
+    Ok((
+        PyBytes::new(py, &root),
+        paths.iter().map(|p| PyBytes::new(py, p)).collect(),
+    ))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Session>()?;
+    m.add_class::<SigningKey>()?;
+    m.add_class::<VerifyingKey>()?;
+    m.add_class::<RootCache>()?;
+    m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
+    m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
+    m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
+    m.add_function(wrap_pyfunction!(seal, m)?)?;
+    m.add_function(wrap_pyfunction!(open_many, m)?)?;
+    m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;
+    m.add_function(wrap_pyfunction!(ed25519_batch_equation, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_build, m)?)?;
+    Ok(())
+}
