@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealedbus.kds import auth
+from sealedbus.keys import signing
 from sealedbus.keys.client import SignedHttp, fetch_root
 from sealedbus.keys.identity import MemberIdentity
 
@@ -54,8 +55,8 @@ class AdminClient:
 
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
         """A one-time enrollment token for ``member``, made here: the KDS is sent only its
-        public key (``auth.new_token``), so the token never travels back to the admin."""
-        token, token_public = auth.new_token()
+        public key (``signing.new_token``), so the token never travels back to the admin."""
+        token, token_public = signing.new_token()
         self._call(
             "POST",
             "/v1/admin/tokens",

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, insert, select, update
 
 from sealedbus.core.suites import PROTOCOL
+from sealedbus.errors import KdsCode
 from sealedbus.kds import audit
 from sealedbus.kds.admin_client import SESSION_HEADER, SESSIONS_PATH
 from sealedbus.kds.service import KeyDistributionService, ServiceError
@@ -102,7 +103,7 @@ def open_session(
 
 
 def _refuse(reason: str) -> ServiceError:
-    return ServiceError(401, "bad_session", f"admin session {reason}; open a new one")
+    return ServiceError(401, KdsCode.BAD_SESSION, f"admin session {reason}; open a new one")
 
 
 def check_session(
@@ -158,7 +159,7 @@ def second_factor(
     token = request.headers.get(HEADER, "")
     opening = request.method == "POST" and request.url.path == OPEN_PATH
     if token and opening:
-        raise ServiceError(401, "bad_session", "opening an admin session takes a TOTP code")
+        raise ServiceError(401, KdsCode.BAD_SESSION, "opening an admin session takes a TOTP code")
     if token:
         check_session(service, admin, admin_key, token, request.method, request.url.path)
     else:
@@ -216,7 +217,7 @@ def router(admin_check: Callable[..., str]) -> APIRouter:
         name = who.removeprefix("admin:")
         creds = service.admin_credentials(name)
         if creds is None:  # pragma: no cover - the dependency has just found this admin
-            raise ServiceError(401, "bad_signature", "request signature does not verify")
+            raise ServiceError(401, KdsCode.BAD_SIGNATURE, "request signature does not verify")
         token, session_id, expires = open_session(service, name, creds[0], ttl)
         return SessionOut(
             session=token, session_id=session_id, expires_at_ms=expires, expires_in=ttl
@@ -233,7 +234,7 @@ def router(admin_check: Callable[..., str]) -> APIRouter:
             service, who, session_id=bytes.fromhex(session_id), admin=who.removeprefix("admin:")
         )
         if not closed:
-            raise ServiceError(404, "unknown_session", "no open admin session with this id")
+            raise ServiceError(404, KdsCode.UNKNOWN_SESSION, "no open admin session with this id")
         return ClosedOut(closed=closed)
 
     @routes.delete(OPEN_PATH, response_model=ClosedOut)
