@@ -6,6 +6,7 @@ instead (``sealedbus.kds.admin_sessions``)."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,9 +27,11 @@ class AdminClient:
         totp: Callable[[], str],
         *,
         session: str | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
         **http_options: Any,
     ) -> None:
-        self._http = SignedHttp(url, admin.name, admin.signing_key, **http_options)
+        self._rng = rng  # request nonces and enrollment tokens
+        self._http = SignedHttp(url, admin.name, admin.signing_key, rng=rng, **http_options)
         self._totp = totp
         self.session = session
 
@@ -56,7 +59,7 @@ class AdminClient:
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
         """A one-time enrollment token for ``member``, made here: the KDS is sent only its
         public key (``signing.new_token``), so the token never travels back to the admin."""
-        token, token_public = signing.new_token()
+        token, token_public = signing.new_token(self._rng)
         self._call(
             "POST",
             "/v1/admin/tokens",

@@ -23,7 +23,6 @@ cannot extend itself. Any admin may close any session (a lost laptop); ``DELETE
 import base64
 import binascii
 import hashlib
-import secrets
 import weakref
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -78,7 +77,7 @@ def open_session(
 ) -> tuple[str, str, int]:
     """A new session for ``admin`` (already checked with a TOTP code): (token, id, expires_ms)."""
     _table(service.store)
-    session_id, now = secrets.token_bytes(16), service.now_ms()
+    session_id, now = service.rng(16), service.now_ms()
     expires = now + ttl_s * 1000
     body = msgpack.packb(
         [1, session_id, admin, key_digest(admin_key), now, expires], use_bin_type=True

@@ -126,7 +126,7 @@ class KeyDistributionService:
         self.root_public = root.public_key()
         self.master = master
         self.clock = clock
-        self._rng = rng
+        self.rng = rng  # every random value the service draws (keys, token keys, session ids)
         self.certificate_lifetime_ms = certificate_lifetime_ms
         self.replica = replica
         self.totp_clock = totp_clock or clock  # tests give TOTP codes a clock of their own
@@ -272,7 +272,7 @@ class KeyDistributionService:
 
     def create_topic(self, actor: str, policy: TopicPolicy) -> None:
         now = self.now_ms()
-        token_key = self.master.wrap(self._rng(32), _token_context(policy.name))
+        token_key = self.master.wrap(self.rng(32), _token_context(policy.name))
         with self.store.write() as conn:
             if conn.execute(select(topics.c.name).where(topics.c.name == policy.name)).first():
                 raise ServiceError(409, KdsCode.TOPIC_EXISTS, f"topic {policy.name!r} exists")
@@ -1096,7 +1096,7 @@ class KeyDistributionService:
         ).scalar()
         number = 0 if highest is None else highest + 1
         description, keys = authority.new_epoch(
-            policy, number, not_before, self._rng(policy.suite.seed_len)
+            policy, number, not_before, self.rng(policy.suite.seed_len)
         )
         conn.execute(
             insert(epochs).values(
