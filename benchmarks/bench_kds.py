@@ -28,14 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import inspect
 
 from sealedbus.core.suites import Suite
-from sealedbus.kds import admin_sessions, auth
+from sealedbus.kds import admin_sessions
 from sealedbus.kds.admin_client import AdminClient
-from sealedbus.kds.secrets import MasterKeyring, read_secret
+from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import Store, metadata
+from sealedbus.keys import signing
 from sealedbus.keys.authority import TopicPolicy
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import read_secret
 from tests.kds._processes import KdsProcess, init, totp_code
 
 assert admin_sessions.admin_sessions.metadata is metadata  # its table is dropped with the rest
@@ -138,12 +140,12 @@ def service_level(topics: int) -> None:
         )
         identity = MemberIdentity.generate("c", os.urandom)
 
-        token, token_public = auth.new_token()
+        token, token_public = signing.new_token()
         service.create_token("bench", "c", [], 60_000, token_public)
         service.create_topic("bench", TopicPolicy("bench", frozenset(), frozenset(["c"])))
-        token_key = auth.token_key(token)
+        token_key = signing.token_key(token)
         token_public, now = token_key.public_key().public_bytes_raw(), service.now_ms()
-        message = auth.enrollment_message(
+        message = signing.enrollment_message(
             token_public, "c", identity.identity_public, 1, identity.receive.public, now
         )
         service.enroll(

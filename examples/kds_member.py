@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sealedbus.errors import AccessDenied, KeyServiceUnavailable, UntrustedResponse
-from sealedbus.kds.secrets import SecretError, read_secret
 from sealedbus.keys.client import KeyServiceClient
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import SecretError, read_secret
 
 WARDS = ("3B", "ICU", "maternity")
 

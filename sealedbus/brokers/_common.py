@@ -150,9 +150,10 @@ class KeyTokenizer:
         self._cache: dict[str, bytes] = {}
 
     @classmethod
-    def from_keys(cls, keys: KeySource) -> KeyTokenizer:
-        """Per-topic keys from the key service (the same for every producer and consumer)."""
-        return cls(lambda topic: keys.topic_key(topic, int(time.time() * 1000)))
+    def from_keys(cls, keys: KeySource, clock: Callable[[], float] = time.time) -> KeyTokenizer:
+        """Per-topic keys from the key service (the same for every producer and consumer);
+        ``clock`` is the time the key service is asked at (seconds, like ``time.time``)."""
+        return cls(lambda topic: keys.topic_key(topic, int(clock() * 1000)))
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyTokenizer:

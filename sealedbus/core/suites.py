@@ -27,7 +27,6 @@ _X25519_LEN = 32
 _MLKEM768_PUBLIC_LEN = 1184
 _XWING_SEED_LEN = 32  # X-Wing's private key format: one seed, expanded with SHAKE256
 _HYBRID_SECRET_LEN = 32
-_HPKE_HYBRID = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 # enc (1120) + sealed 32-byte secret (32) + GCM tag (16)
 HYBRID_ENCAPSULATION_LEN = hpke.KEM.MLKEM768_X25519.enc_length() + _HYBRID_SECRET_LEN + 16
 

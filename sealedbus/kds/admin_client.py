@@ -6,10 +6,12 @@ instead (``sealedbus.kds.admin_sessions``)."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealedbus.kds import auth
+from sealedbus.keys import signing
 from sealedbus.keys.client import SignedHttp, fetch_root
 from sealedbus.keys.identity import MemberIdentity
 
@@ -25,9 +27,11 @@ class AdminClient:
         totp: Callable[[], str],
         *,
         session: str | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
         **http_options: Any,
     ) -> None:
-        self._http = SignedHttp(url, admin.name, admin.signing_key, **http_options)
+        self._rng = rng  # request nonces and enrollment tokens
+        self._http = SignedHttp(url, admin.name, admin.signing_key, rng=rng, **http_options)
         self._totp = totp
         self.session = session
 
@@ -54,8 +58,8 @@ class AdminClient:
 
     def create_token(self, member: str, roles: list[str] | None = None, ttl: int = 900) -> str:
         """A one-time enrollment token for ``member``, made here: the KDS is sent only its
-        public key (``auth.new_token``), so the token never travels back to the admin."""
-        token, token_public = auth.new_token()
+        public key (``signing.new_token``), so the token never travels back to the admin."""
+        token, token_public = signing.new_token(self._rng)
         self._call(
             "POST",
             "/v1/admin/tokens",

@@ -23,7 +23,6 @@ cannot extend itself. Any admin may close any session (a lost laptop); ``DELETE
 import base64
 import binascii
 import hashlib
-import secrets
 import weakref
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, insert, select, update
 
 from sealedbus.core.suites import PROTOCOL
+from sealedbus.errors import KdsCode
 from sealedbus.kds import audit
 from sealedbus.kds.admin_client import SESSION_HEADER, SESSIONS_PATH
 from sealedbus.kds.service import KeyDistributionService, ServiceError
@@ -77,7 +77,7 @@ def open_session(
 ) -> tuple[str, str, int]:
     """A new session for ``admin`` (already checked with a TOTP code): (token, id, expires_ms)."""
     _table(service.store)
-    session_id, now = secrets.token_bytes(16), service.now_ms()
+    session_id, now = service.rng(16), service.now_ms()
     expires = now + ttl_s * 1000
     body = msgpack.packb(
         [1, session_id, admin, key_digest(admin_key), now, expires], use_bin_type=True
@@ -102,7 +102,7 @@ def open_session(
 
 
 def _refuse(reason: str) -> ServiceError:
-    return ServiceError(401, "bad_session", f"admin session {reason}; open a new one")
+    return ServiceError(401, KdsCode.BAD_SESSION, f"admin session {reason}; open a new one")
 
 
 def check_session(
@@ -158,7 +158,7 @@ def second_factor(
     token = request.headers.get(HEADER, "")
     opening = request.method == "POST" and request.url.path == OPEN_PATH
     if token and opening:
-        raise ServiceError(401, "bad_session", "opening an admin session takes a TOTP code")
+        raise ServiceError(401, KdsCode.BAD_SESSION, "opening an admin session takes a TOTP code")
     if token:
         check_session(service, admin, admin_key, token, request.method, request.url.path)
     else:
@@ -216,7 +216,7 @@ def router(admin_check: Callable[..., str]) -> APIRouter:
         name = who.removeprefix("admin:")
         creds = service.admin_credentials(name)
         if creds is None:  # pragma: no cover - the dependency has just found this admin
-            raise ServiceError(401, "bad_signature", "request signature does not verify")
+            raise ServiceError(401, KdsCode.BAD_SIGNATURE, "request signature does not verify")
         token, session_id, expires = open_session(service, name, creds[0], ttl)
         return SessionOut(
             session=token, session_id=session_id, expires_at_ms=expires, expires_in=ttl
@@ -233,7 +233,7 @@ def router(admin_check: Callable[..., str]) -> APIRouter:
             service, who, session_id=bytes.fromhex(session_id), admin=who.removeprefix("admin:")
         )
         if not closed:
-            raise ServiceError(404, "unknown_session", "no open admin session with this id")
+            raise ServiceError(404, KdsCode.UNKNOWN_SESSION, "no open admin session with this id")
         return ClosedOut(closed=closed)
 
     @routes.delete(OPEN_PATH, response_model=ClosedOut)

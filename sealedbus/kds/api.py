@@ -28,9 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
+from sealedbus.errors import KdsCode
 from sealedbus.kds import admin_sessions, auth
 from sealedbus.kds.metrics import KdsMetrics
 from sealedbus.kds.service import KeyDistributionService, ServiceError
+from sealedbus.keys import signing
 from sealedbus.keys.authority import TopicPolicy
 
 log = logging.getLogger("sealedbus.kds")
@@ -38,10 +40,10 @@ log = logging.getLogger("sealedbus.kds")
 MAX_BODY = 64 * 1024
 _B64 = r"^[A-Za-z0-9+/]*={0,2}$"
 ENTRY_PATTERN = r"^(role:)?[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,127}$"
-Name = Annotated[str, StringConstraints(pattern=auth.NAME_PATTERN)]
+Name = Annotated[str, StringConstraints(pattern=signing.NAME_PATTERN)]
 Entry = Annotated[str, StringConstraints(pattern=ENTRY_PATTERN)]
-TopicName = Annotated[str, Path(pattern=auth.TOPIC_PATTERN)]
-MemberName = Annotated[str, Path(pattern=auth.NAME_PATTERN)]
+TopicName = Annotated[str, Path(pattern=signing.TOPIC_PATTERN)]
+MemberName = Annotated[str, Path(pattern=signing.NAME_PATTERN)]
 B64 = Annotated[str, StringConstraints(pattern=_B64, max_length=8192)]
 SuiteName = Literal["x25519", "x25519-mlkem768"]
 
@@ -61,8 +63,8 @@ class Root(_Model):
 
 
 class EnrollRequest(_Model):
-    """Enrollment: the token never travels; its derived key (``auth.token_key``) names it and
-    signs ``auth.enrollment_message`` (``token_proof``), as does the identity key (``proof``)."""
+    """Enrollment: the token never travels; its derived key (``signing.token_key``) names it and
+    signs ``signing.enrollment_message`` (``token_proof``), as does the identity key (``proof``)."""
 
     token_key: B64
     member: Name
@@ -100,7 +102,7 @@ class SealedKeyOut(_Model):
 
 
 class TokenRequest(_Model):
-    """The admin's client makes the token; only its public key (``auth.token_key``) is sent."""
+    """The admin's client makes the token; only its public key (``signing.token_key``) is sent."""
 
     member: Name
     token_key: B64
@@ -113,7 +115,7 @@ class TokenOut(_Model):
 
 
 class TopicIn(_Model):
-    name: Annotated[str, StringConstraints(pattern=auth.TOPIC_PATTERN)]
+    name: Annotated[str, StringConstraints(pattern=signing.TOPIC_PATTERN)]
     producers: list[Entry] = Field(default_factory=list, max_length=256)
     consumers: list[Entry] = Field(default_factory=list, max_length=256)
     rotation_seconds: int = Field(default=3600, ge=1, le=366 * 86_400)
@@ -157,7 +159,7 @@ def _b64(value: str, field: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ServiceError(422, "invalid_request", f"{field} is not valid base64") from None
+        raise ServiceError(422, KdsCode.INVALID_REQUEST, f"{field} is not valid base64") from None
 
 
 def _enc(data: bytes) -> str:
@@ -266,10 +268,10 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     """Check a signed request (``sealedbus.kds.auth``); returns the principal's name."""
     service: KeyDistributionService = request.app.state.service
     h = request.headers
-    principal, stamp = h.get(auth.PRINCIPAL, ""), h.get(auth.TIMESTAMP, "")
-    nonce, signature = h.get(auth.NONCE, ""), h.get(auth.SIGNATURE, "")
+    principal, stamp = h.get(signing.PRINCIPAL, ""), h.get(signing.TIMESTAMP, "")
+    nonce, signature = h.get(signing.NONCE, ""), h.get(signing.SIGNATURE, "")
     if not (principal and stamp and nonce and signature):
-        raise ServiceError(401, "unauthenticated", "request signature headers are missing")
+        raise ServiceError(401, KdsCode.UNAUTHENTICATED, "request signature headers are missing")
     if (
         len(principal) > 128
         or not (stamp.isascii() and stamp.isdigit())
@@ -277,10 +279,10 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
         or len(nonce) != 32
         or len(signature) != 88
     ):
-        raise ServiceError(401, "unauthenticated", "request signature headers are malformed")
+        raise ServiceError(401, KdsCode.UNAUTHENTICATED, "request signature headers are malformed")
     now = service.now_ms()
-    if abs(now - int(stamp)) > auth.MAX_SKEW_MS:
-        raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
+    if abs(now - int(stamp)) > signing.MAX_SKEW_MS:
+        raise ServiceError(401, KdsCode.STALE_REQUEST, "timestamp outside the allowed clock skew")
     # An unknown principal and a bad signature get the same answer: no probing for names.
     key: Ed25519PublicKey | None = None
     revoked, totp_secret = False, b""
@@ -295,7 +297,7 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     target = request.scope.get("raw_path") or request.url.path.encode()
     if request.scope.get("query_string"):
         target += b"?" + request.scope["query_string"]
-    message = auth.request_message(request.method, target, int(stamp), nonce, body)
+    message = signing.request_message(request.method, target, int(stamp), nonce, body)
     try:
         signature_bytes = _b64(signature, "signature")
         # an unknown principal costs the same verification as a known one: no timing probe
@@ -309,19 +311,21 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
             and _signed_by_any(service.replaced_keys(principal), signature, message)
         ):
             raise ServiceError(
-                401, "key_replaced", "key replaced by a later enrollment of this member"
+                401, KdsCode.KEY_REPLACED, "key replaced by a later enrollment of this member"
             ) from None
-        raise ServiceError(401, "bad_signature", "request signature does not verify") from None
+        raise ServiceError(
+            401, KdsCode.BAD_SIGNATURE, "request signature does not verify"
+        ) from None
     if revoked:
-        raise ServiceError(403, "member_revoked", f"member {principal!r} is revoked")
+        raise ServiceError(403, KdsCode.MEMBER_REVOKED, f"member {principal!r} is revoked")
     kind = "admin" if admin else "member"
-    expires = int(stamp) + 2 * auth.MAX_SKEW_MS
+    expires = int(stamp) + 2 * signing.MAX_SKEW_MS
     if request.method in ("GET", "HEAD"):  # a signed read costs no database write
         fresh = request.app.state.read_nonces.remember(f"{kind}:{principal}", nonce, expires, now)
     else:
         fresh = service.remember_nonce(f"{kind}:{principal}", nonce, expires)
     if not fresh:
-        raise ServiceError(401, "replayed_request", "this request was seen before")
+        raise ServiceError(401, KdsCode.REPLAYED_REQUEST, "this request was seen before")
     if admin:  # a TOTP code, or an admin session opened with one
         admin_sessions.second_factor(
             request, principal, key, totp_secret, h.get(auth.TOTP_CODE, "")
@@ -409,14 +413,14 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
             for e in exc.errors()[:5]
         )
-        m.refusals.labels("invalid_request").inc()
-        return JSONResponse({"error": "invalid_request", "reason": problems}, status_code=422)
+        m.refusals.labels(KdsCode.INVALID_REQUEST).inc()
+        return JSONResponse({"error": KdsCode.INVALID_REQUEST, "reason": problems}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error: %s", type(exc).__name__)  # no trace, no values: may be secret
         return JSONResponse(
-            {"error": "internal_error", "reason": "internal error"}, status_code=500
+            {"error": KdsCode.INTERNAL_ERROR, "reason": "internal error"}, status_code=500
         )
 
     @app.middleware("http")
@@ -430,7 +434,7 @@ def create_app(
             # and the server would log a traceback that may hold values (keys, tokens)
             log.error("internal error: %s", type(exc).__name__)
             response = JSONResponse(
-                {"error": "internal_error", "reason": "internal error"}, status_code=500
+                {"error": KdsCode.INTERNAL_ERROR, "reason": "internal error"}, status_code=500
             )
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
@@ -449,7 +453,7 @@ def create_app(
         try:
             service.store.ping()
         except Exception as exc:
-            raise ServiceError(503, "not_ready", "database unreachable") from exc
+            raise ServiceError(503, KdsCode.NOT_READY, "database unreachable") from exc
         return Health(status="ready", replica=service.replica, leader=is_leader())
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -469,7 +473,9 @@ def create_app(
     )
     def enroll(body: EnrollRequest, request: Request) -> CertificateOut:
         if not limiter.allow(request.client.host if request.client else "?"):
-            raise ServiceError(429, "rate_limited", "too many enrollment attempts; retry later")
+            raise ServiceError(
+                429, KdsCode.RATE_LIMITED, "too many enrollment attempts; retry later"
+            )
         try:
             cert = service.enroll(
                 _b64(body.token_key, "token_key"),
@@ -498,7 +504,7 @@ def create_app(
     ) -> CertificateOut:
         signed = service.certificate_by_id(bytes.fromhex(cert_id))
         if signed is None:
-            raise ServiceError(404, "unknown_certificate", "no certificate with this id")
+            raise ServiceError(404, KdsCode.UNKNOWN_CERTIFICATE, "no certificate with this id")
         return CertificateOut(certificate=_enc(signed))
 
     @app.get("/v1/revocations", response_model=RevocationsOut, tags=["members"])
@@ -563,7 +569,7 @@ def create_app(
                 max_age_ms=body.max_age_seconds * 1000,
             )
         except ValueError as exc:
-            raise ServiceError(422, "invalid_policy", str(exc)) from None
+            raise ServiceError(422, KdsCode.INVALID_POLICY, str(exc)) from None
         service.create_topic(who, policy)
         return _topic_out(policy)
 

@@ -67,7 +67,7 @@ def _reports_errors(default_name: str) -> Callable[[Command], Command]:
             from sqlalchemy.exc import SQLAlchemyError
 
             from sealedbus.errors import KeyServiceUnavailable, SealedbusError
-            from sealedbus.kds.secrets import SecretError
+            from sealedbus.keys.keyfiles import SecretError
 
             try:
                 return func(args)
@@ -372,6 +372,7 @@ def _init(args: argparse.Namespace) -> int:
     from sealedbus.kds import auth, secrets
     from sealedbus.kds.service import KeyDistributionService
     from sealedbus.kds.store import Store
+    from sealedbus.keys import keyfiles
     from sealedbus.keys.identity import MemberIdentity
 
     data: Path = args.data_dir
@@ -393,11 +394,11 @@ def _init(args: argparse.Namespace) -> int:
         ) from None
     root = secrets.new_root_key_file(paths[0])
     master = secrets.MasterKeyring.generate()
-    secrets.write_secret(paths[1], master.to_bytes())
+    keyfiles.write_secret(paths[1], master.to_bytes())
     admin = MemberIdentity.generate(args.admin, os.urandom)
-    secrets.write_secret(paths[2], admin.to_bytes())
+    keyfiles.write_secret(paths[2], admin.to_bytes())
     totp_secret = os.urandom(20)
-    secrets.write_secret(paths[3], auth.totp_uri(totp_secret, args.admin).encode() + b"\n")
+    keyfiles.write_secret(paths[3], auth.totp_uri(totp_secret, args.admin).encode() + b"\n")
     KeyDistributionService(store, root, master).add_admin(
         args.admin, admin.identity_public, totp_secret
     )
@@ -581,6 +582,7 @@ def _loopback(host: str) -> bool:
 @_reports_errors("sealedbus kds rotate-master-key")
 def _rotate_master(args: argparse.Namespace) -> int:
     from sealedbus.kds import secrets
+    from sealedbus.keys import keyfiles
 
     path = args.data_dir / secrets.MASTER_KEYS_FILE
     if os.environ.get(secrets.MASTER_KEYS_ENV):
@@ -592,7 +594,7 @@ def _rotate_master(args: argparse.Namespace) -> int:
     if args.retire:
         return _retire_master(service, path)
     service.master = service.master.with_new_key()
-    secrets.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow it
+    keyfiles.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow it
     count = service.rewrap()
     print(
         f"master key {service.master.current} is current; re-wrapped {count} values. Running "
@@ -605,7 +607,7 @@ def _rotate_master(args: argparse.Namespace) -> int:
 def _retire_master(service: Any, path: Path) -> int:
     """Drop every master key but the current one from the keyring file, unless a stored value
     still uses it (a replica that had not yet followed the rotation may have wrapped with it)."""
-    from sealedbus.kds import secrets
+    from sealedbus.keys import keyfiles
 
     old = service.master.key_ids - {service.master.current}
     in_use = sorted(old & service.master_keys_in_use())
@@ -615,15 +617,15 @@ def _retire_master(service: Any, path: Path) -> int:
             "`sealedbus kds rotate-master-key` again (it re-wraps everything), "
             "then retire"
         )
-    secrets.write_secret(path, service.master.without(old).to_bytes(), overwrite=True)
+    keyfiles.write_secret(path, service.master.without(old).to_bytes(), overwrite=True)
     print(f"retired master keys {sorted(old) or 'none'}; {service.master.current} is current")
     return 0
 
 
 def _load_identity(path: Path, hint: str) -> Any:
     """A member's or admin's key file as a MemberIdentity (SecretError if it is not one)."""
-    from sealedbus.kds.secrets import SecretError, read_secret
     from sealedbus.keys.identity import MemberIdentity
+    from sealedbus.keys.keyfiles import SecretError, read_secret
 
     data = read_secret(path, hint=hint)
     try:
@@ -643,7 +645,7 @@ def _load_identity(path: Path, hint: str) -> Any:
 
 def _new_secret_path(path: Path, flag: str) -> None:
     """Refuse (exit 2) an output path that ``write_secret`` could not create."""
-    from sealedbus.kds.secrets import SecretError, check_new_secret_path
+    from sealedbus.keys.keyfiles import SecretError, check_new_secret_path
 
     try:
         check_new_secret_path(path)
@@ -659,9 +661,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
     from sealedbus.core.suites import Suite
     from sealedbus.errors import KeyServiceError
-    from sealedbus.kds.secrets import write_secret
     from sealedbus.keys.client import enroll
     from sealedbus.keys.identity import MemberIdentity
+    from sealedbus.keys.keyfiles import write_secret
 
     options = _http_options(args)
     if not args.root_fingerprint:

@@ -221,7 +221,7 @@ class _TotpFile:
         from urllib.parse import parse_qs, urlsplit
 
         from sealedbus.kds import auth
-        from sealedbus.kds.secrets import SecretError, read_secret
+        from sealedbus.keys.keyfiles import SecretError, read_secret
 
         text = read_secret(path).decode(errors="replace").strip()
         secret = parse_qs(urlsplit(text).query).get("secret", [""])[0] if "://" in text else text
@@ -285,7 +285,7 @@ def _totp_source(args: argparse.Namespace) -> Callable[[], str]:
 
 def _check_admin_args(args: argparse.Namespace) -> None:
     """What the KDS would refuse, refused here before a TOTP code is spent (exit 2)."""
-    from sealedbus.kds import auth
+    from sealedbus.keys import signing
 
     def in_range(flag: str, value: int | None, bounds: tuple[int, int]) -> None:
         if value is not None and not bounds[0] <= value <= bounds[1]:
@@ -306,10 +306,10 @@ def _check_admin_args(args: argparse.Namespace) -> None:
         in_range("--retention", args.retention, (1, 100 * 366 * 86_400))
         if not 0 <= args.max_age <= 100 * 366 * 86_400:
             raise _usage(f"--max-age {args.max_age}: must be 0 (no limit) to 3162240000 seconds")
-    if getattr(args, "name", None) and not re.fullmatch(auth.TOPIC_PATTERN, args.name):
+    if getattr(args, "name", None) and not re.fullmatch(signing.TOPIC_PATTERN, args.name):
         raise _usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
     for name in names:
-        if not re.fullmatch(auth.NAME_PATTERN, name) or name.startswith("role:"):
+        if not re.fullmatch(signing.NAME_PATTERN, name) or name.startswith("role:"):
             raise _usage(
                 f"{name!r}: member and role names use letters, digits and ._~:@+- (up to 128) "
                 "and do not start with role:"
@@ -322,7 +322,7 @@ def _check_admin_args(args: argparse.Namespace) -> None:
 
 def _read_session(path: Path) -> tuple[str, str]:
     """(token, session id) from a session file that `admin session open` wrote."""
-    from sealedbus.kds.secrets import SecretError, read_secret
+    from sealedbus.keys.keyfiles import SecretError, read_secret
 
     fields = read_secret(path, hint="`sealedbus admin session open --out FILE` writes it")
     parts = fields.decode(errors="replace").split()
@@ -333,7 +333,7 @@ def _read_session(path: Path) -> tuple[str, str]:
 
 @_reports_errors("sealedbus admin")
 def _admin(args: argparse.Namespace) -> int:
-    from sealedbus.errors import Refused
+    from sealedbus.errors import KdsCode, Refused
     from sealedbus.kds.admin_client import AdminClient
 
     options = _http_options(args)
@@ -365,7 +365,11 @@ def _admin(args: argparse.Namespace) -> int:
                 out = _admin_action(client, args, session)
                 break
             except Refused as exc:
-                if exc.code != "totp_reused" or not isinstance(totp, _TotpFile) or attempt == 3:
+                if (
+                    exc.reason is not KdsCode.TOTP_REUSED
+                    or not isinstance(totp, _TotpFile)
+                    or attempt == 3
+                ):
                     raise
                 totp.advance()
     finally:
@@ -389,7 +393,7 @@ def _no_code() -> str:  # pragma: no cover - the session header is sent instead
 
 def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str] | None) -> Any:
     """Run one admin action; returns what to print as JSON (None: it printed already)."""
-    from sealedbus.kds.secrets import SecretError, write_secret
+    from sealedbus.keys.keyfiles import SecretError, write_secret
 
     action = args.action
     if action == "session-open":

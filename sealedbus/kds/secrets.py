@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,65 +22,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sealedbus.errors import SecretError
+from sealedbus.keys.keyfiles import read_secret, write_secret
+
 MASTER_KEYS_ENV = "SEALEDBUS_KDS_MASTER_KEYS"
 ROOT_KEY_FILE = "root.key"
 MASTER_KEYS_FILE = "master.keys"
 _WRAP_LABEL = b"sealedbus/1 kds at rest\x00"
 INIT_HINT = "`sealedbus kds init` creates it"  # root key, master keyring, first admin's key
-ENROLL_HINT = "`sealedbus enroll` creates a member's key file"
-
-
-class SecretError(ValueError):
-    """A secret file is missing, unsafe or does not parse; or a wrapped value does not open."""
-
-
-def write_secret(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write ``data`` to a new file readable by its owner only (0600), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    if tmp.exists():
-        tmp.unlink()
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if path.exists() and not overwrite:
-        tmp.unlink()
-        raise SecretError(f"{path} exists; refusing to overwrite it")
-    os.replace(tmp, path)
-
-
-def check_new_secret_path(path: Path) -> None:
-    """Raise SecretError unless ``write_secret(path, ...)`` can create ``path``: it must not
-    exist yet and its directory must exist and be writable. Call it before doing anything that
-    cannot be undone (issuing a token, enrolling a key) whose result goes to ``path``."""
-    if os.path.lexists(path):
-        what = "is a directory" if path.is_dir() else "exists"
-        raise SecretError(f"{path} {what}; refusing to overwrite it")
-    directory = path.parent
-    if not directory.is_dir():
-        raise SecretError(f"cannot create {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise SecretError(f"cannot create {path}: directory {directory} is not writable")
-
-
-def read_secret(path: Path, *, hint: str | None = None) -> bytes:
-    """Read a secret file, refusing one that others may read or write. ``hint`` is added to the
-    error when the file does not exist, e.g. ``INIT_HINT`` or ``ENROLL_HINT``."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise SecretError(f"{path} does not exist" + (f" ({hint})" if hint else "")) from None
-    except OSError as exc:
-        raise SecretError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecretError(f"{path} is accessible to group or others; chmod 600 it")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SecretError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def new_root_key_file(path: Path, rng: Callable[[int], bytes] = os.urandom) -> Ed25519PrivateKey:

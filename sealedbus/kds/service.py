@@ -3,7 +3,8 @@ epochs published ahead, forced rotation withdrawing pre-published epochs, consum
 destruction after retention, revocation rotating the member's topics), built on the same pure
 functions in ``sealedbus.keys.authority``, plus enrollment, tokens, admins and the audit log.
 
-Refusals raise ``ServiceError`` with the HTTP status, a stable code and a reason for the caller.
+Refusals raise ``ServiceError`` with the HTTP status, a stable code (``sealedbus.errors.KdsCode``)
+and a reason for the caller.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sealedbus.core.signed import (
     SignatureError,
 )
 from sealedbus.core.suites import Suite
+from sealedbus.errors import KdsCode
 from sealedbus.kds import audit, auth
-from sealedbus.kds.auth import enrollment_message
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.store import (
     Store,
@@ -48,9 +49,9 @@ from sealedbus.kds.store import (
     tokens,
     topics,
 )
-from sealedbus.keys import authority
-from sealedbus.keys.authority import HOUR_MS, TopicPolicy
-from sealedbus.keys.local import EpochInfo
+from sealedbus.keys import authority, signing
+from sealedbus.keys.authority import HOUR_MS, EpochInfo, TopicPolicy
+from sealedbus.keys.signing import enrollment_message
 
 LIVE, WITHDRAWN, DESTROYED = "live", "withdrawn", "destroyed"
 TOTP_MAX_FAILURES = 5
@@ -61,9 +62,10 @@ PRUNE_EVERY_MS = 3_600_000  # how often tick() drops revocation entries that no 
 
 
 class ServiceError(Exception):
-    """A refusal: HTTP ``status``, stable ``code`` and a ``reason`` safe to show the caller."""
+    """A refusal: HTTP ``status``, stable ``code`` (the KdsCode a client reads back as
+    ``Refused.reason``) and a ``reason`` safe to show the caller."""
 
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: int, code: KdsCode, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
         self.status = status
         self.code = code
@@ -124,7 +126,7 @@ class KeyDistributionService:
         self.root_public = root.public_key()
         self.master = master
         self.clock = clock
-        self._rng = rng
+        self.rng = rng  # every random value the service draws (keys, token keys, session ids)
         self.certificate_lifetime_ms = certificate_lifetime_ms
         self.replica = replica
         self.totp_clock = totp_clock or clock  # tests give TOTP codes a clock of their own
@@ -187,7 +189,7 @@ class KeyDistributionService:
             if now < locked:
                 wait = -(-(locked - now) // 1000)
                 refusal = ServiceError(
-                    429, "totp_locked", f"too many wrong TOTP codes; locked for {wait} s more"
+                    429, KdsCode.TOTP_LOCKED, f"too many wrong TOTP codes; locked for {wait} s more"
                 )
             elif step is None:
                 failures += 1
@@ -196,10 +198,14 @@ class KeyDistributionService:
                         TOTP_MAX_LOCKOUT_MS, TOTP_LOCKOUT_MS << (failures - TOTP_MAX_FAILURES)
                     )
                 conn.execute(guard.values(failures=failures, locked_until_ms=locked))
-                refusal = ServiceError(401, "bad_totp", "second factor (TOTP) missing or wrong")
+                refusal = ServiceError(
+                    401, KdsCode.BAD_TOTP, "second factor (TOTP) missing or wrong"
+                )
             elif step <= last:
                 refusal = ServiceError(
-                    401, "totp_reused", "this TOTP code was used already; wait for the next one"
+                    401,
+                    KdsCode.TOTP_REUSED,
+                    "this TOTP code was used already; wait for the next one",
                 )
             else:
                 conn.execute(guard.values(last_step=step, failures=0, locked_until_ms=0))
@@ -214,25 +220,29 @@ class KeyDistributionService:
         self, actor: str, member: str, roles: list[str], ttl_ms: int, token_public: bytes
     ) -> None:
         """Record a one-time enrollment token for ``member``, named by its public key
-        (``auth.token_key``). The admin's client made the token and keeps it: the KDS never
+        (``signing.token_key``). The admin's client made the token and keeps it: the KDS never
         sees it, so no proxy or log between them can enroll in the member's place."""
         if any(n.startswith(ROLE_PREFIX) for n in (member, *roles)):
             raise ServiceError(
-                422, "invalid_name", f"member and role names may not start with {ROLE_PREFIX!r}"
+                422,
+                KdsCode.INVALID_NAME,
+                f"member and role names may not start with {ROLE_PREFIX!r}",
             )
         try:
             Ed25519PublicKey.from_public_bytes(token_public)
         except ValueError:
-            raise ServiceError(422, "invalid_request", "token_key is not an Ed25519 key") from None
+            raise ServiceError(
+                422, KdsCode.INVALID_REQUEST, "token_key is not an Ed25519 key"
+            ) from None
         now = self.now_ms()
         with self.store.write() as conn:
             row = conn.execute(select(members.c.revoked).where(members.c.name == member)).first()
             if row is not None and row.revoked:
-                raise ServiceError(409, "member_revoked", f"member {member!r} is revoked")
+                raise ServiceError(409, KdsCode.MEMBER_REVOKED, f"member {member!r} is revoked")
             if conn.execute(
                 select(tokens.c.member).where(tokens.c.token_hash == token_public)
             ).first():
-                raise ServiceError(409, "token_exists", "a token with this key exists")
+                raise ServiceError(409, KdsCode.TOKEN_EXISTS, "a token with this key exists")
             conn.execute(
                 insert(tokens).values(
                     token_hash=token_public,
@@ -262,10 +272,10 @@ class KeyDistributionService:
 
     def create_topic(self, actor: str, policy: TopicPolicy) -> None:
         now = self.now_ms()
-        token_key = self.master.wrap(self._rng(32), _token_context(policy.name))
+        token_key = self.master.wrap(self.rng(32), _token_context(policy.name))
         with self.store.write() as conn:
             if conn.execute(select(topics.c.name).where(topics.c.name == policy.name)).first():
-                raise ServiceError(409, "topic_exists", f"topic {policy.name!r} exists")
+                raise ServiceError(409, KdsCode.TOPIC_EXISTS, f"topic {policy.name!r} exists")
             conn.execute(
                 insert(topics).values(
                     name=policy.name,
@@ -414,7 +424,7 @@ class KeyDistributionService:
         with self.store.write() as conn:
             row = conn.execute(select(members).where(members.c.name == member)).first()
             if row is None:
-                raise ServiceError(404, "unknown_member", f"no member {member!r}")
+                raise ServiceError(404, KdsCode.UNKNOWN_MEMBER, f"no member {member!r}")
             conn.execute(update(members).where(members.c.name == member).values(revoked=True))
             serial = conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one()
             old = self._revocations(conn)
@@ -471,9 +481,9 @@ class KeyDistributionService:
         timestamp_ms: int,
         token_proof: bytes,
         proof: bytes,
-        replace: int = auth.REPLACE_NONE,
+        replace: int = signing.REPLACE_NONE,
     ) -> bytes:
-        """Redeem a one-time token, named by its public key (``auth.token_key``): check that the
+        """Redeem a one-time token, named by its public key (``signing.token_key``): check that the
         token's key and the new identity key both signed this enrollment, record the member's
         keys and return its signed certificate. An enrolled member is replaced only when the
         enrollment asks to (``replace``, signed): its old certificates are then revoked, as
@@ -495,37 +505,47 @@ class KeyDistributionService:
         except (ValueError, InvalidSignature):
             raise ServiceError(
                 400,
-                "bad_enrollment",
+                KdsCode.BAD_ENROLLMENT,
                 "keys malformed, or the enrollment not "
                 "signed by both the token and the identity key",
             ) from None
         now = self.now_ms()
-        if abs(now - timestamp_ms) > auth.MAX_SKEW_MS:
-            raise ServiceError(401, "stale_request", "timestamp outside the allowed clock skew")
+        if abs(now - timestamp_ms) > signing.MAX_SKEW_MS:
+            raise ServiceError(
+                401, KdsCode.STALE_REQUEST, "timestamp outside the allowed clock skew"
+            )
         with self.store.write() as conn:
             row = conn.execute(select(tokens).where(tokens.c.token_hash == token_public)).first()
             if row is None or row.member != member:
-                raise ServiceError(401, "invalid_token", "unknown token, or one for another name")
+                raise ServiceError(
+                    401, KdsCode.INVALID_TOKEN, "unknown token, or one for another name"
+                )
             if row.used_ms is not None:
-                raise ServiceError(401, "token_used", "this enrollment token was already used")
+                raise ServiceError(
+                    401, KdsCode.TOKEN_USED, "this enrollment token was already used"
+                )
             if now >= row.expires_ms:
-                raise ServiceError(401, "token_expired", "this enrollment token has expired")
+                raise ServiceError(401, KdsCode.TOKEN_EXPIRED, "this enrollment token has expired")
             existing = conn.execute(
                 select(members.c.revoked, members.c.identity_public).where(members.c.name == member)
             ).first()
             if existing is not None and existing.revoked:
-                raise ServiceError(403, "member_revoked", f"member {member!r} is revoked")
-            if existing is not None and replace == auth.REPLACE_NONE:
+                raise ServiceError(403, KdsCode.MEMBER_REVOKED, f"member {member!r} is revoked")
+            if existing is not None and replace == signing.REPLACE_NONE:
                 raise ServiceError(
                     409,
-                    "member_enrolled",
+                    KdsCode.MEMBER_ENROLLED,
                     f"member {member!r} is already enrolled; enrolling again with --replace "
                     "gives it these keys and revokes its old certificates (its old key file "
                     "stops working)",
                 )
             if existing is not None:
                 self._replace_keys(
-                    conn, member, existing.identity_public, now, replace == auth.REPLACE_COMPROMISE
+                    conn,
+                    member,
+                    existing.identity_public,
+                    now,
+                    replace == signing.REPLACE_COMPROMISE,
                 )
             conn.execute(
                 update(tokens).where(tokens.c.token_hash == row.token_hash).values(used_ms=now)
@@ -594,7 +614,9 @@ class KeyDistributionService:
         with self.store.read() as conn:
             policy = self._policy(conn, topic)
             if not policy.producers & self._member_entries(conn, member):
-                raise ServiceError(403, "access_denied", f"{member!r} may not produce to {topic!r}")
+                raise ServiceError(
+                    403, KdsCode.ACCESS_DENIED, f"{member!r} may not produce to {topic!r}"
+                )
             latest = self._latest_not_after(conn, topic)
         if _needs_epoch(policy, latest, now):
             with self.store.write() as conn:  # the scheduler is behind: catch up, once
@@ -614,7 +636,7 @@ class KeyDistributionService:
                 .limit(1)
             ).scalar()
         if current is None:
-            raise ServiceError(503, "no_epoch", f"{topic!r} has no current epoch yet")
+            raise ServiceError(503, KdsCode.NO_EPOCH, f"{topic!r} has no current epoch yet")
         answer = SealingEpochAnswer(
             topic,
             EpochDescription.verify(current, self.root_public).digest,
@@ -630,33 +652,39 @@ class KeyDistributionService:
         with self.store.read() as conn:
             t = conn.execute(select(topics).where(topics.c.name == topic)).first()
             if t is None:
-                raise ServiceError(404, "epoch_unknown", f"no topic {topic!r}")
+                raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"no topic {topic!r}")
             policy = _policy(t)
             matching = policy.consumers & self._member_entries(conn, member)
             if not matching:
-                raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
+                raise ServiceError(
+                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
+                )
             since = self._consumer_since(conn, topic, member, matching)
             if since is None:
-                raise ServiceError(403, "not_granted", f"{member!r} may not consume {topic!r}")
+                raise ServiceError(
+                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
+                )
             row = conn.execute(
                 select(epochs).where(epochs.c.topic == topic, epochs.c.epoch == epoch)
             ).first()
             if row is None:
-                raise ServiceError(404, "epoch_unknown", f"{topic!r} has no epoch {epoch}")
+                raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"{topic!r} has no epoch {epoch}")
             wrapped = conn.execute(
                 select(epoch_keys.c.wrapped).where(
                     epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch
                 )
             ).scalar()
             if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
-                raise ServiceError(410, "epoch_destroyed", f"{topic!r} epoch {epoch} is destroyed")
+                raise ServiceError(
+                    410, KdsCode.EPOCH_DESTROYED, f"{topic!r} epoch {epoch} is destroyed"
+                )
             if not policy.history and row.not_after_ms <= since:
                 raise ServiceError(
-                    403, "not_granted", f"epoch {epoch} predates {member!r}'s access"
+                    403, KdsCode.NOT_GRANTED, f"epoch {epoch} predates {member!r}'s access"
                 )
             cert_bytes = self._latest_certificate(conn, member)
         if cert_bytes is None:
-            raise ServiceError(403, "not_granted", f"{member!r} holds no certificate")
+            raise ServiceError(403, KdsCode.NOT_GRANTED, f"{member!r} holds no certificate")
         description = EpochDescription.verify(row.description, self.root_public)
         seed = self.master.unwrap(wrapped, _key_context(topic, epoch))
         keys = suites.keypair_from_seed(description.suite, seed)
@@ -665,7 +693,7 @@ class KeyDistributionService:
                 self.root, description, keys, Certificate.verify(cert_bytes, self.root_public)
             )
         except authority.WeakReceiveKey as exc:
-            raise ServiceError(403, "not_granted", str(exc)) from None
+            raise ServiceError(403, KdsCode.NOT_GRANTED, str(exc)) from None
         with self.store.write() as conn:
             audit.append(
                 conn, self.root, now, f"member:{member}", "grant.issued", topic=topic, epoch=epoch
@@ -677,15 +705,17 @@ class KeyDistributionService:
         with self.store.read() as conn:
             row = conn.execute(select(topics).where(topics.c.name == topic)).first()
             if row is None:
-                raise ServiceError(404, "unknown_topic", f"no topic {topic!r}")
+                raise ServiceError(404, KdsCode.UNKNOWN_TOPIC, f"no topic {topic!r}")
             policy = _policy(row)
             if not (policy.producers | policy.consumers) & self._member_entries(conn, member):
                 raise ServiceError(
-                    403, "access_denied", f"{member!r} neither produces to nor consumes {topic!r}"
+                    403,
+                    KdsCode.ACCESS_DENIED,
+                    f"{member!r} neither produces to nor consumes {topic!r}",
                 )
             cert_bytes = self._latest_certificate(conn, member)
         if cert_bytes is None:
-            raise ServiceError(403, "access_denied", f"{member!r} holds no certificate")
+            raise ServiceError(403, KdsCode.ACCESS_DENIED, f"{member!r} holds no certificate")
         key = self.master.unwrap(row.token_key, _token_context(topic))
         cert = Certificate.verify(cert_bytes, self.root_public)
         return authority.seal_topic_key(self.root, topic, cert, key)
@@ -816,7 +846,7 @@ class KeyDistributionService:
     def _policy(self, conn: Connection, name: str) -> TopicPolicy:
         row = conn.execute(select(topics).where(topics.c.name == name)).first()
         if row is None:
-            raise ServiceError(404, "unknown_topic", f"no topic {name!r}")
+            raise ServiceError(404, KdsCode.UNKNOWN_TOPIC, f"no topic {name!r}")
         return _policy(row)
 
     def _member_entries(self, conn: Connection, member: str) -> frozenset[str]:
@@ -1066,7 +1096,7 @@ class KeyDistributionService:
         ).scalar()
         number = 0 if highest is None else highest + 1
         description, keys = authority.new_epoch(
-            policy, number, not_before, self._rng(policy.suite.seed_len)
+            policy, number, not_before, self.rng(policy.suite.seed_len)
         )
         conn.execute(
             insert(epochs).values(

@@ -113,7 +113,7 @@ certificates = Table(
 tokens = Table(
     "tokens",
     metadata,
-    # the token's public key (``auth.token_key``; the column keeps its old name): names the token
+    # the token's public key (``signing.token_key``; the column keeps its old name): names the token
     # and checks its signature, but cannot enroll anyone
     Column("token_hash", LargeBinary(32), primary_key=True),
     Column("member", String(128), nullable=False),

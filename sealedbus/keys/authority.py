@@ -36,6 +36,18 @@ PRUNE_MARGIN_MS = DAY_MS
 
 
 @dataclass(frozen=True)
+class EpochInfo:
+    """One epoch as an operator sees it (``LocalKeyService.epochs``, the KDS's ``epochs``)."""
+
+    topic: str
+    epoch: int
+    not_before_ms: int
+    not_after_ms: int
+    destroy_after_ms: int
+    destroyed: bool
+
+
+@dataclass(frozen=True)
 class TopicPolicy:
     """Who may do what on a topic and how its keys live; deny by default."""
 

@@ -41,22 +41,20 @@ from sealedbus.core.signed import (
     fingerprint,
 )
 from sealedbus.errors import (
-    AccessDenied,
+    KdsCode,
     KeyServiceUnavailable,
     Reason,
     Refused,
     StaleRevocations,
-    UnknownTopic,
     UnopenableEnvelope,
     UntrustedResponse,
+    refusal_error,
 )
-from sealedbus.kds import auth
-from sealedbus.kds.secrets import ENROLL_HINT, read_secret
-from sealedbus.keys import authority
+from sealedbus.keys import authority, signing
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import ENROLL_HINT, read_secret
 from sealedbus.keys.source import EpochKeys
 
-_GRANT_REASONS = {403: Reason.NOT_GRANTED, 404: Reason.EPOCH_UNKNOWN, 410: Reason.EPOCH_DESTROYED}
 _MAX_CACHED_CERTS = 10_000
 # An id the KDS did not know is asked again only after this long. Ids are hashes of issued
 # certificates, so a real one is never unknown first; the answer is not signed, so not forever.
@@ -131,7 +129,7 @@ class SignedHttp:
         request = self.http.build_request(method, path, json=json, headers=headers)
         if signed:
             request.headers.update(
-                auth.sign_request(
+                signing.sign_request(
                     self._key,
                     self.principal,
                     method,
@@ -204,24 +202,24 @@ def enroll(
     **http_options: Any,
 ) -> Certificate:
     """Enroll ``identity`` with a one-time token; returns the verified certificate. The token
-    does not travel: a key derived from it signs the enrollment (``auth.token_key``).
+    does not travel: a key derived from it signs the enrollment (``signing.token_key``).
 
     The KDS refuses a name that is already enrolled (409 ``member_enrolled``) unless
     ``replace``: the member's old key then stops working and its old certificates are revoked,
     as retirement (envelopes signed before now still open) or, with ``compromised``, as key
     compromise (none do)."""
-    replace_mode = auth.REPLACE_NONE
+    replace_mode = signing.REPLACE_NONE
     if replace:
-        replace_mode = auth.REPLACE_COMPROMISE if compromised else auth.REPLACE_RETIRE
+        replace_mode = signing.REPLACE_COMPROMISE if compromised else signing.REPLACE_RETIRE
     check_fingerprint(root_fingerprint)
     http = SignedHttp(url, identity.name, identity.signing_key, **http_options)
     clock: Callable[[], float] = http_options.get("clock", time.time)
     try:
         root = fetch_root(http, root_fingerprint)
-        token_key = auth.token_key(token)
+        token_key = signing.token_key(token)
         token_public = token_key.public_key().public_bytes_raw()
         now_ms = int(clock() * 1000)
-        message = auth.enrollment_message(
+        message = signing.enrollment_message(
             token_public,
             identity.name,
             identity.identity_public,
@@ -322,7 +320,7 @@ class KeyServiceClient:
         # A list signed longer ago than this is refused, and one held that long is no longer
         # used (StaleRevocations, retryable): default a few refresh intervals and the skew.
         self._revocation_max_age_ms = (
-            3 * self._revocation_refresh_ms + auth.MAX_SKEW_MS
+            3 * self._revocation_refresh_ms + signing.MAX_SKEW_MS
             if revocation_max_age is None
             else int(revocation_max_age * 1000)
         )
@@ -413,7 +411,7 @@ class KeyServiceClient:
         try:
             doc = self._call("GET", "/v1/certificate", now_ms)
         except Refused as exc:
-            raise AccessDenied(exc.reason) from None
+            raise refusal_error(exc) from None
         fetched = _check_certificate(
             _field(doc, "certificate"), self._root_key(now_ms), self._identity
         )
@@ -446,9 +444,7 @@ class KeyServiceClient:
         except Refused as exc:
             with self._lock:  # no longer a producer: the cached epoch must not outlive that
                 self._epochs.pop(topic, None)
-            if exc.status == 404:
-                raise UnknownTopic(exc.reason) from None
-            raise AccessDenied(exc.reason) from None
+            raise refusal_error(exc) from None
         root = self._root_key(now_ms)
         current = self._description(_field(doc, "description"), topic, root)
         ahead = None
@@ -467,7 +463,7 @@ class KeyServiceClient:
             ahead.digest if ahead else b"",
         ):
             raise UntrustedResponse("sealing-epoch answer is not for this request (replayed?)")
-        if abs(now_ms - answer.issued_at_ms) > auth.MAX_SKEW_MS:
+        if abs(now_ms - answer.issued_at_ms) > signing.MAX_SKEW_MS:
             raise UntrustedResponse("sealing-epoch answer is not fresh (replayed or clock skew)")
         if ahead is not None and ahead.epoch <= current.epoch:
             raise UntrustedResponse("KDS answered with a next epoch older than the current one")
@@ -511,9 +507,7 @@ class KeyServiceClient:
         try:
             doc = self._call("GET", f"/v1/topics/{topic}/topic-key", now_ms)
         except Refused as exc:
-            if exc.status == 404:
-                raise UnknownTopic(exc.reason) from None
-            raise AccessDenied(exc.reason) from None
+            raise refusal_error(exc) from None
         try:
             key = authority.open_topic_key(
                 self._root_key(now_ms),
@@ -544,13 +538,13 @@ class KeyServiceClient:
         try:
             doc = self._call("GET", f"/v1/certificates/{cert_id.hex()}", now_ms)
         except Refused as exc:
-            if exc.status == 404:
+            if exc.reason is KdsCode.UNKNOWN_CERTIFICATE:
                 with self._lock:
                     if len(self._unknown_certs) >= _MAX_CACHED_CERTS:
                         self._unknown_certs.clear()
                     self._unknown_certs[cert_id] = now_ms + _UNKNOWN_CERT_MS
                 return None
-            raise AccessDenied(exc.reason) from None
+            raise refusal_error(exc) from None
         try:
             cert = Certificate.verify(_field(doc, "certificate"), self._root_key(now_ms))
         except SignatureError as exc:
@@ -594,7 +588,7 @@ class KeyServiceClient:
         except SignatureError as exc:
             raise UntrustedResponse(str(exc)) from None
         except Refused as exc:
-            raise AccessDenied(exc.reason) from None
+            raise refusal_error(exc) from None
         # The KDS signs the list afresh for every answer: an old one is a replay.
         if fetched.issued_at_ms < now_ms - self._revocation_max_age_ms:
             raise UntrustedResponse("KDS answered with a stale revocation list (replayed?)")
@@ -700,10 +694,7 @@ class KeyServiceClient:
         try:
             doc = self._call("GET", f"/v1/topics/{topic}/epochs/{epoch}/grant", now_ms)
         except Refused as exc:
-            reason = _GRANT_REASONS.get(exc.status)
-            if reason is None:
-                raise AccessDenied(exc.reason) from None
-            raise UnopenableEnvelope(reason, exc.reason) from None
+            raise refusal_error(exc, grant=True) from None
         root = self._root_key(now_ms)
         try:
             description = EpochDescription.verify(_field(doc, "description"), root)

@@ -30,7 +30,7 @@ from sealedbus.errors import (
     UnopenableEnvelope,
 )
 from sealedbus.keys import authority
-from sealedbus.keys.authority import TopicPolicy
+from sealedbus.keys.authority import EpochInfo, TopicPolicy
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.source import EpochKeys
 
@@ -50,18 +50,6 @@ class _Topic:
     token_key: bytes
     epochs: dict[int, _Epoch] = field(default_factory=dict)
     consumer_since: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EpochInfo:
-    """One epoch as an operator sees it."""
-
-    topic: str
-    epoch: int
-    not_before_ms: int
-    not_after_ms: int
-    destroy_after_ms: int
-    destroyed: bool
 
 
 class LocalKeyService:

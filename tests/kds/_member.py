@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from sealedbus import InvalidEnvelope, Opener, SealedbusError, Sealer
-from sealedbus.kds.secrets import read_secret
 from sealedbus.keys.client import KeyServiceClient
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import read_secret
 
 
 def main(argv: list[str]) -> int:

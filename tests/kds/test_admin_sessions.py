@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from sealedbus.errors import Refused
-from sealedbus.kds import admin_sessions, secrets
+from sealedbus.errors import KdsCode, Refused
+from sealedbus.kds import admin_sessions
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import audit
+from sealedbus.keys import keyfiles
 from sealedbus.keys.identity import MemberIdentity
 
 from ._harness import Kds
@@ -69,7 +70,8 @@ def test_session_token_without_the_admin_key_is_refused(kds: Kds) -> None:
     with pytest.raises(Refused) as refused:
         session_client(kds, token, other).topics()
     assert (refused.value.status, refused.value.code) == (401, "bad_session")
-    assert "another admin" in refused.value.reason
+    assert refused.value.reason is KdsCode.BAD_SESSION
+    assert "another admin" in refused.value.detail
 
     impostor = MemberIdentity.generate(kds.admin_identity.name, os.urandom)  # same name, new key
     with pytest.raises(Refused) as refused:
@@ -161,7 +163,7 @@ def test_serve_takes_the_session_lifetime(tmp_path: Path) -> None:
     try:
         admin = AdminClient(
             kds.url,
-            MemberIdentity.from_bytes(secrets.read_secret(data / "admin.key")),
+            MemberIdentity.from_bytes(keyfiles.read_secret(data / "admin.key")),
             lambda: totp_code(data),
         )
         assert admin.open_session()["expires_in"] == 60

@@ -21,6 +21,7 @@ from sealedbus.kds import cli as kds_cli
 from sealedbus.kds import secrets
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import tokens
+from sealedbus.keys import keyfiles
 from sealedbus.ops.cli import main
 
 from ._harness import AsgiTransport, Kds
@@ -63,7 +64,7 @@ def served(kds: Kds, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
 
     monkeypatch.setattr(httpx, "Client", client)
     key = tmp_path / "admin.key"
-    secrets.write_secret(key, kds.admin_identity.to_bytes())
+    keyfiles.write_secret(key, kds.admin_identity.to_bytes())
     yield key
     monkeypatch.undo()
     transport.close()
@@ -152,7 +153,7 @@ def test_token_that_cannot_be_saved_is_reported_in_one_line_without_the_secret(
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(AdminClient, "create_token", spy)
-    monkeypatch.setattr(secrets, "write_secret", disk_full)
+    monkeypatch.setattr(keyfiles, "write_secret", disk_full)
     code, out, err = run(
         capsys, *admin_args(kds, served), "token", "p", "--out", tmp_path / "p.token"
     )
@@ -180,7 +181,7 @@ def test_enroll_writes_the_key_file_only_once_enrolled(
     assert out.startswith("enrolled p; key file")
     assert key.stat().st_mode & 0o777 == 0o600
     assert not key.with_name("p.key.pending").exists()
-    assert secrets.read_secret(key, hint=secrets.ENROLL_HINT)
+    assert keyfiles.read_secret(key, hint=keyfiles.ENROLL_HINT)
 
     again = tmp_path / "again.token"
     issue_token(kds, served, capsys, "p", again)
@@ -318,18 +319,18 @@ def test_fingerprint_prints_what_init_printed(
 
 def test_missing_secret_files_get_advice_that_fits_them(tmp_path: Path) -> None:
     missing = tmp_path / "p.key"
-    with pytest.raises(secrets.SecretError) as plain:
-        secrets.read_secret(missing)
+    with pytest.raises(keyfiles.SecretError) as plain:
+        keyfiles.read_secret(missing)
     assert "kds init" not in str(plain.value)
-    with pytest.raises(secrets.SecretError, match="`sealedbus enroll`"):
-        secrets.read_secret(missing, hint=secrets.ENROLL_HINT)
-    with pytest.raises(secrets.SecretError, match="`sealedbus kds init`"):
+    with pytest.raises(keyfiles.SecretError, match="`sealedbus enroll`"):
+        keyfiles.read_secret(missing, hint=keyfiles.ENROLL_HINT)
+    with pytest.raises(keyfiles.SecretError, match="`sealedbus kds init`"):
         secrets.load_root_key(tmp_path / secrets.ROOT_KEY_FILE)
-    with pytest.raises(secrets.SecretError, match="`sealedbus kds init`"):
+    with pytest.raises(keyfiles.SecretError, match="`sealedbus kds init`"):
         secrets.MasterKeyring.load(tmp_path / secrets.MASTER_KEYS_FILE)
-    with pytest.raises(secrets.SecretError, match="is a directory"):
-        secrets.check_new_secret_path(tmp_path)
-    secrets.check_new_secret_path(missing)  # creatable: no error
+    with pytest.raises(keyfiles.SecretError, match="is a directory"):
+        keyfiles.check_new_secret_path(tmp_path)
+    keyfiles.check_new_secret_path(missing)  # creatable: no error
 
 
 def test_admin_errors_are_one_line(

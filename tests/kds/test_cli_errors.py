@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sealedbus.kds import cli as kds_cli
-from sealedbus.kds import secrets
+from sealedbus.keys import keyfiles
 from sealedbus.keys.identity import MemberIdentity
 
 from ._processes import tls_files
@@ -82,7 +82,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
 
 def admin_key(tmp_path: Path) -> Path:
     key = tmp_path / "admin.key"
-    secrets.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
+    keyfiles.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
     return key
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from sealedbus.kds import auth, cli_admin, secrets
+from sealedbus.kds import auth, cli_admin
 from sealedbus.kds import cli as kds_cli
 from sealedbus.kds.store import admin_totp
+from sealedbus.keys import keyfiles
 from sealedbus.keys.client import KeyServiceClient, check_fingerprint
 from sealedbus.keys.identity import MemberIdentity
 
@@ -54,7 +55,7 @@ def admin(kds: Kds, key: Path, *more: str | Path) -> list[str | Path]:
 
 def totp_file(kds: Kds, tmp_path: Path) -> Path:
     path = tmp_path / "admin.totp"
-    secrets.write_secret(path, auth.totp_uri(kds.totp_secret, "root-admin").encode() + b"\n")
+    keyfiles.write_secret(path, auth.totp_uri(kds.totp_secret, "root-admin").encode() + b"\n")
     kds.service.totp_clock = time.time  # the CLI computes codes from the real time
     return path
 
@@ -86,7 +87,7 @@ def test_totp_file_that_holds_no_secret_is_refused(
     kds: Kds, served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wrong = tmp_path / "wrong.totp"
-    secrets.write_secret(wrong, b"otpauth://totp/x?issuer=y\n")
+    keyfiles.write_secret(wrong, b"otpauth://totp/x?issuer=y\n")
     code, _, err = run(capsys, *admin(kds, served, "--totp-file", wrong), "topic", "list")
     assert code == 1 and "holds no TOTP secret" in one_line(err, "admin topic list")
 
@@ -172,7 +173,7 @@ def test_arguments_are_checked_before_a_code_is_spent(
 ) -> None:
     """Before: `token --ttl 1` used up the code, then got a 422 from the KDS."""
     key = tmp_path / "admin.key"
-    secrets.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
+    keyfiles.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
     args = [str(tmp_path / a) if a in ("X", "S") else a for a in args]
     # UNREACHABLE: anything sent would fail with exit 1, not 2
     code, out, err = run(capsys, "admin", "--url", UNREACHABLE, "--key", key, *args)
@@ -186,7 +187,7 @@ def test_no_terminal_names_every_way_to_give_a_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = tmp_path / "admin.key"
-    secrets.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
+    keyfiles.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
     monkeypatch.setattr(sys, "stdin", io.StringIO())
     code, _, err = run(capsys, "admin", "--url", UNREACHABLE, "--key", key, "topic", "list")
     assert code == 2
@@ -230,7 +231,7 @@ def test_cli_honours_the_ca_variable(
     """The examples read $SEALEDBUS_KDS_CA; the CLI ignored it."""
     monkeypatch.setenv(kds_cli.CA_ENV, str(tmp_path / "missing-ca.pem"))
     key = tmp_path / "admin.key"
-    secrets.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
+    keyfiles.write_secret(key, MemberIdentity.generate("a", os.urandom).to_bytes())
     code, _, err = run(
         capsys, "admin", "--url", UNREACHABLE, "--key", key, "--totp", "123456", "audit"
     )
@@ -241,7 +242,7 @@ def test_client_from_env_reads_the_same_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = tmp_path / "p.key"
-    secrets.write_secret(key, MemberIdentity.generate("p", os.urandom).to_bytes())
+    keyfiles.write_secret(key, MemberIdentity.generate("p", os.urandom).to_bytes())
     with pytest.raises(ValueError, match=r"\$SEALEDBUS_KDS_URL and \$SEALEDBUS_KDS_ROOT"):
         KeyServiceClient.from_env(key)
     monkeypatch.setenv(kds_cli.URL_ENV, UNREACHABLE)

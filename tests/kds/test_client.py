@@ -12,9 +12,9 @@ import pytest
 
 from sealedbus import KeyServiceUnavailable, Opener, Sealer
 from sealedbus.errors import UntrustedResponse
-from sealedbus.kds.secrets import write_secret
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import write_secret
 
 from ._harness import AsgiTransport, Kds, settle
 

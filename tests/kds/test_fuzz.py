@@ -14,6 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from sealedbus.kds import auth
+from sealedbus.keys import signing
 
 from ._harness import Kds, make_kds
 
@@ -62,7 +63,7 @@ def test_api_never_fails_on_bad_input(case: Any) -> None:
     admin = request.url.path.startswith("/v1/admin")
     identity = kds.admin_identity if admin else kds.clients[0]._identity
     request.headers.update(
-        auth.sign_request(
+        signing.sign_request(
             identity.signing_key,
             identity.name,
             request.method,

@@ -15,18 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sealedbus.errors import Refused
-from sealedbus.kds import auth
 from sealedbus.kds.api import RateLimit
+from sealedbus.keys import signing
 
 from ._harness import Kds
 
 
 def _headers(principal: str, stamp: str = "", nonce: str = "a" * 32) -> dict[str, str]:
     return {
-        auth.PRINCIPAL: principal,
-        auth.TIMESTAMP: stamp,
-        auth.NONCE: nonce,
-        auth.SIGNATURE: "A" * 88,
+        signing.PRINCIPAL: principal,
+        signing.TIMESTAMP: stamp,
+        signing.NONCE: nonce,
+        signing.SIGNATURE: "A" * 88,
     }
 
 
@@ -50,7 +50,9 @@ def test_any_signature_header_is_refused_cleanly(stamp: str, nonce: str, princip
 
 def test_non_ascii_digits_in_the_timestamp_are_refused(kds: Kds) -> None:
     headers = {k.encode(): v.encode() for k, v in _headers("m").items()}
-    headers[auth.TIMESTAMP.encode()] = b"\xb2"  # superscript two in Latin-1: str.isdigit() says yes
+    headers[signing.TIMESTAMP.encode()] = (
+        b"\xb2"  # superscript two in Latin-1: str.isdigit() says yes
+    )
     response = kds.http.send(kds.http.build_request("GET", "/v1/revocations", headers=headers))
     assert (response.status_code, response.json()["error"]) == (401, "unauthenticated")
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from sealedbus.kds.admin_client import AdminClient
-from sealedbus.kds.secrets import read_secret
 from sealedbus.kds.store import Store, audit, database_url, epochs
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import read_secret
 
 from . import test_destruction, test_security, test_semantics
 from ._harness import Kds, make_kds

@@ -17,9 +17,9 @@ from sqlalchemy import func, insert, select, update
 from sealedbus import AccessDenied, KeyServiceUnavailable, Opener, Reason, Sealer
 from sealedbus.core import wire
 from sealedbus.core.signed import MAX_SIGNED_OBJECT, RevocationList
-from sealedbus.errors import InvalidEnvelope, Refused, StaleRevocations
-from sealedbus.kds import auth
+from sealedbus.errors import InvalidEnvelope, KdsCode, Refused, StaleRevocations
 from sealedbus.kds.store import certificates, heads, members, nonces, revocations, tokens
+from sealedbus.keys import signing
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
 
@@ -178,7 +178,7 @@ def test_revocation_entries_are_pruned_once_nothing_they_cover_can_open(kds: Kds
 def test_enrollment_token_is_made_by_the_admin_client_and_never_sent_back(kds: Kds) -> None:
     """The KDS generated the token and returned it in clear: a TLS-terminating proxy or an
     HTTP log between admin and KDS could enroll in the member's place."""
-    token, token_public = auth.new_token()
+    token, token_public = signing.new_token()
     doc = kds.admin._call(
         "POST",
         "/v1/admin/tokens",
@@ -226,7 +226,8 @@ def test_reenrolling_a_name_is_refused_unless_asked_to_replace(kds: Kds) -> None
     with pytest.raises(Refused) as refused:
         _enroll(kds, "svc")
     assert (refused.value.status, refused.value.code) == (409, "member_enrolled")
-    assert "--replace" in refused.value.reason
+    assert refused.value.reason is KdsCode.MEMBER_ENROLLED
+    assert "--replace" in refused.value.detail
     kds.clock.advance(5)
     second = kds.client(_enroll(kds, "svc", replace=True))
     with pytest.raises(AccessDenied, match="key replaced by a later enrollment"):
@@ -253,14 +254,14 @@ def test_reenrolling_for_key_compromise_revokes_everything_the_old_key_signed(kd
 def test_replace_mode_is_signed_so_a_proxy_cannot_soften_a_compromise(kds: Kds) -> None:
     identity = MemberIdentity.generate("svc", os.urandom)
     kds.member("svc")
-    token, token_public = auth.new_token()
+    token, token_public = signing.new_token()
     kds.admin._call(
         "POST",
         "/v1/admin/tokens",
         {"member": "svc", "token_key": base64.b64encode(token_public).decode()},
     )
     now = kds.clock_ms()
-    message = auth.enrollment_message(
+    message = signing.enrollment_message(
         token_public, "svc", identity.identity_public, 1, identity.receive.public, now, 2
     )
     body = {
@@ -269,7 +270,7 @@ def test_replace_mode_is_signed_so_a_proxy_cannot_soften_a_compromise(kds: Kds) 
         "identity_public": base64.b64encode(identity.identity_public).decode(),
         "receive_public": base64.b64encode(identity.receive.public).decode(),
         "timestamp_ms": now,
-        "token_proof": base64.b64encode(auth.token_key(token).sign(message)).decode(),
+        "token_proof": base64.b64encode(signing.token_key(token).sign(message)).decode(),
         "proof": base64.b64encode(identity.signing_key.sign(message)).decode(),
         "replace": 1,  # signed as 2 (compromise), sent as 1 (retirement)
     }
@@ -295,7 +296,7 @@ def test_signed_reads_cost_no_database_write(kds: Kds) -> None:
 
 def test_a_replayed_signed_read_is_still_refused(kds: Kds) -> None:
     identity = _enroll(kds, "c")
-    headers = auth.sign_request(
+    headers = signing.sign_request(
         identity.signing_key, "c", "GET", b"/v1/revocations", b"", kds.clock_ms(), os.urandom(16)
     )
     first = kds.http.get("/v1/revocations", headers=headers)

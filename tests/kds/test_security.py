@@ -22,11 +22,13 @@ from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
 from sealedbus.kds.audit import entry_hash
-from sealedbus.kds.secrets import MasterKeyring, SecretError, read_secret, write_secret
+from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.service import KeyDistributionService, ServiceError
 from sealedbus.kds.store import GENESIS, audit, audit_checkpoints, epoch_keys, heads, tokens
+from sealedbus.keys import signing
 from sealedbus.keys.client import enroll
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import SecretError, read_secret, write_secret
 
 from ._harness import AsgiTransport, Kds, settle
 
@@ -240,7 +242,7 @@ def _signed(
 ) -> httpx.Request:
     request = kds.http.build_request("GET", path)
     request.headers.update(
-        auth.sign_request(
+        signing.sign_request(
             identity.signing_key,
             identity.name,
             "GET",
@@ -327,9 +329,9 @@ def test_enrollment_tokens_are_one_time_short_lived_and_named(kds: Kds) -> None:
 def _enroll_body(
     kds: Kds, identity: MemberIdentity, token: str, identity_key: Ed25519PrivateKey | None = None
 ) -> dict[str, Any]:
-    token_key = auth.token_key(token)
+    token_key = signing.token_key(token)
     token_public = token_key.public_key().public_bytes_raw()
-    message = auth.enrollment_message(
+    message = signing.enrollment_message(
         token_public,
         identity.name,
         identity.identity_public,
@@ -384,7 +386,7 @@ def test_a_proxy_that_sees_an_enrollment_cannot_enroll_its_own_keys(kds: Kds) ->
     assert token.encode() not in seen[0]
     body = json.loads(seen[0])
     attacker = MemberIdentity.generate("svc", os.urandom)  # ...and enrolls its own keys first
-    message = auth.enrollment_message(
+    message = signing.enrollment_message(
         base64.b64decode(body["token_key"]),
         "svc",
         attacker.identity_public,

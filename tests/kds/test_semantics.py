@@ -10,9 +10,9 @@ from sealedbus import AccessDenied, KeySource, Opener, Reason, Sealer
 from sealedbus.brokers._common import KeyTokenizer
 from sealedbus.core.suites import Suite
 from sealedbus.errors import Refused, UnauthenticEnvelope, UnknownTopic, UnopenableEnvelope
-from sealedbus.kds import auth
 from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import consumer_since
+from sealedbus.keys import signing
 
 from ._harness import Kds, settle
 
@@ -64,7 +64,7 @@ def test_refusal_is_http_403_with_reason(kds: Kds) -> None:
     client = kds.member("c")
     response = client._http.http.build_request("GET", "/v1/topics/orders/sealing-epoch")
     response.headers.update(
-        auth.sign_request(
+        signing.sign_request(
             client._identity.signing_key,
             "c",
             "GET",

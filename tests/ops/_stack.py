@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sealedbus import Opener, SealedbusError, Sealer
 from sealedbus.brokers.memory import MemoryBus, MemoryConsumer, MemoryProducer
-from sealedbus.kds.secrets import read_secret
 from sealedbus.keys.client import KeyServiceClient
 from sealedbus.keys.identity import MemberIdentity
+from sealedbus.keys.keyfiles import read_secret
 from sealedbus.ops.prometheus import PrometheusMetrics
 from tests.kds._processes import KdsProcess, cli, init, totp_code
 
