@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import inspect
 
 from sealedbus.core.suites import Suite
-from sealedbus.kds import admin_sessions
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.service import KeyDistributionService
@@ -39,8 +38,6 @@ from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.keyfiles import read_secret
 from tests.kds._processes import KdsProcess, init, totp_code
-
-assert admin_sessions.admin_sessions.metadata is metadata  # its table is dropped with the rest
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -32,14 +32,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, insert, select, update
+from sqlalchemy import insert, select, update
 
 from sealedbus.core.suites import PROTOCOL
 from sealedbus.errors import KdsCode
 from sealedbus.kds import audit
 from sealedbus.kds.admin_client import SESSION_HEADER, SESSIONS_PATH
 from sealedbus.kds.service import KeyDistributionService, ServiceError
-from sealedbus.kds.store import Store, metadata
+from sealedbus.kds.store import Store, admin_sessions
 
 HEADER = SESSION_HEADER
 OPEN_PATH = SESSIONS_PATH
@@ -50,14 +50,6 @@ _LABEL = PROTOCOL + b" admin session\x00"
 _SIGNATURE = 64
 _MAX_TOKEN = 512
 
-admin_sessions = Table(
-    "admin_sessions",
-    metadata,
-    Column("session_id", LargeBinary(16), primary_key=True),
-    Column("admin", String(128), nullable=False, index=True),
-    Column("expires_ms", BigInteger, nullable=False),
-    Column("closed_ms", BigInteger),
-)
 _ready: weakref.WeakSet[Store] = weakref.WeakSet()  # stores whose table is known to exist
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -191,8 +192,20 @@ leases = Table(
     Column("expires_ms", BigInteger, nullable=False),
 )
 
+admin_sessions = Table(  # admin sessions opened with one TOTP code (kds/admin_sessions.py)
+    "admin_sessions",
+    metadata,
+    Column("session_id", LargeBinary(16), primary_key=True),
+    Column("admin", String(128), nullable=False, index=True),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("closed_ms", BigInteger),
+)
+
 GENESIS = bytes(32)
 SQLITE_TIMEOUT_S = 30
+# PostgreSQL advisory lock taken while the schema is made or upgraded: replicas that start
+# together would otherwise race on CREATE TABLE (a unique violation in pg_type)
+_SCHEMA_LOCK = 0x5EA1ED
 SCHEDULER_LEASE = "scheduler"
 
 
@@ -225,8 +238,11 @@ class Store:
             )  # errors may be logged: no values
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        """Create what is missing; safe to run from several replicas at once."""
         with self.engine.begin() as conn:
+            if not self.is_sqlite:  # one replica at a time (held until this transaction ends)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
             _add_missing_columns(conn)
             for name in ("audit", "serial"):
                 _insert_missing(conn, heads, {"name": name, "seq": 0, "hash": GENESIS})

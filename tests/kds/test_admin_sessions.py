@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from sealedbus.errors import KdsCode, Refused
-from sealedbus.kds import admin_sessions
+from sealedbus.kds import admin_sessions, store
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import audit
 from sealedbus.keys import keyfiles
@@ -150,7 +150,7 @@ def test_session_lifetime_is_configurable_and_capped(kds: Kds) -> None:
 
 
 def test_a_database_from_before_sessions_gets_the_table(kds: Kds) -> None:
-    admin_sessions.admin_sessions.drop(kds.store.engine)
+    store.admin_sessions.drop(kds.store.engine)
     admin_sessions._ready.discard(kds.store)
     token = kds.admin.open_session()["session"]
     assert session_client(kds, token).topics() == []

@@ -4,13 +4,14 @@ database, where exactly one runs the rotation scheduler and a survivor takes the
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, inspect, select
 
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import Store, audit, database_url, epochs
@@ -136,3 +137,31 @@ def test_two_replicas_rotate_once_and_hand_over(database: str, tmp_path: Path) -
     finally:
         for process in (a, b):
             process.stop()
+
+
+def test_replicas_starting_together_create_the_schema_once(database: str) -> None:
+    """Two `kds serve` replicas started at once on an empty database both ran CREATE TABLE for
+    a table the other was creating, and one died on PostgreSQL's unique index of type names
+    (pg_type_typname_nsp_index). The schema is now made under an advisory lock."""
+    stores = [Store(database) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def start(store: Store) -> None:
+        barrier.wait()
+        try:
+            store.create_schema()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert "admin_sessions" in inspect(stores[0].engine).get_table_names()
+    finally:
+        for s in stores:
+            s.dispose()
