@@ -320,7 +320,18 @@ fn zebra_batch<'a, 'b: 'a>(
 /// whose `A` and `R` are torsion-free as one cofactored batch (where it agrees with the
 /// cofactorless equation), the others, and all of them if the batch fails, one by one.
 pub fn verify_many(jobs: &[(&Verifier, [u8; 64], &[u8])]) -> Vec<bool> {
-    let batchable: Vec<bool> = jobs.iter().map(|(v, sig, _)| v.batchable(sig)).collect();
+    // the torsion check of R costs a scalar multiplication: only where a batch can form
+    let mut batchable: Vec<bool> = jobs
+        .iter()
+        .map(|(v, sig, _)| v.torsion_free && v.precheck(sig).is_some())
+        .collect();
+    if batchable.iter().filter(|b| **b).count() >= 2 {
+        for ((v, sig, _), b) in jobs.iter().zip(batchable.iter_mut()) {
+            *b = *b && v.batchable(sig);
+        }
+    } else {
+        batchable.fill(false);
+    }
     let in_batch = batchable.iter().filter(|b| **b).count();
     let batch_ok = in_batch >= 2
         && zebra_batch(
