@@ -12,7 +12,7 @@ policy decision (which keys, which checks, in which order) stays with the caller
 Ed25519 (SPEC.md 5.4): both refuse a public key or R that is a small-order point or a
 non-canonical encoding before any equation runs, then both check the cofactorless equation: the
 pure core through ``cryptography`` (OpenSSL), the native core through ed25519-dalek's
-``verify_strict``. The native core batches (cofactored) only signatures whose A and R are
+``verify``. The native core batches (cofactored) only signatures whose A and R are
 torsion-free, where the two equations agree, and checks every other one singly.
 """
 
