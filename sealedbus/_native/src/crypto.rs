@@ -233,7 +233,7 @@ pub fn acceptable_point(p: &[u8; 32]) -> bool {
 /// prime-order subgroup, where the cofactored and the cofactorless equations agree.
 ///
 /// `[L]P` is the identity exactly when `[L - 1]P = -P`; `L - 1` is the canonical scalar `-1`,
-/// so curve25519-dalek's variable-time multiplication computes it (about a third of the cost
+/// so curve25519-dalek's variable-time multiplication computes it (about two thirds of the cost
 /// of its constant-time `is_torsion_free`, which the tests check this against; the points are
 /// public, so variable time is fine).
 fn torsion_free(p: &[u8; 32]) -> bool {
