@@ -11,6 +11,12 @@ shared machine do not count.
     .venv/bin/python benchmarks/micro.py [--seconds 1.0] [--json]
     .venv/bin/python benchmarks/micro.py --callgrind   # instructions per message (valgrind)
 
+The peer rows put what teams write by hand today next to sealed-batch: a shared-key Fernet
+(``cryptography.fernet``: AES-128-CBC and HMAC-SHA256, base64 tokens) around the payload, no
+signature, no per-member keys, no replay window. Sealed-batch runs on the native core when it is
+built (else the pure one); both alternate inside each measurement, and the ratios are
+sealed-batch / Fernet.
+
 ``--callgrind`` runs each core path at 1 KB under ``valgrind --tool=callgrind`` twice, with n1
 and n2 messages, and reports (Ir(n2) - Ir(n1)) / (n2 - n1): the setup cancels out, and the
 count repeats from run to run, so a regression shows up as a number rather than as noise.
@@ -32,6 +38,7 @@ from collections.abc import Callable
 from functools import partial
 
 import cryptography
+from cryptography.fernet import Fernet
 
 from sealedbus import KeySource, LocalKeyService, Opener, Sealer
 from sealedbus.core import backend
@@ -141,6 +148,63 @@ def bench(seconds: float) -> list[dict[str, object]]:
     return rows
 
 
+class _FernetLoop:
+    """The peer: encrypt or decrypt 64 payloads with one shared Fernet key."""
+
+    def __init__(self, fernet: Fernet, body: bytes, decrypt: bool) -> None:
+        self.fernet, self.body, self.decrypt = fernet, body, decrypt
+        self.tokens = [fernet.encrypt(body) for _ in range(BATCH)]
+
+    def __call__(self) -> int:
+        if self.decrypt:
+            for t in self.tokens:
+                self.fernet.decrypt(t)
+        else:
+            for _ in range(BATCH):
+                self.fernet.encrypt(self.body)
+        return BATCH
+
+
+def peer(seconds: float) -> list[dict[str, object]]:
+    """Fernet next to sealed-batch on the fastest core, per payload size, in the same run."""
+    b = _Bench()
+    core = CORES[-1]
+    fernet = Fernet(Fernet.generate_key())
+    rows: list[dict[str, object]] = []
+    for size in SIZES:
+        body = os.urandom(size)
+        seal = _rates(
+            {
+                "fernet": _FernetLoop(fernet, body, decrypt=False),
+                "sealed": partial(_seal_count, b, core, "batch", body),
+            },
+            seconds,
+        )
+        pool = [e for _ in range(20) for e in b.seal(core, "batch", body)]
+        opened = _rates(
+            {
+                "fernet": _FernetLoop(fernet, body, decrypt=True),
+                "sealed": _OpenLoop(b.consumer, pool, core, True),
+            },
+            seconds,
+        )
+        rows.append(
+            {
+                "payload_bytes": size,
+                "sealed_batch_core": core,
+                "fernet_seal_msgs_per_s": round(seal["fernet"]),
+                "fernet_open_msgs_per_s": round(opened["fernet"]),
+                "sealed_batch_seal_msgs_per_s": round(seal["sealed"]),
+                "sealed_batch_open_many_msgs_per_s": round(opened["sealed"]),
+                "seal_vs_fernet": round(seal["sealed"] / seal["fernet"], 2),
+                "open_vs_fernet": round(opened["sealed"] / opened["fernet"], 2),
+                "fernet_overhead_bytes": len(fernet.encrypt(body)) - size,
+                "sealed_batch_overhead_bytes": len(pool[0]) - size,
+            }
+        )
+    return rows
+
+
 def workload(core: str, op: str, mode: str, n: int, pool_size: int) -> None:
     """What ``--callgrind`` measures: ``n`` messages of 1 KB through one core path. The clock
     stands still: slowed down 50 times, a real one would add key refreshes to the count."""
@@ -225,8 +289,9 @@ def main() -> int:
             print(f"{r['mode']:<12} {r['op']:<10} {counts} {r.get('ratio', ''):>8}")
         return 0
     rows = bench(args.seconds)
+    peers = peer(args.seconds)
     if args.json:
-        print(json.dumps({**meta, "rows": rows}, indent=2))
+        print(json.dumps({**meta, "rows": rows, "peer": peers}, indent=2))
         return 0
     print(
         f"python {meta['python']}, cryptography {meta['cryptography']}; one thread; msgs per CPU s;"
@@ -246,6 +311,22 @@ def main() -> int:
         if "native" in CORES:
             line += f" {r['seal_ratio']:>7} {r['open_many_ratio']:>7} {r['open_ratio']:>7}"
         print(line + f" {r['overhead_bytes']:>7} B")
+    print(
+        f"\npeer: shared-key Fernet against sealed-batch ({CORES[-1]} core); msgs per CPU s;"
+        " x = sealed-batch / Fernet"
+    )
+    print(
+        f"{'payload':>8} {'fernet seal':>12} {'fernet open':>12} {'sealed seal':>12}"
+        f" {'sealed many':>12} {'seal x':>7} {'open x':>7} {'fernet +B':>10} {'sealed +B':>10}"
+    )
+    for r in peers:
+        print(
+            f"{r['payload_bytes']:>8} {r['fernet_seal_msgs_per_s']:>12,}"
+            f" {r['fernet_open_msgs_per_s']:>12,} {r['sealed_batch_seal_msgs_per_s']:>12,}"
+            f" {r['sealed_batch_open_many_msgs_per_s']:>12,} {r['seal_vs_fernet']:>7}"
+            f" {r['open_vs_fernet']:>7} {r['fernet_overhead_bytes']:>10}"
+            f" {r['sealed_batch_overhead_bytes']:>10}"
+        )
     return 0
 
 

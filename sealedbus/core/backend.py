@@ -10,9 +10,10 @@ join a session, ``seal`` a batch of messages, ``open_many`` a batch of parsed en
 policy decision (which keys, which checks, in which order) stays with the caller.
 
 Ed25519 (SPEC.md 5.4): both refuse a public key or R that is a small-order point or a
-non-canonical encoding before any equation runs. The native core then checks the cofactored
-equation, singly or in a batch (the two agree by construction); the pure core asks
-``cryptography`` (OpenSSL), whose equation is cofactorless.
+non-canonical encoding before any equation runs, then both check the cofactorless equation: the
+pure core through ``cryptography`` (OpenSSL), the native core through ed25519-dalek's
+``verify``. The native core batches (cofactored) only signatures whose A and R are
+torsion-free, where the two equations agree, and checks every other one singly.
 """
 
 from __future__ import annotations

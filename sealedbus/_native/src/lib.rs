@@ -404,21 +404,43 @@ fn ed25519_verify(
     Ok(py.allow_threads(|| v.verify(&sig, message)))
 }
 
-/// The batch equation alone over `(public, signature, message)` triples (no one-by-one
-/// fallback): True when it accepts all of them. For proving that batch and single agree.
+fn parse_triples(items: &[(Vec<u8>, Vec<u8>, Vec<u8>)]) -> PyResult<Vec<(Verifier, [u8; 64])>> {
+    items
+        .iter()
+        .map(|(p, s, _)| {
+            Ok((
+                Verifier::new(array(p, "public key")?),
+                array::<64>(s, "signature")?,
+            ))
+        })
+        .collect()
+}
+
+/// The batch path alone over `(public, signature, message)` triples (no one-by-one fallback):
+/// True when every `A` and `R` may go into a batch and the batch equation accepts them all.
+/// For proving that batch and single verification agree.
 #[pyfunction]
 fn ed25519_batch_equation(items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<bool> {
-    let mut parsed = Vec::with_capacity(items.len());
-    for (p, s, m) in &items {
-        parsed.push((
-            Verifier::new(array(p, "public key")?),
-            array::<64>(s, "signature")?,
-            m.as_slice(),
-        ));
-    }
-    let jobs: Vec<(&Verifier, [u8; 64], &[u8])> =
-        parsed.iter().map(|(v, s, m)| (v, *s, *m)).collect();
+    let parsed = parse_triples(&items)?;
+    let jobs: Vec<(&Verifier, [u8; 64], &[u8])> = parsed
+        .iter()
+        .zip(&items)
+        .map(|((v, s), (_, _, m))| (v, *s, m.as_slice()))
+        .collect();
     Ok(crypto::batch_equation(&jobs))
+}
+
+/// What `open_many` decides for the signatures of many envelopes: one verdict per
+/// `(public, signature, message)` triple (batch where it may, else or on failure one by one).
+#[pyfunction]
+fn ed25519_verify_many(items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<Vec<bool>> {
+    let parsed = parse_triples(&items)?;
+    let jobs: Vec<(&Verifier, [u8; 64], &[u8])> = parsed
+        .iter()
+        .zip(&items)
+        .map(|((v, s), (_, _, m))| (v, *s, m.as_slice()))
+        .collect();
+    Ok(crypto::verify_many(&jobs))
 }
 
 /// Merkle root and inclusion paths (concatenated siblings) over leaf hashes (SPEC.md 5.3).
@@ -456,6 +478,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_many, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_batch_equation, m)?)?;
+    m.add_function(wrap_pyfunction!(ed25519_verify_many, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_build, m)?)?;
     Ok(())
 }
