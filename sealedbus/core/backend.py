@@ -103,9 +103,8 @@ class Core(Protocol):
     def open_many(self, jobs: Sequence[OpenJob], cache: Any) -> list[Opened | InvalidEnvelope]: ...
 
 
-# The eight small-order points in every encoding a decoder may accept ("Taming the many
-# EdDSAs", table 6b). With the y < p check below this covers every non-canonical encoding too.
-_SMALL_ORDER = frozenset(
+# The eight points of order dividing 8, canonically encoded (the identity first) ...
+SMALL_ORDER_POINTS = tuple(
     bytes.fromhex(h)
     for h in (
         "0100000000000000000000000000000000000000000000000000000000000000",
@@ -116,8 +115,18 @@ _SMALL_ORDER = frozenset(
         "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
         "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
         "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
-        "0100000000000000000000000000000000000000000000000000000000000080",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )
+)
+# ... and in every encoding a decoder may accept ("Taming the many EdDSAs", table 6b). With the
+# y < p check below this covers every non-canonical encoding too.
+_SMALL_ORDER = frozenset(
+    SMALL_ORDER_POINTS
+    + tuple(
+        bytes.fromhex(h)
+        for h in (
+            "0100000000000000000000000000000000000000000000000000000000000080",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        )
     )
 )
 _P = 2**255 - 19

@@ -16,20 +16,7 @@ from sealedbus.core import backend
 nacl = pytest.importorskip("nacl.bindings")
 pytestmark = pytest.mark.skipif(backend.NATIVE is None, reason="native core not built")
 
-# the eight points of order dividing 8, canonically encoded (the identity first)
-TORSION = [
-    bytes.fromhex(h)
-    for h in (
-        "0100000000000000000000000000000000000000000000000000000000000000",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "0000000000000000000000000000000000000000000000000000000000000000",
-        "0000000000000000000000000000000000000000000000000000000000000080",
-        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
-        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
-        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
-        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
-    )
-]
+TORSION = backend.SMALL_ORDER_POINTS  # the identity first
 Triple = tuple[bytes, bytes, bytes]
 
 
