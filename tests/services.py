@@ -79,6 +79,7 @@ FIXTURE_MARKERS = {
     "kafka_bootstrap": "kafka",
     "postgres_service": "postgres",
     "postgres_url": "postgres",
+    "postgres_database": "postgres",
 }
 START_TIMEOUT = {"rabbitmq": 90.0, "kafka": 150.0, "postgres": 60.0}
 
@@ -564,6 +565,24 @@ def postgres_service() -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_service: Service) -> str:
     return postgres_service.url
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine
+
+    from sealedbus.kds.store import database_url
+
+    name = f"test_{os.urandom(6).hex()}"
+    admin = create_engine(database_url(postgres_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
 
 
 @pytest.fixture(autouse=True)

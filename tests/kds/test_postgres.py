@@ -3,7 +3,6 @@ database, where exactly one runs the rotation scheduler and a survivor takes the
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections import Counter
@@ -11,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import inspect, select
 
 from sealedbus.kds.admin_client import AdminClient
-from sealedbus.kds.store import Store, audit, database_url, epochs
+from sealedbus.kds.store import Store, audit, epochs
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.keyfiles import read_secret
 
@@ -26,17 +25,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh database for one test, dropped afterwards."""
-    name = f"kds_{secrets.token_hex(6)}"
-    admin = create_engine(database_url(postgres_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    base, _, _ = postgres_url.rpartition("/")
-    yield f"{base}/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
+def database(postgres_database: str) -> str:
+    return postgres_database
 
 
 @pytest.fixture

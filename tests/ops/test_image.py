@@ -304,21 +304,8 @@ def test_kds_from_the_image_serves_a_round_trip(container: str, tmp_path: Path) 
 
 
 @pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    from sqlalchemy import create_engine
-
-    from sealedbus.kds.store import database_url
-
-    name = f"kds_image_{os.urandom(6).hex()}"
-    admin = create_engine(database_url(postgres_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    base, _, _ = postgres_url.rpartition("/")
-    yield f"{base}/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
+def database(postgres_database: str) -> str:
+    return postgres_database
 
 
 @pytest.mark.postgres
