@@ -7,7 +7,8 @@
     │   ├── ExpiredEnvelope            past its expiry, or sent too far in the future
     │   ├── DuplicateEnvelope          already opened (replay); adapters acknowledge and count it
     │   ├── UnauthenticEnvelope        sender unknown, revoked, not allowed, or signature wrong
-    │   └── UnopenableEnvelope         no key for it here (not granted, destroyed) or AEAD failed
+    │   └── UnopenableEnvelope         no key for it here (not granted, destroyed, subject
+    │                                  erased) or AEAD failed
     ├── KeyServiceError                the key service refused or could not answer
     │   ├── AccessDenied               policy forbids this member this action (deny by default)
     │   ├── UnknownTopic               no such topic
@@ -54,6 +55,7 @@ class Reason(StrEnum):
     EPOCH_UNKNOWN = "epoch_unknown"
     EPOCH_DESTROYED = "epoch_destroyed"
     DECRYPT_FAILED = "decrypt_failed"
+    SUBJECT_ERASED = "subject_erased"
 
 
 class KdsCode(StrEnum):
@@ -91,6 +93,9 @@ class KdsCode(StrEnum):
     EPOCH_UNKNOWN = "epoch_unknown"
     EPOCH_DESTROYED = "epoch_destroyed"
     NO_EPOCH = "no_epoch"
+    # subjects (per-subject erasure)
+    SUBJECT_ERASED = "subject_erased"
+    UNKNOWN_SUBJECT_KEY = "unknown_subject_key"
     # the request itself, and the service
     INVALID_REQUEST = "invalid_request"
     INVALID_NAME = "invalid_name"
@@ -253,6 +258,8 @@ KDS_REFUSALS: dict[KdsCode, tuple[type[KeyServiceError], Reason | None]] = {
     KdsCode.EPOCH_UNKNOWN: (UnknownTopic, Reason.EPOCH_UNKNOWN),
     KdsCode.EPOCH_DESTROYED: (AccessDenied, Reason.EPOCH_DESTROYED),
     KdsCode.NO_EPOCH: (AccessDenied, None),
+    KdsCode.SUBJECT_ERASED: (AccessDenied, Reason.SUBJECT_ERASED),
+    KdsCode.UNKNOWN_SUBJECT_KEY: (AccessDenied, Reason.BAD_SIGNATURE),
     KdsCode.INVALID_REQUEST: (AccessDenied, None),
     KdsCode.INVALID_NAME: (AccessDenied, None),
     KdsCode.INVALID_POLICY: (AccessDenied, None),
@@ -269,5 +276,7 @@ def refusal_error(refused: Refused, *, grant: bool = False) -> SealedbusError:
     the refusal answered a request for an epoch's keys, to open an envelope with."""
     cls, reason = KDS_REFUSALS[refused.reason]
     if grant and reason is not None:
+        if reason is Reason.BAD_SIGNATURE:  # a subject key id the authority never issued
+            return UnauthenticEnvelope(reason, refused.detail)
         return UnopenableEnvelope(reason, refused.detail)
     return cls(refused.detail)

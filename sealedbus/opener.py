@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
 
-from sealedbus.core import backend, wire
+from sealedbus.core import backend, suites, wire
 from sealedbus.core.backend import CoreSession, OpenJob
 from sealedbus.core.envelope import HeaderValue
 from sealedbus.core.replay import ReplayGuard, Seen, session_digest
@@ -33,6 +33,7 @@ from sealedbus.errors import (
     UnopenableEnvelope,
 )
 from sealedbus.keys.source import KeySource
+from sealedbus.keys.ttlcache import TtlCache
 from sealedbus.metrics import (
     CACHE_SENDER,
     CACHE_SESSION,
@@ -44,6 +45,8 @@ from sealedbus.metrics import (
 # The largest body a default Sealer seals (16 MiB) with 64 KiB of sealed headers, a full content
 # type, the hybrid encapsulation and the longest batch proof, and room to spare.
 DEFAULT_MAX_ENVELOPE = (16 << 20) + (128 << 10)
+SUBJECT_CACHE_TTL = 60.0  # seconds a subject private key (or its erasure) is cached
+SUBJECT_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class OpenedMessage:
     expires_at: float | None = None
     session: bytes = field(default=b"", repr=False)  # sender certificate id + session id
     scope: Hashable = field(default=None, repr=False, compare=False)  # replay scope read from
+    # sealed for a data subject: the random id of the subject's key (never the subject itself)
+    subject_key_id: bytes | None = None
 
     @property
     def replay_digest(self) -> bytes:
@@ -128,12 +133,18 @@ class Opener:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         core: str | None = None,
+        subject_cache_ttl: float = SUBJECT_CACHE_TTL,
+        subject_cache_size: int = SUBJECT_CACHE_SIZE,
     ) -> None:
         self.keys = keys
         self._core = backend.get(core)  # "pure", "native", or None: the default (SEALEDBUS_NATIVE)
         try:
             self.suites = frozenset(Suite.parse(s) for s in suites)
             self._replay = ReplayGuard(replay_window, max_sessions)
+            # (topic, subject key id) -> private key, or None: erased (erasure is final)
+            self._subject_keys: TtlCache[tuple[str, bytes], bytes | None] = TtlCache(
+                subject_cache_size, int(subject_cache_ttl * 1000)
+            )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
         if not self.suites or threads < 1 or max_envelope < 1:
@@ -308,6 +319,8 @@ class Opener:
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
         session, joined = self._session(topic, h, now)
+        if h.subject:
+            session = self._subject_session(topic, h, session, now)
         return OpenJob(session, sender.identity, parsed, data, topic, cert.member, scope, joined)
 
     def _finish(self, p: OpenJob, outcome: backend.Opened | InvalidEnvelope) -> OpenedMessage:
@@ -346,6 +359,7 @@ class Opener:
             expires_at=(h.sent_at_ms + h.ttl_ms) / 1000 if h.ttl_ms else None,
             session=h.cert_id + h.session_id,
             scope=scope,
+            subject_key_id=h.subject_key_id or None,
         )
 
     def _sender(self, cert_id: bytes, now: int) -> _Sender:
@@ -397,6 +411,29 @@ class Opener:
         if epoch.max_age_ms and now > h.sent_at_ms + epoch.max_age_ms + self._skew_ms:
             raise ExpiredEnvelope(Reason.EXPIRED, "older than the topic's maximum message age")
         return ctx, joined
+
+    def _subject_session(
+        self, topic: str, h: wire.Header, parent: CoreSession, now: int
+    ) -> CoreSession:
+        """Step 7, sealed for a subject (SPEC.md 4.5): the subject's private key from the key
+        source (cached for ``subject_cache_ttl``, as is its erasure), or its refusal."""
+        key = (topic, h.subject_key_id)
+        hit, private = self._subject_keys.get(key, now)
+        if not hit:
+            try:
+                private = self.keys.subject_private_key(topic, h.subject_key_id, now)
+            except UnopenableEnvelope as exc:
+                if exc.reason is Reason.SUBJECT_ERASED:
+                    self._subject_keys.put(key, None, now)
+                raise
+            self._subject_keys.put(key, private, now)
+        if private is None:
+            raise UnopenableEnvelope(Reason.SUBJECT_ERASED)
+        try:
+            ikm = suites.subject_decapsulate(private, h.subject_encapsulation)
+        except ValueError:
+            raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "subject encapsulation") from None
+        return self._core.subject_session(parent, h.subject_key_id, h.subject_encapsulation, ikm)
 
     def _join(self, topic: str, h: wire.Header, now: int) -> tuple[CoreSession, EpochDescription]:
         epoch = self.keys.epoch_keys(topic, h.epoch, now)

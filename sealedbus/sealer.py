@@ -20,11 +20,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealedbus.core import backend, envelope, wire
+from sealedbus.core import backend, envelope, suites, wire
 from sealedbus.core.envelope import Headers
-from sealedbus.core.signed import Certificate, EpochDescription
-from sealedbus.errors import ConfigurationError, KeyServiceError
+from sealedbus.core.signed import Certificate, EpochDescription, SubjectKey
+from sealedbus.errors import ConfigurationError, KeyServiceError, UntrustedResponse
 from sealedbus.keys.source import KeySource
+from sealedbus.keys.ttlcache import TtlCache
 from sealedbus.metrics import Metrics, NoMetrics, key_service_error_kind
 
 _LIVE: weakref.WeakSet[Sealer] = weakref.WeakSet()
@@ -40,6 +41,9 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 MAX_SESSION_MESSAGES = 1 << 24  # far inside AES-GCM's usage limits for one key
 DEFAULT_MAX_BODY = 16 << 20
+SUBJECT_CACHE_TTL = 60.0  # seconds a subject key is cached: an erasure takes effect within it
+SUBJECT_CACHE_SIZE = 10_000
+_SUBJECTS_PER_SESSION = 10_000  # subject ephemerals one session keeps before starting afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +61,15 @@ class _Session:
     epoch: EpochDescription
     next_seq: int
     expires_ms: int  # epoch end or age limit, whichever comes first
-    heads: dict[tuple[bool, bytes], bytes] = field(default_factory=dict)  # (batch, cert id)
+    heads: dict[tuple[bool, bytes, bool], bytes] = field(default_factory=dict)
+    # per subject key id: subject key id || subject encapsulation, and the subject session
+    subjects: dict[bytes, tuple[bytes, backend.CoreSession]] = field(default_factory=dict)
 
-    def head(self, batch: bool, cert_id: bytes) -> bytes:
-        head = self.heads.get((batch, cert_id))
+    def head(self, batch: bool, cert_id: bytes, subject: bool = False) -> bytes:
+        head = self.heads.get((batch, cert_id, subject))
         if head is None:
-            head = self.heads[(batch, cert_id)] = wire.header_head(
-                self.epoch.suite, batch, self.epoch.epoch, cert_id, self.ctx.session_id
+            head = self.heads[(batch, cert_id, subject)] = wire.header_head(
+                self.epoch.suite, batch, self.epoch.epoch, cert_id, self.ctx.session_id, subject
             )
         return head
 
@@ -92,6 +98,8 @@ class Sealer:
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
         core: str | None = None,
+        subject_cache_ttl: float = SUBJECT_CACHE_TTL,
+        subject_cache_size: int = SUBJECT_CACHE_SIZE,
     ) -> None:
         if not 1 <= batch_size <= 0xFFFF:
             raise ConfigurationError("batch_size must be between 1 and 65535")
@@ -116,6 +124,12 @@ class Sealer:
         self._identity_checked_ms = -1
         self._pending: list[_Pending] = []
         self.pending_since: float | None = None  # clock() when the open batch got its first one
+        try:  # (topic, subject) -> its public key: an erasure reaches this sealer within the TTL
+            self._subject_keys: TtlCache[tuple[str, str], SubjectKey] = TtlCache(
+                subject_cache_size, int(subject_cache_ttl * 1000)
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
         _LIVE.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -124,6 +138,7 @@ class Sealer:
         self._lock = threading.Lock()
         self._sessions.clear()
         self._checked_ms.clear()
+        self._subject_keys.clear()
         self._pending = []
         self.pending_since = None
 
@@ -135,13 +150,21 @@ class Sealer:
         headers: Headers | None = None,
         content_type: str = "",
         ttl: float | None = None,
+        subject: str | None = None,
     ) -> bytes:
         """Seal one message with its own signature. Raises AccessDenied, UnknownTopic,
-        KeyServiceUnavailable or ConfigurationError; never returns unsealed bytes."""
+        KeyServiceUnavailable or ConfigurationError; never returns unsealed bytes.
+
+        ``subject``: seal it for a data subject (e.g. a patient id): its keys then also depend
+        on that subject's key on the topic, and erasing the subject (``erase_subject``, ``sealedbus
+        admin subject erase``) makes it unopenable. The subject id never leaves this process
+        in clear (the envelope carries a random subject key id)."""
         start = time.perf_counter()
         with self._lock:
             try:
-                signer, item = self._draft(topic, body, headers, content_type, ttl, batch=False)
+                signer, item = self._draft(
+                    topic, body, headers, content_type, ttl, batch=False, subject=subject
+                )
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
@@ -158,11 +181,15 @@ class Sealer:
         content_type: str = "",
         ttl: float | None = None,
         context: Any = None,
+        subject: str | None = None,
     ) -> list[Sealed]:
-        """Add a message to the open batch; returns the whole batch once it is full, else []."""
+        """Add a message to the open batch; returns the whole batch once it is full, else [].
+        ``subject`` as for ``seal``."""
         with self._lock:
             try:
-                _, item = self._draft(topic, body, headers, content_type, ttl, batch=True)
+                _, item = self._draft(
+                    topic, body, headers, content_type, ttl, batch=True, subject=subject
+                )
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
@@ -206,6 +233,7 @@ class Sealer:
         ttl: float | None,
         *,
         batch: bool,
+        subject: str | None = None,
     ) -> tuple[Ed25519PrivateKey, backend.SealItem]:
         if len(body) > self.max_body:
             raise ConfigurationError(f"body of {len(body)} bytes exceeds max_body {self.max_body}")
@@ -219,17 +247,43 @@ class Sealer:
         signer, cert = self._signer(now)
         if topic not in cert.produce:  # policy changed since: fetch a fresh certificate once
             signer, cert = self._signer(now, refresh=True)
+        if subject is not None and not subject:
+            raise ConfigurationError("a subject id is a non-empty string")
         session = self._session(topic, now)
+        ctx, subject_fields = session.ctx, b""
+        if subject is not None:
+            subject_fields, ctx = self._subject_session(topic, subject, session, now)
         seq = session.next_seq
-        header_bytes = session.head(batch, cert.cert_id) + wire.header_tail(
-            seq, now, ttl_ms, content_type_b, session.ctx.encapsulation
+        header_bytes = session.head(batch, cert.cert_id, subject is not None) + wire.header_tail(
+            seq, now, ttl_ms, content_type_b, session.ctx.encapsulation, subject_fields
         )
         session.next_seq += 1
         try:  # sealed headers checked now; encrypted with the batch (one native call)
             inner = envelope.encode_inner(headers, b"")
-            return signer, (session.ctx.handle, header_bytes, inner, body)
+            return signer, (ctx.handle, header_bytes, inner, body)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
+
+    def _subject_session(
+        self, topic: str, subject: str, session: _Session, now: int
+    ) -> tuple[bytes, backend.CoreSession]:
+        """The subject fields of the header and the session keys for ``subject`` (SPEC.md 4.5):
+        one ephemeral per (session, subject key), drawn on first use and kept with the session."""
+        fresh, key = self._subject_keys.get((topic, subject), now)
+        if not fresh or key is None:
+            key = self.keys.subject_key(topic, subject, now)
+            self._subject_keys.put((topic, subject), key, now)
+        held = session.subjects.get(key.subject_key_id)
+        if held is None:
+            try:
+                encap, ikm = suites.subject_encapsulate(self._rng(32), key.public_key)
+            except ValueError:
+                raise UntrustedResponse("subject public key of small order") from None
+            sub = self._core.subject_session(session.ctx, key.subject_key_id, encap, ikm)
+            if len(session.subjects) >= _SUBJECTS_PER_SESSION:
+                session.subjects.clear()
+            held = session.subjects[key.subject_key_id] = (key.subject_key_id + encap, sub)
+        return held
 
     def _signer(self, now: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
         if refresh or self._identity is None or now - self._identity_checked_ms >= self._check_ms:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sealedbus.core import suites
+from sealedbus.core import suites, wire
 from sealedbus.core.replay import ReplayGuard
 from sealedbus.core.signed import COMPROMISE, Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
@@ -35,6 +35,7 @@ from tests.vectors.generate import (
     seal_case,
     seed,
     signature_inputs,
+    subject_schedules,
 )
 
 KEYS: dict[str, Any] = runner.load("keys.json")
@@ -43,6 +44,7 @@ NEGATIVE: dict[str, Any] = runner.load("negative.json")
 OBJECTS: dict[str, Any] = runner.load("objects.json")
 ED25519: dict[str, Any] = runner.load("ed25519.json")
 ROOT = Ed25519PublicKey.from_public_bytes(bytes.fromhex(KEYS["root"]["public_key"]))
+HYBRID_SUBJECTS = [bytes.fromhex(e) for e in OBJECTS["hybrid_subject_envelopes"]]
 
 
 pytestmark = pytest.mark.usefixtures("each_core")  # both cores reproduce every vector
@@ -111,11 +113,31 @@ def test_key_schedule_intermediates(case: dict[str, Any]) -> None:
     assert bytes.fromhex(case["envelopes"][0])[25:57].hex() == values["session_id"]
 
 
+@pytest.mark.parametrize(
+    "case", [c for c in VECTORS["cases"] if "subject_schedules" in c], ids=lambda c: c["name"]
+)
+def test_subject_key_schedule_intermediates(case: dict[str, Any]) -> None:
+    envelopes = [bytes.fromhex(e) for e in case["envelopes"]]
+    assert subject_schedules(case["name"], envelopes) == case["subject_schedules"]
+    for message, env, values in zip(
+        case["messages"], envelopes, case["subject_schedules"], strict=True
+    ):
+        h = wire.parse(env).header
+        assert (values is None) == ("subject" not in message) == (not h.subject)
+        if values is not None:  # SPEC.md 2.3: the 48 bytes after the content type
+            at = 74 + len(message.get("content_type", ""))
+            assert env[at : at + 48].hex() == (
+                values["subject_key_id"] + values["subject_encapsulation"]
+            )
+            name = f"orders/{message['subject']}"
+            assert values["subject_key_id"] == KEYS["subject_keys"][name]["subject_key_id"]
+
+
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"])
 def test_signature_inputs(case: dict[str, Any]) -> None:
     envelopes = [bytes.fromhex(e) for e in case["envelopes"]]
     assert signature_inputs(envelopes, seed(f"{case['name']} 1")) == case["signatures"]
-    root_signatures = {e[74:138] for e in envelopes}
+    root_signatures = {wire.parse(e).signature for e in envelopes}
     if case["mode"] == "batch":  # one root, one signature, over what SPEC.md 5.3 says
         (signature,) = root_signatures
         root = bytes.fromhex(case["signatures"]["root"])
@@ -156,7 +178,7 @@ def test_opening_vector(vector: dict[str, Any]) -> None:
 def test_opening_vectors_are_what_the_generator_derives() -> None:
     """Everything but HPKE's randomness is deterministic: regenerating from the stored hybrid
     envelope gives the stored file, so no vector can be edited by hand."""
-    regenerated = negative(VECTORS, bytes.fromhex(OBJECTS["hybrid_envelope"]))
+    regenerated = negative(VECTORS, bytes.fromhex(OBJECTS["hybrid_envelope"]), HYBRID_SUBJECTS)
     stored = [
         {k: v for k, v in vector.items() if k != "opens_to"} for vector in NEGATIVE["vectors"]
     ]
@@ -171,6 +193,7 @@ def test_every_vector_names_its_settings() -> None:
         assert set(vector["opener"]["certificates"]) <= set(KEYS["certificates"])
         assert set(vector["opener"]["epochs"]) <= set(KEYS["epochs"])
         assert vector["opener"]["revocation_list"] in KEYS["revocation_lists"]
+        assert set(vector["opener"]["subject_keys"]) <= set(KEYS["subject_keys"])
 
 
 def test_grant_vectors_open_with_the_member_receive_key() -> None:
@@ -196,6 +219,27 @@ def test_grant_vectors_open_with_the_member_receive_key() -> None:
     assert topic_key.hex() == OBJECTS["topic_key"]
     cert = Certificate.verify(bytes.fromhex(OBJECTS["consumer_certificate"]), ROOT)
     assert cert.member == "billing"
+    subject = KEYS["subject_keys"][OBJECTS["subject_key_grant_subject"]]
+    key_id = bytes.fromhex(subject["subject_key_id"])
+    grant = bytes.fromhex(OBJECTS["subject_key_grant"])
+    private = authority.open_subject_grant(ROOT, grant, "orders", key_id, "billing", receive)
+    assert private.hex() == subject["private_key"]
+    with pytest.raises(authority.GrantError):  # bound to its subject key and member
+        authority.open_subject_grant(ROOT, grant, "orders", bytes(16), "billing", receive)
+    with pytest.raises(authority.GrantError):
+        authority.open_subject_grant(ROOT, grant, "orders", key_id, "x", receive)
+
+
+def test_subject_key_objects() -> None:
+    for name, k in KEYS["subject_keys"].items():
+        key = authority.check_subject_key(ROOT, bytes.fromhex(k["signed"]), k["topic"])
+        assert name == f"{k['topic']}/{k['subject']}"
+        assert key.subject_key_id.hex() == k["subject_key_id"]
+        pair = suites.keypair_from_seed(Suite.X25519, bytes.fromhex(k["private_key"]))
+        assert pair.public == key.public_key
+        assert k["subject"].encode() not in bytes.fromhex(k["signed"])  # it names no subject
+        with pytest.raises(authority.GrantError):
+            authority.check_subject_key(ROOT, bytes.fromhex(k["signed"]), "invoices")
 
 
 def test_revocation_list_vector() -> None:
@@ -279,5 +323,5 @@ def test_vector_files_are_what_the_generator_writes() -> None:
     """Every file is exactly the generator's output (the randomized objects taken from the
     stored file, which the other tests open): no hand edit survives."""
     assert build() == VECTORS
-    assert objects(bytes.fromhex(OBJECTS["hybrid_envelope"]), OBJECTS) == OBJECTS
+    assert objects(bytes.fromhex(OBJECTS["hybrid_envelope"]), HYBRID_SUBJECTS, OBJECTS) == OBJECTS
     assert ED25519["cases"] == ed25519_cases()

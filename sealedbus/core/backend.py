@@ -92,6 +92,13 @@ class Core(Protocol):
         encapsulation: bytes,
     ) -> CoreSession: ...
 
+    def subject_session(
+        self, parent: CoreSession, subject_key_id: bytes, encapsulation: bytes, ikm: bytes
+    ) -> CoreSession:
+        """The session a subject-sealed envelope of ``parent`` uses (SPEC.md 4.5): keys expanded
+        from ``HKDF(salt = parent's session secret, ikm, info)``; same session id and counter."""
+        ...
+
     def signer(self, key: Ed25519PrivateKey) -> Any: ...
 
     def verifier(self, key: Ed25519PublicKey) -> Any: ...
@@ -182,6 +189,15 @@ class PureCore:
     ) -> CoreSession:
         keys = suites.join_session(suite, topic, epoch, epoch_keys, session_id, encapsulation)
         return CoreSession(session_id, encapsulation, envelope.SessionContext(topic, keys))
+
+    def subject_session(
+        self, parent: CoreSession, subject_key_id: bytes, encapsulation: bytes, ikm: bytes
+    ) -> CoreSession:
+        ctx: envelope.SessionContext = parent.handle
+        keys = suites.subject_session(ctx.keys, subject_key_id, encapsulation, ikm)
+        return CoreSession(
+            parent.session_id, parent.encapsulation, envelope.SessionContext(ctx.topic, keys)
+        )
 
     def signer(self, key: Ed25519PrivateKey) -> Any:
         return key
@@ -275,6 +291,12 @@ class NativeCore:
         secret = suites.hpke_open(suite, epoch_keys.private, encapsulation, label)
         handle = self._n.session_from_secret(topic, context, session_id, secret)
         return CoreSession(session_id, encapsulation, handle)
+
+    def subject_session(
+        self, parent: CoreSession, subject_key_id: bytes, encapsulation: bytes, ikm: bytes
+    ) -> CoreSession:
+        handle = self._n.session_subject(parent.handle, subject_key_id, encapsulation, ikm)
+        return CoreSession(parent.session_id, parent.encapsulation, handle)
 
     def signer(self, key: Ed25519PrivateKey) -> Any:
         held = self._signers.get(id(key))

@@ -228,6 +228,40 @@ class TopicKeyGrant(_Signed):
     sealed_key: bytes
 
 
+@dataclass(frozen=True)
+class SubjectKey(_Signed):
+    """The public half of one data subject's key pair on a topic, for producers: what a
+    subject-sealed envelope names (``subject_key_id``, random, not derived from the subject)
+    and mixes into its session keys (SPEC.md 4.5, 6.9). The subject itself is named nowhere."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" subject key\x00"
+    topic: str
+    subject_key_id: bytes  # 16 random bytes
+    public_key: bytes  # X25519, 32 bytes
+    issued_at_ms: int
+
+
+SUBJECT_GRANT_INFO = PROTOCOL + b" subject grant\x00"
+
+
+def subject_grant_info(topic: str, subject_key_id: bytes, member: str) -> bytes:
+    """HPKE info string of a subject key grant: binds topic, subject key id and member."""
+    return SUBJECT_GRANT_INFO + bytes(
+        msgpack.packb([topic, subject_key_id, member], use_bin_type=True)
+    )
+
+
+@dataclass(frozen=True)
+class SubjectKeyGrant(_Signed):
+    """A subject's X25519 private key sealed (HPKE base mode) to one consumer's receive key."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" subject grant\x00"
+    topic: str
+    subject_key_id: bytes
+    member: str
+    sealed_key: bytes
+
+
 COMPROMISE = 0  # a revocation's ``since_ms`` for key compromise: every envelope is refused
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from cryptography.hazmat.primitives import hashes, hpke
@@ -22,6 +22,8 @@ LABEL_AEAD_KEY = PROTOCOL + b" aead key"
 LABEL_NONCE = PROTOCOL + b" nonce"
 LABEL_COMMITMENT = PROTOCOL + b" commitment"
 LABEL_HYBRID = PROTOCOL + b" hybrid encapsulation"
+LABEL_SUBJECT = PROTOCOL + b" subject"
+SUBJECT_KEY_ID_LEN = 16
 
 _X25519_LEN = 32
 _MLKEM768_PUBLIC_LEN = 1184
@@ -151,6 +153,9 @@ class SessionKeys:
     aead: AESGCM
     nonce_base: int
     commitment: bytes
+    # kept so that a subject session (SPEC.md 4.5) can be derived from this one
+    secret: bytes = field(default=b"", repr=False)
+    context: bytes = field(default=b"", repr=False)
 
     def nonce(self, seq: int) -> bytes:
         """Counter nonce: nonce base XOR the 96-bit big-endian sequence number (as in TLS 1.3)."""
@@ -176,7 +181,12 @@ def _schedule(ikm: bytes, context: bytes, session_id: bytes, encapsulation: byte
     secret = HKDF(hashes.SHA256(), 32, salt=None, info=LABEL_SESSION + context + session_id).derive(
         ikm
     )
+    return _expand_keys(secret, context, session_id, encapsulation)
 
+
+def _expand_keys(
+    secret: bytes, context: bytes, session_id: bytes, encapsulation: bytes
+) -> SessionKeys:
     def expand(label: bytes, length: int) -> bytes:
         return HKDFExpand(hashes.SHA256(), length, info=label).derive(secret)
 
@@ -186,7 +196,57 @@ def _schedule(ikm: bytes, context: bytes, session_id: bytes, encapsulation: byte
         aead=AESGCM(expand(LABEL_AEAD_KEY, 32)),
         nonce_base=int.from_bytes(expand(LABEL_NONCE, 12), "big"),
         commitment=expand(LABEL_COMMITMENT, 32),
+        secret=secret,
+        context=context,
     )
+
+
+# -- subjects (SPEC.md 4.5): a per-(topic, subject) X25519 key pair mixed into a session --------
+
+
+def subject_info(context: bytes, session_id: bytes, subject_key_id: bytes, encap: bytes) -> bytes:
+    """HKDF info of a subject secret: binds the session and both subject fields."""
+    return LABEL_SUBJECT + context + session_id + subject_key_id + encap
+
+
+def subject_secret(parent: SessionKeys, subject_key_id: bytes, encap: bytes, ikm: bytes) -> bytes:
+    """``HKDF-SHA256(salt = session_secret, ikm = subject_ikm, info = subject_info)``."""
+    if len(subject_key_id) != SUBJECT_KEY_ID_LEN or len(encap) != _X25519_LEN:
+        raise ValueError("a subject key id is 16 bytes and its encapsulation 32")
+    info = subject_info(parent.context, parent.session_id, subject_key_id, encap)
+    return HKDF(hashes.SHA256(), 32, salt=parent.secret, info=info).derive(ikm)
+
+
+def subject_session(
+    parent: SessionKeys, subject_key_id: bytes, encap: bytes, ikm: bytes
+) -> SessionKeys:
+    """The keys a subject-sealed envelope of ``parent``'s session is encrypted and committed
+    with: aead key, nonce base and commitment expanded from the subject secret (4.3's labels)."""
+    secret = subject_secret(parent, subject_key_id, encap, ikm)
+    return _expand_keys(secret, parent.context, parent.session_id, parent.encapsulation)
+
+
+def subject_encapsulate(seed: bytes, subject_public: bytes) -> tuple[bytes, bytes]:
+    """Producer side: ``(subject encapsulation, subject_ikm)`` from a 32-byte ephemeral seed
+    and the subject public key. Raises WeakSharedSecret for a small-order subject public key."""
+    eph = _x25519_private(seed)
+    if len(subject_public) != _X25519_LEN:
+        raise ValueError("a subject public key is 32 bytes")
+    shared = eph.exchange(x25519.X25519PublicKey.from_public_bytes(subject_public))
+    _check_shared(shared)
+    return eph.public_key().public_bytes_raw(), shared
+
+
+def subject_decapsulate(subject_private: bytes, encap: bytes) -> bytes:
+    """Consumer side: ``subject_ikm = X25519(subject private, subject encapsulation)``. Raises
+    WeakSharedSecret (a ValueError) for an all-zero result (a small-order encapsulation)."""
+    if len(subject_private) != _X25519_LEN or len(encap) != _X25519_LEN:
+        raise ValueError("subject keys and encapsulations are 32 bytes")
+    shared = _x25519_private(subject_private).exchange(
+        x25519.X25519PublicKey.from_public_bytes(encap)
+    )
+    _check_shared(shared)
+    return shared
 
 
 def start_session(

@@ -15,6 +15,11 @@ from sealedbus.errors import MalformedEnvelope, NotAnEnvelope, Reason
 MAGIC = b"\x53\xb1"  # "S" then 0xB1: not valid UTF-8 at the start, so no text message matches
 VERSION = 1
 FLAG_BATCH = 0x01
+FLAG_SUBJECT = 0x02  # sealed for a data subject: subject key id and encapsulation follow
+FLAGS_KNOWN = FLAG_BATCH | FLAG_SUBJECT
+SUBJECT_KEY_ID_LEN = 16
+SUBJECT_ENCAPSULATION_LEN = 32
+SUBJECT_FIELDS_LEN = SUBJECT_KEY_ID_LEN + SUBJECT_ENCAPSULATION_LEN
 CERT_ID_LEN = 16
 SESSION_ID_LEN = 32
 SIGNATURE_LEN = 64
@@ -48,28 +53,59 @@ class Header:
     ttl_ms: int  # 0: no expiry
     content_type: str
     encapsulation: bytes  # hybrid suite only
+    subject_key_id: bytes = b""  # sealed for a subject (flag bit 1): 16 bytes, else empty
+    subject_encapsulation: bytes = b""  # ... and the 32-byte X25519 ephemeral public key
+
+    @property
+    def subject(self) -> bool:
+        return bool(self.subject_key_id)
 
     def encode(self) -> bytes:
-        head = header_head(self.suite, self.batch, self.epoch, self.cert_id, self.session_id)
+        head = header_head(
+            self.suite, self.batch, self.epoch, self.cert_id, self.session_id, self.subject
+        )
         return head + header_tail(
-            self.seq, self.sent_at_ms, self.ttl_ms, self.content_type.encode(), self.encapsulation
+            self.seq,
+            self.sent_at_ms,
+            self.ttl_ms,
+            self.content_type.encode(),
+            self.encapsulation,
+            self.subject_key_id + self.subject_encapsulation,
         )
 
 
-def header_head(suite: Suite, batch: bool, epoch: int, cert_id: bytes, session_id: bytes) -> bytes:
+def header_head(
+    suite: Suite,
+    batch: bool,
+    epoch: int,
+    cert_id: bytes,
+    session_id: bytes,
+    subject: bool = False,
+) -> bytes:
     """Header bytes from the magic through the session id (fixed for a session and mode)."""
-    flags = FLAG_BATCH if batch else 0
+    flags = (FLAG_BATCH if batch else 0) | (FLAG_SUBJECT if subject else 0)
     return HEADER_HEAD.pack(MAGIC, VERSION, suite, flags, epoch, cert_id, session_id)
 
 
 def header_tail(
-    seq: int, sent_at_ms: int, ttl_ms: int, content_type: bytes, encapsulation: bytes
+    seq: int,
+    sent_at_ms: int,
+    ttl_ms: int,
+    content_type: bytes,
+    encapsulation: bytes,
+    subject: bytes = b"",
 ) -> bytes:
-    """Header bytes after the session id: per-message fields, content type, encapsulation."""
+    """Header bytes after the session id: per-message fields, content type, the subject fields
+    (subject key id || subject encapsulation, only with the subject flag), encapsulation."""
     if len(content_type) > MAX_CONTENT_TYPE:
         raise ValueError("content type longer than 255 bytes")
+    if len(subject) not in (0, SUBJECT_FIELDS_LEN):
+        raise ValueError("subject fields are 16 + 32 bytes")
     return (
-        HEADER_TAIL.pack(seq, sent_at_ms, ttl_ms, len(content_type)) + content_type + encapsulation
+        HEADER_TAIL.pack(seq, sent_at_ms, ttl_ms, len(content_type))
+        + content_type
+        + subject
+        + encapsulation
     )
 
 
@@ -125,7 +161,7 @@ def parse(data: bytes) -> Parsed:
     suite = _SUITES.get(suite_id)
     if suite is None:
         raise MalformedEnvelope(Reason.SUITE, f"suite id {suite_id}")
-    if flags & ~FLAG_BATCH:
+    if flags & ~FLAGS_KNOWN:
         raise MalformedEnvelope(Reason.MALFORMED, "reserved flag bits set")
     pos = HEADER_FIXED.size
     try:
@@ -133,6 +169,13 @@ def parse(data: bytes) -> Parsed:
     except UnicodeDecodeError:
         raise MalformedEnvelope(Reason.MALFORMED, "content type is not UTF-8") from None
     pos += ct_len
+    subject_key_id = subject_encapsulation = b""
+    if flags & FLAG_SUBJECT:
+        if len(data) < pos + SUBJECT_FIELDS_LEN:
+            raise MalformedEnvelope(Reason.MALFORMED, "truncated subject fields")
+        subject_key_id = data[pos : pos + SUBJECT_KEY_ID_LEN]
+        subject_encapsulation = data[pos + SUBJECT_KEY_ID_LEN : pos + SUBJECT_FIELDS_LEN]
+        pos += SUBJECT_FIELDS_LEN
     encapsulation_len = _ENCAPSULATION_LEN[suite]
     encapsulation = data[pos : pos + encapsulation_len]
     pos += encapsulation_len
@@ -165,13 +208,18 @@ def parse(data: bytes) -> Parsed:
         ttl_ms=ttl,
         content_type=content_type,
         encapsulation=encapsulation,
+        subject_key_id=subject_key_id,
+        subject_encapsulation=subject_encapsulation,
     )
     return Parsed(header, data[:header_end], signature, proof, data[pos:])
 
 
-def overhead(suite: Suite, content_type: str = "", batch_size: int | None = None) -> int:
-    """Envelope bytes beyond the body with no application headers (SPEC.md 2.4)."""
+def overhead(
+    suite: Suite, content_type: str = "", batch_size: int | None = None, subject: bool = False
+) -> int:
+    """Envelope bytes beyond the body with no application headers (SPEC.md 2.2)."""
     fixed = HEADER_FIXED.size + len(content_type.encode()) + suite.encapsulation_len
+    fixed += SUBJECT_FIELDS_LEN if subject else 0
     fixed += SIGNATURE_LEN + INNER_HEADERS_LEN.size + TAG_LEN
     if batch_size is None:
         return fixed

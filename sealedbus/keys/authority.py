@@ -7,9 +7,11 @@ Pure: keys, randomness and times come in as arguments.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -21,8 +23,11 @@ from sealedbus.core.signed import (
     Grant,
     RevocationList,
     SignatureError,
+    SubjectKey,
+    SubjectKeyGrant,
     TopicKeyGrant,
     grant_info,
+    subject_grant_info,
     topic_key_info,
 )
 from sealedbus.core.suites import KeyPair, Suite
@@ -202,6 +207,75 @@ def open_topic_key(
 
 class GrantError(ValueError):
     """A grant does not verify, does not match its epoch, or does not open."""
+
+
+# -- subjects (SPEC.md 4.5, 6.9, 6.10): one X25519 key pair per (topic, subject) -------------------
+
+SUBJECT_TOKEN_LABEL = b"sealedbus/1 subject token\x00"
+
+
+def subject_token(token_key: bytes, topic: str, subject: str) -> bytes:
+    """The keyed token an authority stores instead of a subject id: HMAC-SHA256 under its own
+    secret over topic and subject, so the database never holds the subject in clear."""
+    msg = SUBJECT_TOKEN_LABEL + bytes(msgpack.packb([topic, subject], use_bin_type=True))
+    return hmac.digest(token_key, msg, "sha256")
+
+
+def new_subject_key(
+    topic: str, subject_key_id: bytes, seed: bytes, now_ms: int
+) -> tuple[SubjectKey, KeyPair]:
+    """A fresh subject key pair (``seed``: 32 random bytes, the private key) and the object
+    producers get. ``subject_key_id``: 16 random bytes, never derived from the subject."""
+    if len(subject_key_id) != suites.SUBJECT_KEY_ID_LEN:
+        raise ValueError("a subject key id is 16 random bytes")
+    keys = suites.keypair_from_seed(Suite.X25519, seed)
+    return SubjectKey(topic, subject_key_id, keys.public, now_ms), keys
+
+
+def seal_subject_grant(
+    root: Ed25519PrivateKey, topic: str, subject_key_id: bytes, private: bytes, cert: Certificate
+) -> bytes:
+    """A subject private key, HPKE-sealed to the member's receive key and signed by the root."""
+    info = subject_grant_info(topic, subject_key_id, cert.member)
+    sealed = suites.hpke_seal(cert.receive_suite, cert.receive_public, private, info)
+    return SubjectKeyGrant(topic, subject_key_id, cert.member, sealed).sign(root)
+
+
+def open_subject_grant(
+    root: Ed25519PublicKey,
+    data: bytes,
+    topic: str,
+    subject_key_id: bytes,
+    member: str,
+    receive: KeyPair,
+) -> bytes:
+    """Verify a subject key grant and its binding; return the 32-byte subject private key."""
+    try:
+        grant = SubjectKeyGrant.verify(data, root)
+    except SignatureError as exc:
+        raise GrantError(str(exc)) from exc
+    if (grant.topic, grant.subject_key_id, grant.member) != (topic, subject_key_id, member):
+        raise GrantError("subject key grant is for another topic, subject key or member")
+    info = subject_grant_info(topic, subject_key_id, member)
+    try:
+        private = suites.hpke_open(receive.suite, receive.private, grant.sealed_key, info)
+    except (InvalidTag, ValueError) as exc:
+        raise GrantError("subject key grant does not open with this receive key") from exc
+    if len(private) != 32:
+        raise GrantError("a subject private key is 32 bytes")
+    return private
+
+
+def check_subject_key(root: Ed25519PublicKey, data: bytes, topic: str) -> SubjectKey:
+    """Verify a subject key object for ``topic``; raise GrantError otherwise."""
+    try:
+        key = SubjectKey.verify(data, root)
+        suites.check_public_key(Suite.X25519, key.public_key)
+    except (SignatureError, ValueError) as exc:
+        raise GrantError(str(exc)) from exc
+    if key.topic != topic or len(key.subject_key_id) != suites.SUBJECT_KEY_ID_LEN:
+        raise GrantError("subject key is for another topic, or malformed")
+    return key
 
 
 def open_grant(

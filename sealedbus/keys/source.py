@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList, SubjectKey
 from sealedbus.core.suites import KeyPair
 
 
@@ -58,6 +58,20 @@ class KeySource(Protocol):
         epochs: the HMAC key that tokenizes message keys (Kafka partitioning) so identifiers
         never reach the broker in clear. Raises AccessDenied, UnknownTopic or
         KeyServiceUnavailable."""
+        ...
+
+    def subject_key(self, topic: str, subject: str, now_ms: int) -> SubjectKey:
+        """Producers: the verified public half of ``subject``'s key pair on ``topic`` (made on
+        first use; after an erasure a fresh pair with a new id). Raises AccessDenied,
+        UnknownTopic or KeyServiceUnavailable."""
+        ...
+
+    def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
+        """Consumers: the 32-byte private key of subject key ``subject_key_id`` on ``topic``.
+
+        Raises UnopenableEnvelope (reason subject_erased, not_granted or epoch_unknown),
+        UnauthenticEnvelope (bad_signature: the authority never issued that id for the topic)
+        or KeyServiceUnavailable (retryable)."""
         ...
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:

@@ -53,6 +53,7 @@ REASON_CLASS: dict[Reason, type[InvalidEnvelope]] = {
     Reason.EPOCH_UNKNOWN: UnopenableEnvelope,
     Reason.EPOCH_DESTROYED: UnopenableEnvelope,
     Reason.DECRYPT_FAILED: UnopenableEnvelope,
+    Reason.SUBJECT_ERASED: UnopenableEnvelope,
 }
 
 # A tampered envelope may fail any check, except these two: they are only reached by envelopes

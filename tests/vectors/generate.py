@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from sealedbus.core import backend, envelope, merkle, suites, wire
-from sealedbus.core.signed import COMPROMISE, Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import (
+    COMPROMISE,
+    Certificate,
+    EpochDescription,
+    RevocationList,
+    SubjectKey,
+)
 from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
 from sealedbus.keys import authority
@@ -33,7 +39,7 @@ from sealedbus.sealer import Sealer
 from tests.vectors import runner
 
 HERE = Path(__file__).parent
-VECTOR_SET = 2  # version of this file set (README.md); wire format 1
+VECTOR_SET = 3  # version of this file set (README.md); wire format 1
 T0_MS = 1_790_000_000_000  # 2026-09-21T12:53:20Z
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -94,6 +100,8 @@ class World:
     certs: dict[str, Certificate] = field(default_factory=dict)
     epochs: dict[str, EpochKeys] = field(default_factory=dict)
     revocations: dict[str, RevocationList] = field(default_factory=dict)
+    # "topic/subject" -> the subject key object and key pair (SPEC.md 4.5, 6.9)
+    subjects: dict[str, tuple[SubjectKey, KeyPair]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         producer = _member("orders-api", "producer")
@@ -130,6 +138,11 @@ class World:
                 policy, 7, T0_MS - MINUTE_MS, seed(label, suite.seed_len)
             )
             self.epochs[f"{topic}/7"] = EpochKeys(description, keys)
+        for name in ("orders/P-1", "orders/P-2", "vault/P-1"):
+            topic = name.split("/")[0]
+            self.subjects[name] = authority.new_subject_key(
+                topic, seed(f"subject key id {name}", 16), seed(f"subject {name}"), T0_MS
+            )
         # entries by member and certificate serial (SPEC.md 6.4); "orders-api" is serial 1,
         # "orders-api long" 5 and "orders-api short" 6
         self.revocations = {
@@ -199,6 +212,18 @@ class World:
             "revocation_lists": {
                 name: r.sign(self.root).hex() for name, r in self.revocations.items()
             },
+            "subject_keys": {
+                name: {
+                    "topic": k.topic,
+                    "subject": name.split("/", 1)[1],
+                    "subject_key_id": k.subject_key_id.hex(),
+                    "private_key": pair.private.hex(),
+                    "public_key": pair.public.hex(),
+                    "issued_at_ms": k.issued_at_ms,
+                    "signed": k.sign(self.root).hex(),
+                }
+                for name, (k, pair) in self.subjects.items()
+            },
         }
 
 
@@ -223,6 +248,8 @@ def settings(**changes: Any) -> dict[str, Any]:
         "epochs": list(WORLD.epochs),
         "refusals": [],
         "revocation_list": "empty",
+        "subject_keys": list(WORLD.subjects),
+        "subject_refusals": [],
     }
     assert set(changes) <= set(base), set(changes) - set(base)
     return base | changes
@@ -253,6 +280,12 @@ class VectorKeys:
 
     def topic_key(self, topic: str, now_ms: int) -> bytes:
         return seed("topic key")
+
+    def subject_key(self, topic: str, subject: str, now_ms: int) -> SubjectKey:
+        return WORLD.subjects[f"{topic}/{subject}"][0]
+
+    def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
+        raise NotImplementedError("sealers only")
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return next((c for c in WORLD.certs.values() if c.cert_id == cert_id), None)
@@ -298,6 +331,26 @@ CASES: list[dict[str, Any]] = [
         "name": "per-message, three in one session",
         "mode": "single",
         "messages": [{"body": "01"}, {"body": "0202"}, {"body": "030303"}],
+    },
+    {
+        "name": "per-message, sealed for subjects",
+        "mode": "single",
+        "messages": [
+            {"body": "7031", "subject": "P-1"},
+            {"body": "7032", "subject": "P-2", "content_type": "text/plain"},
+            {"body": "6e6f6e65"},
+            {"body": "703161", "subject": "P-1"},
+        ],
+    },
+    {
+        "name": "batch of 4, sealed for subjects",
+        "mode": "batch",
+        "messages": [
+            {"body": "7031", "subject": "P-1"},
+            {"body": "6e6f6e65"},
+            {"body": "7032", "subject": "P-2", "headers": {"k": "v"}},
+            {"body": "703161", "subject": "P-1"},
+        ],
     },
 ]
 
@@ -370,6 +423,7 @@ def seal_case(case: dict[str, Any], keys: VectorKeys) -> list[bytes]:
             "headers": m.get("headers"),
             "content_type": m.get("content_type", ""),
             "ttl": None if ttl is None else ttl / 1000,
+            "subject": m.get("subject"),
         }
         body = bytes.fromhex(m["body"])
         if case["mode"] == "single":
@@ -386,19 +440,91 @@ def signature_inputs(envelopes: list[bytes], session_seed: bytes) -> dict[str, A
     batch, each leaf hash and the root (so a mismatch can be told apart from a bad path)."""
     d = WORLD.epochs["orders/7"].description
     keys = suites.start_session(Suite.X25519, b"orders", d.epoch, d.public_key, session_seed)
-    ctx = envelope.SessionContext(b"orders", keys)
     parsed = [wire.parse(e) for e in envelopes]
+    ctxs = [envelope.SessionContext(b"orders", subject_keys(keys, p.header)) for p in parsed]
     out: dict[str, Any] = {
         "signed_content_sha256": [
             hashlib.sha256(ctx.signed_content(p.header_bytes, p.ciphertext)).hexdigest()
-            for p in parsed
+            for ctx, p in zip(ctxs, parsed, strict=True)
         ]
     }
     if parsed[0].proof is not None:
-        leaves = [ctx.leaf_hash(p.header_bytes, p.ciphertext) for p in parsed]
+        leaves = [
+            ctx.leaf_hash(p.header_bytes, p.ciphertext) for ctx, p in zip(ctxs, parsed, strict=True)
+        ]
         out["leaf_hashes"] = [leaf.hex() for leaf in leaves]
         out["root"] = merkle.build(leaves)[0].hex()
     return out
+
+
+def world_subject(topic: str, subject_key_id: bytes) -> tuple[SubjectKey, KeyPair]:
+    return next(
+        (k, pair)
+        for k, pair in WORLD.subjects.values()
+        if (k.topic, k.subject_key_id) == (topic, subject_key_id)
+    )
+
+
+def subject_keys(keys: suites.SessionKeys, h: wire.Header) -> suites.SessionKeys:
+    """The keys an envelope with header ``h`` of session ``keys`` is sealed with: the session's,
+    or for a subject (SPEC.md 4.5) those derived with the world's subject private key."""
+    if not h.subject:
+        return keys
+    private = world_subject("orders", h.subject_key_id)[1].private
+    ikm = suites.subject_decapsulate(private, h.subject_encapsulation)
+    return suites.subject_session(keys, h.subject_key_id, h.subject_encapsulation, ikm)
+
+
+def subject_schedule(case_name: str, keys: suites.SessionKeys, env: bytes) -> dict[str, str]:
+    """Every intermediate of SPEC.md 4.5 for one subject-sealed envelope, as hex, computed with
+    ``cryptography`` directly from the world's keys (the sealer's draws are ``seed("<case> k")``
+    for k = 2, 3, ...: one per subject of the session)."""
+    h = wire.parse(env).header
+    subject_key = world_subject("orders", h.subject_key_id)[0]
+    draw = next(
+        k
+        for k in range(2, 10)
+        if x25519.X25519PrivateKey.from_private_bytes(seed(f"{case_name} {k}"))
+        .public_key()
+        .public_bytes_raw()
+        == h.subject_encapsulation
+    )
+    eph = x25519.X25519PrivateKey.from_private_bytes(seed(f"{case_name} {draw}"))
+    ikm = eph.exchange(x25519.X25519PublicKey.from_public_bytes(subject_key.public_key))
+    info = (
+        suites.LABEL_SUBJECT
+        + keys.context
+        + keys.session_id
+        + h.subject_key_id
+        + h.subject_encapsulation
+    )
+    secret = HKDF(hashes.SHA256(), 32, salt=keys.secret, info=info).derive(ikm)
+
+    def expand(label: bytes, n: int) -> str:
+        return HKDFExpand(hashes.SHA256(), n, info=label).derive(secret).hex()
+
+    return {
+        "subject_key_id": h.subject_key_id.hex(),
+        "subject_ephemeral_seed": seed(f"{case_name} {draw}").hex(),
+        "subject_encapsulation": h.subject_encapsulation.hex(),
+        "subject_ikm": ikm.hex(),
+        "hkdf_info": info.hex(),
+        "subject_secret": secret.hex(),
+        "aead_key": expand(suites.LABEL_AEAD_KEY, 32),
+        "nonce_base": expand(suites.LABEL_NONCE, 12),
+        "commitment": expand(suites.LABEL_COMMITMENT, 32),
+    }
+
+
+def subject_schedules(case_name: str, envelopes: list[bytes]) -> list[dict[str, str] | None]:
+    d = WORLD.epochs["orders/7"].description
+    keys = suites.start_session(
+        Suite.X25519, b"orders", d.epoch, d.public_key, seed(f"{case_name} 1")
+    )
+    return [
+        subject_schedule(case_name, keys, e) if wire.parse(e).header.subject else None
+        for e in envelopes
+    ]
 
 
 def build() -> dict[str, Any]:
@@ -422,6 +548,8 @@ def build() -> dict[str, Any]:
                 "signatures": signature_inputs(envelopes, seed(f"{case['name']} 1")),
             }
         )
+        if any("subject" in m for m in case["messages"]):
+            cases[-1]["subject_schedules"] = subject_schedules(case["name"], envelopes)
     return {
         "description": "sealedbus wire format v1 known-answer vectors (SPEC.md section 9)",
         "vector_set": VECTOR_SET,
@@ -453,15 +581,24 @@ def seal_raw(
     topic: str = "orders",
     content_type: str = "",
     ciphertext_xor: int = 0,
+    subject: str | None = None,
+    subject_key_id: bytes | None = None,
 ) -> bytes:
     """One per-message envelope from explicit fields: session seed ``seed(label)``, the given
     sealed payload (``plaintext``, default ``u16 0 || body``), signed by ``cert``'s member. With
     ``ciphertext_xor`` the first ciphertext byte is changed *before* signing: the signature
-    verifies, decryption fails."""
+    verifies, decryption fails. With ``subject`` it is sealed for that subject (ephemeral
+    ``seed(label + " subject")``), naming ``subject_key_id`` (default: the subject's own)."""
     epoch = WORLD.epochs[f"{topic}/7"].description
     keys = suites.start_session(
         epoch.suite, topic.encode(), epoch.epoch, epoch.public_key, seed(label)
     )
+    key_id = encap = b""
+    if subject is not None:
+        subject_key = WORLD.subjects[f"{topic}/{subject}"][0]
+        key_id = subject_key_id or subject_key.subject_key_id
+        encap, ikm = suites.subject_encapsulate(seed(f"{label} subject"), subject_key.public_key)
+        keys = suites.subject_session(keys, key_id, encap, ikm)
     ctx = envelope.SessionContext(topic.encode(), keys)
     c = WORLD.certs[cert]
     header = wire.Header(
@@ -475,6 +612,8 @@ def seal_raw(
         ttl_ms,
         content_type,
         keys.encapsulation,
+        key_id,
+        encap,
     ).encode()
     pt = b"\x00\x00" + body if plaintext is None else plaintext
     ct = bytearray(ctx.encrypt(seq, header, pt))
@@ -510,6 +649,21 @@ def hybrid_envelope() -> bytes:
     return sealer.seal("vault", b"pq", headers={"k": "v"})
 
 
+def hybrid_subject_envelopes() -> list[bytes]:
+    """Suite-2 envelopes sealed for a subject: one per-message, a batch of two (randomized like
+    every suite-2 envelope: opening vectors)."""
+    sealer = Sealer(
+        VectorKeys("vault-api"), clock=lambda: T0_MS / 1000, rng=FixedRng("hybrid subject")
+    )
+    single = sealer.seal("vault", b"pq subject", subject="P-1")
+    sealer.add("vault", b"pq batch subject", subject="P-1")
+    sealer.add("vault", b"pq batch none")
+    return [single, *(s.envelope for s in sealer.flush())]
+
+
+HYBRID_SUBJECT_BODIES = (b"pq subject", b"pq batch subject", b"pq batch none")
+
+
 def _still_opens(previous: dict[str, Any], world: dict[str, Any]) -> bool:
     """Whether the stored randomized objects still open to what they should under ``world``:
     then regeneration keeps them, and the files change only when something real did."""
@@ -519,6 +673,11 @@ def _still_opens(previous: dict[str, Any], world: dict[str, Any]) -> bool:
         )
         assert (opened.body, opened.headers, opened.sender) == (b"pq", {"k": "v"}, "vault-api")
         assert opened.sent_at * 1000 == T0_MS and opened.sequence == 0
+        o = runner.opener(world, settings(consumer="archive"))
+        for env, body in zip(
+            previous["hybrid_subject_envelopes"], HYBRID_SUBJECT_BODIES, strict=True
+        ):
+            assert o.open("vault", bytes.fromhex(env)).body == body
         for prefix, epoch, member in (
             ("", "orders/7", "billing"),
             ("hybrid_", "vault/7", "archive"),
@@ -531,6 +690,16 @@ def _still_opens(previous: dict[str, Any], world: dict[str, Any]) -> bool:
                 member,
                 m.receive,
             )
+        subject_key = WORLD.subjects["orders/P-1"]
+        private = authority.open_subject_grant(
+            WORLD.root.public_key(),
+            bytes.fromhex(previous["subject_key_grant"]),
+            "orders",
+            subject_key[0].subject_key_id,
+            "billing",
+            WORLD.members["billing"].receive,
+        )
+        assert private == subject_key[1].private
         key = authority.open_topic_key(
             WORLD.root.public_key(),
             bytes.fromhex(previous["topic_key_grant"]),
@@ -543,7 +712,9 @@ def _still_opens(previous: dict[str, Any], world: dict[str, Any]) -> bool:
         return False
 
 
-def objects(hybrid: bytes, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def objects(
+    hybrid: bytes, hybrid_subjects: list[bytes], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Authority objects and the hybrid suite. HPKE draws its own randomness, so grants, topic
     keys and hybrid envelopes are opening vectors: the test opens them with the fixed keys.
     ``previous`` (the stored file, when it still opens) supplies the randomized ones."""
@@ -579,6 +750,17 @@ def objects(hybrid: bytes, previous: dict[str, Any] | None = None) -> dict[str, 
         "hybrid_envelope_topic": "vault",
         "hybrid_envelope_opener": settings(consumer="archive"),
         "hybrid_key_schedule": hybrid_schedule(vault, "vault", hybrid),
+        "hybrid_subject_envelopes": [e.hex() for e in hybrid_subjects],
+        "hybrid_subject_bodies": [b.hex() for b in HYBRID_SUBJECT_BODIES],
+        "subject_key_grant": authority.seal_subject_grant(
+            WORLD.root,
+            "orders",
+            WORLD.subjects["orders/P-1"][0].subject_key_id,
+            WORLD.subjects["orders/P-1"][1].private,
+            WORLD.certs["billing"],
+        ).hex(),
+        "subject_key_grant_subject": "orders/P-1",
+        "subject_key_grant_member": "billing",
         "hybrid_envelope_plaintext": {
             "body": b"pq".hex(),
             "headers": {"k": "v"},
@@ -590,7 +772,7 @@ def objects(hybrid: bytes, previous: dict[str, Any] | None = None) -> dict[str, 
         },
     }
     if previous is not None:
-        for k in ("grant", "hybrid_grant", "topic_key_grant"):
+        for k in ("grant", "hybrid_grant", "topic_key_grant", "subject_key_grant"):
             out[k] = previous[k]
     return out
 
@@ -601,7 +783,11 @@ def _flip(data: bytes, i: int) -> bytes:
     return bytes(b)
 
 
-def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
+def negative(
+    vectors: dict[str, Any],
+    hybrid: bytes,
+    hybrid_subjects: list[bytes] = (),  # type: ignore[assignment]
+) -> list[dict[str, Any]]:
     """Opening vectors: envelopes and opener settings, each with the reason it must be refused
     with, or ``reason: null`` and what it opens to (the accepted side of a boundary)."""
     good = bytes.fromhex(vectors["cases"][1]["envelopes"][0])
@@ -639,7 +825,7 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
     add("no magic, plaintext passthrough", b"plain text", None, plaintext_passthrough=True)
     add("version 2", good[:2] + b"\x02" + good[3:], "unsupported_version")
     add("unknown suite 9", good[:3] + b"\x09" + good[4:], "suite_not_allowed")
-    add("reserved flag bit 1 set", good[:4] + b"\x02" + good[5:], "malformed")
+    add("reserved flag bit 2 set", good[:4] + b"\x04" + good[5:], "malformed")
     add("reserved flag bit 7 set", good[:4] + b"\x80" + good[5:], "malformed")
     add("truncated header (40 bytes)", good[:40], "malformed")
     add("truncated fixed header (73 bytes)", good[:73], "malformed")
@@ -949,6 +1135,127 @@ def negative(vectors: dict[str, Any], hybrid: bytes) -> list[dict[str, Any]]:
         None,
     )
 
+    # -- sealed for a subject (SPEC.md 2.3, 4.5): steps 3, 7, 8, 9 --
+    subj = bytes.fromhex(vectors["cases"][5]["envelopes"][0])  # P-1, per-message, no content type
+    subj_batch = bytes.fromhex(vectors["cases"][6]["envelopes"][0])  # P-1, batch
+    p1 = WORLD.subjects["orders/P-1"][0].subject_key_id
+    p2 = WORLD.subjects["orders/P-2"][0].subject_key_id
+    add("subject: opens", subj, None)
+    add("subject, batch: opens", subj_batch, None)
+    add("subject flag set, subject fields truncated (47 of 48 bytes)", subj[: 74 + 47], "malformed")
+    add("subject flag set, no subject fields (74 bytes)", subj[:74], "malformed")
+    add("subject flag and reserved bit 2 set", subj[:4] + b"\x06" + subj[5:], "malformed")
+    add(
+        "subject flag set on an envelope sealed for no subject",
+        good[:4] + b"\x02" + good[5:],
+        "bad_signature",
+    )
+    add("subject flag cleared", subj[:4] + b"\x00" + subj[5:], "bad_signature")
+    add("subject key id changed (never issued)", _flip(subj, 74 + 3), "bad_signature")
+    add(
+        "subject key id of another subject",
+        subj[:74] + p2 + subj[74 + 16 :],
+        "bad_signature",
+    )
+    add(
+        "subject key id of another subject, re-signed by the producer",
+        seal_raw("subject other id", subject="P-1", subject_key_id=p2),
+        "bad_signature",
+    )
+    add("subject encapsulation changed", _flip(subj, 74 + 16 + 5), "bad_signature")
+    add("subject batch: subject key id changed", _flip(subj_batch, 74 + 2), "bad_signature")
+    for name, point in (
+        ("zero", bytes(32)),
+        ("one", (1).to_bytes(32, "little")),
+        (
+            "order 8",
+            bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+        ),
+    ):
+        add(
+            f"small-order subject encapsulation ({name})",
+            subj[: 74 + 16] + point + subj[74 + 48 :],
+            "decrypt_failed",
+        )
+    add(
+        "subject: signed, but the ciphertext does not decrypt",
+        seal_raw("subject bad aead", subject="P-1", ciphertext_xor=0x01),
+        "decrypt_failed",
+    )
+    add(
+        "subject erased",
+        subj,
+        "subject_erased",
+        subject_refusals=[
+            {"topic": "orders", "subject_key_id": p1.hex(), "reason": "subject_erased"}
+        ],
+    )
+    add(
+        "subject erased, batch",
+        subj_batch,
+        "subject_erased",
+        subject_refusals=[
+            {"topic": "orders", "subject_key_id": p1.hex(), "reason": "subject_erased"}
+        ],
+    )
+    add(
+        "another subject erased: this one opens",
+        subj,
+        None,
+        subject_refusals=[
+            {"topic": "orders", "subject_key_id": p2.hex(), "reason": "subject_erased"}
+        ],
+    )
+    add(
+        "subject key not granted",
+        subj,
+        "not_granted",
+        subject_refusals=[{"topic": "orders", "subject_key_id": p1.hex(), "reason": "not_granted"}],
+    )
+    add(
+        "subject key unknown to the key source",
+        subj,
+        "bad_signature",
+        subject_keys=["orders/P-2", "vault/P-1"],
+    )
+    add(
+        "epoch refused before the subject is asked",
+        subj,
+        "not_granted",
+        refusals=[{"topic": "orders", "epoch": 7, "reason": "not_granted"}],
+        subject_refusals=[
+            {"topic": "orders", "subject_key_id": p1.hex(), "reason": "subject_erased"}
+        ],
+    )
+    for i, env in enumerate(hybrid_subjects):
+        add(
+            f"hybrid, sealed for a subject ({['per-message', 'batch', 'batch, no subject'][i]})",
+            env,
+            None,
+            topic="vault",
+            consumer="archive",
+        )
+    if hybrid_subjects:
+        vault_p1 = WORLD.subjects["vault/P-1"][0].subject_key_id
+        add(
+            "hybrid subject erased",
+            hybrid_subjects[0],
+            "subject_erased",
+            topic="vault",
+            consumer="archive",
+            subject_refusals=[
+                {"topic": "vault", "subject_key_id": vault_p1.hex(), "reason": "subject_erased"}
+            ],
+        )
+        hs = hybrid_subjects[0]
+        add(
+            "hybrid: small-order subject encapsulation",
+            hs[: 74 + 16] + bytes(32) + hs[74 + 48 :],
+            "decrypt_failed",
+            topic="vault",
+            consumer="archive",
+        )
+
     # -- step 10: replay --
     session = [seal_raw("replay", seq=i) for i in range(6)]
     add("opened twice", good, "duplicate", open_first=True)
@@ -1111,7 +1418,12 @@ def main() -> None:
     if previous is not None and not _still_opens(previous, world):
         previous = None
     hybrid = hybrid_envelope() if previous is None else bytes.fromhex(previous["hybrid_envelope"])
-    neg = negative(vectors, hybrid)
+    hybrid_subjects = (
+        hybrid_subject_envelopes()
+        if previous is None
+        else [bytes.fromhex(e) for e in previous["hybrid_subject_envelopes"]]
+    )
+    neg = negative(vectors, hybrid, hybrid_subjects)
     for v in neg:  # a vector that does not do what it says is a generator bug: fail here
         got = runner.run(world, v)
         reason = got.reason.value if isinstance(got, InvalidEnvelope) else None
@@ -1129,7 +1441,7 @@ def main() -> None:
             }
         )
     )
-    stored.write_text(_json(objects(hybrid, previous)))
+    stored.write_text(_json(objects(hybrid, hybrid_subjects, previous)))
     (HERE / "ed25519.json").write_text(
         _json(
             {

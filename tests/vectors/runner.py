@@ -14,9 +14,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core import suites
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList, SubjectKey
 from sealedbus.core.suites import Suite
-from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
+from sealedbus.errors import InvalidEnvelope, Reason, UnauthenticEnvelope, UnopenableEnvelope
 from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import OpenedMessage, Opener
 
@@ -50,6 +50,14 @@ class VectorKeySource:
         self._refusals = {
             (r["topic"], r["epoch"]): Reason(r["reason"]) for r in settings["refusals"]
         }
+        self._subjects = {
+            (k["topic"], bytes.fromhex(k["subject_key_id"])): bytes.fromhex(k["private_key"])
+            for k in (world["subject_keys"][n] for n in settings["subject_keys"])
+        }
+        self._subject_refusals = {
+            (r["topic"], bytes.fromhex(r["subject_key_id"])): Reason(r["reason"])
+            for r in settings["subject_refusals"]
+        }
         self._revocations = RevocationList.verify(
             bytes.fromhex(world["revocation_lists"][settings["revocation_list"]]), self.root
         )
@@ -75,6 +83,20 @@ class VectorKeySource:
         if keys is None:
             raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN)
         return keys
+
+    def subject_key(self, topic: str, subject: str, now_ms: int) -> SubjectKey:
+        raise NotImplementedError("openers only")
+
+    def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
+        """A refusal of the settings, else the subject key held, else ``bad_signature``: the
+        authority never issued that id (SPEC.md 6.11)."""
+        refusal = self._subject_refusals.get((topic, subject_key_id))
+        if refusal is not None:
+            raise UnopenableEnvelope(refusal)
+        private = self._subjects.get((topic, subject_key_id))
+        if private is None:
+            raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no such subject key")
+        return private
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self._certs.get(cert_id)

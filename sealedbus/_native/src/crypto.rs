@@ -27,6 +27,9 @@ pub struct SessionKeys {
     pub commitment: Zeroizing<[u8; 32]>,
     aad_prefix: Vec<u8>,  // u16 len(topic) || topic
     leaf_prefix: Vec<u8>, // SIGN_ENVELOPE || aad_prefix
+    // kept for subject sessions (SPEC.md 4.5, subject.rs): the session secret and context
+    pub(crate) secret: Zeroizing<[u8; 32]>,
+    pub(crate) context: Vec<u8>,
 }
 
 impl SessionKeys {
@@ -40,6 +43,16 @@ impl SessionKeys {
         Hkdf::<Sha256>::new(None, ikm)
             .expand(&info, secret.as_mut())
             .expect("32 bytes is a valid HKDF length");
+        Self::from_secret(topic, context, session_id, secret)
+    }
+
+    /// Section 4.3's expansion of a session secret (or a subject secret, 4.5).
+    pub(crate) fn from_secret(
+        topic: &[u8],
+        context: &[u8],
+        session_id: [u8; 32],
+        secret: Zeroizing<[u8; 32]>,
+    ) -> Self {
         let expand = Hkdf::<Sha256>::from_prk(secret.as_ref()).expect("32-byte PRK");
         let mut key = Zeroizing::new([0u8; 32]);
         let mut nonce_base = Zeroizing::new([0u8; 12]);
@@ -63,7 +76,14 @@ impl SessionKeys {
             commitment,
             leaf_prefix: wire::leaf_prefix(topic),
             aad_prefix,
+            secret,
+            context: context.to_vec(),
         }
+    }
+
+    /// The topic this session is on (the AAD prefix without its length).
+    pub(crate) fn topic(&self) -> &[u8] {
+        &self.aad_prefix[2..]
     }
 
     fn nonce(&self, seq: u32) -> [u8; 12] {

@@ -7,6 +7,7 @@
 //! no class per wire struct. Failures come back as the reason codes of SPEC.md section 8.
 
 mod crypto;
+mod subject;
 mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -474,6 +475,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
+    m.add_function(wrap_pyfunction!(subject::session_subject, m)?)?;
     m.add_function(wrap_pyfunction!(seal, m)?)?;
     m.add_function(wrap_pyfunction!(open_many, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;

@@ -4,6 +4,8 @@
 pub const MAGIC: [u8; 2] = [0x53, 0xB1];
 pub const VERSION: u8 = 1;
 pub const FLAG_BATCH: u8 = 0x01;
+pub const FLAG_SUBJECT: u8 = 0x02;
+pub const SUBJECT_FIELDS_LEN: usize = 48; // subject key id (16) || subject encapsulation (32)
 pub const HEADER_FIXED: usize = 74;
 pub const SIGNATURE_LEN: usize = 64;
 pub const TAG_LEN: usize = 16;
@@ -72,7 +74,7 @@ pub fn parse(data: &[u8]) -> Result<Layout, Reason> {
         _ => return Err(Reason::Suite),
     };
     let flags = data[4];
-    if flags & !FLAG_BATCH != 0 {
+    if flags & !(FLAG_BATCH | FLAG_SUBJECT) != 0 {
         return Err(Reason::Malformed);
     }
     let ct_len = data[73] as usize;
@@ -80,7 +82,15 @@ pub fn parse(data: &[u8]) -> Result<Layout, Reason> {
     if std::str::from_utf8(&data[HEADER_FIXED..ct_end]).is_err() {
         return Err(Reason::Malformed);
     }
-    let header_end = HEADER_FIXED + ct_len + encapsulation;
+    let subject = if flags & FLAG_SUBJECT != 0 {
+        if data.len() < HEADER_FIXED + ct_len + SUBJECT_FIELDS_LEN {
+            return Err(Reason::Malformed);
+        }
+        SUBJECT_FIELDS_LEN
+    } else {
+        0
+    };
+    let header_end = HEADER_FIXED + ct_len + subject + encapsulation;
     let mut pos = header_end + SIGNATURE_LEN;
     let mut batch = None;
     if flags & FLAG_BATCH != 0 {
@@ -232,8 +242,13 @@ mod tests {
         e[3] = 9;
         assert_eq!(parse(&e), Err(Reason::Suite));
         e[3] = 1;
-        e[4] = 2;
+        e[4] = 4;
         assert_eq!(parse(&e), Err(Reason::Malformed));
+        e[4] = 2; // sealed for a subject: 48 more header bytes
+        e.resize(300, 0);
+        assert_eq!(parse(&e[..74 + 48 + 64 + 15]), Err(Reason::Malformed));
+        assert_eq!(parse(&e[..74 + 47]), Err(Reason::Malformed));
+        assert_eq!(parse(&e).map(|l| l.header_end), Ok(74 + 48));
         e[4] = 1; // batch: index 0 of size 0
         assert_eq!(parse(&e), Err(Reason::Malformed));
         assert_eq!(parse(&e[..100]), Err(Reason::Malformed));
