@@ -38,6 +38,7 @@ from sealedbus.core.signed import (
     RevocationList,
     SealingEpochAnswer,
     SignatureError,
+    SubjectKey,
     fingerprint,
 )
 from sealedbus.errors import (
@@ -522,6 +523,42 @@ class KeyServiceClient:
             self._topic_keys[topic] = key
         return key
 
+    def subject_key(self, topic: str, subject: str, now_ms: int) -> SubjectKey:
+        """POST /v1/topics/{topic}/subject-key with the subject in the signed body (never in
+        the URL, which proxies log). Sealers cache the answer (SPEC.md 4.5)."""
+        try:
+            doc = self._call(
+                "POST", f"/v1/topics/{topic}/subject-key", now_ms, {"subject": subject}
+            )
+        except Refused as exc:
+            raise refusal_error(exc) from None
+        try:
+            return authority.check_subject_key(
+                self._root_key(now_ms), _field(doc, "subject_key"), topic
+            )
+        except authority.GrantError as exc:
+            raise UntrustedResponse(str(exc)) from None
+
+    def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
+        """GET /v1/topics/{topic}/subjects/{subject key id}/grant; a refusal becomes the
+        envelope's reason (subject_erased, not_granted, bad_signature for an unknown id)."""
+        path = f"/v1/topics/{topic}/subjects/{subject_key_id.hex()}/grant"
+        try:
+            doc = self._call("GET", path, now_ms)
+        except Refused as exc:
+            raise refusal_error(exc, grant=True) from None
+        try:
+            return authority.open_subject_grant(
+                self._root_key(now_ms),
+                _field(doc, "grant"),
+                topic,
+                subject_key_id,
+                self.member,
+                self._identity.receive,
+            )
+        except authority.GrantError as exc:
+            raise UntrustedResponse(str(exc)) from None
+
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         with self._lock:
             cached = self._certs.get(cert_id)
@@ -610,7 +647,7 @@ class KeyServiceClient:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _call(self, method: str, path: str, now_ms: int) -> Any:
+    def _call(self, method: str, path: str, now_ms: int, json: Any = None) -> Any:
         """One request, unless the KDS failed within the backoff: then fail at once, so a hung
         KDS costs each caller nothing rather than a timeout. The backoff runs from when the
         failure was known (after the timeout), not from when the request started."""
@@ -619,7 +656,7 @@ class KeyServiceClient:
                 f"KDS unavailable (last attempt failed; next in under {self._backoff_ms} ms)"
             )
         try:
-            return self._http.call(method, path)
+            return self._http.call(method, path, json)
         except KeyServiceUnavailable:
             with self._lock:
                 self._down_until_ms = max(now_ms, self._now_ms()) + self._backoff_ms

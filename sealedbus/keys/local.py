@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
+from sealedbus.core.signed import Certificate, EpochDescription, RevocationList, SubjectKey
 from sealedbus.core.suites import KeyPair, Suite
 from sealedbus.errors import (
     AccessDenied,
     ConfigurationError,
     KeyServiceUnavailable,
     Reason,
+    UnauthenticEnvelope,
     UnknownTopic,
     UnopenableEnvelope,
 )
@@ -45,11 +46,19 @@ class _Epoch:
 
 
 @dataclass
+class _Subject:
+    signed: bytes | None  # the root-signed SubjectKey; None once erased (a tombstone)
+    private: bytes | None  # None once erased
+
+
+@dataclass
 class _Topic:
     policy: TopicPolicy
     token_key: bytes
     epochs: dict[int, _Epoch] = field(default_factory=dict)
     consumer_since: dict[str, int] = field(default_factory=dict)
+    subject_ids: dict[bytes, bytes] = field(default_factory=dict)  # subject token -> key id
+    subjects: dict[bytes, _Subject] = field(default_factory=dict)  # key id -> key or tombstone
 
 
 class LocalKeyService:
@@ -203,6 +212,21 @@ class LocalKeyService:
             self._members[name] = ident
             return LocalMember(self, ident)
 
+    def erase_subject(self, name: str, subject: str) -> bytes | None:
+        """Crypto-shred one data subject on a topic: its private and public key are destroyed
+        and only a tombstone of its key id stays, so openers refuse its envelopes with
+        ``subject_erased`` (wherever copies sit). Returns the erased key id, or None when the
+        subject had no key. A later seal for the subject makes a fresh key pair with a new id.
+        Members that cached the key (60 s by default) may use it until their cache expires."""
+        with self._lock:
+            topic = self._topic(name)
+            key_id = topic.subject_ids.pop(
+                authority.subject_token(topic.token_key, name, subject), None
+            )
+            if key_id is not None:
+                topic.subjects[key_id] = _Subject(None, None)
+            return key_id
+
     def epochs(self, name: str) -> list[EpochInfo]:
         with self._lock:
             topic = self._topic(name)
@@ -317,6 +341,37 @@ class LocalKeyService:
                 raise AccessDenied(f"{member!r} neither produces to nor consumes {name!r}")
             return topic.token_key
 
+    def _subject_key(self, member: str, name: str, subject: str, now: int) -> bytes:
+        with self._lock:
+            topic = self._topic(name)
+            if member in self._revoked or member not in topic.policy.producers:
+                raise AccessDenied(f"{member!r} may not produce to {name!r}")
+            token = authority.subject_token(topic.token_key, name, subject)
+            key_id = topic.subject_ids.get(token)
+            if key_id is None:
+                key_id = self._rng(16)
+                key, pair = authority.new_subject_key(name, key_id, self._rng(32), now)
+                topic.subjects[key_id] = _Subject(key.sign(self._root), pair.private)
+                topic.subject_ids[token] = key_id
+            signed = topic.subjects[key_id].signed
+            assert signed is not None  # noqa: S101 - erasure drops the token with the key
+            return signed
+
+    def _subject_grant(self, member: str, name: str, key_id: bytes, now: int) -> bytes:
+        with self._lock:
+            topic = self._topics.get(name)
+            if topic is None:
+                raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN, f"no topic {name!r}")
+            if member in self._revoked or member not in topic.consumer_since:
+                raise UnopenableEnvelope(Reason.NOT_GRANTED, f"{member!r} may not consume {name!r}")
+            record = topic.subjects.get(key_id)
+            if record is None:
+                raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no such subject key")
+            if record.private is None:
+                raise UnopenableEnvelope(Reason.SUBJECT_ERASED, f"subject key on {name!r}")
+            cert = self._certificate_for(member, now)
+            return authority.seal_subject_grant(self._root, name, key_id, record.private, cert)
+
     def _sender(self, cert_id: bytes) -> Certificate | None:
         with self._lock:
             return self._certs.get(cert_id)
@@ -426,6 +481,18 @@ class LocalMember:
     def topic_key(self, topic: str, now_ms: int) -> bytes:
         self._service._check_key(self._identity)
         return self._service._topic_key(self.member, topic)
+
+    def subject_key(self, topic: str, subject: str, now_ms: int) -> SubjectKey:
+        self._service._check_key(self._identity)
+        signed = self._service._subject_key(self.member, topic, subject, now_ms)
+        return authority.check_subject_key(self._root, signed, topic)
+
+    def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
+        self._service._check_key(self._identity)
+        grant = self._service._subject_grant(self.member, topic, subject_key_id, now_ms)
+        return authority.open_subject_grant(
+            self._root, grant, topic, subject_key_id, self.member, self._identity.receive
+        )
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self._service._sender(cert_id)
