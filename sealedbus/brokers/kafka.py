@@ -198,9 +198,11 @@ class SealedKafkaProducer:
         content_type: str = "",
         ttl: float | None = None,
         ref: Any = None,
+        subject: str | None = None,
     ) -> SealedFuture:
         """Seal ``value`` and ``headers`` for ``topic`` and send, as ``KafkaProducer.send``.
         ``ref`` (any object: the application's message or its id) comes back on the future.
+        ``subject``: seal it for a data subject, erasable on its own (``Sealer.seal``).
 
         Raises AccessDenied / UnknownTopic (not a producer of ``topic``), KeyServiceUnavailable
         or ConfigurationError (``key`` not bytes) at once. Broker failures arrive through the
@@ -225,7 +227,12 @@ class SealedKafkaProducer:
                 raise ConfigurationError("the producer is closed")
             if not self.batch:
                 data = self.sealer.seal(
-                    topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+                    topic,
+                    value,
+                    headers=sealed_headers,
+                    content_type=content_type,
+                    ttl=ttl,
+                    subject=subject,
                 )
                 self._send_sealed(topic, data, context)
                 return future
@@ -238,6 +245,7 @@ class SealedKafkaProducer:
                     content_type=content_type,
                     ttl=ttl,
                     context=context,
+                    subject=subject,
                 )
             except Exception:
                 if self.sealer.pending <= before:

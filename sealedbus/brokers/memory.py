@@ -198,14 +198,21 @@ class MemoryProducer:
         headers: Mapping[str, HeaderValue] | None = None,
         content_type: str = "",
         ttl: float | None = None,
+        subject: str | None = None,
     ) -> int:
-        """Seal ``value`` with ``headers`` for ``topic`` and publish it; returns the offset."""
+        """Seal ``value`` with ``headers`` for ``topic`` and publish it; returns the offset.
+        ``subject``: seal it for a data subject, erasable on its own (``Sealer.seal``)."""
         clear_key, sealed_headers = tokenize_key(
             self.key_tokenizer, topic, key, check_headers(headers)
         )
         if not self.batch:
             data = self.sealer.seal(
-                topic, value, headers=sealed_headers, content_type=content_type, ttl=ttl
+                topic,
+                value,
+                headers=sealed_headers,
+                content_type=content_type,
+                ttl=ttl,
+                subject=subject,
             )
             return self.bus.publish(topic, data, key=clear_key)
         ready = self.sealer.add(
@@ -215,6 +222,7 @@ class MemoryProducer:
             content_type=content_type,
             ttl=ttl,
             context=clear_key,
+            subject=subject,
         )
         return self._publish(ready)
 

@@ -203,8 +203,10 @@ class SealedChannel:
         mandatory: bool = False,
         *,
         ref: Any = None,
+        subject: str | None = None,
     ) -> None:
         """Seal ``body`` for the exchange's topic and publish it, as pika's ``basic_publish``.
+        ``subject``: seal it for a data subject, erasable on its own (``Sealer.seal``).
 
         Raises AccessDenied or UnknownTopic (not a producer), KeyServiceUnavailable, or
         ``BatchNotPublished`` (a BrokerError; with confirms: a nack or a lost connection is
@@ -230,7 +232,7 @@ class SealedChannel:
         to = _Publish(exchange, routing_key, props, mandatory, ref)
         if not self.linger:
             data = self.sealer.seal(
-                topic, body, headers=headers, content_type=content_type, ttl=ttl
+                topic, body, headers=headers, content_type=content_type, ttl=ttl, subject=subject
             )
             self._publish_sealed([Sealed(topic, data, to)], keep=False)
             return
@@ -241,6 +243,7 @@ class SealedChannel:
             content_type=content_type,
             ttl=ttl,
             context=to,
+            subject=subject,
         )
         if not ready:
             now = time.monotonic()

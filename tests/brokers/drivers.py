@@ -46,6 +46,7 @@ class Sender(Protocol):
         headers: Mapping[str, HeaderValue] | None = None,
         ttl: float | None = None,
         content_type: str = "",
+        subject: str | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -112,9 +113,16 @@ class MemorySender:
         headers: Mapping[str, HeaderValue] | None = None,
         ttl: float | None = None,
         content_type: str = "",
+        subject: str | None = None,
     ) -> None:
         self.producer.send(
-            self.topic, body, key=key, headers=headers, ttl=ttl, content_type=content_type
+            self.topic,
+            body,
+            key=key,
+            headers=headers,
+            ttl=ttl,
+            content_type=content_type,
+            subject=subject,
         )
 
     def close(self) -> None:
@@ -203,6 +211,7 @@ class RabbitSender:
         headers: Mapping[str, HeaderValue] | None = None,
         ttl: float | None = None,
         content_type: str = "",
+        subject: str | None = None,
     ) -> None:
         props = self.pika.BasicProperties(
             headers=dict(headers) if headers else None,
@@ -210,7 +219,7 @@ class RabbitSender:
             expiration=None if ttl is None else str(int(ttl * 1000)),
             delivery_mode=2,
         )
-        self.channel.basic_publish(self.topic, (key or b"").decode(), body, props)
+        self.channel.basic_publish(self.topic, (key or b"").decode(), body, props, subject=subject)
 
     def close(self) -> None:
         # another test may have restarted the broker under this session-long connection
@@ -350,9 +359,16 @@ class KafkaSender:
         headers: Mapping[str, HeaderValue] | None = None,
         ttl: float | None = None,
         content_type: str = "",
+        subject: str | None = None,
     ) -> None:
         self.producer.send(
-            self.topic, body, key=key, headers=headers, ttl=ttl, content_type=content_type
+            self.topic,
+            body,
+            key=key,
+            headers=headers,
+            ttl=ttl,
+            content_type=content_type,
+            subject=subject,
         ).get(timeout=WAIT)  # in order across senders, as with RabbitMQ's confirms
 
     def close(self) -> None:
