@@ -134,5 +134,12 @@ class AdminClient:
     def audit(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/admin/audit"))
 
+    def erase_subject(self, topic: str, subject: str) -> str | None:
+        """Crypto-shred ``subject`` on ``topic`` (the subject travels in the signed body only);
+        returns the erased subject key id (hex), None when the subject had no key."""
+        doc = self._call("POST", f"/v1/admin/topics/{topic}/subjects/erase", {"subject": subject})
+        key_id = doc.get("subject_key_id")
+        return None if key_id is None else str(key_id)
+
     def close(self) -> None:
         self._http.close()

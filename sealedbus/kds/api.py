@@ -101,6 +101,24 @@ class SealedKeyOut(_Model):
     sealed: str
 
 
+class SubjectIn(_Model):
+    """A data subject, named only in signed request bodies (never in a URL a proxy logs)."""
+
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class SubjectKeyOut(_Model):
+    subject_key: str  # signed SubjectKey (SPEC.md 6.9)
+
+
+class SubjectGrantOut(_Model):
+    grant: str  # signed SubjectKeyGrant (SPEC.md 6.10)
+
+
+class SubjectErasedOut(_Model):
+    subject_key_id: str | None  # hex; None: the subject had no live key
+
+
 class TokenRequest(_Model):
     """The admin's client makes the token; only its public key (``signing.token_key``) is sent."""
 
@@ -538,6 +556,28 @@ def create_app(
     @app.get("/v1/topics/{topic}/topic-key", response_model=SealedKeyOut, tags=["members"])
     def topic_key(topic: TopicName, who: Member) -> SealedKeyOut:
         return SealedKeyOut(sealed=_enc(service.topic_key(who, topic)))
+
+    @app.post("/v1/topics/{topic}/subject-key", response_model=SubjectKeyOut, tags=["members"])
+    def subject_key(topic: TopicName, body: SubjectIn, who: Member) -> SubjectKeyOut:
+        return SubjectKeyOut(subject_key=_enc(service.subject_key(who, topic, body.subject)))
+
+    @app.get(
+        "/v1/topics/{topic}/subjects/{key_id}/grant",
+        response_model=SubjectGrantOut,
+        tags=["members"],
+        responses={410: {"model": Error}},
+    )
+    def subject_grant(
+        topic: TopicName, key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], who: Member
+    ) -> SubjectGrantOut:
+        return SubjectGrantOut(grant=_enc(service.subject_grant(who, topic, bytes.fromhex(key_id))))
+
+    @app.post(
+        "/v1/admin/topics/{topic}/subjects/erase", response_model=SubjectErasedOut, tags=["admin"]
+    )
+    def erase_subject(topic: TopicName, body: SubjectIn, who: Admin) -> SubjectErasedOut:
+        key_id = service.erase_subject(who, topic, body.subject)
+        return SubjectErasedOut(subject_key_id=key_id.hex() if key_id else None)
 
     @app.post("/v1/admin/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
     def create_token(body: TokenRequest, who: Admin) -> TokenOut:

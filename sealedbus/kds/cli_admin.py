@@ -209,6 +209,21 @@ def register(sub: Any) -> None:
     _command(epochs, _admin, action="epochs")
     audit = admin_sub.add_parser("audit", help="verify the audit log's hash chain and checkpoints")
     _command(audit, _admin, action="audit")
+    subject = admin_sub.add_parser(
+        "subject", help="per-subject erasure: crypto-shred one data subject's messages"
+    )
+    subject_sub = subject.add_subparsers(dest="subject_command", required=True)
+    erase = subject_sub.add_parser(
+        "erase",
+        help="destroy a subject's key on a topic: its messages no longer open anywhere",
+        description="Destroy SUBJECT's key on TOPIC (GDPR Art. 17): every message sealed for "
+        "it, in the broker, a dead-letter queue or a backup, is refused as subject_erased. "
+        "Producers and consumers cache subject keys for up to 60 s: messages sealed within "
+        "that time are erased too. A later message for the subject gets a fresh key.",
+    )
+    erase.add_argument("name", metavar="TOPIC", help="topic name")
+    erase.add_argument("subject", metavar="SUBJECT", help="the subject id the producers seal for")
+    _command(erase, _admin, action="subject-erase")
 
 
 class _TotpFile:
@@ -316,6 +331,8 @@ def _check_admin_args(args: argparse.Namespace) -> None:
             )
     if args.action == "session-open":
         _new_secret_path(args.out, "--out")
+    if args.action == "subject-erase" and not 1 <= len(args.subject) <= 1024:
+        raise _usage("SUBJECT: 1 to 1024 characters")
     if args.action == "session-close" and args.session is None and not args.all:
         raise _usage(f"--session FILE (or ${SESSION_ENV}) names the session to close; or --all")
 
@@ -468,6 +485,13 @@ def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str
         ]
     if action == "audit":
         return client.audit()
+    if action == "subject-erase":
+        key_id = client.erase_subject(args.name, args.subject)
+        if key_id is None:
+            print(f"no key for that subject on {args.name}: nothing to erase (audited)")
+        else:
+            print(f"erased subject key {key_id} on {args.name} (caches expire within 60 s)")
+        return None
     raise AssertionError(action)  # pragma: no cover - every parser sets a known action
 
 

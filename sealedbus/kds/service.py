@@ -10,7 +10,8 @@ of one part per concern, each in its own module over the shared ``Context``:
 - ``kds/enrollment.py``: enrollment tokens, enrollment, member keys and request nonces;
 - ``kds/certificates.py``: certificates, revocation, withdrawal, the revocation list;
 - ``kds/topics.py``: topics, their policy and tokenization keys;
-- ``kds/epochs.py``: the epoch schedule, grants and re-wrapping under a new master key.
+- ``kds/epochs.py``: the epoch schedule, grants and re-wrapping under a new master key;
+- ``kds/subjects.py``: per-subject keys and their erasure (crypto-shredding).
 
 Refusals raise ``ServiceError`` (``kds/context.py``) with the HTTP status, a stable code
 (``sealedbus.errors.KdsCode``) and a reason for the caller.
@@ -36,6 +37,7 @@ from sealedbus.kds.enrollment import Enrollment
 from sealedbus.kds.epochs import Epochs
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.store import Store, nonces
+from sealedbus.kds.subjects import Subjects
 from sealedbus.kds.topics import Topics
 from sealedbus.keys import signing
 from sealedbus.keys.authority import HOUR_MS, EpochInfo, TopicPolicy
@@ -81,6 +83,7 @@ class KeyDistributionService(Context):
         self._certificates = Certificates(self, self._epochs)
         self._enrollment = Enrollment(self, self._certificates)
         self._topics = Topics(self, self._epochs, self._certificates)
+        self._subjects = Subjects(self)
 
     # -- admins and the audit log (kds/admins.py) ---------------------------------------------
 
@@ -192,10 +195,23 @@ class KeyDistributionService(Context):
         return self._epochs.grant(member, topic, epoch)
 
     def rewrap(self, batch: int = 500) -> int:
-        return self._epochs.rewrap(batch)
+        return self._epochs.rewrap(batch) + self._subjects.rewrap(batch)
 
     def master_keys_in_use(self) -> set[str]:
-        return self._epochs.master_keys_in_use()
+        return self._epochs.master_keys_in_use() | self._subjects.master_keys_in_use()
+
+    # -- subjects and their erasure (kds/subjects.py) -----------------------------------------
+
+    def subject_key(self, member: str, topic: str, subject: str) -> bytes:
+        return self._subjects.subject_key(member, topic, subject)
+
+    def subject_grant(self, member: str, topic: str, subject_key_id: bytes) -> bytes:
+        return self._subjects.subject_grant(member, topic, subject_key_id)
+
+    def erase_subject(self, actor: str, topic: str, subject: str) -> bytes | None:
+        key_id = self._subjects.erase_subject(actor, topic, subject)
+        self._compaction_pending = True  # no free page or dead row may keep the key's bytes
+        return key_id
 
     # -- schedule -----------------------------------------------------------------------------
 

@@ -204,6 +204,21 @@ admin_sessions = Table(  # admin sessions opened with one TOTP code (kds/admin_s
     Column("expires_ms", BigInteger, nullable=False),
     Column("closed_ms", BigInteger),
 )
+subject_keys = Table(  # per (topic, subject): an X25519 key pair (SPEC.md 4.5); erasing a
+    # subject clears token, public and wrapped key and keeps the row as a tombstone
+    "subject_keys",
+    metadata,
+    Column("topic", String(249), nullable=False),
+    Column("key_id", LargeBinary(16), nullable=False),  # random; what envelopes name
+    # HMAC-SHA256 of topic and subject under the topic's tokenization key: never the subject
+    Column("token", LargeBinary(32), unique=True),
+    Column("public", LargeBinary(32)),
+    Column("wrapped", LargeBinary),  # the private key, wrapped under the master key
+    Column("master_key_id", String(63), index=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("erased_ms", BigInteger),
+    PrimaryKeyConstraint("topic", "key_id"),
+)
 
 GENESIS = bytes(32)
 SQLITE_TIMEOUT_S = 30
@@ -309,6 +324,7 @@ class Store:
             return bool(busy == 0)
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM epoch_keys")
+            conn.exec_driver_sql("VACUUM subject_keys")
         return True
 
     def ping(self) -> None:
@@ -413,3 +429,86 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get("sqlite_immediate", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# -- subject keys (kds/subjects.py): every statement on the subject_keys table ---------------------
+
+
+def subject_by_token(conn: Connection, token: bytes) -> Row[Any] | None:
+    """The live subject key a token names (erased keys have no token)."""
+    return conn.execute(select(subject_keys).where(subject_keys.c.token == token)).first()
+
+
+def subject_by_id(conn: Connection, topic: str, key_id: bytes) -> Row[Any] | None:
+    """A subject key, live or a tombstone, by its id on ``topic``."""
+    return conn.execute(
+        select(subject_keys).where(subject_keys.c.topic == topic, subject_keys.c.key_id == key_id)
+    ).first()
+
+
+def insert_subject(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(subject_keys).values(**values))
+
+
+def insert_subjects(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Many at once (one executemany: bulk loads, benchmarks)."""
+    conn.execute(insert(subject_keys), rows)
+
+
+_ERASED = {"token": None, "public": None, "wrapped": None, "master_key_id": None}
+
+
+def erase_subject_by_token(conn: Connection, token: bytes, now_ms: int) -> bytes | None:
+    """Destroy the subject key a token names and forget the token; its id stays as a tombstone.
+    Returns the erased key id (None: no live key for that token)."""
+    key_id = conn.execute(
+        select(subject_keys.c.key_id).where(subject_keys.c.token == token)
+    ).scalar()
+    if key_id is None:
+        return None
+    conn.execute(
+        update(subject_keys)
+        .where(subject_keys.c.token == token)
+        .values(**_ERASED, erased_ms=now_ms)
+    )
+    return bytes(key_id)
+
+
+def erase_topic_subjects(conn: Connection, topic: str, now_ms: int) -> int:
+    """Destroy every live subject key of ``topic`` (for a topic shred); returns how many."""
+    return conn.execute(
+        update(subject_keys)
+        .where(subject_keys.c.topic == topic, subject_keys.c.erased_ms.is_(None))
+        .values(**_ERASED, erased_ms=now_ms)
+    ).rowcount
+
+
+def subjects_to_rewrap(conn: Connection, current: str, limit: int) -> list[Any]:
+    return list(
+        conn.execute(
+            select(subject_keys.c.topic, subject_keys.c.key_id, subject_keys.c.wrapped)
+            .where(
+                subject_keys.c.master_key_id.is_not(None),
+                subject_keys.c.master_key_id != current,
+            )
+            .limit(limit)
+        ).all()
+    )
+
+
+def set_subject_wrapped(
+    conn: Connection, topic: str, key_id: bytes, wrapped: bytes, master_key_id: str
+) -> None:
+    conn.execute(
+        update(subject_keys)
+        .where(subject_keys.c.topic == topic, subject_keys.c.key_id == key_id)
+        .values(wrapped=wrapped, master_key_id=master_key_id)
+    )
+
+
+def subject_master_keys(conn: Connection) -> set[str]:
+    return {
+        k
+        for k in conn.execute(select(subject_keys.c.master_key_id).distinct()).scalars()
+        if k is not None
+    }

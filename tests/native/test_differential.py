@@ -29,6 +29,7 @@ messages = st.lists(
         st.none() | st.dictionaries(st.text(max_size=8), header_values, max_size=3),
         st.text(max_size=12),  # content type
         st.none() | st.integers(1, 2**32 - 1),  # ttl in ms
+        st.none() | st.sampled_from(["P-1", "P-2"]),  # sealed for a subject (SPEC.md 2.3)
     ),
     min_size=1,
     max_size=12,
@@ -40,11 +41,12 @@ def _seal(core: str, msgs: list[Any], batch: bool, label: str) -> list[bytes]:
         KEYS, clock=lambda: T0_MS / 1000, rng=FixedRng(label), batch_size=0xFFFF, core=core
     )
     out: list[bytes] = []
-    for body, headers, content_type, ttl in msgs:
+    for body, headers, content_type, ttl, subject in msgs:
         kwargs: dict[str, Any] = {
             "headers": headers,
             "content_type": content_type,
             "ttl": None if ttl is None else ttl / 1000,
+            "subject": subject,
         }
         if batch:
             sealer.add("orders", body, **kwargs)

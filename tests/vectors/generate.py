@@ -31,7 +31,7 @@ from sealedbus.core.signed import (
     SubjectKey,
 )
 from sealedbus.core.suites import KeyPair, Suite
-from sealedbus.errors import InvalidEnvelope, Reason, UnopenableEnvelope
+from sealedbus.errors import InvalidEnvelope, Reason, UnauthenticEnvelope, UnopenableEnvelope
 from sealedbus.keys import authority
 from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import DEFAULT_MAX_ENVELOPE, OpenedMessage
@@ -285,7 +285,11 @@ class VectorKeys:
         return WORLD.subjects[f"{topic}/{subject}"][0]
 
     def subject_private_key(self, topic: str, subject_key_id: bytes, now_ms: int) -> bytes:
-        raise NotImplementedError("sealers only")
+        """For openers on this world (the differential tests): the world's subject keys."""
+        for key, pair in WORLD.subjects.values():
+            if (key.topic, key.subject_key_id) == (topic, subject_key_id):
+                return pair.private
+        raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "no such subject key")
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return next((c for c in WORLD.certs.values() if c.cert_id == cert_id), None)
