@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sealedbus.core import backend, suites, wire
 from sealedbus.core.backend import CoreSession, OpenJob
@@ -105,6 +106,18 @@ class _Cache(Generic[K, V]):
 
 
 _SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
+_IKMS_PER_SUBJECT_KEY = 256  # X25519 results kept per subject key (one per producer session)
+
+
+@dataclass(slots=True)
+class _SubjectKey:
+    """A subject private key held for the cache time, with the X25519 results it gave (each
+    producer session has one encapsulation per subject): they go when the key goes."""
+
+    key: X25519PrivateKey
+    ikms: dict[bytes, bytes] = field(default_factory=dict)
+
+
 _SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped, used or not
 
 
@@ -142,7 +155,7 @@ class Opener:
             self.suites = frozenset(Suite.parse(s) for s in suites)
             self._replay = ReplayGuard(replay_window, max_sessions)
             # (topic, subject key id) -> private key, or None: erased (erasure is final)
-            self._subject_keys: TtlCache[tuple[str, bytes], bytes | None] = TtlCache(
+            self._subject_keys: TtlCache[tuple[str, bytes], _SubjectKey | None] = TtlCache(
                 subject_cache_size, int(subject_cache_ttl * 1000)
             )
         except ValueError as exc:
@@ -421,7 +434,11 @@ class Opener:
         hit, private = self._subject_keys.get(key, now)
         if not hit:
             try:
-                private = self.keys.subject_private_key(topic, h.subject_key_id, now)
+                private = _SubjectKey(
+                    suites.subject_private_key(
+                        self.keys.subject_private_key(topic, h.subject_key_id, now)
+                    )
+                )
             except UnopenableEnvelope as exc:
                 if exc.reason is Reason.SUBJECT_ERASED:
                     self._subject_keys.put(key, None, now)
@@ -429,11 +446,17 @@ class Opener:
             self._subject_keys.put(key, private, now)
         if private is None:
             raise UnopenableEnvelope(Reason.SUBJECT_ERASED)
-        try:
-            ikm = suites.subject_decapsulate(private, h.subject_encapsulation)
-        except ValueError:
-            raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "subject encapsulation") from None
-        return self._core.subject_session(parent, h.subject_key_id, h.subject_encapsulation, ikm)
+        encap = h.subject_encapsulation
+        ikm = private.ikms.get(encap)
+        if ikm is None:
+            try:
+                ikm = suites.subject_decapsulate(private.key, encap)
+            except ValueError:
+                raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "subject encapsulation") from None
+            if len(private.ikms) >= _IKMS_PER_SUBJECT_KEY:
+                private.ikms.clear()
+            private.ikms[encap] = ikm
+        return self._core.subject_session(parent, h.subject_key_id, encap, ikm)
 
     def _join(self, topic: str, h: wire.Header, now: int) -> tuple[CoreSession, EpochDescription]:
         epoch = self.keys.epoch_keys(topic, h.epoch, now)

@@ -237,14 +237,22 @@ def subject_encapsulate(seed: bytes, subject_public: bytes) -> tuple[bytes, byte
     return eph.public_key().public_bytes_raw(), shared
 
 
-def subject_decapsulate(subject_private: bytes, encap: bytes) -> bytes:
+def subject_private_key(subject_private: bytes) -> x25519.X25519PrivateKey:
+    """The loaded form of a subject private key (openers keep this one: loading costs more than
+    the exchange)."""
+    if len(subject_private) != _X25519_LEN:
+        raise ValueError("a subject private key is 32 bytes")
+    return _x25519_private(subject_private)
+
+
+def subject_decapsulate(subject_private: bytes | x25519.X25519PrivateKey, encap: bytes) -> bytes:
     """Consumer side: ``subject_ikm = X25519(subject private, subject encapsulation)``. Raises
     WeakSharedSecret (a ValueError) for an all-zero result (a small-order encapsulation)."""
-    if len(subject_private) != _X25519_LEN or len(encap) != _X25519_LEN:
-        raise ValueError("subject keys and encapsulations are 32 bytes")
-    shared = _x25519_private(subject_private).exchange(
-        x25519.X25519PublicKey.from_public_bytes(encap)
-    )
+    if isinstance(subject_private, bytes):
+        subject_private = subject_private_key(subject_private)
+    if len(encap) != _X25519_LEN:
+        raise ValueError("a subject encapsulation is 32 bytes")
+    shared = subject_private.exchange(x25519.X25519PublicKey.from_public_bytes(encap))
     _check_shared(shared)
     return shared
 
