@@ -4,8 +4,10 @@ subject id is found nowhere in the database or the audit log."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ from sqlalchemy import select
 
 from sealedbus import Opener, Reason, Sealer
 from sealedbus.core import wire
-from sealedbus.errors import AccessDenied, InvalidEnvelope, KdsCode, Refused
+from sealedbus.core.signed import SubjectKey
+from sealedbus.errors import AccessDenied, InvalidEnvelope, KdsCode, Refused, UntrustedResponse
 from sealedbus.kds import cli as kds_cli
 from sealedbus.kds import store as rows
 from sealedbus.keys import keyfiles
@@ -203,3 +206,45 @@ def test_admin_subject_erase_cli(
     assert main([*args, "000000", "subject", "erase", "ehr", "patient-1"]) != 0
     assert "bad_totp" in capsys.readouterr().err
     assert _erasures(kds) == 2
+
+
+class _Rewrite(httpx.BaseTransport):
+    """Forwards to the KDS; replaces the subject key in answers with what ``swap`` makes."""
+
+    def __init__(self, inner: httpx.BaseTransport, swap: Callable[[bytes], bytes]) -> None:
+        self.inner, self.swap = inner, swap
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not request.url.path.endswith("/subject-key") or response.status_code != 200:
+            return response
+        doc = json.loads(response.content)
+        doc["subject_key"] = base64.b64encode(
+            self.swap(base64.b64decode(doc["subject_key"]))
+        ).decode()
+        return httpx.Response(200, json=doc)
+
+
+@pytest.mark.parametrize("attack", ["other topic", "flipped byte", "small-order key"])
+def test_a_substituted_subject_key_is_untrusted(kds: Kds, attack: str) -> None:
+    """Between producer and KDS nobody can substitute a subject key: the producer would seal
+    to a key the attacker holds."""
+    kds.admin.create_topic("ehr", producers=["p"], consumers=["c"])
+    root = kds.service.root
+
+    def swap(signed: bytes) -> bytes:
+        key = SubjectKey.verify(signed, root.public_key())
+        if attack == "other topic":
+            return SubjectKey("lab", key.subject_key_id, key.public_key, key.issued_at_ms).sign(
+                root
+            )
+        if attack == "small-order key":
+            return SubjectKey("ehr", key.subject_key_id, bytes(32), key.issued_at_ms).sign(root)
+        return signed[:-1] + bytes([signed[-1] ^ 1])
+
+    http = httpx.Client(
+        transport=_Rewrite(AsgiTransport(kds.app), swap), base_url=kds.http.base_url
+    )
+    sealer = Sealer(kds.member("p", http=http), clock=kds.clock)
+    with pytest.raises(UntrustedResponse):
+        sealer.seal("ehr", b"x", subject=SUBJECT)
