@@ -50,6 +50,8 @@ def describe(data: bytes) -> dict[str, Any]:
         "ciphertext_bytes": len(parsed.ciphertext),
         "total_bytes": len(data),
     }
+    if h.subject:  # a random id: it links a subject's messages, it does not name the subject
+        fields["subject_key"] = h.subject_key_id.hex()
     if parsed.proof is not None:
         fields["batch_leaf"] = f"{parsed.proof.index} of {parsed.proof.size}"
     return fields

@@ -8,6 +8,7 @@ import pytest
 from sealedbus import Reason
 from sealedbus.core import suites, wire
 from sealedbus.errors import AccessDenied, ConfigurationError
+from sealedbus.ops.inspect_cmd import describe
 
 from ._support import Clock, World, flip, reencode, rejected
 
@@ -186,3 +187,11 @@ def test_subject_schedule_is_the_spec_one(world: World) -> None:
     sub = suites.subject_session(keys, bytes(16), encap, ikm)
     assert sub.session_id == keys.session_id and sub.commitment != keys.commitment
     assert suites.subject_session(keys, bytes(16), encap, ikm).commitment == sub.commitment
+
+
+def test_inspect_shows_the_subject_key_id_only(world: World) -> None:
+    env = world.sealer().seal("orders", b"x", subject="patient-4711")
+    fields = describe(env)
+    assert fields["subject_key"] == _subject_id(env).hex()
+    assert "patient-4711" not in repr(fields)
+    assert "subject_key" not in describe(world.sealer().seal("orders", b"y"))
