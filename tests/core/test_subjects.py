@@ -10,7 +10,7 @@ from sealedbus.core import suites, wire
 from sealedbus.errors import AccessDenied, ConfigurationError
 from sealedbus.ops.inspect_cmd import describe
 
-from ._support import Clock, World, flip, reencode, rejected
+from ._support import Clock, World, flip, reencode, rejected, tampered_rejected
 
 TTL = 60.0  # the default subject key cache
 
@@ -195,3 +195,19 @@ def test_inspect_shows_the_subject_key_id_only(world: World) -> None:
     assert fields["subject_key"] == _subject_id(env).hex()
     assert "patient-4711" not in repr(fields)
     assert "subject_key" not in describe(world.sealer().seal("orders", b"y"))
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_every_byte_of_a_subject_envelope_is_protected(world: World, batch: bool) -> None:
+    """Flip each byte of an envelope sealed for a subject: none opens, none counts as opened."""
+    sealer = world.sealer()
+    if batch:
+        sealer.add("orders", b"a", subject="P-1")
+        sealer.add("orders", b"b", subject="P-2")
+        env = sealer.flush()[0].envelope
+    else:
+        env = sealer.seal("orders", b"body", subject="P-1", content_type="text/plain")
+    opener = world.opener()
+    for i in range(len(env)):
+        tampered_rejected(opener, "orders", flip(env, i, 0x01))
+    assert opener.open("orders", env).body in (b"a", b"body")
