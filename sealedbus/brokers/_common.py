@@ -22,6 +22,7 @@ Fate of a message whose ``Opener.open`` raised:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -35,6 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sealedbus.core import wire
 from sealedbus.core.envelope import Headers, HeaderValue
 from sealedbus.errors import (
     AccessDenied,
@@ -104,6 +106,22 @@ def check_bound_key(headers: Mapping[str, object], broker_key: bytes | str | Non
         broker_key = broker_key.encode()
     if (None if bound == "" else bound) != (None if broker_key is None else bytes(broker_key)):
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "the broker key differs from the sealed")
+
+
+def report_dead_letter(opener: Any, topic: str, exc: InvalidEnvelope, data: bytes | None) -> None:
+    """Count a dead letter and, when the opener's key source can (``KeyServiceClient``), report
+    it to the KDS's audit log: the reason, the topic and the sender certificate id from the
+    envelope's clear header; never the payload or headers. Rate limited by the key source."""
+    opener.metrics.dead_lettered(topic, exc.reason.value)
+    report = getattr(opener.keys, "report_open_failure", None)
+    if report is None:
+        return
+    sender = None
+    if data and wire.is_envelope(data):
+        with contextlib.suppress(ValueError, InvalidEnvelope):
+            sender = wire.parse(data).header.cert_id
+    with contextlib.suppress(Exception):  # evidence never costs the consumer its message
+        report(topic, exc.reason.value, sender, int(time.time() * 1000))
 
 
 def dead_letter_headers(topic: str, exc: InvalidEnvelope) -> dict[str, str]:

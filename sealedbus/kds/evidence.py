@@ -1,0 +1,77 @@
+"""Erasure and evidence: what lets an operator show auditors what happened and make data go.
+
+- The audit head published outside the database (``AuditHead``, SPEC.md 6.9), the chain checked
+  against a head kept elsewhere, and the chain exported page by page for a SIEM.
+- Clients' reports of envelopes they could not open, recorded in the audit log and rate limited
+  per member (``FailureReports``); clients limit themselves too.
+
+The facade (``KeyDistributionService``) and the API call these; they hold no state of their own
+beyond the report limiter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sealedbus.kds import audit
+from sealedbus.kds.store import Store
+
+MAX_EXPORT_PAGE = 1000
+REPORT_RATE_PER_MINUTE = 30  # per member, on each replica; bursts of as many
+REPORT_REASON_PATTERN = r"^[a-z_]{1,40}$"
+OPEN_FAILED = "open.failed"
+
+
+def audit_head(store: Store, root: Ed25519PrivateKey, now_ms: int) -> bytes:
+    """The signed audit head, for now."""
+    with store.read() as conn:
+        return audit.published_head(conn, root, now_ms)
+
+
+def audit_entries(store: Store, since: int, limit: int) -> list[dict[str, Any]]:
+    with store.read() as conn:
+        return audit.entries(conn, since, min(limit, MAX_EXPORT_PAGE))
+
+
+def verify_audit(
+    store: Store, root: Ed25519PublicKey, expect: tuple[int, bytes] | None
+) -> audit.AuditReport:
+    with store.read() as conn:
+        return audit.verify(conn, root, expect)
+
+
+@dataclass
+class FailureReports:
+    """Decides which client reports of unopenable envelopes reach the audit log: a token bucket
+    per member (``per_minute``, bursts of as many); the reports dropped meanwhile are counted
+    and the count is recorded with that member's next one, so a flood is summarised, not lost
+    and not written out message by message."""
+
+    per_minute: int = REPORT_RATE_PER_MINUTE
+    clock: Callable[[], float] = field(default=lambda: 0.0)
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _dropped: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, member: str) -> int | None:
+        """None when over the limit (counted); else how many were dropped before this one."""
+        now = self.clock()
+        rate, capacity = self.per_minute / 60.0, float(self.per_minute)
+        with self._lock:
+            tokens, at = self._buckets.pop(member, (capacity, now))
+            while len(self._buckets) >= 10_000:  # forget the longest idle, never everyone
+                forgotten = next(iter(self._buckets))
+                del self._buckets[forgotten]
+                self._dropped.pop(forgotten, None)
+            tokens = min(capacity, tokens + max(0.0, now - at) * rate)
+            if tokens < 1:
+                self._buckets[member] = (tokens, now)
+                self._dropped[member] = self._dropped.get(member, 0) + 1
+                return None
+            self._buckets[member] = (tokens - 1, now)
+            return self._dropped.pop(member, 0)
