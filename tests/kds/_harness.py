@@ -145,15 +145,29 @@ class Kds:
         return client
 
 
-def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> Kds:
+def make_kds(
+    path: Path,
+    url: str | None = None,
+    clock: Clock | None = None,
+    service: KeyDistributionService | None = None,
+) -> Kds:
+    """A KDS with a new store, root and master key; or around ``service`` (say, one opened from
+    a data directory as ``kds serve`` does), which then runs on this harness's clocks."""
     clock = clock or Clock()
-    store = Store(url or f"sqlite:///{path / 'kds.db'}")
-    store.create_schema()
-    root = Ed25519PrivateKey.generate()
     totp_clock = Clock()
-    service = KeyDistributionService(
-        store, root, MasterKeyring.generate(), clock=clock, replica="test", totp_clock=totp_clock
-    )
+    if service is None:
+        store = Store(url or f"sqlite:///{path / 'kds.db'}")
+        store.create_schema()
+        service = KeyDistributionService(
+            store,
+            Ed25519PrivateKey.generate(),
+            MasterKeyring.generate(),
+            clock=clock,
+            replica="test",
+            totp_clock=totp_clock,
+        )
+    service.clock, service.totp_clock = clock, totp_clock
+    store, root = service.store, service.root
     admin_identity = MemberIdentity.generate("root-admin", os.urandom)
     totp_secret = os.urandom(20)
     service.add_admin(admin_identity.name, admin_identity.identity_public, totp_secret)
