@@ -8,6 +8,7 @@ file, and ``compact()`` checkpoints the write-ahead log so no old page keeps the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +24,14 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    Row,
     String,
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -313,6 +317,66 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# -- row-level reads and writes the service's parts share (inside their transactions) ----------
+
+
+def topic_row(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(topics).where(topics.c.name == name)).first()
+
+
+def member_roles(conn: Connection, member: str) -> list[str]:
+    """The member's roles ([] for no such member)."""
+    roles = conn.execute(select(members.c.roles).where(members.c.name == member)).scalar()
+    return list(json.loads(roles or "[]"))
+
+
+def latest_certificate(conn: Connection, member: str) -> bytes | None:
+    return conn.execute(
+        select(certificates.c.signed)
+        .where(certificates.c.member == member)
+        .order_by(certificates.c.serial.desc())
+        .limit(1)
+    ).scalar()
+
+
+def latest_serial(conn: Connection, member: str) -> int | None:
+    return conn.execute(
+        select(func.max(certificates.c.serial)).where(certificates.c.member == member)
+    ).scalar()
+
+
+def serial_head(conn: Connection) -> int:
+    """The last certificate serial issued (to anyone)."""
+    return int(conn.execute(select(heads.c.seq).where(heads.c.name == "serial")).scalar_one())
+
+
+def take_serial(conn: Connection) -> int:
+    """The next certificate serial, taken."""
+    serial = serial_head(conn) + 1
+    conn.execute(update(heads).where(heads.c.name == "serial").values(seq=serial))
+    return serial
+
+
+def latest_not_after(conn: Connection, topic: str) -> int | None:
+    """When the highest-numbered epoch ends (it may end before a withdrawn one would)."""
+    return conn.execute(
+        select(epochs.c.not_after_ms)
+        .where(epochs.c.topic == topic)
+        .order_by(epochs.c.epoch.desc())
+        .limit(1)
+    ).scalar()
+
+
+def set_epoch_state(conn: Connection, topic: str, number: int, state: str) -> None:
+    """Mark an epoch withdrawn or destroyed and delete its key (the destruction)."""
+    conn.execute(
+        update(epochs).where(epochs.c.topic == topic, epochs.c.epoch == number).values(state=state)
+    )
+    conn.execute(
+        delete(epoch_keys).where(epoch_keys.c.topic == topic, epoch_keys.c.epoch == number)
+    )
 
 
 def _create_private(path: str | None) -> None:

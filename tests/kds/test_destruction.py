@@ -13,7 +13,8 @@ from sealedbus import Opener, Reason, Sealer
 from sealedbus.core import suites
 from sealedbus.core.signed import EpochDescription
 from sealedbus.errors import UnopenableEnvelope
-from sealedbus.kds.service import ServiceError, _key_context
+from sealedbus.kds.context import key_context as _key_context
+from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import epoch_keys, epochs
 
 from ._harness import Kds

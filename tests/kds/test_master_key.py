@@ -11,8 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from sealedbus.kds import cli
+from sealedbus.kds.context import key_context as _key_context
+from sealedbus.kds.context import token_context as _token_context
 from sealedbus.kds.secrets import MASTER_KEYS_ENV, MASTER_KEYS_FILE, MasterKeyring
-from sealedbus.kds.service import KeyDistributionService, _key_context, _token_context
+from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import epoch_keys, topics
 from sealedbus.keys.authority import TopicPolicy
 
