@@ -149,6 +149,13 @@ class AuditOut(_Model):
     problem: str
 
 
+class ShredOut(_Model):
+    topic: str
+    destroyed_epochs: list[int]
+    other: dict[str, int]  # other per-topic key material destroyed, by kind (subject keys)
+    fresh_epoch: int
+
+
 class AuditHeadOut(_Model):
     head: str  # signed AuditHead (SPEC.md 6.9)
 
@@ -644,6 +651,17 @@ def create_app(
         epoch = service.rotate(who, topic)
         m.rotations.labels("admin").inc()
         return RotateOut(epoch=epoch)
+
+    @app.post("/v1/admin/topics/{topic}/shred", response_model=ShredOut, tags=["admin"])
+    def shred(topic: TopicName, who: Admin) -> ShredOut:
+        """Destroy every key of the topic now; it stays, with a fresh epoch for producers."""
+        done = service.shred_topic(who, topic)
+        return ShredOut(
+            topic=topic,
+            destroyed_epochs=done.epochs,
+            other=done.other,
+            fresh_epoch=done.fresh_epoch,
+        )
 
     @app.get("/v1/admin/topics/{topic}/epochs", response_model=list[EpochOut], tags=["admin"])
     def list_epochs(topic: TopicName, who: Admin) -> list[EpochOut]:

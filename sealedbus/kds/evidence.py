@@ -1,5 +1,8 @@
 """Erasure and evidence: what lets an operator show auditors what happened and make data go.
 
+- Topic shred (``Evidence.shred_topic``): every epoch key of a topic destroyed at once, with
+  every other per-topic key material the KDS holds (``TOPIC_KEY_DESTROYERS``), in one audited
+  transaction; the topic stays and gets a fresh epoch.
 - The audit head published outside the database (``AuditHead``, SPEC.md 6.9), the chain checked
   against a head kept elsewhere, and the chain exported page by page for a SIEM.
 - Clients' reports of envelopes they could not open, recorded in the audit log and rate limited
@@ -17,14 +20,55 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Connection
 
 from sealedbus.kds import audit
+from sealedbus.kds import store as rows
+from sealedbus.kds.context import DESTROYED, Context, Part, load_policy
+from sealedbus.kds.epochs import Epochs
 from sealedbus.kds.store import Store
 
 MAX_EXPORT_PAGE = 1000
 REPORT_RATE_PER_MINUTE = 30  # per member, on each replica; bursts of as many
 REPORT_REASON_PATTERN = r"^[a-z_]{1,40}$"
 OPEN_FAILED = "open.failed"
+
+# Destroys one kind of per-topic key material besides epoch keys inside a shred's transaction
+# (the connection holds the write lock); returns how many keys it destroyed.
+TopicKeyDestroyer = Callable[[Connection, str], int]
+# Every such kind, by the name the audit entry gives its count; a shred runs each in order.
+TOPIC_KEY_DESTROYERS: tuple[tuple[str, TopicKeyDestroyer], ...] = ()
+
+
+@dataclass(frozen=True)
+class Shredded:
+    epochs: list[int]  # the epochs whose keys were destroyed (including any published ahead)
+    other: dict[str, int]  # per destroyer: how many keys it destroyed
+    fresh_epoch: int  # the epoch producers seal with from now on
+
+
+class Evidence(Part):
+    def __init__(self, kds: Context, epochs: Epochs) -> None:
+        super().__init__(kds)
+        self._epochs = epochs
+
+    def shred_topic(
+        self, actor: str, name: str, destroyers: tuple[tuple[str, TopicKeyDestroyer], ...]
+    ) -> Shredded:
+        """Destroy every key of topic ``name`` now: each epoch that still has one (the current
+        epoch, older ones inside retention, any published ahead) and what ``destroyers``
+        destroy; then publish a fresh epoch from now, so producers carry on at their next
+        refresh. Messages sealed before never open again from this database."""
+        now = self.now_ms()
+        with self.store.write() as conn:
+            policy = load_policy(conn, name)
+            destroyed = rows.destroy_topic_keys(conn, name, DESTROYED)
+            other = {kind: destroy(conn, name) for kind, destroy in destroyers}
+            audit.append(
+                conn, self.root, now, actor, "topic.shredded", topic=name, epochs=destroyed, **other
+            )
+            fresh = self._epochs.add_epoch(conn, policy, now, now, actor)
+        return Shredded(destroyed, other, fresh)
 
 
 def audit_head(store: Store, root: Ed25519PrivateKey, now_ms: int) -> bytes:

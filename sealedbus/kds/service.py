@@ -10,7 +10,8 @@ of one part per concern, each in its own module over the shared ``Context``:
 - ``kds/enrollment.py``: enrollment tokens, enrollment, member keys and request nonces;
 - ``kds/certificates.py``: certificates, revocation, withdrawal, the revocation list;
 - ``kds/topics.py``: topics, their policy and tokenization keys;
-- ``kds/epochs.py``: the epoch schedule, grants and re-wrapping under a new master key.
+- ``kds/epochs.py``: the epoch schedule, grants and re-wrapping under a new master key;
+- ``kds/evidence.py``: topic shred, the published audit head, export and open-failure reports.
 
 Refusals raise ``ServiceError`` (``kds/context.py``) with the HTTP status, a stable code
 (``sealedbus.errors.KdsCode``) and a reason for the caller.
@@ -34,6 +35,7 @@ from sealedbus.kds.certificates import Certificates
 from sealedbus.kds.context import Context, ServiceError
 from sealedbus.kds.enrollment import Enrollment
 from sealedbus.kds.epochs import Epochs
+from sealedbus.kds.evidence import TOPIC_KEY_DESTROYERS, Evidence, Shredded, TopicKeyDestroyer
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.store import Store, nonces
 from sealedbus.kds.topics import Topics
@@ -81,6 +83,9 @@ class KeyDistributionService(Context):
         self._certificates = Certificates(self, self._epochs)
         self._enrollment = Enrollment(self, self._certificates)
         self._topics = Topics(self, self._epochs, self._certificates)
+        self._evidence = Evidence(self, self._epochs)
+        # what a topic shred destroys besides epoch keys (kds/evidence.py)
+        self.topic_key_destroyers: tuple[tuple[str, TopicKeyDestroyer], ...] = TOPIC_KEY_DESTROYERS
 
     # -- admins and the audit log (kds/admins.py) ---------------------------------------------
 
@@ -196,6 +201,15 @@ class KeyDistributionService(Context):
 
     def master_keys_in_use(self) -> set[str]:
         return self._epochs.master_keys_in_use()
+
+    # -- erasure and evidence (kds/evidence.py) -----------------------------------------------
+
+    def shred_topic(self, actor: str, name: str) -> Shredded:
+        """Destroy every key of the topic now (``Evidence.shred_topic``), then make sure no
+        journal or free page keeps their bytes (retried by ``tick`` when it cannot be now)."""
+        shredded = self._evidence.shred_topic(actor, name, self.topic_key_destroyers)
+        self._compaction_pending = not self.store.compact()
+        return shredded
 
     # -- schedule -----------------------------------------------------------------------------
 

@@ -4,13 +4,13 @@ retired, not from a backup taken before the shred either (SQLite and PostgreSQL)
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import time
 from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Connection, select
@@ -19,10 +19,11 @@ from sqlalchemy.engine import make_url
 from sealedbus import Opener, Reason, Sealer
 from sealedbus.core import suites
 from sealedbus.core.signed import EpochDescription
-from sealedbus.errors import UnopenableEnvelope
+from sealedbus.errors import SecretError, UnopenableEnvelope
 from sealedbus.kds import cli
+from sealedbus.kds.context import key_context as _key_context
 from sealedbus.kds.secrets import MASTER_KEYS_FILE, MasterKeyring
-from sealedbus.kds.service import ServiceError, _key_context
+from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import Store, epoch_keys, epochs
 from sealedbus.kds.store import audit as audit_table
 
@@ -41,8 +42,9 @@ def _public_keys(kds: Kds, topic: str) -> dict[int, bytes]:
 
 
 def _sealed_across_epochs(kds: Kds, topic: str) -> tuple[Sealer, list[bytes], Opener]:
-    """Messages in epochs 0 and 1, with epoch 2 published ahead; a consumer that opened one."""
-    kds.admin.create_topic(topic, producers=["p"], consumers=["c"], rotation=ROTATION)
+    """Messages in epochs 0 and 1, with epoch 2 published ahead; a consumer that opened one.
+    New consumers may read history: only destruction keeps them from the old messages."""
+    kds.admin.create_topic(topic, producers=["p"], consumers=["c"], rotation=ROTATION, history=True)
     sealer = Sealer(kds.member("p", epoch_refresh=1), clock=kds.clock)
     consumer = Opener(kds.member("c"), clock=kds.clock)
     sent = [sealer.seal(topic, b"before the shred 0")]
@@ -51,7 +53,7 @@ def _sealed_across_epochs(kds: Kds, topic: str) -> tuple[Sealer, list[bytes], Op
     kds.service.tick("test")
     settle()
     sent.append(sealer.seal(topic, b"before the shred 1"))
-    kds.clock.advance(ROTATION - 7)  # epoch 2 is published ahead now
+    kds.clock.advance(ROTATION - 5)  # epoch 2 is published ahead now
     kds.service.tick("test")
     assert [e["epoch"] for e in kds.admin.epochs(topic)] == [0, 1, 2]
     return sealer, sent, consumer
@@ -69,17 +71,15 @@ def test_nothing_opens_a_shredded_topic_from_the_live_database(kds: Kds, tmp_pat
     fresh = shredded["fresh_epoch"]
     assert fresh == 3
 
-    # a new consumer, and the KDS itself: every earlier epoch is gone
-    for envelope in sent:
-        with pytest.raises(UnopenableEnvelope) as refused:
-            Opener(kds.member(f"c{len(kds.clients)}"), clock=kds.clock).open("phi", envelope)
-        assert refused.value.reason is Reason.NOT_GRANTED  # not a consumer of phi...
+    # the consumer starting afresh, a consumer added later (history allowed), the KDS itself
+    restarted = Opener(kds.client(kds.clients[1]._identity), clock=kds.clock)
     kds.admin.set_policy("phi", consumers=["c", "auditor"])
     auditor = Opener(kds.member("auditor"), clock=kds.clock)
-    for envelope in sent:
-        with pytest.raises(UnopenableEnvelope) as refused:
-            auditor.open("phi", envelope)
-        assert refused.value.reason in (Reason.EPOCH_DESTROYED, Reason.NOT_GRANTED)
+    for opener in (restarted, auditor):
+        for envelope in sent:
+            with pytest.raises(UnopenableEnvelope) as refused:
+                opener.open("phi", envelope)
+            assert refused.value.reason is Reason.EPOCH_DESTROYED
     for epoch in (0, 1, 2):
         with pytest.raises(ServiceError) as gone:
             kds.service.grant("c", "phi", epoch)
@@ -87,9 +87,12 @@ def test_nothing_opens_a_shredded_topic_from_the_live_database(kds: Kds, tmp_pat
     # the database, read with the master key: the only key left is the fresh epoch's
     with kds.store.read() as conn:
         rows = conn.execute(select(epoch_keys)).all()
-        states = dict(
-            conn.execute(select(epochs.c.epoch, epochs.c.state).where(epochs.c.topic == "phi"))
-        )
+        states = {
+            r.epoch: r.state
+            for r in conn.execute(
+                select(epochs.c.epoch, epochs.c.state).where(epochs.c.topic == "phi")
+            )
+        }
         entry = conn.execute(
             select(audit_table.c.detail).where(audit_table.c.action == "topic.shredded")
         ).scalar_one()
@@ -109,6 +112,7 @@ def test_nothing_opens_a_shredded_topic_from_the_live_database(kds: Kds, tmp_pat
     kds.clock.advance(2)
     sealer.seal("phi", b"warm-up")  # the refresh runs in the background
     settle()
+    kds.clock.advance(1.5)  # the sealer asks again each second
     after = sealer.seal("phi", b"after the shred")
     assert auditor.open("phi", after).body == b"after the shred"
 
@@ -153,6 +157,13 @@ def test_shred_needs_a_known_topic_and_a_second_factor(kds: Kds) -> None:
 # -- backups ---------------------------------------------------------------------------------
 
 
+def _pg(tool: str, *args: str, check: bool = True) -> None:
+    """Run a PostgreSQL client tool (from the Debian packages) with our own arguments."""
+    path = shutil.which(tool)
+    assert path is not None, f"{tool} is not installed (Debian: postgresql-client)"
+    subprocess.run([path, *args], check=check)  # noqa: S603 - fixed arguments
+
+
 def _backup_sqlite(url: str, to: Path) -> Callable[[], str]:
     source = make_url(url).database
     assert source is not None
@@ -162,18 +173,14 @@ def _backup_sqlite(url: str, to: Path) -> Callable[[], str]:
 
 
 def _backup_postgres(url: str, to: Path) -> Callable[[], str]:
-    subprocess.run(
-        ["pg_dump", "--format=custom", "--file", str(to), "--dbname", url], check=True
-    )
+    _pg("pg_dump", "--format=custom", "--file", str(to), "--dbname", url)
 
     def restore() -> str:  # into a fresh database, as after losing the live one
         base, _, name = url.rpartition("/")
         restored = f"{name}_restored"
         admin = f"{base}/postgres"
-        subprocess.run(["psql", "-q", "-c", f"CREATE DATABASE {restored}", admin], check=True)
-        subprocess.run(
-            ["pg_restore", "--no-owner", "--dbname", f"{base}/{restored}", str(to)], check=True
-        )
+        _pg("psql", "-q", "-c", f"CREATE DATABASE {restored}", admin)
+        _pg("pg_restore", "--no-owner", "--dbname", f"{base}/{restored}", str(to))
         return f"{base}/{restored}"
 
     return restore
@@ -223,11 +230,10 @@ def test_a_backup_from_before_a_shred_opens_nothing_once_the_master_key_is_retir
 
         revived = KeyDistributionService(restored, kds.service.root, keyring, clock=kds.clock)
         for epoch in (0, 1):
-            with pytest.raises(Exception) as failed:
+            with pytest.raises(SecretError):  # the wrapping key is unknown: nothing to grant
                 revived.grant("c", "phi", epoch)
-            assert not isinstance(failed.value, AssertionError)
         revived_kds = make_kds(tmp_path / "r", service=revived, clock=kds.clock)
-        opener = Opener(revived_kds.client(kds.clients[1]._identity), clock=kds.clock)  # noqa: SLF001
+        opener = Opener(revived_kds.client(kds.clients[1]._identity), clock=kds.clock)
         for envelope in sent:
             with pytest.raises(Exception) as failed:
                 opener.open("phi", envelope)
@@ -239,9 +245,11 @@ def test_a_backup_from_before_a_shred_opens_nothing_once_the_master_key_is_retir
         kds.store.dispose()
         if engine == "postgresql" and restored_url:
             base, _, name = restored_url.rpartition("/")
-            subprocess.run(
-                ["psql", "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-                 f"{base}/postgres"],
+            _pg(
+                "psql",
+                "-q",
+                "-c",
+                f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+                f"{base}/postgres",
                 check=False,
             )
-
