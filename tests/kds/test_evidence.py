@@ -303,3 +303,19 @@ def test_a_report_carries_no_payload_and_is_refused_when_malformed(kds: Kds) -> 
         with pytest.raises(Exception, match="422"):
             http.call("POST", "/v1/audit/open-failures", bad)
     assert open_failures(kds) == []
+
+
+def test_topic_shred_from_the_cli_prints_what_it_destroyed(
+    kds: Kds, cli_admin: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"])
+    code, out, err = run(capsys, *cli_admin, "topic", "shred", "phi")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "topic": "phi",
+        "destroyed_epochs": [0],
+        "other": {},
+        "fresh_epoch": 1,
+    }
+    code, _, err = run(capsys, *cli_admin, "topic", "shred", "no/such")
+    assert code == 2 and "topic names use" in err  # refused before a code is spent
