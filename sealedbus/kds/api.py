@@ -409,7 +409,9 @@ def create_app(
 ) -> FastAPI:
     m = metrics or Metrics()
     limiter = RateLimit(enroll_per_minute, time.monotonic)
-    reports = evidence.FailureReports(clock=time.monotonic)
+    reports = evidence.FailureReports(
+        RateLimit(evidence.REPORT_RATE_PER_MINUTE, time.monotonic).allow
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

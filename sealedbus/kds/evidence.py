@@ -91,31 +91,21 @@ def verify_audit(
 
 @dataclass
 class FailureReports:
-    """Decides which client reports of unopenable envelopes reach the audit log: a token bucket
-    per member (``per_minute``, bursts of as many); the reports dropped meanwhile are counted
+    """Decides which client reports of unopenable envelopes reach the audit log: ``allow`` is a
+    token bucket per member (the API's ``RateLimit``); the reports refused meanwhile are counted
     and the count is recorded with that member's next one, so a flood is summarised, not lost
     and not written out message by message."""
 
-    per_minute: int = REPORT_RATE_PER_MINUTE
-    clock: Callable[[], float] = field(default=lambda: 0.0)
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    allow: Callable[[str], bool]
     _dropped: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit(self, member: str) -> int | None:
         """None when over the limit (counted); else how many were dropped before this one."""
-        now = self.clock()
-        rate, capacity = self.per_minute / 60.0, float(self.per_minute)
         with self._lock:
-            tokens, at = self._buckets.pop(member, (capacity, now))
-            while len(self._buckets) >= 10_000:  # forget the longest idle, never everyone
-                forgotten = next(iter(self._buckets))
-                del self._buckets[forgotten]
-                self._dropped.pop(forgotten, None)
-            tokens = min(capacity, tokens + max(0.0, now - at) * rate)
-            if tokens < 1:
-                self._buckets[member] = (tokens, now)
+            if not self.allow(member):
+                if member not in self._dropped and len(self._dropped) >= 10_000:
+                    self._dropped.clear()  # bounded; the counts are a summary, not evidence
                 self._dropped[member] = self._dropped.get(member, 0) + 1
                 return None
-            self._buckets[member] = (tokens - 1, now)
             return self._dropped.pop(member, 0)
