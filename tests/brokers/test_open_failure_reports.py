@@ -1,6 +1,7 @@
-"""Consumers report what they dead-letter to the KDS's audit log (issue 14), on the real brokers
-with the real KDS client: one tampered message is one audit event with the dead letter's reason
-and the sender's certificate id (nothing from the message), and a flood is rate limited."""
+"""Evidence on the real brokers with the real KDS client (issue 14). Consumers report what they
+dead-letter to the KDS's audit log: one tampered message is one audit event with the dead
+letter's reason and the sender's certificate id (nothing from the message), and a flood is rate
+limited. A consumer that sees the KDS's audit head go backwards stops, dead-lettering nothing."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import pytest
 from sqlalchemy import select
 
 from sealedbus.core import wire
+from sealedbus.errors import AuditRollback
 from sealedbus.kds import evidence
 from sealedbus.kds.store import audit
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
-from tests.kds._harness import Clock, Kds, make_kds
+from tests.kds._harness import Clock, Kds, make_kds, roll_back_audit, snapshot_audit
 
 DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
@@ -128,3 +130,42 @@ def test_a_flood_of_bad_messages_is_reported_at_the_clients_rate(
         topic, "bad_signature", None, int(time.time() * 1000) + 10_000_000
     )
     assert open_failures(kds, 6)[-1]["suppressed"] == 25
+
+
+@pytest.mark.rabbitmq
+def test_a_consumer_stops_at_a_rolled_back_kds_and_dead_letters_nothing(
+    kds: Kds, rabbit_driver: Driver
+) -> None:
+    topic = rabbit_driver.new_topic()
+    kds.admin.create_topic(topic, producers=["p"], consumers=["c"])
+    keys = kds.member("c")
+    old = snapshot_audit(kds.store)
+    sender = rabbit_driver.sender(topic, Sealer(kds.member("p")))
+    try:
+        sender.send(b"first", key=b"k")
+        receiver = rabbit_driver.receiver(topic, Opener(keys))
+        try:
+            assert [g.body for g in receiver.take(1)] == [b"first"]
+            keys.audit_head(kds.clock_ms())  # what the periodic refresh does
+            roll_back_audit(kds.store, old)
+            with pytest.raises(AuditRollback):
+                keys.audit_head(kds.clock_ms())
+            # openers ask their key source at least once per revocation check interval (1 s):
+            # within that, a session already joined still opens; after it, nothing does
+            time.sleep(1.2)
+            sender.send(b"second", key=b"k")
+            with pytest.raises(AuditRollback):
+                deadline = time.monotonic() + WAIT
+                while time.monotonic() < deadline:
+                    assert receiver.poll_once() == []
+        finally:
+            receiver.close()
+    finally:
+        sender.close()
+    assert rabbit_driver.dead_letters(topic) == []
+    # given back to the queue: a consumer restarted (after an operator looked) still gets it
+    restarted = rabbit_driver.receiver(topic, Opener(kds.client(keys._identity)))
+    try:
+        assert [g.body for g in restarted.take(1)] == [b"second"]
+    finally:
+        restarted.close()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlalchemy import delete, insert, select
 
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
@@ -22,7 +23,7 @@ from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.service import KeyDistributionService
-from sealedbus.kds.store import Store
+from sealedbus.kds.store import Store, audit, audit_checkpoints, audit_head, heads
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
 
@@ -187,3 +188,27 @@ def make_kds(
     )
     kds.admin = AdminClient("http://testserver", admin_identity, kds.totp, http=http, clock=clock)
     return kds
+
+
+AUDIT_TABLES = (audit, audit_checkpoints, audit_head)
+
+
+def snapshot_audit(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """The audit tables and the chain head row as they are now (an attacker's old copy)."""
+    with store.read() as conn:
+        snap = {t.name: [dict(r._mapping) for r in conn.execute(select(t))] for t in AUDIT_TABLES}
+        snap["heads"] = [
+            dict(r._mapping) for r in conn.execute(select(heads).where(heads.c.name == "audit"))
+        ]
+    return snap
+
+
+def roll_back_audit(store: Store, snap: dict[str, list[dict[str, Any]]]) -> None:
+    """Put the old copy back, as someone with write access to the database could."""
+    with store.engine.begin() as conn:
+        for table in AUDIT_TABLES:
+            conn.execute(delete(table))
+            if snap[table.name]:
+                conn.execute(insert(table), snap[table.name])
+        conn.execute(delete(heads).where(heads.c.name == "audit"))
+        conn.execute(insert(heads), snap["heads"])

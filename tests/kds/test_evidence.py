@@ -12,40 +12,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 
 from sealedbus import Opener, Sealer
 from sealedbus.errors import AuditRollback, UntrustedResponse
 from sealedbus.kds import audit, evidence
-from sealedbus.kds.store import GENESIS, Store, audit_checkpoints, audit_head, heads
+from sealedbus.kds.store import GENESIS
 from sealedbus.kds.store import audit as audit_table
 from sealedbus.keys import keyfiles
 from sealedbus.ops.cli import main
 
-from ._harness import AsgiTransport, Kds, settle
-
-AUDIT_TABLES = (audit_table, audit_checkpoints, audit_head)
-
-
-def snapshot_audit(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """The audit tables and the chain head row as they are now (an attacker's old copy)."""
-    with store.read() as conn:
-        snap = {t.name: [dict(r._mapping) for r in conn.execute(select(t))] for t in AUDIT_TABLES}
-        snap["heads"] = [
-            dict(r._mapping) for r in conn.execute(select(heads).where(heads.c.name == "audit"))
-        ]
-    return snap
-
-
-def roll_back_audit(store: Store, snap: dict[str, list[dict[str, Any]]]) -> None:
-    """Put the old copy back, as someone with write access to the database could."""
-    with store.engine.begin() as conn:
-        for table in AUDIT_TABLES:
-            conn.execute(delete(table))
-            if snap[table.name]:
-                conn.execute(insert(table), snap[table.name])
-        conn.execute(delete(heads).where(heads.c.name == "audit"))
-        conn.execute(insert(heads), snap["heads"])
+from ._harness import AsgiTransport, Kds, roll_back_audit, settle, snapshot_audit
 
 
 def test_a_client_refuses_a_kds_whose_audit_log_was_rolled_back(kds: Kds) -> None:
