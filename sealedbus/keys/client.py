@@ -367,6 +367,7 @@ class KeyServiceClient:
         self._down_until_ms = 0
         self._audit_refresh_ms = int(audit_head_refresh * 1000)
         self._audit_head: AuditHead | None = None
+        self._audit_lock = threading.Lock()
         self._audit_fetched_ms = -self._audit_refresh_ms
         self._rollback = ""  # why this KDS is refused for good (a rollback was seen)
         self._reports = _Bucket(failure_reports_per_second, failure_report_burst)
@@ -631,6 +632,12 @@ class KeyServiceClient:
         accepted before. Raises ``AuditRollback`` (and refuses this KDS from then on) when it went
         backwards, ``UntrustedResponse`` when it does not verify or is not fresh."""
         self._refuse_rolled_back()
+        # One fetch at a time: an answer read from the database before another one that was
+        # answered first would look like a step back (the KDS needs no lock for that).
+        with self._audit_lock:
+            return self._fetch_audit_head(now_ms)
+
+    def _fetch_audit_head(self, now_ms: int) -> AuditHead:
         try:
             doc = self._call("GET", "/v1/audit/head", now_ms)
         except Refused as exc:

@@ -296,3 +296,45 @@ def test_topic_shred_from_the_cli_prints_what_it_destroyed(
     }
     code, _, err = run(capsys, *cli_admin, "topic", "shred", "no/such")
     assert code == 2 and "topic names use" in err  # refused before a code is spent
+
+
+def test_head_fetches_answered_out_of_order_are_not_taken_for_a_rollback(kds: Kds) -> None:
+    """A background fetch read from the database first but answered last must not look like a
+    step back after a later fetch was answered: the client fetches one head at a time."""
+    import threading
+
+    captured, go = threading.Event(), threading.Event()
+    inner = kds.http._transport
+    held = [True]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = inner.handle_request(request)
+        if request.url.path == "/v1/audit/head" and held[0]:
+            held[0] = False
+            captured.set()
+            go.wait(10)  # answered late
+        return response
+
+    slow = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://testserver")
+    consumer = kds.member("c", http=slow)
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            consumer.audit_head(kds.clock_ms())
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=fetch)
+    first.start()
+    assert captured.wait(10)
+    kds.service.record("test", "meanwhile")
+    second = threading.Thread(target=fetch)
+    second.start()
+    second.join(1)  # without the one-at-a-time rule it is answered now, before the first
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert errors == []
+    assert consumer.highest_audit_head is not None
+    assert consumer.highest_audit_head.sequence == kds.service.verify_audit().entries
