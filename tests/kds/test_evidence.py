@@ -338,3 +338,19 @@ def test_head_fetches_answered_out_of_order_are_not_taken_for_a_rollback(kds: Kd
     assert errors == []
     assert consumer.highest_audit_head is not None
     assert consumer.highest_audit_head.sequence == kds.service.verify_audit().entries
+
+
+@pytest.mark.postgres
+def test_a_client_refuses_a_rolled_back_kds_on_postgres(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    from ._harness import make_kds
+
+    kds = make_kds(tmp_path, postgres_database)
+    try:
+        test_a_client_refuses_a_kds_whose_audit_log_was_rolled_back(kds)
+    finally:
+        for client in kds.clients:
+            client.close()
+        kds.http.close()
+        kds.store.dispose()

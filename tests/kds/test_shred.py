@@ -253,3 +253,15 @@ def test_a_backup_from_before_a_shred_opens_nothing_once_the_master_key_is_retir
                 f"{base}/postgres",
                 check=False,
             )
+
+
+@pytest.mark.postgres
+def test_nothing_opens_a_shredded_topic_from_the_live_database_on_postgres(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    kds = make_kds(tmp_path, postgres_database)
+    try:
+        test_nothing_opens_a_shredded_topic_from_the_live_database(kds, tmp_path)
+    finally:
+        kds.http.close()
+        kds.store.dispose()
