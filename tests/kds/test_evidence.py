@@ -354,3 +354,21 @@ def test_a_client_refuses_a_rolled_back_kds_on_postgres(
             client.close()
         kds.http.close()
         kds.store.dispose()
+
+
+def test_export_with_one_totp_code_pages_through_a_session_it_closes(
+    kds: Kds, cli_admin: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TOTP code is accepted once, and an export takes a request per page: without --session
+    the export opens a short session with the code and closes it at the end."""
+    for i in range(600):
+        kds.service.record("test", "filler", n=i)
+    with_code = [*cli_admin[: cli_admin.index("--session")], "--totp", kds.totp()]
+    code, out, err = run(capsys, *with_code, "audit", "export")
+    assert code == 0, err
+    exported = [json.loads(line) for line in out.splitlines()]
+    assert len(exported) > 600
+    with kds.store.read() as conn:
+        actions = list(conn.execute(select(audit_table.c.action)).scalars())
+    assert actions.count("admin.session.opened") == 2  # the fixture's, and the export's
+    assert actions[-1] == "admin.session.closed"
