@@ -16,7 +16,8 @@ Fate of a message whose ``Opener.open`` raised:
 - any other ``InvalidEnvelope`` (tampered, expired, moved to another topic or key, unauthorized
   sender, an epoch that predates this reader's access, outside the replay window, not an
   envelope): sent to the dead-letter destination with the reason in its headers, then
-  acknowledged; never delivered. When the dead-letter destination does not take it, the
+  acknowledged; never delivered. Counted, and reported to the KDS's audit log when the key
+  source can (``report_dead_letter``). When the dead-letter destination does not take it, the
   ``UndeliverablePolicy`` decides (retry with backoff, park, then skip): never an endless loop.
 """
 
@@ -49,7 +50,7 @@ from sealedbus.errors import (
     UnauthenticEnvelope,
 )
 from sealedbus.keys.source import KeySource
-from sealedbus.opener import OpenedMessage
+from sealedbus.opener import OpenedMessage, Opener
 
 REASON_HEADER = "x-sealedbus-reason"
 TOPIC_HEADER = "x-sealedbus-topic"
@@ -108,7 +109,9 @@ def check_bound_key(headers: Mapping[str, object], broker_key: bytes | str | Non
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "the broker key differs from the sealed")
 
 
-def report_dead_letter(opener: Any, topic: str, exc: InvalidEnvelope, data: bytes | None) -> None:
+def report_dead_letter(
+    opener: Opener, topic: str, exc: InvalidEnvelope, data: bytes | None
+) -> None:
     """Count a dead letter and, when the opener's key source can (``KeyServiceClient``), report
     it to the KDS's audit log: the reason, the topic and the sender certificate id from the
     envelope's clear header; never the payload or headers. Rate limited by the key source."""
