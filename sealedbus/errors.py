@@ -14,6 +14,7 @@
     │   ├── UnknownTopic               no such topic
     │   ├── Refused                    the KDS answered 4xx; ``status``, ``reason`` (a KdsCode)
     │   ├── UntrustedResponse          a KDS answer failed verification against the pinned root
+    │   │   └── AuditRollback          the KDS's signed audit head went backwards (a rollback)
     │   └── KeyServiceUnavailable      key service unreachable and the cache ran out (retryable)
     │       └── StaleRevocations       the held revocation list is too old to trust (retryable)
     ├── ConfigurationError             the caller passed something that cannot work (a ValueError)
@@ -196,6 +197,12 @@ class Refused(KeyServiceError):
 class UntrustedResponse(KeyServiceError):
     """A KDS answer did not verify under the pinned root key or does not match the question:
     someone between the client and the KDS altered it. Nothing from it was used."""
+
+
+class AuditRollback(UntrustedResponse):
+    """The KDS published an audit head behind one this client saw before (a lower sequence, or
+    the same sequence with another hash): its database was rolled back or forked. The client
+    refuses that KDS from then on; not retryable: an operator must look."""
 
 
 class KeyServiceUnavailable(KeyServiceError):

@@ -16,12 +16,14 @@ Fate of a message whose ``Opener.open`` raised:
 - any other ``InvalidEnvelope`` (tampered, expired, moved to another topic or key, unauthorized
   sender, an epoch that predates this reader's access, outside the replay window, not an
   envelope): sent to the dead-letter destination with the reason in its headers, then
-  acknowledged; never delivered. When the dead-letter destination does not take it, the
+  acknowledged; never delivered. Counted, and reported to the KDS's audit log when the key
+  source can (``report_dead_letter``). When the dead-letter destination does not take it, the
   ``UndeliverablePolicy`` decides (retry with backoff, park, then skip): never an endless loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -35,6 +37,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sealedbus.core import wire
 from sealedbus.core.envelope import Headers, HeaderValue
 from sealedbus.errors import (
     AccessDenied,
@@ -47,7 +50,7 @@ from sealedbus.errors import (
     UnauthenticEnvelope,
 )
 from sealedbus.keys.source import KeySource
-from sealedbus.opener import OpenedMessage
+from sealedbus.opener import OpenedMessage, Opener
 
 REASON_HEADER = "x-sealedbus-reason"
 TOPIC_HEADER = "x-sealedbus-topic"
@@ -104,6 +107,24 @@ def check_bound_key(headers: Mapping[str, object], broker_key: bytes | str | Non
         broker_key = broker_key.encode()
     if (None if bound == "" else bound) != (None if broker_key is None else bytes(broker_key)):
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE, "the broker key differs from the sealed")
+
+
+def report_dead_letter(
+    opener: Opener, topic: str, exc: InvalidEnvelope, data: bytes | None
+) -> None:
+    """Count a dead letter and, when the opener's key source can (``KeyServiceClient``), report
+    it to the KDS's audit log: the reason, the topic and the sender certificate id from the
+    envelope's clear header; never the payload or headers. Rate limited by the key source."""
+    opener.metrics.dead_lettered(topic, exc.reason.value)
+    report = getattr(opener.keys, "report_open_failure", None)
+    if report is None:
+        return
+    sender = None
+    if data and wire.is_envelope(data):
+        with contextlib.suppress(ValueError, InvalidEnvelope):
+            sender = wire.parse(data).header.cert_id
+    with contextlib.suppress(Exception):  # evidence never costs the consumer its message
+        report(topic, exc.reason.value, sender, int(time.time() * 1000))
 
 
 def dead_letter_headers(topic: str, exc: InvalidEnvelope) -> dict[str, str]:

@@ -41,6 +41,7 @@ from sealedbus.brokers._common import (
     is_duplicate,
     log,
     reader_refusal,
+    report_dead_letter,
     tokenize_key,
 )
 from sealedbus.brokers._kafka_state import (
@@ -833,7 +834,7 @@ class SealedKafkaConsumer:
             self.dead_letter_producer.send(topic, value, key=record.key, headers=headers).get(
                 timeout=self.dead_letter_timeout
             )
-        self.opener.metrics.dead_lettered(record.topic, exc.reason.value)
+        report_dead_letter(self.opener, record.topic, exc, record.value)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class

@@ -27,6 +27,7 @@ from sealedbus.brokers._common import (
     dead_letter_headers,
     is_duplicate,
     reader_refusal,
+    report_dead_letter,
     tokenize_key,
 )
 from sealedbus.core.envelope import HeaderValue
@@ -324,4 +325,4 @@ class MemoryConsumer:
         extra = {k: v.encode() for k, v in dead_letter_headers(self.topic, exc).items()}
         headers = {**record.headers, **extra}
         self.bus.publish(self.dead_letter_topic, record.value, key=record.key, headers=headers)
-        self.opener.metrics.dead_lettered(self.topic, exc.reason.value)
+        report_dead_letter(self.opener, self.topic, exc, record.value)

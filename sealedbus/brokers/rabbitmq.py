@@ -44,6 +44,7 @@ from sealedbus.brokers._common import (
     dead_letter_headers,
     is_duplicate,
     reader_refusal,
+    report_dead_letter,
 )
 from sealedbus.errors import (
     BrokerError,
@@ -583,7 +584,7 @@ class SealedChannel:
             raise self.undeliverable.retrying(error, failures) from error  # back in the queue
         self._dead_letter_failures.pop(hashlib.sha256(body).digest(), None)
         if self.opener is not None:
-            self.opener.metrics.dead_lettered(topic, exc.reason.value)
+            report_dead_letter(self.opener, topic, exc, body)
 
 
 def _unpublished(sealed: Sealed) -> Unpublished:

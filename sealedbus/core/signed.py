@@ -328,3 +328,23 @@ class SealingEpochAnswer(_Signed):
     next_digest: bytes
     nonce: bytes
     issued_at_ms: int
+
+
+@dataclass(frozen=True)
+class AuditHead(_Signed):
+    """The head of the KDS's audit hash chain as the KDS publishes it (SPEC.md 6.12): the
+    ``sequence`` of its last entry, that entry's ``chain_hash`` (32 bytes; all zero for an empty
+    log) and when the KDS signed it. Kept by clients and admins outside the KDS database, it
+    shows a later rollback of the database: a head that goes backwards."""
+
+    LABEL: ClassVar[bytes] = PROTOCOL + b" published audit head\x00"
+    sequence: int
+    chain_hash: bytes
+    issued_at_ms: int
+
+    def behind(self, seen: AuditHead) -> bool:
+        """True when this head cannot follow ``seen`` in one chain: a lower sequence, or the
+        same sequence with another hash (a rollback or a fork)."""
+        return self.sequence < seen.sequence or (
+            self.sequence == seen.sequence and self.chain_hash != seen.chain_hash
+        )

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from sealedbus.kds import auth
 from sealedbus.keys import signing
 from sealedbus.keys.client import SignedHttp, fetch_root
@@ -131,8 +133,34 @@ class AdminClient:
         flag = "true" if compromised else "false"
         self._call("POST", f"/v1/admin/members/{member}/revoke?compromised={flag}")
 
-    def audit(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/v1/admin/audit"))
+    def audit(self, expect: tuple[int, bytes] | None = None) -> dict[str, Any]:
+        """Verify the audit chain; with ``expect`` (sequence, chain hash of a head kept
+        elsewhere) also that the chain still holds it."""
+        query = "" if expect is None else f"?expect_seq={expect[0]}&expect_hash={expect[1].hex()}"
+        return dict(self._call("GET", "/v1/admin/audit" + query))
+
+    def audit_head(self) -> bytes:
+        """The KDS's signed audit head (``AuditHead``, SPEC.md 6.12), unverified: check it with
+        ``AuditHead.verify(..., self.root_key())``."""
+        return base64.b64decode(self._call("GET", "/v1/admin/audit/head")["head"], validate=True)
+
+    def audit_entries(self, since: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        """Up to ``limit`` audit entries after sequence ``since``, with their chain hashes."""
+        doc = self._call("GET", f"/v1/admin/audit/entries?since={since}&limit={limit}")
+        return list(doc["entries"])
+
+    def root_key(self, root_fingerprint: str | None = None) -> Ed25519PublicKey:
+        """The KDS root key: checked against ``root_fingerprint`` when given, else as the KDS
+        (trusted on its TLS certificate) says."""
+        if root_fingerprint:
+            return fetch_root(self._http, root_fingerprint)
+        doc = self._http.call("GET", "/v1/root", signed=False)
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"]))
+
+    def shred_topic(self, name: str) -> dict[str, Any]:
+        """Destroy every epoch key of the topic (and its other key material) now; the topic
+        stays and gets a fresh epoch. Returns what was destroyed."""
+        return dict(self._call("POST", f"/v1/admin/topics/{name}/shred"))
 
     def erase_subject(self, topic: str, subject: str) -> str | None:
         """Crypto-shred ``subject`` on ``topic`` (the subject travels in the signed body only);

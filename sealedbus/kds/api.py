@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
 from sealedbus.errors import KdsCode
-from sealedbus.kds import admin_sessions, auth
+from sealedbus.kds import admin_sessions, auth, evidence
 from sealedbus.kds.metrics import KdsMetrics
 from sealedbus.kds.service import KeyDistributionService, ServiceError
 from sealedbus.keys import signing
@@ -165,6 +165,45 @@ class AuditOut(_Model):
     checkpoints: int
     ok: bool
     problem: str
+
+
+class ShredOut(_Model):
+    topic: str
+    destroyed_epochs: list[int]
+    other: dict[str, int]  # other per-topic key material destroyed, by kind (subject keys)
+    fresh_epoch: int
+
+
+class AuditHeadOut(_Model):
+    head: str  # signed AuditHead (SPEC.md 6.12)
+
+
+class AuditEntryOut(_Model):
+    seq: int
+    at_ms: int
+    actor: str
+    action: str
+    detail: str  # JSON text, as hashed
+    prev_hash: str
+    hash: str
+
+
+class AuditEntriesOut(_Model):
+    entries: list[AuditEntryOut]
+
+
+class OpenFailureIn(_Model):
+    """A client's report of an envelope it could not open: nothing from the message but the
+    sender certificate id of its clear header."""
+
+    topic: Annotated[str, StringConstraints(pattern=signing.TOPIC_PATTERN)]
+    reason: Annotated[str, StringConstraints(pattern=evidence.REPORT_REASON_PATTERN)]
+    sender: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{32})?$")] = ""
+    suppressed: int = Field(default=0, ge=0, le=1 << 31)  # reports the client itself dropped
+
+
+class OpenFailureOut(_Model):
+    recorded: bool
 
 
 class Health(_Model):
@@ -388,6 +427,9 @@ def create_app(
 ) -> FastAPI:
     m = metrics or Metrics()
     limiter = RateLimit(enroll_per_minute, time.monotonic)
+    reports = evidence.FailureReports(
+        RateLimit(evidence.REPORT_RATE_PER_MINUTE, time.monotonic).allow
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -579,6 +621,30 @@ def create_app(
         key_id = service.erase_subject(who, topic, body.subject)
         return SubjectErasedOut(subject_key_id=key_id.hex() if key_id else None)
 
+    @app.get("/v1/audit/head", response_model=AuditHeadOut, tags=["members"])
+    def audit_head(who: Member) -> AuditHeadOut:
+        """The audit chain's head, signed now: clients keep the highest (SPEC.md 6.12)."""
+        return AuditHeadOut(
+            head=_enc(evidence.audit_head(service.store, service.root, service.now_ms()))
+        )
+
+    @app.post("/v1/audit/open-failures", response_model=OpenFailureOut, tags=["members"])
+    def open_failure(body: OpenFailureIn, who: Member) -> OpenFailureOut:
+        """Record an envelope the member could not open; per-member rate limited (``recorded``
+        false: counted, and the count goes with the member's next recorded report)."""
+        dropped = reports.admit(who)
+        if dropped is None:
+            return OpenFailureOut(recorded=False)
+        service.record(
+            f"member:{who}",
+            evidence.OPEN_FAILED,
+            topic=body.topic,
+            reason=body.reason,
+            sender=body.sender,
+            suppressed=body.suppressed + dropped,
+        )
+        return OpenFailureOut(recorded=True)
+
     @app.post("/v1/admin/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
     def create_token(body: TokenRequest, who: Admin) -> TokenOut:
         token_public = _b64(body.token_key, "token_key")
@@ -628,6 +694,17 @@ def create_app(
         m.rotations.labels("admin").inc()
         return RotateOut(epoch=epoch)
 
+    @app.post("/v1/admin/topics/{topic}/shred", response_model=ShredOut, tags=["admin"])
+    def shred(topic: TopicName, who: Admin) -> ShredOut:
+        """Destroy every key of the topic now; it stays, with a fresh epoch for producers."""
+        done = service.shred_topic(who, topic)
+        return ShredOut(
+            topic=topic,
+            destroyed_epochs=done.epochs,
+            other=done.other,
+            fresh_epoch=done.fresh_epoch,
+        )
+
     @app.get("/v1/admin/topics/{topic}/epochs", response_model=list[EpochOut], tags=["admin"])
     def list_epochs(topic: TopicName, who: Admin) -> list[EpochOut]:
         return [
@@ -653,13 +730,43 @@ def create_app(
         return Response(status_code=204)
 
     @app.get("/v1/admin/audit", response_model=AuditOut, tags=["admin"])
-    def verify_audit(who: Admin) -> AuditOut:
-        report = service.verify_audit()
+    def verify_audit(
+        who: Admin,
+        expect_seq: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
+        expect_hash: Annotated[str, Query(pattern=r"^([0-9a-f]{64})?$")] = "",
+    ) -> AuditOut:
+        """Walk the chain; with ``expect_seq`` and ``expect_hash`` (from a head kept outside the
+        database) also check that the chain still holds that hash at that sequence."""
+        if (expect_seq is None) != (not expect_hash):
+            raise ServiceError(
+                422, KdsCode.INVALID_REQUEST, "expect_seq and expect_hash go together"
+            )
+        expect = None if expect_seq is None else (expect_seq, bytes.fromhex(expect_hash))
+        report = evidence.verify_audit(service.store, service.root_public, expect)
         return AuditOut(
             entries=report.entries,
             checkpoints=report.checkpoints,
             ok=report.ok,
             problem=report.problem,
+        )
+
+    @app.get("/v1/admin/audit/head", response_model=AuditHeadOut, tags=["admin"])
+    def admin_audit_head(who: Admin) -> AuditHeadOut:
+        return AuditHeadOut(
+            head=_enc(evidence.audit_head(service.store, service.root, service.now_ms()))
+        )
+
+    @app.get("/v1/admin/audit/entries", response_model=AuditEntriesOut, tags=["admin"])
+    def audit_entries(
+        who: Admin,
+        since: Annotated[int, Query(ge=0, le=1 << 62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=evidence.MAX_EXPORT_PAGE)] = 500,
+    ) -> AuditEntriesOut:
+        """Entries after ``since``, in order, each with its chain hash and the one before it."""
+        return AuditEntriesOut(
+            entries=[
+                AuditEntryOut(**e) for e in evidence.audit_entries(service.store, since, limit)
+            ]
         )
 
     app.include_router(admin_sessions.router(_admin))

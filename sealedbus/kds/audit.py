@@ -7,13 +7,17 @@ the signed checkpoints, which only the root key can make: ``verify`` requires on
 multiple of ``CHECKPOINT_EVERY`` up to the head, and the head itself is signed on every append
 (table ``audit_head``), so neither dropping checkpoints nor truncating the tail goes unnoticed.
 Entries carry names, topics and epochs, never key material or tokens.
+
+All of that lives in the database, which someone with write access and an old copy could roll
+back; ``published_head`` is the head as the KDS publishes it to be kept elsewhere (SPEC.md 6.12),
+and ``verify(..., expect=)`` checks the chain still holds such a head.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -21,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, insert, select, update
 
+from sealedbus.core.signed import AuditHead
 from sealedbus.core.suites import PROTOCOL
 from sealedbus.kds.store import GENESIS, audit, audit_checkpoints, audit_head, heads
 
@@ -97,8 +102,71 @@ class AuditReport:
     problem: str = ""
 
 
-def verify(conn: Connection, root: Ed25519PublicKey) -> AuditReport:
-    """Walk the chain from the start and check every hash and every checkpoint signature."""
+def published_head(conn: Connection, root: Ed25519PrivateKey, now_ms: int) -> bytes:
+    """The chain head as the KDS publishes it (``AuditHead``, SPEC.md 6.12), signed for now."""
+    head = conn.execute(select(heads.c.seq, heads.c.hash).where(heads.c.name == "audit")).one()
+    return AuditHead(int(head.seq), bytes(head.hash), now_ms).sign(root)
+
+
+def entries(conn: Connection, since: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` entries after sequence ``since``, in order, each with the hash of the
+    entry before it (``prev_hash``) so that a reader can re-check the chain from any point."""
+    rows = conn.execute(
+        select(audit).where(audit.c.seq >= since).order_by(audit.c.seq).limit(limit + 1)
+    ).all()
+    out: list[dict[str, Any]] = []
+    prev = GENESIS if since == 0 else None
+    for row in rows:
+        if row.seq == since:  # the entry before the first one asked for: its hash only
+            prev = bytes(row.hash)
+            continue
+        if len(out) == limit:
+            break
+        out.append(
+            {
+                "seq": row.seq,
+                "at_ms": row.at_ms,
+                "actor": row.actor,
+                "action": row.action,
+                "detail": row.detail,
+                "prev_hash": (prev or b"").hex(),
+                "hash": bytes(row.hash).hex(),
+            }
+        )
+        prev = bytes(row.hash)
+    return out
+
+
+def verify(
+    conn: Connection, root: Ed25519PublicKey, expect: tuple[int, bytes] | None = None
+) -> AuditReport:
+    """Walk the chain from the start and check every hash and every checkpoint signature;
+    with ``expect`` (a sequence and chain hash kept outside the database, from a published
+    head), also that the chain still holds that hash at that sequence."""
+    report = _verify(conn, root)
+    if expect is None or not report.ok:
+        return report
+    seq, digest = expect
+    if report.entries < seq:
+        return replace(
+            report,
+            ok=False,
+            problem=f"the chain ends at {report.entries}, before the "
+            f"expected head {seq}: it was rolled back",
+        )
+    if seq and conn.execute(select(audit.c.hash).where(audit.c.seq == seq)).scalar() != digest:
+        return replace(
+            report,
+            ok=False,
+            problem=f"entry {seq} differs from the expected head: the chain "
+            "was rolled back and rewritten (a fork)",
+        )
+    if not seq and digest != GENESIS:
+        return replace(report, ok=False, problem="the expected head is not of this chain")
+    return report
+
+
+def _verify(conn: Connection, root: Ed25519PublicKey) -> AuditReport:
     prev, expected_seq, count = GENESIS, 1, 0
     hashes: dict[int, bytes] = {}
     for row in conn.execute(select(audit).order_by(audit.c.seq)):

@@ -591,11 +591,14 @@ def _rotate_master(args: argparse.Namespace) -> int:
             "secret in your secret store and restart replicas one by one"
         )
     service = _open_service(args, f"{socket.gethostname()}-rotate-master-key")
-    if args.retire:
-        return _retire_master(service, path)
-    service.master = service.master.with_new_key()
-    keyfiles.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow it
-    count = service.rewrap()
+    try:
+        if args.retire:
+            return _retire_master(service, path)
+        service.master = service.master.with_new_key()
+        keyfiles.write_secret(path, service.master.to_bytes(), overwrite=True)  # replicas follow
+        count = service.rewrap()
+    finally:
+        service.store.dispose()  # its connections closed now, not when collected
     print(
         f"master key {service.master.current} is current; re-wrapped {count} values. Running "
         "replicas adopt it at their next write; once they all have (say, a minute from now), "

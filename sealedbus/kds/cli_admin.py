@@ -39,6 +39,7 @@ from sealedbus.kds.cli import (
 TOKEN_TTL = (10, 86_400)  # what the KDS accepts for `admin token --ttl`, in seconds
 SESSION_TTL = (10, 86_400)
 PRODUCER_REFRESH_S = 10  # KeyServiceClient's default epoch_refresh
+EXPORT_PAGE = 500  # audit entries per request of `audit export`
 
 
 def register(sub: Any) -> None:
@@ -191,6 +192,16 @@ def register(sub: Any) -> None:
     show = topic_sub.add_parser("show", help="show a topic's policy")
     show.add_argument("name", help="topic name")
     _command(show, _admin, action="topic-show")
+    shred = topic_sub.add_parser(
+        "shred",
+        help="destroy every key of a topic now: its earlier messages never open again",
+        description="Destroy every epoch key of the topic at once (the current one and any "
+        "published ahead) and its other key material (subject keys). The topic stays: "
+        "producers get a fresh epoch at their next refresh. Database backups taken before "
+        "still hold the keys: see docs/operations.md, Shred a topic.",
+    )
+    shred.add_argument("name", help="topic name")
+    _command(shred, _admin, action="topic-shred")
 
     rotate = admin_sub.add_parser("rotate", help="start a new epoch now")
     rotate.add_argument("name", help="topic name")
@@ -207,8 +218,45 @@ def register(sub: Any) -> None:
     epochs = admin_sub.add_parser("epochs", help="list a topic's epochs (times in UTC)")
     epochs.add_argument("name", help="topic name")
     _command(epochs, _admin, action="epochs")
-    audit = admin_sub.add_parser("audit", help="verify the audit log's hash chain and checkpoints")
-    _command(audit, _admin, action="audit")
+    audit = admin_sub.add_parser(
+        "audit",
+        help="verify, anchor and export the audit log (alone: verify)",
+        description="The KDS's hash-chained audit log. Without an action: verify.",
+    )
+    _command(audit, _admin, action="audit", expect_head=None)
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    verify = audit_sub.add_parser(
+        "verify", help="verify the hash chain, checkpoints and signed head (exit 1 if broken)"
+    )
+    verify.add_argument(
+        "--expect-head",
+        type=Path,
+        metavar="FILE",
+        help="a head saved earlier by `audit head`: also check that the chain still holds it "
+        "(not rolled back, not rewritten) (default: no such check)",
+    )
+    _command(verify, _admin, action="audit")
+    head = audit_sub.add_parser(
+        "head", help="print the signed audit head (JSON) to keep outside the KDS"
+    )
+    _command(head, _admin, action="audit-head")
+    export = audit_sub.add_parser(
+        "export", help="write the audit log as JSON lines (one entry each, with its chain hash)"
+    )
+    export.add_argument(
+        "--since",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="export the entries after this sequence number (default: 0, from the start)",
+    )
+    export.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="file to write (replaced) (default: standard output)",
+    )
+    _command(export, _admin, action="audit-export")
     subject = admin_sub.add_parser(
         "subject", help="per-subject erasure: crypto-shred one data subject's messages"
     )
@@ -333,8 +381,32 @@ def _check_admin_args(args: argparse.Namespace) -> None:
         _new_secret_path(args.out, "--out")
     if args.action == "subject-erase" and not 1 <= len(args.subject) <= 1024:
         raise _usage("SUBJECT: 1 to 1024 characters")
+    if args.action == "audit-export":
+        if args.since < 0:
+            raise _usage(f"--since {args.since}: a sequence number is 0 or more")
+        if args.output is not None and not args.output.absolute().parent.is_dir():
+            raise _usage(f"--output {args.output}: no such directory")
+    if args.action == "audit" and args.expect_head is not None:
+        args.expected_head = _read_head_file(args.expect_head)
     if args.action == "session-close" and args.session is None and not args.all:
         raise _usage(f"--session FILE (or ${SESSION_ENV}) names the session to close; or --all")
+
+
+def _read_head_file(path: Path) -> bytes:
+    """The signed head in a file `audit head` wrote (checked against the root key later)."""
+    import base64
+    import binascii
+
+    try:
+        doc = json.loads(path.read_text())
+        return base64.b64decode(doc["head"], validate=True)
+    except OSError as exc:
+        raise _usage(f"--expect-head {path}: {_describe(exc)}") from None
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise _usage(
+            f"--expect-head {path}: not a head file (`sealedbus admin audit head > FILE` "
+            "writes one)"
+        ) from None
 
 
 def _read_session(path: Path) -> tuple[str, str]:
@@ -402,6 +474,79 @@ def _admin(args: argparse.Namespace) -> int:
     if args.action == "audit" and out is not None and not out.get("ok"):
         return 1
     return 0
+
+
+def _audit_head(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The head, verified against the root key, as the file `--expect-head` reads."""
+    import base64
+
+    from sealedbus.core.signed import AuditHead, SignatureError, fingerprint
+
+    root = client.root_key(args.root_fingerprint)
+    signed = client.audit_head()
+    try:
+        head = AuditHead.verify(signed, root)
+    except SignatureError as exc:
+        raise CommandError(
+            f"the KDS answered with an audit head that does not verify: {exc}"
+        ) from None
+    return {
+        "sequence": head.sequence,
+        "chain_hash": head.chain_hash.hex(),
+        "issued_at": _utc(head.issued_at_ms),
+        "root_fingerprint": fingerprint(root.public_bytes_raw()),
+        "head": base64.b64encode(signed).decode(),
+    }
+
+
+def _expected(client: Any, args: argparse.Namespace) -> tuple[int, bytes]:
+    """(sequence, chain hash) of the head in --expect-head, refused unless the root signed it."""
+    from sealedbus.core.signed import AuditHead, SignatureError
+
+    try:
+        head = AuditHead.verify(args.expected_head, client.root_key(args.root_fingerprint))
+    except SignatureError:
+        raise CommandError(
+            f"--expect-head {args.expect_head}: the head is not signed by this KDS's root key "
+            "(forged, altered, or from another KDS); nothing was checked"
+        ) from None
+    return head.sequence, head.chain_hash
+
+
+def _export(client: Any, args: argparse.Namespace) -> int:
+    """Page through the entries after --since, one JSON object a line; progress on stderr."""
+    import contextlib
+
+    out = (
+        contextlib.nullcontext(sys.stdout)
+        if args.output is None
+        else args.output.open("w", encoding="utf-8")
+    )
+    since, written = args.since, 0
+    with out as sink:
+        while True:
+            page = client.audit_entries(since, EXPORT_PAGE)
+            for e in page:
+                line = {
+                    "seq": e["seq"],
+                    "time": _utc(e["at_ms"]),
+                    "at_ms": e["at_ms"],
+                    "actor": e["actor"],
+                    "action": e["action"],
+                    "detail": json.loads(e["detail"]),
+                    "prev_hash": e["prev_hash"],
+                    "hash": e["hash"],
+                }
+                sink.write(json.dumps(line, sort_keys=True) + "\n")
+            written += len(page)
+            if page:
+                since = page[-1]["seq"]
+            if len(page) < EXPORT_PAGE:
+                break
+            if sys.stderr.isatty() or written % (EXPORT_PAGE * 10) == 0:
+                print(f"exported {written} entries (up to {since})", file=sys.stderr)
+    print(f"exported {written} audit entries, up to sequence {since}", file=sys.stderr)
+    return written
 
 
 def _no_code() -> str:  # pragma: no cover - the session header is sent instead
@@ -484,7 +629,24 @@ def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str
             for e in client.epochs(args.name)
         ]
     if action == "audit":
-        return client.audit()
+        if args.expect_head is None:
+            return client.audit()
+        expect = _expected(client, args)
+        return {"expected_head": expect[0], **client.audit(expect)}
+    if action == "audit-head":
+        return _audit_head(client, args)
+    if action == "audit-export":
+        opened = None
+        if session is None:  # one code for every page: a short session, closed at the end
+            opened = client.open_session(SESSION_TTL[0] * 60)
+        try:
+            _export(client, args)
+        finally:
+            if opened is not None:
+                client.close_session(opened["session_id"])
+        return None
+    if action == "topic-shred":
+        return client.shred_topic(args.name)
     if action == "subject-erase":
         key_id = client.erase_subject(args.name, args.subject)
         if key_id is None:

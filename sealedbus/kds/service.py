@@ -12,6 +12,7 @@ of one part per concern, each in its own module over the shared ``Context``:
 - ``kds/topics.py``: topics, their policy and tokenization keys;
 - ``kds/epochs.py``: the epoch schedule, grants and re-wrapping under a new master key;
 - ``kds/subjects.py``: per-subject keys and their erasure (crypto-shredding).
+- ``kds/evidence.py``: topic shred, the published audit head, export and open-failure reports.
 
 Refusals raise ``ServiceError`` (``kds/context.py``) with the HTTP status, a stable code
 (``sealedbus.errors.KdsCode``) and a reason for the caller.
@@ -35,8 +36,9 @@ from sealedbus.kds.certificates import Certificates
 from sealedbus.kds.context import Context, ServiceError
 from sealedbus.kds.enrollment import Enrollment
 from sealedbus.kds.epochs import Epochs
+from sealedbus.kds.evidence import TOPIC_KEY_DESTROYERS, Evidence, Shredded, TopicKeyDestroyer
 from sealedbus.kds.secrets import MasterKeyring
-from sealedbus.kds.store import Store, nonces
+from sealedbus.kds.store import Store, erase_topic_subjects, nonces
 from sealedbus.kds.subjects import Subjects
 from sealedbus.kds.topics import Topics
 from sealedbus.keys import signing
@@ -84,6 +86,12 @@ class KeyDistributionService(Context):
         self._enrollment = Enrollment(self, self._certificates)
         self._topics = Topics(self, self._epochs, self._certificates)
         self._subjects = Subjects(self)
+        self._evidence = Evidence(self, self._epochs)
+        # what a topic shred destroys besides epoch keys (kds/evidence.py)
+        self.topic_key_destroyers: tuple[tuple[str, TopicKeyDestroyer], ...] = (
+            *TOPIC_KEY_DESTROYERS,
+            ("subject_keys", lambda conn, topic: erase_topic_subjects(conn, topic, self.now_ms())),
+        )
 
     # -- admins and the audit log (kds/admins.py) ---------------------------------------------
 
@@ -212,6 +220,15 @@ class KeyDistributionService(Context):
         key_id = self._subjects.erase_subject(actor, topic, subject)
         self._compaction_pending = True  # no free page or dead row may keep the key's bytes
         return key_id
+
+    # -- erasure and evidence (kds/evidence.py) -----------------------------------------------
+
+    def shred_topic(self, actor: str, name: str) -> Shredded:
+        """Destroy every key of the topic now (``Evidence.shred_topic``), then make sure no
+        journal or free page keeps their bytes (retried by ``tick`` when it cannot be now)."""
+        shredded = self._evidence.shred_topic(actor, name, self.topic_key_destroyers)
+        self._compaction_pending = not self.store.compact()
+        return shredded
 
     # -- schedule -----------------------------------------------------------------------------
 

@@ -395,6 +395,21 @@ def set_epoch_state(conn: Connection, topic: str, number: int, state: str) -> No
     )
 
 
+def destroy_topic_keys(conn: Connection, topic: str, state: str) -> list[int]:
+    """Every epoch of ``topic`` that still has a key, in order: marked ``state`` (destroyed) and
+    its key deleted, all in the caller's transaction (a topic shred)."""
+    numbers = list(
+        conn.execute(
+            select(epoch_keys.c.epoch)
+            .where(epoch_keys.c.topic == topic)
+            .order_by(epoch_keys.c.epoch)
+        ).scalars()
+    )
+    for number in numbers:
+        set_epoch_state(conn, topic, number, state)
+    return numbers
+
+
 def _create_private(path: str | None) -> None:
     """Create a new SQLite database file readable by its owner only (0600); SQLite gives its
     write-ahead log and shared-memory files the same mode."""

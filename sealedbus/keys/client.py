@@ -13,6 +13,12 @@ answering from its cache while the cached epochs, certificate and revocation lis
 the request (the list for at most ``revocation_max_age``, a producer's epoch view for at most
 ``max_epoch_staleness``), and raises ``KeyServiceUnavailable`` (retryable; ``StaleRevocations``
 for the list) after that, at once while the outage backoff runs.
+
+Evidence (``docs/threat-model.md``, *Rollback*): with its periodic refreshes the client fetches
+the KDS's signed audit head (SPEC.md 6.12) every ``audit_head_refresh`` seconds and remembers the
+highest; a head that goes backwards makes it refuse that KDS for good (``AuditRollback``, from
+every method). ``report_open_failure`` tells the KDS's audit log about a message that could not
+be opened (reason, topic, sender certificate id; nothing from the message), token-bucket limited.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core.signed import (
+    AuditHead,
     Certificate,
     EpochDescription,
     RevocationList,
@@ -42,6 +49,7 @@ from sealedbus.core.signed import (
     fingerprint,
 )
 from sealedbus.errors import (
+    AuditRollback,
     KdsCode,
     KeyServiceUnavailable,
     Reason,
@@ -300,6 +308,9 @@ class KeyServiceClient:
         max_epoch_staleness: float | None = 300.0,
         certificate_lookups_per_second: float = 5.0,
         certificate_lookup_burst: int = 20,
+        audit_head_refresh: float = 30.0,
+        failure_reports_per_second: float = 1.0,
+        failure_report_burst: int = 10,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -335,8 +346,7 @@ class KeyServiceClient:
         self._backoff_ms = int(outage_backoff * 1000)
         self._lookup_rate = certificate_lookups_per_second / 1000  # tokens per ms
         self._lookup_burst = float(certificate_lookup_burst)
-        self._lookup_tokens = float(certificate_lookup_burst)
-        self._lookup_at_ms = 0
+        self._lookups = _Bucket(certificate_lookups_per_second, certificate_lookup_burst)
         self._clock = clock
         self._inflight: set[str] = set()
         self._next_sweep_ms = 0
@@ -356,6 +366,13 @@ class KeyServiceClient:
         self._revocations: RevocationList | None = None
         self._revocations_fetched_ms = 0
         self._down_until_ms = 0
+        self._audit_refresh_ms = int(audit_head_refresh * 1000)
+        self._audit_head: AuditHead | None = None
+        self._audit_lock = threading.Lock()
+        self._audit_fetched_ms = -self._audit_refresh_ms
+        self._rollback = ""  # why this KDS is refused for good (a rollback was seen)
+        self._reports = _Bucket(failure_reports_per_second, failure_report_burst)
+        self._reports_suppressed = 0
 
     @property
     def member(self) -> str:
@@ -389,6 +406,7 @@ class KeyServiceClient:
     # -- KeySource ----------------------------------------------------------------------------
 
     def identity(self, now_ms: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
+        self._check_evidence(now_ms)
         with self._lock:  # snapshot under the lock; no network call holds it
             cert = self._cert
             due = (
@@ -422,6 +440,7 @@ class KeyServiceClient:
             return self._cert
 
     def sealing_epoch(self, topic: str, now_ms: int) -> EpochDescription:
+        self._check_evidence(now_ms)
         with self._lock:
             cached = self._epochs.get(topic)
             down = self._down(now_ms)
@@ -490,6 +509,7 @@ class KeyServiceClient:
         return usable
 
     def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
+        self._refuse_rolled_back()
         with self._lock:
             cached = self._keys.get((topic, epoch))
             if cached is not None and now_ms >= cached.description.destroy_after_ms:
@@ -501,6 +521,7 @@ class KeyServiceClient:
         return self._fetch_grant(topic, epoch, now_ms)
 
     def topic_key(self, topic: str, now_ms: int) -> bytes:
+        self._refuse_rolled_back()
         with self._lock:
             cached = self._topic_keys.get(topic)
         if cached is not None:
@@ -560,6 +581,7 @@ class KeyServiceClient:
             raise UntrustedResponse(str(exc)) from None
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
+        self._refuse_rolled_back()
         with self._lock:
             cached = self._certs.get(cert_id)
             unknown_until = self._unknown_certs.get(cert_id, 0)
@@ -595,6 +617,7 @@ class KeyServiceClient:
         return cert
 
     def revocations(self, now_ms: int) -> RevocationList:
+        self._check_evidence(now_ms)
         self._prefetch_due(now_ms)  # every open asks this: the cheap moment to look ahead
         self._sweep(now_ms)
         with self._lock:
@@ -638,6 +661,90 @@ class KeyServiceClient:
                 raise UntrustedResponse("KDS answered with an older revocation list")
             self._revocations, self._revocations_fetched_ms = fetched, now_ms
         return fetched
+
+    # -- evidence -----------------------------------------------------------------------------
+
+    def audit_head(self, now_ms: int) -> AuditHead:
+        """Fetch the KDS's signed audit head now and check it against the highest this client
+        accepted before. Raises ``AuditRollback`` (and refuses this KDS from then on) when it went
+        backwards, ``UntrustedResponse`` when it does not verify or is not fresh."""
+        self._refuse_rolled_back()
+        # One fetch at a time: an answer read from the database before another one that was
+        # answered first would look like a step back (the KDS needs no lock for that).
+        with self._audit_lock:
+            return self._fetch_audit_head(now_ms)
+
+    def _fetch_audit_head(self, now_ms: int) -> AuditHead:
+        try:
+            doc = self._call("GET", "/v1/audit/head", now_ms)
+        except Refused as exc:
+            raise refusal_error(exc) from None
+        try:
+            head = AuditHead.verify(_field(doc, "head"), self._root_key(now_ms))
+        except SignatureError as exc:
+            raise UntrustedResponse(str(exc)) from None
+        # signed afresh for every answer: an old one is a replay (which could hide a rollback)
+        if abs(max(now_ms, self._now_ms()) - head.issued_at_ms) > signing.MAX_SKEW_MS:
+            raise UntrustedResponse("audit head is not fresh (replayed or clock skew)")
+        with self._lock:
+            seen = self._audit_head
+            if seen is not None and head.behind(seen):
+                self._rollback = (
+                    f"the KDS's audit head went backwards: it published {head.sequence} "
+                    f"({head.chain_hash.hex()[:16]}...) after {seen.sequence} "
+                    f"({seen.chain_hash.hex()[:16]}...); its database was rolled back or "
+                    "forked. This client refuses it until restarted: ask an operator to check "
+                    "(`sealedbus admin audit verify --expect-head`)"
+                )
+            elif seen is None or head.sequence > seen.sequence:
+                self._audit_head = head
+            self._audit_fetched_ms = now_ms
+        self._refuse_rolled_back()
+        return head
+
+    @property
+    def highest_audit_head(self) -> AuditHead | None:
+        """The highest audit head this client accepted (None before the first fetch)."""
+        return self._audit_head
+
+    def report_open_failure(
+        self, topic: str, reason: str, sender: bytes | None, now_ms: int
+    ) -> bool:
+        """Record in the KDS's audit log that a message on ``topic`` could not be opened, with
+        the refusal ``reason`` and the sender certificate id the envelope names (if any);
+        nothing else from the message. Sent in the background; at most
+        ``failure_reports_per_second`` (bursts of ``failure_report_burst``): the rest are
+        counted and the count travels with the next report. True when a report was sent."""
+        with self._lock:
+            if self._rollback or self._down(now_ms) or not self._reports.take(now_ms):
+                self._reports_suppressed += 1
+                return False
+            suppressed, self._reports_suppressed = self._reports_suppressed, 0
+        body = {
+            "topic": topic,
+            "reason": reason,
+            "sender": sender.hex() if sender else "",
+            "suppressed": suppressed,
+        }
+
+        def send() -> None:
+            with contextlib.suppress(Exception):  # evidence is best effort: never the consumer's
+                self._http.call("POST", "/v1/audit/open-failures", body)
+
+        threading.Thread(target=send, name="kds-report", daemon=True).start()
+        return True
+
+    def _refuse_rolled_back(self) -> None:
+        if self._rollback:
+            raise AuditRollback(self._rollback)
+
+    def _check_evidence(self, now_ms: int) -> None:
+        """Refuse a rolled-back KDS; fetch its audit head in the background when due."""
+        self._refuse_rolled_back()
+        if now_ms - self._audit_fetched_ms >= self._audit_refresh_ms and not self._down(now_ms):
+            with self._lock:
+                self._audit_fetched_ms = now_ms  # once per interval, answered or not
+            self._background("audit-head", lambda: self.audit_head(now_ms))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -683,14 +790,7 @@ class KeyServiceClient:
 
     def _take_lookup(self, now_ms: int) -> bool:
         with self._lock:
-            elapsed = max(0, now_ms - self._lookup_at_ms)
-            self._lookup_at_ms = max(now_ms, self._lookup_at_ms)
-            tokens = min(self._lookup_burst, self._lookup_tokens + elapsed * self._lookup_rate)
-            if tokens < 1:
-                self._lookup_tokens = tokens
-                return False
-            self._lookup_tokens = tokens - 1
-            return True
+            return self._lookups.take(now_ms)
 
     def _sweep(self, now_ms: int) -> None:
         """Drop cached epoch keys past their destruction time, used or not."""
@@ -790,3 +890,24 @@ class KeyServiceClient:
             threading.Thread(
                 target=fetch, args=(topic, epoch), name="kds-prefetch", daemon=True
             ).start()
+
+
+class _Bucket:
+    """A token bucket over a millisecond clock: ``rate`` per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate / 1000
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at_ms: int | None = None
+
+    def take(self, now_ms: int) -> bool:
+        if self._at_ms is not None:
+            self._tokens = min(
+                self._burst, self._tokens + max(0, now_ms - self._at_ms) * self._rate
+            )
+        self._at_ms = now_ms if self._at_ms is None else max(now_ms, self._at_ms)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from sqlalchemy import delete, insert, select
 
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
@@ -22,7 +23,7 @@ from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
 from sealedbus.kds.secrets import MasterKeyring
 from sealedbus.kds.service import KeyDistributionService
-from sealedbus.kds.store import Store
+from sealedbus.kds.store import Store, audit, audit_checkpoints, audit_head, heads
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
 
@@ -145,15 +146,29 @@ class Kds:
         return client
 
 
-def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> Kds:
+def make_kds(
+    path: Path,
+    url: str | None = None,
+    clock: Clock | None = None,
+    service: KeyDistributionService | None = None,
+) -> Kds:
+    """A KDS with a new store, root and master key; or around ``service`` (say, one opened from
+    a data directory as ``kds serve`` does), which then runs on this harness's clocks."""
     clock = clock or Clock()
-    store = Store(url or f"sqlite:///{path / 'kds.db'}")
-    store.create_schema()
-    root = Ed25519PrivateKey.generate()
     totp_clock = Clock()
-    service = KeyDistributionService(
-        store, root, MasterKeyring.generate(), clock=clock, replica="test", totp_clock=totp_clock
-    )
+    if service is None:
+        store = Store(url or f"sqlite:///{path / 'kds.db'}")
+        store.create_schema()
+        service = KeyDistributionService(
+            store,
+            Ed25519PrivateKey.generate(),
+            MasterKeyring.generate(),
+            clock=clock,
+            replica="test",
+            totp_clock=totp_clock,
+        )
+    service.clock, service.totp_clock = clock, totp_clock
+    store, root = service.store, service.root
     admin_identity = MemberIdentity.generate("root-admin", os.urandom)
     totp_secret = os.urandom(20)
     service.add_admin(admin_identity.name, admin_identity.identity_public, totp_secret)
@@ -173,3 +188,27 @@ def make_kds(path: Path, url: str | None = None, clock: Clock | None = None) -> 
     )
     kds.admin = AdminClient("http://testserver", admin_identity, kds.totp, http=http, clock=clock)
     return kds
+
+
+AUDIT_TABLES = (audit, audit_checkpoints, audit_head)
+
+
+def snapshot_audit(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """The audit tables and the chain head row as they are now (an attacker's old copy)."""
+    with store.read() as conn:
+        snap = {t.name: [dict(r._mapping) for r in conn.execute(select(t))] for t in AUDIT_TABLES}
+        snap["heads"] = [
+            dict(r._mapping) for r in conn.execute(select(heads).where(heads.c.name == "audit"))
+        ]
+    return snap
+
+
+def roll_back_audit(store: Store, snap: dict[str, list[dict[str, Any]]]) -> None:
+    """Put the old copy back, as someone with write access to the database could."""
+    with store.engine.begin() as conn:
+        for table in AUDIT_TABLES:
+            conn.execute(delete(table))
+            if snap[table.name]:
+                conn.execute(insert(table), snap[table.name])
+        conn.execute(delete(heads).where(heads.c.name == "audit"))
+        conn.execute(insert(heads), snap["heads"])

@@ -25,12 +25,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from sealedbus.core import backend, envelope, merkle, suites, wire
 from sealedbus.core.signed import (
     COMPROMISE,
+    AuditHead,
     Certificate,
     EpochDescription,
     RevocationList,
     SubjectKey,
 )
-from sealedbus.core.suites import KeyPair, Suite
+from sealedbus.core.suites import PROTOCOL, KeyPair, Suite
 from sealedbus.errors import InvalidEnvelope, Reason, UnauthenticEnvelope, UnopenableEnvelope
 from sealedbus.keys import authority
 from sealedbus.keys.source import EpochKeys
@@ -781,6 +782,44 @@ def objects(
     return out
 
 
+def audit_heads() -> dict[str, Any]:
+    """The published audit head (SPEC.md 6.12): an exact object, and the verdicts a client
+    reaches on a sequence of heads it is shown (``accept`` or ``refuse`` with why)."""
+    chain = hashlib.sha256(b"sealedbus vector audit chain").digest()
+    fork = hashlib.sha256(b"sealedbus vector audit fork").digest()
+    head = AuditHead(41, chain, T0_MS)
+    signed = head.sign(WORLD.root)
+    body, _ = msgpack.unpackb(signed)
+    db_head = WORLD.root.sign(
+        PROTOCOL + b" audit head\x00" + head.sequence.to_bytes(8, "big") + head.chain_hash
+    )
+    return {
+        "description": "the published audit head (SPEC.md 6.12) and a client's verdicts on it",
+        "vector_set": VECTOR_SET,
+        "head": {"sequence": 41, "chain_hash": chain.hex(), "issued_at_ms": T0_MS},
+        "signed": signed.hex(),
+        "body": bytes(body).hex(),
+        "refuse": {  # objects that must not verify under the root key
+            "signature flipped": _flip(signed, len(signed) - 1).hex(),
+            "signed under the label of another object": bytes(
+                msgpack.packb([body, WORLD.root.sign(RevocationList.LABEL + body)])
+            ).hex(),
+            "the KDS database's own head signature": bytes(msgpack.packb([body, db_head])).hex(),
+        },
+        "sequences": [  # seen in order by one client: the highest accepted is remembered
+            {"head": AuditHead(*h).sign(WORLD.root).hex(), "verdict": v}
+            for h, v in (
+                ((41, chain, T0_MS), "accept"),
+                ((41, chain, T0_MS + 1000), "accept"),  # the same head, signed again
+                ((45, fork, T0_MS + 2000), "accept"),
+                ((44, fork, T0_MS + 3000), "refuse: lower sequence"),
+                ((45, chain, T0_MS + 4000), "refuse: same sequence, another hash"),
+                ((46, chain, T0_MS + 5000), "accept"),
+            )
+        ],
+    }
+
+
 def _flip(data: bytes, i: int) -> bytes:
     b = bytearray(data)
     b[i] ^= 0x01
@@ -1446,6 +1485,7 @@ def main() -> None:
         )
     )
     stored.write_text(_json(objects(hybrid, hybrid_subjects, previous)))
+    (HERE / "audit_head.json").write_text(_json(audit_heads()))
     (HERE / "ed25519.json").write_text(
         _json(
             {
