@@ -286,12 +286,13 @@ def test_topic_shred_from_the_cli_prints_what_it_destroyed(
     kds: Kds, cli_admin: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     kds.admin.create_topic("phi", producers=["p"], consumers=["c"])
+    Sealer(kds.member("p"), clock=kds.clock).seal("phi", b"x", subject="patient-1")
     code, out, err = run(capsys, *cli_admin, "topic", "shred", "phi")
     assert code == 0, err
     assert json.loads(out) == {
         "topic": "phi",
         "destroyed_epochs": [0],
-        "other": {},
+        "other": {"subject_keys": 1},
         "fresh_epoch": 1,
     }
     code, _, err = run(capsys, *cli_admin, "topic", "shred", "no/such")

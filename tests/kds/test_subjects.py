@@ -20,6 +20,7 @@ from sealedbus.core.signed import SubjectKey
 from sealedbus.errors import AccessDenied, InvalidEnvelope, KdsCode, Refused, UntrustedResponse
 from sealedbus.kds import cli as kds_cli
 from sealedbus.kds import store as rows
+from sealedbus.kds.context import ServiceError
 from sealedbus.keys import keyfiles
 from sealedbus.ops.cli import main
 
@@ -248,3 +249,21 @@ def test_a_substituted_subject_key_is_untrusted(kds: Kds, attack: str) -> None:
     sealer = Sealer(kds.member("p", http=http), clock=kds.clock)
     with pytest.raises(UntrustedResponse):
         sealer.seal("ehr", b"x", subject=SUBJECT)
+
+
+def test_topic_shred_destroys_the_topics_subject_keys(kds: Kds) -> None:
+    """A shred (kds/evidence.py) runs the subject-key destroyer in its transaction: a grant for
+    a subject key of the shredded topic is refused as erased, another topic's still answers."""
+    kds.admin.create_topic("ehr", producers=["p"], consumers=["c"])
+    kds.admin.create_topic("lab", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    kds.member("c")  # enrolled: its certificate is what a grant is sealed to
+    ehr = _key_id(sealer.seal("ehr", b"e", subject=SUBJECT))
+    lab = _key_id(sealer.seal("lab", b"l", subject=SUBJECT))
+    shredded = kds.service.shred_topic("admin", "ehr")
+    assert shredded.other == {"subject_keys": 1}
+    with pytest.raises(ServiceError) as info:
+        kds.service.subject_grant("c", "ehr", ehr)
+    assert info.value.code is KdsCode.SUBJECT_ERASED
+    assert kds.service.subject_grant("c", "lab", lab)
+    assert b"patient" not in _dump(kds)
