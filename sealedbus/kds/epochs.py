@@ -4,7 +4,10 @@ master key."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, insert, select, update
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from sealedbus.core import suites
 from sealedbus.core.signed import Certificate, EpochDescription, SealingEpochAnswer
@@ -30,7 +33,36 @@ from sealedbus.keys.authority import EpochInfo, TopicPolicy
 
 
 def needs_epoch(policy: TopicPolicy, latest_not_after: int | None, now: int) -> bool:
-    return latest_not_after is None or now >= latest_not_after - authority.publish_ahead_ms(policy)
+    return authority.next_epoch_start(policy, latest_not_after, now) is not None
+
+
+def _info(row: Row[Any], has_key: bool = True) -> EpochInfo:
+    """An epoch row as ``EpochInfo``: withdrawn or destroyed epochs (or a missing key) count as
+    destroyed, as in ``LocalKeyService``."""
+    return EpochInfo(
+        row.topic,
+        row.epoch,
+        row.not_before_ms,
+        row.not_after_ms,
+        row.destroy_after_ms,
+        row.state != LIVE or not has_key,
+    )
+
+
+_GRANT_REFUSALS: dict[authority.GrantRefusal, Callable[[str, str, int], ServiceError]] = {
+    authority.GrantRefusal.NOT_CONSUMER: lambda member, topic, epoch: ServiceError(
+        403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
+    ),
+    authority.GrantRefusal.UNKNOWN_EPOCH: lambda member, topic, epoch: ServiceError(
+        404, KdsCode.EPOCH_UNKNOWN, f"{topic!r} has no epoch {epoch}"
+    ),
+    authority.GrantRefusal.DESTROYED: lambda member, topic, epoch: ServiceError(
+        410, KdsCode.EPOCH_DESTROYED, f"{topic!r} epoch {epoch} is destroyed"
+    ),
+    authority.GrantRefusal.PREDATES: lambda member, topic, epoch: ServiceError(
+        403, KdsCode.NOT_GRANTED, f"epoch {epoch} predates {member!r}'s access"
+    ),
+}
 
 
 class Epochs(Part):
@@ -45,17 +77,7 @@ class Epochs(Part):
             found = conn.execute(
                 select(epochs).where(epochs.c.topic == name).order_by(epochs.c.epoch)
             )
-            return [
-                EpochInfo(
-                    name,
-                    r.epoch,
-                    r.not_before_ms,
-                    r.not_after_ms,
-                    r.destroy_after_ms,
-                    r.state != LIVE,
-                )
-                for r in found
-            ]
+            return [_info(r) for r in found]
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -109,33 +131,25 @@ class Epochs(Part):
                 raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"no topic {topic!r}")
             policy = policy_of(t)
             matching = policy.consumers & member_entries(conn, member)
-            if not matching:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
-                )
-            since = self._consumer_since(conn, topic, member, matching)
-            if since is None:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
-                )
+            since = self._consumer_since(conn, topic, member, matching) if matching else None
             row = conn.execute(
                 select(epochs).where(epochs.c.topic == topic, epochs.c.epoch == epoch)
             ).first()
-            if row is None:
-                raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"{topic!r} has no epoch {epoch}")
             wrapped = conn.execute(
                 select(epoch_keys.c.wrapped).where(
                     epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch
                 )
             ).scalar()
-            if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
-                raise ServiceError(
-                    410, KdsCode.EPOCH_DESTROYED, f"{topic!r} epoch {epoch} is destroyed"
-                )
-            if not policy.history and row.not_after_ms <= since:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"epoch {epoch} predates {member!r}'s access"
-                )
+            refusal = authority.grant_refusal(
+                policy,
+                since,
+                None if row is None else _info(row, wrapped is not None),
+                now,
+                revoked=rows.member_revoked(conn, member),
+            )
+            if refusal is not None or row is None or wrapped is None:  # (no row, no key: refused)
+                refusal = refusal or authority.GrantRefusal.DESTROYED
+                raise _GRANT_REFUSALS[refusal](member, topic, epoch)
             cert_bytes = rows.latest_certificate(conn, member)
         if cert_bytes is None:
             raise ServiceError(403, KdsCode.NOT_GRANTED, f"{member!r} holds no certificate")
@@ -287,25 +301,15 @@ class Epochs(Part):
 
     def advance(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
         """Publish the next epoch when due (re-checked under the write lock): 1 if published."""
-        latest = rows.latest_not_after(conn, policy.name)
-        if not needs_epoch(policy, latest, now):
+        start = authority.next_epoch_start(policy, rows.latest_not_after(conn, policy.name), now)
+        if start is None:
             return 0
-        # idle past a whole period: start afresh at now, no backlog
-        start = now if latest is None or now >= latest else latest
         self.add_epoch(conn, policy, start, now, actor)
         return 1
 
     def rotate_in(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
-        ahead = (
-            conn.execute(
-                select(epochs.c.epoch).where(
-                    epochs.c.topic == policy.name,
-                    epochs.c.state == LIVE,
-                    epochs.c.not_before_ms > now,
-                )
-            )
-            .scalars()
-            .all()
+        ahead = authority.withdrawn_by_rotation(
+            map(_info, conn.execute(select(epochs).where(epochs.c.topic == policy.name))), now
         )
         for number in ahead:  # published ahead but never used: withdraw it
             rows.set_epoch_state(conn, policy.name, number, WITHDRAWN)

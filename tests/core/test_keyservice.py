@@ -260,6 +260,17 @@ def test_certificates_renew_as_they_age(clock: Clock) -> None:
     assert [opener.open("t", e).body for e in (first, second)] == [b"1", b"2"]
 
 
+def test_certificate_with_exactly_half_its_lifetime_left_is_reissued(clock: Clock) -> None:
+    """LocalKeyService kept such a certificate where the KDS reissued it; both now apply
+    ``authority.needs_reissue``."""
+    ks = LocalKeyService(clock=clock, certificate_lifetime=100)
+    p = ks.enroll("p")
+    ks.create_topic("t", producers=["p"])
+    first = p.identity(clock.ms)[1]
+    clock.advance(50)
+    assert p.identity(clock.ms)[1].serial > first.serial
+
+
 def test_sealing_before_the_first_epoch_is_a_clear_retryable_error() -> None:
     t = [1_000_000.0]
     ks = LocalKeyService(clock=lambda: t[0])
