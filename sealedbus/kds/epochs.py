@@ -50,6 +50,9 @@ def _info(row: Row[Any], has_key: bool = True) -> EpochInfo:
 
 
 _GRANT_REFUSALS: dict[authority.GrantRefusal, Callable[[str, str, int], ServiceError]] = {
+    authority.GrantRefusal.REVOKED: lambda member, topic, epoch: ServiceError(
+        403, KdsCode.MEMBER_REVOKED, f"member {member!r} is revoked"
+    ),
     authority.GrantRefusal.NOT_CONSUMER: lambda member, topic, epoch: ServiceError(
         403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
     ),

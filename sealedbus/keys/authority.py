@@ -134,7 +134,8 @@ def withdrawn_by_rotation(epochs: Iterable[EpochInfo], now_ms: int) -> tuple[int
 class GrantRefusal(enum.Enum):
     """Why a member may not receive an epoch key (each back end words and raises its own)."""
 
-    NOT_CONSUMER = "not_consumer"  # revoked, or not (or no longer) a consumer of the topic
+    REVOKED = "revoked"  # the member is revoked
+    NOT_CONSUMER = "not_consumer"  # not (or no longer) a consumer of the topic
     UNKNOWN_EPOCH = "unknown_epoch"
     DESTROYED = "destroyed"  # withdrawn, or past retention
     PREDATES = "predates"  # ended before the member's access began (and no history)
@@ -151,7 +152,9 @@ def grant_refusal(
     """Whether a member may receive the key of ``epoch`` (None: no such epoch) of the topic of
     ``policy``: None if it may. ``since_ms`` is since when it may consume the topic (None: it
     may not)."""
-    if revoked or since_ms is None:
+    if revoked:
+        return GrantRefusal.REVOKED
+    if since_ms is None:
         return GrantRefusal.NOT_CONSUMER
     if epoch is None:
         return GrantRefusal.UNKNOWN_EPOCH

@@ -544,7 +544,9 @@ class KeyServiceClient:
                         self._unknown_certs.clear()
                     self._unknown_certs[cert_id] = now_ms + _UNKNOWN_CERT_MS
                 return None
-            raise refusal_error(exc) from None
+            # asked to open an envelope: a revoked member's refusal means "not granted", as
+            # the grant would be refused (and as LocalKeyService says)
+            raise refusal_error(exc, grant=True) from None
         try:
             cert = Certificate.verify(_field(doc, "certificate"), self._root_key(now_ms))
         except SignatureError as exc:

@@ -61,6 +61,7 @@ def _info(record: _Epoch) -> EpochInfo:
 
 # what a refused grant raises: the reason and its text (formatted with member, topic, epoch)
 _GRANT_REFUSALS: dict[authority.GrantRefusal, tuple[Reason, str]] = {
+    authority.GrantRefusal.REVOKED: (Reason.NOT_GRANTED, "member {member!r} is revoked"),
     authority.GrantRefusal.NOT_CONSUMER: (
         Reason.NOT_GRANTED,
         "{member!r} may not consume {topic!r}",

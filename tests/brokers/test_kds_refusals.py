@@ -16,7 +16,8 @@ from sealedbus.errors import AccessDenied, KeyServiceError, KeyServiceUnavailabl
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
-from tests.kds._harness import AsgiTransport, Clock, Kds, make_kds
+from tests.clock import Clock
+from tests.kds._harness import AsgiTransport, Kds, make_kds
 
 DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),

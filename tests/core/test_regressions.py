@@ -19,8 +19,9 @@ from sealedbus.core.signed import Certificate, EpochDescription, SignatureError
 from sealedbus.core.suites import Suite
 from sealedbus.errors import ConfigurationError, KeyServiceUnavailable, MalformedEnvelope
 from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
+from tests.clock import Clock
 
-from ._support import Clock, World, make_world, rejected, split, tampered_rejected, with_proof
+from ._support import World, make_world, rejected, split, tampered_rejected, with_proof
 
 # Curve25519 points of small order (and non-canonical encodings of them), little-endian.
 LOW_ORDER_POINTS = [

@@ -25,8 +25,7 @@ from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import Store
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
-
-T0 = 1_700_000_000.0
+from tests.clock import Clock
 
 
 class AsgiTransport(httpx.BaseTransport):
@@ -70,17 +69,6 @@ def settle() -> None:
 
 def http_client(app: FastAPI) -> httpx.Client:
     return httpx.Client(transport=AsgiTransport(app), base_url="http://testserver")
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

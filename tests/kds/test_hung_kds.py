@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from sealedbus import Opener, Sealer
+from tests.clock import Clock
 
-from ._harness import AsgiTransport, Clock, Kds, make_kds
+from ._harness import AsgiTransport, Kds, make_kds
 
 
 class RealClock(Clock):

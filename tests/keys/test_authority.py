@@ -46,7 +46,7 @@ def test_rotation_withdraws_only_live_epochs_published_ahead() -> None:
     [
         (0, _epoch(0, 0), 1, False, None),
         (None, _epoch(0, 0), 1, False, GrantRefusal.NOT_CONSUMER),
-        (0, _epoch(0, 0), 1, True, GrantRefusal.NOT_CONSUMER),
+        (0, _epoch(0, 0), 1, True, GrantRefusal.REVOKED),
         (0, None, 1, False, GrantRefusal.UNKNOWN_EPOCH),
         (0, _epoch(0, 0, destroyed=True), 1, False, GrantRefusal.DESTROYED),
         (0, _epoch(0, 0), 200_000, False, GrantRefusal.DESTROYED),  # past retention, no tick
