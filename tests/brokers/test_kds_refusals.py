@@ -101,8 +101,8 @@ def test_junk_during_a_kds_outage_holds_only_its_partition(kds: Kds, kafka_drive
     from kafka import KafkaProducer
 
     from sealedbus.brokers.kafka import SealedKafkaProducer
+    from tests.brokers._support import drain_all
     from tests.brokers.drivers import KafkaDriver, KafkaReceiver
-    from tests.brokers.test_reliability_kafka import drain_all
 
     assert isinstance(kafka_driver, KafkaDriver)
     bootstrap = kafka_driver.bootstrap
