@@ -31,6 +31,8 @@ from sealedbus.keys.cli import (
     CommandError,
     Subcommands,
     command,
+    file_option,
+    seconds_option,
     usage,
 )
 
@@ -92,17 +94,12 @@ def _register_serve(kds_sub: Subcommands) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     serve.add_argument("--port", type=int, default=8443, help="TCP port (default: 8443)")
-    serve.add_argument(
-        "--tls-cert", type=Path, metavar="FILE", help="server certificate chain, PEM (no default)"
-    )
-    serve.add_argument(
-        "--tls-key", type=Path, metavar="FILE", help="server private key, PEM (no default)"
-    )
-    serve.add_argument(
+    file_option(serve, "--tls-cert", "server certificate chain, PEM (no default)")
+    file_option(serve, "--tls-key", "server private key, PEM (no default)")
+    file_option(
+        serve,
         "--tls-client-ca",
-        type=Path,
-        metavar="FILE",
-        help="require client certificates issued by this CA (mutual TLS; default: not required)",
+        "require client certificates issued by this CA (mutual TLS; default: not required)",
     )
     serve.add_argument(
         "--insecure-http",
@@ -114,26 +111,23 @@ def _register_serve(kds_sub: Subcommands) -> None:
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="this replica's name in the scheduler lease and audit log (default: HOST-PID)",
     )
-    serve.add_argument(
+    seconds_option(
+        serve,
         "--scheduler-interval",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="how often the scheduler looks for epochs to publish or destroy (default: 1 s)",
+        1.0,
+        "how often the scheduler looks for epochs to publish or destroy (default: 1 s)",
     )
-    serve.add_argument(
+    seconds_option(
+        serve,
         "--lease",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="scheduler lease: a dead leader is replaced after this long (default: 10 s)",
+        10.0,
+        "scheduler lease: a dead leader is replaced after this long (default: 10 s)",
     )
-    serve.add_argument(
+    seconds_option(
+        serve,
         "--certificate-lifetime",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="lifetime of member certificates (default: 3600 s = 1 h)",
+        3600.0,
+        "lifetime of member certificates (default: 3600 s = 1 h)",
     )
     serve.add_argument(
         "--enroll-per-minute",
@@ -142,12 +136,12 @@ def _register_serve(kds_sub: Subcommands) -> None:
         metavar="N",
         help="enrollment attempts per client address per minute, bursts of as many (default: 10)",
     )
-    serve.add_argument(
+    seconds_option(
+        serve,
         "--admin-session-ttl",
-        type=int,
-        default=900,
-        metavar="SECONDS",
-        help="longest admin session one TOTP code opens (default: 900 s = 15 min)",
+        900,
+        "longest admin session one TOTP code opens (default: 900 s = 15 min)",
+        kind=int,
     )
     command(serve, _serve)
 
@@ -170,24 +164,22 @@ def _register_fingerprint(kds_sub: Subcommands) -> None:
     show_fingerprint = kds_sub.add_parser(
         "fingerprint", help="print the root key's fingerprint (what clients pin), nothing secret"
     )
-    show_fingerprint.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("."),
-        metavar="DIR",
-        help="where the key files live (default: the current directory)",
-    )
+    _data_dir_option(show_fingerprint)
     command(show_fingerprint, _fingerprint)
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    file_option(
+        parser,
         "--data-dir",
-        type=Path,
+        "where the key files live (default: the current directory)",
         default=Path("."),
         metavar="DIR",
-        help="where the key files live (default: the current directory)",
     )
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    _data_dir_option(parser)
     parser.add_argument(
         "--db",
         default=os.environ.get(DB_ENV),

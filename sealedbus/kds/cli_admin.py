@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sealedbus.core.suites import LABELS, Suite
 from sealedbus.kds.cli import SESSION_ENV, TOTP_ENV, TOTP_FILE_ENV, _reports_errors
 from sealedbus.keys.cli import (
     FINGERPRINT_ENV,
@@ -28,10 +27,12 @@ from sealedbus.keys.cli import (
     client_options,
     command,
     describe,
-    env_path,
+    file_option,
     http_options,
     load_identity,
     new_secret_path,
+    seconds_option,
+    suite_option,
     usage,
 )
 
@@ -52,33 +53,30 @@ def register(sub: Subcommands) -> None:
         "admin session that one code opened (`admin session open`, then --session).",
     )
     client_options(admin)
-    admin.add_argument(
+    file_option(
+        admin,
         "--key",
-        type=Path,
+        "admin key file (default: admin.key in the current directory)",
         default=Path("admin.key"),
-        metavar="FILE",
-        help="admin key file (default: admin.key in the current directory)",
     )
     admin.add_argument(
         "--totp",
         metavar="CODE",
         help=f"TOTP code, 6 digits (default: ${TOTP_ENV}, else --totp-file, else a prompt)",
     )
-    admin.add_argument(
+    file_option(
+        admin,
         "--totp-file",
-        type=Path,
-        default=env_path(TOTP_FILE_ENV),
-        metavar="FILE",
-        help=f"the admin's TOTP secret (admin.totp) to compute codes from (default: "
+        f"the admin's TOTP secret (admin.totp) to compute codes from (default: "
         f"${TOTP_FILE_ENV}); trades the second factor for automation: CI secrets only",
+        env=TOTP_FILE_ENV,
     )
-    admin.add_argument(
+    file_option(
+        admin,
         "--session",
-        type=Path,
-        default=env_path(SESSION_ENV),
-        metavar="FILE",
-        help=f"an admin session file from `admin session open`, used instead of a TOTP code "
+        f"an admin session file from `admin session open`, used instead of a TOTP code "
         f"(default: ${SESSION_ENV})",
+        env=SESSION_ENV,
     )
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
@@ -87,9 +85,7 @@ def register(sub: Subcommands) -> None:
     opening = session_sub.add_parser(
         "open", help="spend one TOTP code on a session that later commands use (--session)"
     )
-    opening.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="file for the session (0600)"
-    )
+    file_option(opening, "--out", "file for the session (0600)", required=True)
     opening.add_argument(
         "--ttl",
         type=int,
@@ -114,16 +110,14 @@ def register(sub: Subcommands) -> None:
         metavar="ROLE",
         help="a role the member gets (repeatable; default: none)",
     )
-    token.add_argument(
+    seconds_option(
+        token,
         "--ttl",
-        type=int,
-        default=900,
-        metavar="SECONDS",
-        help=f"how long the token is valid, {TOKEN_TTL[0]} to {TOKEN_TTL[1]} s (default: 900 s)",
+        900,
+        f"how long the token is valid, {TOKEN_TTL[0]} to {TOKEN_TTL[1]} s (default: 900 s)",
+        kind=int,
     )
-    token.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="file for the token (0600)"
-    )
+    file_option(token, "--out", "file for the token (0600)", required=True)
     command(token, _admin, action="token")
 
     topic = admin_sub.add_parser("topic", help="create, change, list and show topics")
@@ -142,40 +136,35 @@ def register(sub: Subcommands) -> None:
         metavar="NAMES",
         help="comma-separated names or role:NAME (default: nobody)",
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--rotation",
-        type=int,
-        default=3600,
-        metavar="SECONDS",
-        help="epoch length: a new topic key this often (default: 3600 s = 1 h)",
+        3600,
+        "epoch length: a new topic key this often (default: 3600 s = 1 h)",
+        kind=int,
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--retention",
-        type=int,
-        default=7 * 86_400,
-        metavar="SECONDS",
-        help="how long an epoch's private key is kept after the epoch ends, then destroyed "
+        7 * 86_400,
+        "how long an epoch's private key is kept after the epoch ends, then destroyed "
         "(default: 604800 s = 7 days)",
+        kind=int,
     )
-    create.add_argument(
-        "--suite",
-        choices=LABELS,
-        default=Suite.X25519.label,
-        help="key agreement; x25519-mlkem768 is post-quantum hybrid (default: x25519)",
-    )
+    suite_option(create, "key agreement; x25519-mlkem768 is post-quantum hybrid (default: x25519)")
     create.add_argument(
         "--history",
         action="store_true",
         help="new consumers may read epochs from before they were added (default: off)",
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--max-age",
-        type=int,
-        default=86_400,
-        metavar="SECONDS",
-        help="openers refuse messages sent longer ago (bounds replays to restarted or other "
+        86_400,
+        "openers refuse messages sent longer ago (bounds replays to restarted or other "
         "consumers; a consumer lagging more dead-letters as expired); 0: no limit "
         "(default: 86400 s = 24 h)",
+        kind=int,
     )
     command(create, _admin, action="topic-create")
     change = topic_sub.add_parser("set", help="replace who may produce or consume")

@@ -41,22 +41,11 @@ def register(sub: Subcommands) -> None:
     enroll = sub.add_parser("enroll", help="create a member's key file and enroll it")
     client_options(enroll)
     enroll.add_argument("--name", required=True, help="the service name the token was made for")
-    enroll.add_argument(
-        "--token-file",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the one-time token from `sealedbus admin token`",
+    file_option(
+        enroll, "--token-file", "the one-time token from `sealedbus admin token`", required=True
     )
-    enroll.add_argument(
-        "--key-out", type=Path, required=True, metavar="FILE", help="member key file (0600)"
-    )
-    enroll.add_argument(
-        "--suite",
-        choices=LABELS,
-        default=Suite.X25519.label,
-        help="the receive key's suite (default: x25519)",
-    )
+    file_option(enroll, "--key-out", "member key file (0600)", required=True)
+    suite_option(enroll, "the receive key's suite (default: x25519)")
     enroll.add_argument(
         "--replace",
         action="store_true",
@@ -191,33 +180,53 @@ def client_options(parser: argparse.ArgumentParser) -> None:
         metavar="SHA256",
         help=f"pinned KDS root key fingerprint (default: ${FINGERPRINT_ENV})",
     )
-    parser.add_argument(
+    file_option(
+        parser,
         "--ca",
-        type=Path,
-        default=env_path(CA_ENV),
-        metavar="FILE",
-        help=f"CA bundle to verify the KDS TLS certificate (default: ${CA_ENV}, else the "
+        f"CA bundle to verify the KDS TLS certificate (default: ${CA_ENV}, else the "
         "system trust store)",
+        env=CA_ENV,
     )
-    parser.add_argument(
-        "--client-cert",
-        type=Path,
-        metavar="FILE",
-        help="client certificate for mutual TLS (default: none)",
+    file_option(parser, "--client-cert", "client certificate for mutual TLS (default: none)")
+    file_option(
+        parser, "--client-key", "client key for mutual TLS (default: the --client-cert file)"
     )
-    parser.add_argument(
-        "--client-key",
-        type=Path,
-        metavar="FILE",
-        help="client key for mutual TLS (default: the --client-cert file)",
+    seconds_option(
+        parser, "--timeout", 5.0, "give up on a KDS request after this long (default: 5 s)"
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="give up on a KDS request after this long (default: 5 s)",
-    )
+
+
+def file_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    help: str,
+    *,
+    env: str | None = None,
+    metavar: str = "FILE",
+    **extra: Any,
+) -> None:
+    """An option naming a file (or, with ``metavar="DIR"``, a folder); with ``env``, its default
+    is that environment variable's value when set."""
+    if env is not None:
+        extra["default"] = env_path(env)
+    parser.add_argument(flag, type=Path, metavar=metavar, help=help, **extra)
+
+
+def seconds_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: float,
+    help: str,
+    *,
+    kind: type[int] | type[float] = float,
+) -> None:
+    """An option giving a duration in seconds (its help says the default and its unit)."""
+    parser.add_argument(flag, type=kind, default=default, metavar="SECONDS", help=help)
+
+
+def suite_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--suite``: one of the suites' labels (``core.suites.LABELS``), x25519 by default."""
+    parser.add_argument("--suite", choices=LABELS, default=Suite.X25519.label, help=help)
 
 
 def http_options(args: argparse.Namespace) -> dict[str, Any]:
