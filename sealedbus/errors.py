@@ -76,6 +76,7 @@ class KdsCode(StrEnum):
     UNKNOWN_SESSION = "unknown_session"
     # enrollment and tokens
     BAD_ENROLLMENT = "bad_enrollment"
+    WEAK_KEY = "weak_key"  # an Ed25519 key of small order or not canonically encoded
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a refusal code, not a secret
     TOKEN_USED = "token_used"  # noqa: S105 - a refusal code, not a secret
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a refusal code, not a secret
@@ -239,6 +240,7 @@ KDS_REFUSALS: dict[KdsCode, tuple[type[KeyServiceError], Reason | None]] = {
     KdsCode.BAD_SESSION: (AccessDenied, None),
     KdsCode.UNKNOWN_SESSION: (AccessDenied, None),
     KdsCode.BAD_ENROLLMENT: (AccessDenied, None),
+    KdsCode.WEAK_KEY: (AccessDenied, None),
     KdsCode.INVALID_TOKEN: (AccessDenied, None),
     KdsCode.TOKEN_USED: (AccessDenied, None),
     KdsCode.TOKEN_EXPIRED: (AccessDenied, None),

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core import suites
+from sealedbus.core.backend import acceptable_point
 from sealedbus.core.signed import (
     COMPROMISE,
     Certificate,
@@ -209,6 +210,8 @@ def issue_certificate(
     serial: int,
 ) -> Certificate:
     Ed25519PublicKey.from_public_bytes(identity_public)  # raises ValueError on a bad key
+    if not acceptable_point(identity_public):  # anyone could sign as it (SPEC.md 5.4)
+        raise ValueError("identity key is of small order or not canonically encoded")
     suites.check_public_key(receive_suite, receive_public)
     return Certificate(
         member=member,

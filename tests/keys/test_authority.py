@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from sealedbus.core.backend import SMALL_ORDER_POINTS
 from sealedbus.core.signed import Certificate
 from sealedbus.core.suites import Suite
 from sealedbus.keys import authority
@@ -91,3 +92,15 @@ def test_certificate_reissued_when_its_topics_change() -> None:
     assert not authority.needs_reissue(cert, ["a", "b"], ["c"], 1, 1000)
     assert authority.needs_reissue(cert, ["a"], ["c"], 1, 1000)
     assert authority.needs_reissue(cert, ["a", "b"], [], 1, 1000)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [*SMALL_ORDER_POINTS, b"\xee" + b"\xff" * 30 + b"\x7f"],  # the last: y = p + 1, non-canonical
+    ids=lambda p: p.hex()[:8],
+)
+def test_no_certificate_for_a_small_order_or_non_canonical_identity_key(point: bytes) -> None:
+    """Both back ends issue certificates here: an identity key anyone can sign as (a point of
+    small order, SPEC.md 5.4) is refused, whoever asks."""
+    with pytest.raises(ValueError, match=r"small order|not canonically|public key"):
+        authority.issue_certificate("m", point, Suite.X25519, os.urandom(32), [], [], 0, 1000, 1)
