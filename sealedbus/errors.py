@@ -91,6 +91,7 @@ class KdsCode(StrEnum):
     TOPIC_EXISTS = "topic_exists"
     EPOCH_UNKNOWN = "epoch_unknown"
     EPOCH_DESTROYED = "epoch_destroyed"
+    PREDATES_ACCESS = "predates_access"  # the epoch ended before this member's access began
     NO_EPOCH = "no_epoch"
     # the request itself, and the service
     INVALID_REQUEST = "invalid_request"
@@ -160,9 +161,16 @@ class UnauthenticEnvelope(InvalidEnvelope):
 
 
 class UnopenableEnvelope(InvalidEnvelope):
-    """This member holds no key for it (not granted, destroyed) or decryption failed."""
+    """This member holds no key for it (not granted, destroyed) or decryption failed;
+    ``refusal`` is the key service's code (a KdsCode) when a key service refused the key."""
 
     default_reason = Reason.DECRYPT_FAILED
+
+    def __init__(
+        self, reason: Reason | None = None, detail: str = "", *, refusal: KdsCode | None = None
+    ) -> None:
+        super().__init__(reason, detail)
+        self.refusal = refusal
 
 
 class KeyServiceError(SealedbusError):
@@ -254,6 +262,7 @@ KDS_REFUSALS: dict[KdsCode, tuple[type[KeyServiceError], Reason | None]] = {
     KdsCode.TOPIC_EXISTS: (AccessDenied, None),
     KdsCode.EPOCH_UNKNOWN: (UnknownTopic, Reason.EPOCH_UNKNOWN),
     KdsCode.EPOCH_DESTROYED: (AccessDenied, Reason.EPOCH_DESTROYED),
+    KdsCode.PREDATES_ACCESS: (AccessDenied, Reason.NOT_GRANTED),
     KdsCode.NO_EPOCH: (AccessDenied, None),
     KdsCode.INVALID_REQUEST: (AccessDenied, None),
     KdsCode.INVALID_NAME: (AccessDenied, None),
@@ -271,5 +280,5 @@ def refusal_error(refused: Refused, *, grant: bool = False) -> SealedbusError:
     the refusal answered a request for an epoch's keys, to open an envelope with."""
     cls, reason = KDS_REFUSALS[refused.reason]
     if grant and reason is not None:
-        return UnopenableEnvelope(reason, refused.detail)
+        return UnopenableEnvelope(reason, refused.detail, refusal=refused.reason)
     return cls(refused.detail)

@@ -4,7 +4,6 @@ master key."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
@@ -49,22 +48,13 @@ def _info(row: Row[Any], has_key: bool = True) -> EpochInfo:
     )
 
 
-_GRANT_REFUSALS: dict[authority.GrantRefusal, Callable[[str, str, int], ServiceError]] = {
-    authority.GrantRefusal.REVOKED: lambda member, topic, epoch: ServiceError(
-        403, KdsCode.MEMBER_REVOKED, f"member {member!r} is revoked"
-    ),
-    authority.GrantRefusal.NOT_CONSUMER: lambda member, topic, epoch: ServiceError(
-        403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
-    ),
-    authority.GrantRefusal.UNKNOWN_EPOCH: lambda member, topic, epoch: ServiceError(
-        404, KdsCode.EPOCH_UNKNOWN, f"{topic!r} has no epoch {epoch}"
-    ),
-    authority.GrantRefusal.DESTROYED: lambda member, topic, epoch: ServiceError(
-        410, KdsCode.EPOCH_DESTROYED, f"{topic!r} epoch {epoch} is destroyed"
-    ),
-    authority.GrantRefusal.PREDATES: lambda member, topic, epoch: ServiceError(
-        403, KdsCode.NOT_GRANTED, f"epoch {epoch} predates {member!r}'s access"
-    ),
+# the HTTP status and text of each refused grant (its code: authority.GRANT_REFUSAL_CODES)
+_GRANT_REFUSALS: dict[authority.GrantRefusal, tuple[int, str]] = {
+    authority.GrantRefusal.REVOKED: (403, "member {member!r} is revoked"),
+    authority.GrantRefusal.NOT_CONSUMER: (403, "{member!r} may not consume {topic!r}"),
+    authority.GrantRefusal.UNKNOWN_EPOCH: (404, "{topic!r} has no epoch {epoch}"),
+    authority.GrantRefusal.DESTROYED: (410, "{topic!r} epoch {epoch} is destroyed"),
+    authority.GrantRefusal.PREDATES: (403, "epoch {epoch} predates {member!r}'s access"),
 }
 
 
@@ -152,7 +142,12 @@ class Epochs(Part):
             )
             if refusal is not None or row is None or wrapped is None:  # (no row, no key: refused)
                 refusal = refusal or authority.GrantRefusal.DESTROYED
-                raise _GRANT_REFUSALS[refusal](member, topic, epoch)
+                status, text = _GRANT_REFUSALS[refusal]
+                raise ServiceError(
+                    status,
+                    authority.GRANT_REFUSAL_CODES[refusal],
+                    text.format(member=member, topic=topic, epoch=epoch),
+                )
             cert_bytes = rows.latest_certificate(conn, member)
         if cert_bytes is None:
             raise ServiceError(403, KdsCode.NOT_GRANTED, f"{member!r} holds no certificate")

@@ -28,6 +28,7 @@ from sealedbus.core.signed import (
     topic_key_info,
 )
 from sealedbus.core.suites import KeyPair, Suite
+from sealedbus.errors import KdsCode
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -140,6 +141,16 @@ class GrantRefusal(enum.Enum):
     UNKNOWN_EPOCH = "unknown_epoch"
     DESTROYED = "destroyed"  # withdrawn, or past retention
     PREDATES = "predates"  # ended before the member's access began (and no history)
+
+
+# the code each refusal is reported with (KDS answers; LocalKeyService's UnopenableEnvelope)
+GRANT_REFUSAL_CODES: dict[GrantRefusal, KdsCode] = {
+    GrantRefusal.REVOKED: KdsCode.MEMBER_REVOKED,
+    GrantRefusal.NOT_CONSUMER: KdsCode.NOT_GRANTED,
+    GrantRefusal.UNKNOWN_EPOCH: KdsCode.EPOCH_UNKNOWN,
+    GrantRefusal.DESTROYED: KdsCode.EPOCH_DESTROYED,
+    GrantRefusal.PREDATES: KdsCode.PREDATES_ACCESS,
+}
 
 
 def grant_refusal(

@@ -313,9 +313,12 @@ class LocalKeyService:
                 revoked=member in self._revoked,
             )
             if refusal is not None or record is None or record.keys is None:  # (those: refused)
-                reason, text = _GRANT_REFUSALS[refusal or authority.GrantRefusal.DESTROYED]
+                refusal = refusal or authority.GrantRefusal.DESTROYED
+                reason, text = _GRANT_REFUSALS[refusal]
                 raise UnopenableEnvelope(
-                    reason, text.format(member=member, topic=name, epoch=epoch)
+                    reason,
+                    text.format(member=member, topic=name, epoch=epoch),
+                    refusal=authority.GRANT_REFUSAL_CODES[refusal],
                 )
             cert = self._certificate_for(member, now)
             try:
