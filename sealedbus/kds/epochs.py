@@ -4,9 +4,10 @@ master key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, func, insert, select, update
 
 from sealedbus.core import suites
 from sealedbus.core.signed import Certificate, EpochDescription, SealingEpochAnswer
@@ -254,30 +255,10 @@ class Epochs(Part):
             if len(found) < batch:
                 break
         with self.store.write() as conn:
-            for t in conn.execute(
-                select(topics.c.name, topics.c.token_key).where(
-                    topics.c.key_id != self.master.current
-                )
-            ).all():
-                context = token_context(t.name)
-                wrapped = self.master.wrap(self.master.unwrap(t.token_key, context), context)
-                conn.execute(
-                    update(topics)
-                    .where(topics.c.name == t.name)
-                    .values(token_key=wrapped, key_id=self.master.current)
-                )
-                done += 1
-            for a in conn.execute(
-                select(admins).where(admins.c.key_id != self.master.current)
-            ).all():
-                context = b"admin totp " + a.name.encode()
-                wrapped = self.master.wrap(self.master.unwrap(a.totp_wrapped, context), context)
-                conn.execute(
-                    update(admins)
-                    .where(admins.c.name == a.name)
-                    .values(totp_wrapped=wrapped, key_id=self.master.current)
-                )
-                done += 1
+            done += self._rewrap_column(conn, topics, "token_key", lambda r: token_context(r.name))
+            done += self._rewrap_column(
+                conn, admins, "totp_wrapped", lambda r: b"admin totp " + r.name.encode()
+            )
             audit.append(
                 conn,
                 self.root,
@@ -288,6 +269,24 @@ class Epochs(Part):
                 values=done,
             )
         return done
+
+    def _rewrap_column(
+        self, conn: Connection, table: Table, column: str, context: Callable[[Row[Any]], bytes]
+    ) -> int:
+        """Re-wrap ``column`` of every row of ``table`` (keyed by ``name``) still wrapped under
+        an older master key; returns how many."""
+        current = self.master.current
+        found = conn.execute(select(table).where(table.c.key_id != current)).all()
+        for row in found:
+            wrapped = self.master.wrap(
+                self.master.unwrap(getattr(row, column), context(row)), context(row)
+            )
+            conn.execute(
+                update(table)
+                .where(table.c.name == row.name)
+                .values({column: wrapped, "key_id": current})
+            )
+        return len(found)
 
     def master_keys_in_use(self) -> set[str]:
         with self.store.read() as conn:
