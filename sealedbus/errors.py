@@ -79,6 +79,7 @@ class KdsCode(StrEnum):
     UNKNOWN_SESSION = "unknown_session"
     # enrollment and tokens
     BAD_ENROLLMENT = "bad_enrollment"
+    WEAK_KEY = "weak_key"  # an Ed25519 key of small order or not canonically encoded
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a refusal code, not a secret
     TOKEN_USED = "token_used"  # noqa: S105 - a refusal code, not a secret
     TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a refusal code, not a secret
@@ -93,6 +94,7 @@ class KdsCode(StrEnum):
     TOPIC_EXISTS = "topic_exists"
     EPOCH_UNKNOWN = "epoch_unknown"
     EPOCH_DESTROYED = "epoch_destroyed"
+    PREDATES_ACCESS = "predates_access"  # the epoch ended before this member's access began
     NO_EPOCH = "no_epoch"
     # subjects (per-subject erasure)
     SUBJECT_ERASED = "subject_erased"
@@ -165,9 +167,16 @@ class UnauthenticEnvelope(InvalidEnvelope):
 
 
 class UnopenableEnvelope(InvalidEnvelope):
-    """This member holds no key for it (not granted, destroyed) or decryption failed."""
+    """This member holds no key for it (not granted, destroyed) or decryption failed;
+    ``refusal`` is the key service's code (a KdsCode) when a key service refused the key."""
 
     default_reason = Reason.DECRYPT_FAILED
+
+    def __init__(
+        self, reason: Reason | None = None, detail: str = "", *, refusal: KdsCode | None = None
+    ) -> None:
+        super().__init__(reason, detail)
+        self.refusal = refusal
 
 
 class KeyServiceError(SealedbusError):
@@ -251,6 +260,7 @@ KDS_REFUSALS: dict[KdsCode, tuple[type[KeyServiceError], Reason | None]] = {
     KdsCode.BAD_SESSION: (AccessDenied, None),
     KdsCode.UNKNOWN_SESSION: (AccessDenied, None),
     KdsCode.BAD_ENROLLMENT: (AccessDenied, None),
+    KdsCode.WEAK_KEY: (AccessDenied, None),
     KdsCode.INVALID_TOKEN: (AccessDenied, None),
     KdsCode.TOKEN_USED: (AccessDenied, None),
     KdsCode.TOKEN_EXPIRED: (AccessDenied, None),
@@ -264,6 +274,7 @@ KDS_REFUSALS: dict[KdsCode, tuple[type[KeyServiceError], Reason | None]] = {
     KdsCode.TOPIC_EXISTS: (AccessDenied, None),
     KdsCode.EPOCH_UNKNOWN: (UnknownTopic, Reason.EPOCH_UNKNOWN),
     KdsCode.EPOCH_DESTROYED: (AccessDenied, Reason.EPOCH_DESTROYED),
+    KdsCode.PREDATES_ACCESS: (AccessDenied, Reason.NOT_GRANTED),
     KdsCode.NO_EPOCH: (AccessDenied, None),
     KdsCode.SUBJECT_ERASED: (AccessDenied, Reason.SUBJECT_ERASED),
     KdsCode.UNKNOWN_SUBJECT_KEY: (AccessDenied, Reason.BAD_SIGNATURE),
@@ -285,5 +296,5 @@ def refusal_error(refused: Refused, *, grant: bool = False) -> SealedbusError:
     if grant and reason is not None:
         if reason is Reason.BAD_SIGNATURE:  # a subject key id the authority never issued
             return UnauthenticEnvelope(reason, refused.detail)
-        return UnopenableEnvelope(reason, refused.detail)
+        return UnopenableEnvelope(reason, refused.detail, refusal=refused.reason)
     return cls(refused.detail)

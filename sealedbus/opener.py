@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sealedbus.core import backend, suites, wire
 from sealedbus.core.backend import CoreSession, OpenJob
+from sealedbus.core.cache import BoundedCache
 from sealedbus.core.envelope import HeaderValue
 from sealedbus.core.replay import ReplayGuard, Seen, session_digest
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
@@ -73,36 +73,6 @@ class OpenedMessage:
     def replay_digest(self) -> bytes:
         """The session as named in carried-over replay state (``Opener.restore_replay``)."""
         return session_digest(self.session[:16], self.epoch, self.session[16:])
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Cache(Generic[K, V]):
-    """A bounded map evicting the oldest entry; reads take no lock (dict reads are atomic)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._d: dict[K, V] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        return self._d.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._d[key] = value
-            if len(self._d) > self.size:
-                del self._d[next(iter(self._d))]
-
-    def pop(self, key: K) -> None:
-        with self._lock:
-            self._d.pop(key, None)
-
-    def drop_if(self, stale: Callable[[V], bool]) -> None:
-        with self._lock:
-            self._d = {k: v for k, v in self._d.items() if not stale(v)}
 
 
 _SessionKey = tuple[str, int, bytes, Suite]  # topic, epoch, session id, suite
@@ -173,11 +143,11 @@ class Opener:
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sealedbus-open")
         self._lock = threading.Lock()
-        self._sessions: _Cache[_SessionKey, tuple[CoreSession, EpochDescription]] = _Cache(
-            max_sessions
+        self._sessions: BoundedCache[_SessionKey, tuple[CoreSession, EpochDescription]] = (
+            BoundedCache(max_sessions)
         )
         self._trees = self._core.new_cache()  # batch roots (or tree nodes) already verified
-        self._senders: _Cache[bytes, _Sender] = _Cache(10_000)
+        self._senders: BoundedCache[bytes, _Sender] = BoundedCache(10_000)
         self._revocation_list: tuple[RevocationList, int] | None = None
         self._floors: dict[tuple[str, Hashable], dict[bytes, int]] = {}
         self._next_sweep_ms = 0

@@ -44,10 +44,12 @@ from sealedbus.errors import (
     BrokerError,
     ConfigurationError,
     InvalidEnvelope,
+    KdsCode,
     KeyServiceError,
     Reason,
     SealedbusError,
     UnauthenticEnvelope,
+    UnopenableEnvelope,
 )
 from sealedbus.keys.source import KeySource
 from sealedbus.opener import OpenedMessage, Opener
@@ -78,9 +80,10 @@ def reader_refusal(topic: str, exc: SealedbusError) -> SealedbusError | None:
     if isinstance(exc, KeyServiceError) or exc.retryable:
         return exc
     if (
-        isinstance(exc, InvalidEnvelope)
+        isinstance(exc, UnopenableEnvelope)
         and exc.reason is Reason.NOT_GRANTED
-        and "predates" not in exc.detail  # an epoch before this member's access: the message's
+        # an epoch that ended before this member's access began: the message's fault
+        and exc.refusal is not KdsCode.PREDATES_ACCESS
     ):
         denied = AccessDenied(
             f"this consumer may not read {topic!r} ({exc.detail or exc.reason.value}); the "

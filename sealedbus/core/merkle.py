@@ -7,9 +7,9 @@ n leaves splits at the largest power of two below n; inclusion paths list siblin
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Hashable
-from functools import lru_cache
+
+from sealedbus.core.cache import BoundedCache
 
 MAX_TREE_SIZE = 0xFFFF
 
@@ -39,11 +39,23 @@ def build(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
 Range = tuple[int, int]  # leaves [start, end) under a node
 
 
-@lru_cache(maxsize=1024)  # (index, size) come from unauthenticated envelopes: a small bound
+_PATH_RANGES: BoundedCache[tuple[int, int], tuple[tuple[Range, Range, bool], ...]] = BoundedCache(
+    1024  # (index, size) come from unauthenticated envelopes: a small bound
+)
+
+
 def path_ranges(index: int, size: int) -> tuple[tuple[Range, Range, bool], ...]:
     """For each sibling on leaf ``index``'s inclusion path, bottom-up: the range of the node the
     walk is at, the sibling's range, and whether the sibling is on the left. Cached for the
     last 1,024 pairs (the batches in flight use a few sizes); at most 16 levels each."""
+    cached = _PATH_RANGES.get((index, size))
+    if cached is None:
+        cached = _path_ranges(index, size)
+        _PATH_RANGES.put((index, size), cached)
+    return cached
+
+
+def _path_ranges(index: int, size: int) -> tuple[tuple[Range, Range, bool], ...]:
     if not 0 <= index < size:
         raise ValueError("leaf index out of range")
     out: list[tuple[Range, Range, bool]] = []
@@ -70,8 +82,7 @@ class VerifiedTrees:
 
     def __init__(self, max_trees: int = 4096) -> None:
         self.max_trees = max_trees
-        self._trees: dict[Hashable, dict[Range, bytes]] = {}
-        self._lock = threading.Lock()
+        self._trees: BoundedCache[Hashable, dict[Range, bytes]] = BoundedCache(max_trees)
 
     def contains(
         self, tree: Hashable, index: int, size: int, leaf: bytes, path: list[bytes]
@@ -109,10 +120,7 @@ class VerifiedTrees:
             known[sibling] = p
             r = node_hash(p, r) if left else node_hash(r, p)
         known[(0, size)] = r
-        with self._lock:
-            self._trees.setdefault(tree, {}).update(known)
-            if len(self._trees) > self.max_trees:
-                del self._trees[next(iter(self._trees))]
+        self._trees.setdefault(tree, {}).update(known)
 
 
 def path_length(index: int, size: int) -> int:

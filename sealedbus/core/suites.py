@@ -64,6 +64,10 @@ class Suite(IntEnum):
         return _XWING_SEED_LEN if self is Suite.HYBRID else _X25519_LEN
 
 
+# every suite's label, the one list command lines and the KDS API offer
+LABELS: tuple[str, ...] = tuple(s.label for s in Suite)
+
+
 @dataclass(frozen=True)
 class KeyPair:
     """An epoch or receive key pair in its wire encoding (SPEC.md 3.1)."""

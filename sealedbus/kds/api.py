@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sealedbus.core import suites
 from sealedbus.core.signed import fingerprint
 from sealedbus.core.suites import Suite
 from sealedbus.errors import KdsCode
@@ -45,7 +46,10 @@ Entry = Annotated[str, StringConstraints(pattern=ENTRY_PATTERN)]
 TopicName = Annotated[str, Path(pattern=signing.TOPIC_PATTERN)]
 MemberName = Annotated[str, Path(pattern=signing.NAME_PATTERN)]
 B64 = Annotated[str, StringConstraints(pattern=_B64, max_length=8192)]
-SuiteName = Literal["x25519", "x25519-mlkem768"]
+if TYPE_CHECKING:
+    SuiteName = str
+else:  # the labels of core/suites.py, as a Literal (the API schema lists them)
+    SuiteName = Literal[suites.LABELS]
 
 
 class _Model(BaseModel):
@@ -69,7 +73,7 @@ class EnrollRequest(_Model):
     token_key: B64
     member: Name
     identity_public: B64
-    receive_suite: SuiteName = "x25519"
+    receive_suite: SuiteName = Suite.X25519.label
     receive_public: B64
     timestamp_ms: int = Field(ge=0, le=1 << 53)
     token_proof: B64
@@ -138,7 +142,7 @@ class TopicIn(_Model):
     consumers: list[Entry] = Field(default_factory=list, max_length=256)
     rotation_seconds: int = Field(default=3600, ge=1, le=366 * 86_400)
     retention_seconds: int = Field(default=7 * 86_400, ge=1, le=100 * 366 * 86_400)
-    suite: SuiteName = "x25519"
+    suite: SuiteName = Suite.X25519.label
     history: bool = False
     max_age_seconds: int = Field(default=86_400, ge=0, le=100 * 366 * 86_400)  # 0: no limit
 
@@ -230,7 +234,7 @@ def _topic_out(p: TopicPolicy) -> TopicIn:
         consumers=sorted(p.consumers),
         rotation_seconds=p.rotation_ms // 1000,
         retention_seconds=p.retention_ms // 1000,
-        suite="x25519" if p.suite is Suite.X25519 else "x25519-mlkem768",
+        suite=p.suite.label,
         history=p.history,
         max_age_seconds=p.max_age_ms // 1000,
     )

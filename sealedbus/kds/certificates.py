@@ -42,8 +42,8 @@ class Certificates(Part):
             if latest is not None:
                 cert = Certificate.verify(latest, self.root_public)
                 produce, consume = self._rights(conn, member)
-                fresh = cert.not_after_ms - now > self.kds.certificate_lifetime_ms // 2
-                if fresh and (cert.produce, cert.consume) == (produce, consume):
+                lifetime = self.kds.certificate_lifetime_ms
+                if not authority.needs_reissue(cert, produce, consume, now, lifetime):
                     return latest
         with self.store.write() as conn:
             return self.issue(conn, member, now)

@@ -16,25 +16,28 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sealedbus.kds.cli import (
-    _FINGERPRINT,
+from sealedbus.kds.cli import SESSION_ENV, TOTP_ENV, TOTP_FILE_ENV, _reports_errors
+from sealedbus.keys.cli import (
     FINGERPRINT_ENV,
-    SESSION_ENV,
-    TOTP_ENV,
-    TOTP_FILE_ENV,
+    FINGERPRINT_PATTERN,
     CommandError,
-    _client_options,
-    _command,
-    _describe,
-    _env_path,
-    _http_options,
-    _load_identity,
-    _new_secret_path,
-    _reports_errors,
-    _usage,
+    Subcommands,
+    client_options,
+    command,
+    describe,
+    file_option,
+    http_options,
+    load_identity,
+    new_secret_path,
+    seconds_option,
+    suite_option,
+    usage,
 )
+
+if TYPE_CHECKING:
+    from sealedbus.kds.admin_client import AdminClient
 
 TOKEN_TTL = (10, 86_400)  # what the KDS accepts for `admin token --ttl`, in seconds
 SESSION_TTL = (10, 86_400)
@@ -42,7 +45,7 @@ PRODUCER_REFRESH_S = 10  # KeyServiceClient's default epoch_refresh
 EXPORT_PAGE = 500  # audit entries per request of `audit export`
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     admin = sub.add_parser(
         "admin",
         help="administer a KDS (needs the admin key, and a TOTP code or an admin session)",
@@ -50,34 +53,31 @@ def register(sub: Any) -> None:
         "a TOTP code (--totp, $SEALEDBUS_TOTP, --totp-file, else a prompt on a terminal) or an "
         "admin session that one code opened (`admin session open`, then --session).",
     )
-    _client_options(admin)
-    admin.add_argument(
+    client_options(admin)
+    file_option(
+        admin,
         "--key",
-        type=Path,
+        "admin key file (default: admin.key in the current directory)",
         default=Path("admin.key"),
-        metavar="FILE",
-        help="admin key file (default: admin.key in the current directory)",
     )
     admin.add_argument(
         "--totp",
         metavar="CODE",
         help=f"TOTP code, 6 digits (default: ${TOTP_ENV}, else --totp-file, else a prompt)",
     )
-    admin.add_argument(
+    file_option(
+        admin,
         "--totp-file",
-        type=Path,
-        default=_env_path(TOTP_FILE_ENV),
-        metavar="FILE",
-        help=f"the admin's TOTP secret (admin.totp) to compute codes from (default: "
+        f"the admin's TOTP secret (admin.totp) to compute codes from (default: "
         f"${TOTP_FILE_ENV}); trades the second factor for automation: CI secrets only",
+        env=TOTP_FILE_ENV,
     )
-    admin.add_argument(
+    file_option(
+        admin,
         "--session",
-        type=Path,
-        default=_env_path(SESSION_ENV),
-        metavar="FILE",
-        help=f"an admin session file from `admin session open`, used instead of a TOTP code "
+        f"an admin session file from `admin session open`, used instead of a TOTP code "
         f"(default: ${SESSION_ENV})",
+        env=SESSION_ENV,
     )
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
 
@@ -86,23 +86,21 @@ def register(sub: Any) -> None:
     opening = session_sub.add_parser(
         "open", help="spend one TOTP code on a session that later commands use (--session)"
     )
-    opening.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="file for the session (0600)"
-    )
+    file_option(opening, "--out", "file for the session (0600)", required=True)
     opening.add_argument(
         "--ttl",
         type=int,
         metavar="SECONDS",
         help="session lifetime, 10 s or more (default: the KDS's --admin-session-ttl, 900 s)",
     )
-    _command(opening, _admin, action="session-open")
+    command(opening, _admin, action="session-open")
     closing = session_sub.add_parser("close", help="close the session in --session, or all")
     closing.add_argument(
         "--all",
         action="store_true",
         help="close every open session of this admin (default: only the one in --session)",
     )
-    _command(closing, _admin, action="session-close")
+    command(closing, _admin, action="session-close")
 
     token = admin_sub.add_parser("token", help="create a one-time enrollment token")
     token.add_argument("member", help="the service name the token enrolls")
@@ -113,17 +111,15 @@ def register(sub: Any) -> None:
         metavar="ROLE",
         help="a role the member gets (repeatable; default: none)",
     )
-    token.add_argument(
+    seconds_option(
+        token,
         "--ttl",
-        type=int,
-        default=900,
-        metavar="SECONDS",
-        help=f"how long the token is valid, {TOKEN_TTL[0]} to {TOKEN_TTL[1]} s (default: 900 s)",
+        900,
+        f"how long the token is valid, {TOKEN_TTL[0]} to {TOKEN_TTL[1]} s (default: 900 s)",
+        kind=int,
     )
-    token.add_argument(
-        "--out", type=Path, required=True, metavar="FILE", help="file for the token (0600)"
-    )
-    _command(token, _admin, action="token")
+    file_option(token, "--out", "file for the token (0600)", required=True)
+    command(token, _admin, action="token")
 
     topic = admin_sub.add_parser("topic", help="create, change, list and show topics")
     topic_sub = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
@@ -141,42 +137,37 @@ def register(sub: Any) -> None:
         metavar="NAMES",
         help="comma-separated names or role:NAME (default: nobody)",
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--rotation",
-        type=int,
-        default=3600,
-        metavar="SECONDS",
-        help="epoch length: a new topic key this often (default: 3600 s = 1 h)",
+        3600,
+        "epoch length: a new topic key this often (default: 3600 s = 1 h)",
+        kind=int,
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--retention",
-        type=int,
-        default=7 * 86_400,
-        metavar="SECONDS",
-        help="how long an epoch's private key is kept after the epoch ends, then destroyed "
+        7 * 86_400,
+        "how long an epoch's private key is kept after the epoch ends, then destroyed "
         "(default: 604800 s = 7 days)",
+        kind=int,
     )
-    create.add_argument(
-        "--suite",
-        choices=["x25519", "x25519-mlkem768"],
-        default="x25519",
-        help="key agreement; x25519-mlkem768 is post-quantum hybrid (default: x25519)",
-    )
+    suite_option(create, "key agreement; x25519-mlkem768 is post-quantum hybrid (default: x25519)")
     create.add_argument(
         "--history",
         action="store_true",
         help="new consumers may read epochs from before they were added (default: off)",
     )
-    create.add_argument(
+    seconds_option(
+        create,
         "--max-age",
-        type=int,
-        default=86_400,
-        metavar="SECONDS",
-        help="openers refuse messages sent longer ago (bounds replays to restarted or other "
+        86_400,
+        "openers refuse messages sent longer ago (bounds replays to restarted or other "
         "consumers; a consumer lagging more dead-letters as expired); 0: no limit "
         "(default: 86400 s = 24 h)",
+        kind=int,
     )
-    _command(create, _admin, action="topic-create")
+    command(create, _admin, action="topic-create")
     change = topic_sub.add_parser("set", help="replace who may produce or consume")
     change.add_argument("name", help="topic name")
     change.add_argument(
@@ -187,11 +178,11 @@ def register(sub: Any) -> None:
         metavar="NAMES",
         help="comma-separated; '' for nobody; a removal rotates at once (default: unchanged)",
     )
-    _command(change, _admin, action="topic-set")
-    _command(topic_sub.add_parser("list", help="list topics"), _admin, action="topics")
+    command(change, _admin, action="topic-set")
+    command(topic_sub.add_parser("list", help="list topics"), _admin, action="topics")
     show = topic_sub.add_parser("show", help="show a topic's policy")
     show.add_argument("name", help="topic name")
-    _command(show, _admin, action="topic-show")
+    command(show, _admin, action="topic-show")
     shred = topic_sub.add_parser(
         "shred",
         help="destroy every key of a topic now: its earlier messages never open again",
@@ -201,11 +192,11 @@ def register(sub: Any) -> None:
         "still hold the keys: see docs/operations.md, Shred a topic.",
     )
     shred.add_argument("name", help="topic name")
-    _command(shred, _admin, action="topic-shred")
+    command(shred, _admin, action="topic-shred")
 
     rotate = admin_sub.add_parser("rotate", help="start a new epoch now")
     rotate.add_argument("name", help="topic name")
-    _command(rotate, _admin, action="rotate")
+    command(rotate, _admin, action="rotate")
     revoke = admin_sub.add_parser("revoke", help="revoke a member (rotates its topics)")
     revoke.add_argument("member", help="member name")
     revoke.add_argument(
@@ -214,16 +205,16 @@ def register(sub: Any) -> None:
         help="retirement, not key compromise: envelopes it stamped before now still open "
         "(only for keys not suspected of exposure; default: key compromise, refuse them all)",
     )
-    _command(revoke, _admin, action="revoke")
+    command(revoke, _admin, action="revoke")
     epochs = admin_sub.add_parser("epochs", help="list a topic's epochs (times in UTC)")
     epochs.add_argument("name", help="topic name")
-    _command(epochs, _admin, action="epochs")
+    command(epochs, _admin, action="epochs")
     audit = admin_sub.add_parser(
         "audit",
         help="verify, anchor and export the audit log (alone: verify)",
         description="The KDS's hash-chained audit log. Without an action: verify.",
     )
-    _command(audit, _admin, action="audit", expect_head=None)
+    command(audit, _admin, action="audit", expect_head=None)
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
     verify = audit_sub.add_parser(
         "verify", help="verify the hash chain, checkpoints and signed head (exit 1 if broken)"
@@ -235,11 +226,11 @@ def register(sub: Any) -> None:
         help="a head saved earlier by `audit head`: also check that the chain still holds it "
         "(not rolled back, not rewritten) (default: no such check)",
     )
-    _command(verify, _admin, action="audit")
+    command(verify, _admin, action="audit")
     head = audit_sub.add_parser(
         "head", help="print the signed audit head (JSON) to keep outside the KDS"
     )
-    _command(head, _admin, action="audit-head")
+    command(head, _admin, action="audit-head")
     export = audit_sub.add_parser(
         "export", help="write the audit log as JSON lines (one entry each, with its chain hash)"
     )
@@ -256,7 +247,7 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="file to write (replaced) (default: standard output)",
     )
-    _command(export, _admin, action="audit-export")
+    command(export, _admin, action="audit-export")
     subject = admin_sub.add_parser(
         "subject", help="per-subject erasure: crypto-shred one data subject's messages"
     )
@@ -271,7 +262,7 @@ def register(sub: Any) -> None:
     )
     erase.add_argument("name", metavar="TOPIC", help="topic name")
     erase.add_argument("subject", metavar="SUBJECT", help="the subject id the producers seal for")
-    _command(erase, _admin, action="subject-erase")
+    command(erase, _admin, action="subject-erase")
 
 
 class _TotpFile:
@@ -325,12 +316,12 @@ def _totp_source(args: argparse.Namespace) -> Callable[[], str]:
     if code:
         if not re.fullmatch(r"[0-9]{6}", str(code)):
             flag = "--totp" if args.totp else f"${TOTP_ENV}"
-            raise _usage(f"{flag}: a TOTP code is 6 digits")
+            raise usage(f"{flag}: a TOTP code is 6 digits")
         return lambda: str(code)
     if args.totp_file is not None:
         return _TotpFile(args.totp_file)
     if not sys.stdin.isatty():
-        raise _usage(
+        raise usage(
             f"no terminal to ask for a TOTP code: pass --totp, --totp-file or ${TOTP_ENV} "
             "(or --session)"
         )
@@ -341,7 +332,7 @@ def _totp_source(args: argparse.Namespace) -> Callable[[], str]:
             if re.fullmatch(r"[0-9]{6}", typed):
                 return typed
             print("a TOTP code is 6 digits", file=sys.stderr)
-        raise _usage("no valid TOTP code was typed")
+        raise usage("no valid TOTP code was typed")
 
     return prompt
 
@@ -352,7 +343,7 @@ def _check_admin_args(args: argparse.Namespace) -> None:
 
     def in_range(flag: str, value: int | None, bounds: tuple[int, int]) -> None:
         if value is not None and not bounds[0] <= value <= bounds[1]:
-            raise _usage(f"{flag} {value}: must be {bounds[0]} to {bounds[1]} seconds")
+            raise usage(f"{flag} {value}: must be {bounds[0]} to {bounds[1]} seconds")
 
     if args.action == "token":
         in_range("--ttl", args.ttl, TOKEN_TTL)
@@ -368,28 +359,28 @@ def _check_admin_args(args: argparse.Namespace) -> None:
         in_range("--rotation", args.rotation, (1, 366 * 86_400))
         in_range("--retention", args.retention, (1, 100 * 366 * 86_400))
         if not 0 <= args.max_age <= 100 * 366 * 86_400:
-            raise _usage(f"--max-age {args.max_age}: must be 0 (no limit) to 3162240000 seconds")
+            raise usage(f"--max-age {args.max_age}: must be 0 (no limit) to 3162240000 seconds")
     if getattr(args, "name", None) and not re.fullmatch(signing.TOPIC_PATTERN, args.name):
-        raise _usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
+        raise usage(f"{args.name!r}: topic names use letters, digits and ._~:@+- (no /)")
     for name in names:
         if not re.fullmatch(signing.NAME_PATTERN, name) or name.startswith("role:"):
-            raise _usage(
+            raise usage(
                 f"{name!r}: member and role names use letters, digits and ._~:@+- (up to 128) "
                 "and do not start with role:"
             )
     if args.action == "session-open":
-        _new_secret_path(args.out, "--out")
+        new_secret_path(args.out, "--out")
     if args.action == "subject-erase" and not 1 <= len(args.subject) <= 1024:
-        raise _usage("SUBJECT: 1 to 1024 characters")
+        raise usage("SUBJECT: 1 to 1024 characters")
     if args.action == "audit-export":
         if args.since < 0:
-            raise _usage(f"--since {args.since}: a sequence number is 0 or more")
+            raise usage(f"--since {args.since}: a sequence number is 0 or more")
         if args.output is not None and not args.output.absolute().parent.is_dir():
-            raise _usage(f"--output {args.output}: no such directory")
+            raise usage(f"--output {args.output}: no such directory")
     if args.action == "audit" and args.expect_head is not None:
         args.expected_head = _read_head_file(args.expect_head)
     if args.action == "session-close" and args.session is None and not args.all:
-        raise _usage(f"--session FILE (or ${SESSION_ENV}) names the session to close; or --all")
+        raise usage(f"--session FILE (or ${SESSION_ENV}) names the session to close; or --all")
 
 
 def _read_head_file(path: Path) -> bytes:
@@ -401,9 +392,9 @@ def _read_head_file(path: Path) -> bytes:
         doc = json.loads(path.read_text())
         return base64.b64decode(doc["head"], validate=True)
     except OSError as exc:
-        raise _usage(f"--expect-head {path}: {_describe(exc)}") from None
+        raise usage(f"--expect-head {path}: {describe(exc)}") from None
     except (ValueError, KeyError, TypeError, binascii.Error):
-        raise _usage(
+        raise usage(
             f"--expect-head {path}: not a head file (`sealedbus admin audit head > FILE` "
             "writes one)"
         ) from None
@@ -425,16 +416,16 @@ def _admin(args: argparse.Namespace) -> int:
     from sealedbus.errors import KdsCode, Refused
     from sealedbus.kds.admin_client import AdminClient
 
-    options = _http_options(args)
-    if args.root_fingerprint and not _FINGERPRINT.fullmatch(args.root_fingerprint):
-        raise _usage(
+    options = http_options(args)
+    if args.root_fingerprint and not FINGERPRINT_PATTERN.fullmatch(args.root_fingerprint):
+        raise usage(
             "--root-fingerprint: expected sha256: and 64 lowercase hex digits, as "
             "`sealedbus kds init` and `sealedbus kds fingerprint` print it"
         )
     _check_admin_args(args)
     if args.action == "token":  # before the KDS issues a token that could not be saved
-        _new_secret_path(args.out, "--out")
-    admin = _load_identity(
+        new_secret_path(args.out, "--out")
+    admin = load_identity(
         args.key,
         "`sealedbus kds init` writes the first admin's key to "
         "admin.key in its --data-dir; pass it with --key",
@@ -553,7 +544,9 @@ def _no_code() -> str:  # pragma: no cover - the session header is sent instead
     raise CommandError("a TOTP code was asked for under an admin session")
 
 
-def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str] | None) -> Any:
+def _admin_action(
+    client: AdminClient, args: argparse.Namespace, session: tuple[str, str] | None
+) -> Any:
     """Run one admin action; returns what to print as JSON (None: it printed already)."""
     from sealedbus.keys.keyfiles import SecretError, write_secret
 
@@ -578,7 +571,7 @@ def _admin_action(client: Any, args: argparse.Namespace, session: tuple[str, str
         except (SecretError, OSError) as exc:
             raise CommandError(
                 f"the KDS issued a token for {args.member}, but it could not be saved "
-                f"({_describe(exc)}); it is lost and expires unused in {args.ttl} s: "
+                f"({describe(exc)}); it is lost and expires unused in {args.ttl} s: "
                 "issue another"
             ) from None
         print(f"wrote a one-time token for {args.member} to {args.out} (expires in {args.ttl} s)")

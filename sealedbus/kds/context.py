@@ -65,6 +65,10 @@ class Context:
         self.certificate_lifetime_ms = certificate_lifetime_ms
         self.replica = replica
         self.totp_clock = totp_clock or clock  # tests give TOTP codes a clock of their own
+        self._compose()
+
+    def _compose(self) -> None:
+        """Build what rests on the state above (``KeyDistributionService``: its parts)."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, insert, select, update
 
 from sealedbus.core import suites
+from sealedbus.core.backend import acceptable_point
 from sealedbus.core.suites import Suite
 from sealedbus.errors import KdsCode
 from sealedbus.kds import audit
@@ -19,6 +20,13 @@ from sealedbus.kds.context import ROLE_PREFIX, Context, Part, ServiceError
 from sealedbus.kds.store import members, nonces, replaced_keys, tokens
 from sealedbus.keys import authority, signing
 from sealedbus.keys.signing import enrollment_message
+
+
+def _weak(what: str) -> str:
+    return (
+        f"the {what} key is an Ed25519 point of small order or not canonically encoded "
+        "(SPEC.md 5.4): anyone could sign as it"
+    )
 
 
 class Enrollment(Part):
@@ -44,6 +52,8 @@ class Enrollment(Part):
             raise ServiceError(
                 422, KdsCode.INVALID_REQUEST, "token_key is not an Ed25519 key"
             ) from None
+        if not acceptable_point(token_public):
+            raise ServiceError(422, KdsCode.WEAK_KEY, _weak("token"))
         now = self.now_ms()
         with self.store.write() as conn:
             row = conn.execute(select(members.c.revoked).where(members.c.name == member)).first()
@@ -115,6 +125,9 @@ class Enrollment(Part):
         keys and return its signed certificate. An enrolled member is replaced only when the
         enrollment asks to (``replace``, signed): its old certificates are then revoked, as
         retirement or as key compromise, and its old key gets ``key_replaced`` refusals."""
+        for what, key in (("identity", identity_public), ("token", token_public)):
+            if len(key) == 32 and not acceptable_point(key):  # other lengths: malformed, below
+                raise ServiceError(400, KdsCode.WEAK_KEY, _weak(what))
         message = enrollment_message(
             token_public,
             member,

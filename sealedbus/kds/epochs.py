@@ -4,7 +4,10 @@ master key."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, insert, select, update
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, func, insert, select, update
 
 from sealedbus.core import suites
 from sealedbus.core.signed import Certificate, EpochDescription, SealingEpochAnswer
@@ -30,7 +33,30 @@ from sealedbus.keys.authority import EpochInfo, TopicPolicy
 
 
 def needs_epoch(policy: TopicPolicy, latest_not_after: int | None, now: int) -> bool:
-    return latest_not_after is None or now >= latest_not_after - authority.publish_ahead_ms(policy)
+    return authority.next_epoch_start(policy, latest_not_after, now) is not None
+
+
+def _info(row: Row[Any], has_key: bool = True) -> EpochInfo:
+    """An epoch row as ``EpochInfo``: withdrawn or destroyed epochs (or a missing key) count as
+    destroyed, as in ``LocalKeyService``."""
+    return EpochInfo(
+        row.topic,
+        row.epoch,
+        row.not_before_ms,
+        row.not_after_ms,
+        row.destroy_after_ms,
+        row.state != LIVE or not has_key,
+    )
+
+
+# the HTTP status and text of each refused grant (its code: authority.GRANT_REFUSAL_CODES)
+_GRANT_REFUSALS: dict[authority.GrantRefusal, tuple[int, str]] = {
+    authority.GrantRefusal.REVOKED: (403, "member {member!r} is revoked"),
+    authority.GrantRefusal.NOT_CONSUMER: (403, "{member!r} may not consume {topic!r}"),
+    authority.GrantRefusal.UNKNOWN_EPOCH: (404, "{topic!r} has no epoch {epoch}"),
+    authority.GrantRefusal.DESTROYED: (410, "{topic!r} epoch {epoch} is destroyed"),
+    authority.GrantRefusal.PREDATES: (403, "epoch {epoch} predates {member!r}'s access"),
+}
 
 
 class Epochs(Part):
@@ -45,17 +71,7 @@ class Epochs(Part):
             found = conn.execute(
                 select(epochs).where(epochs.c.topic == name).order_by(epochs.c.epoch)
             )
-            return [
-                EpochInfo(
-                    name,
-                    r.epoch,
-                    r.not_before_ms,
-                    r.not_after_ms,
-                    r.destroy_after_ms,
-                    r.state != LIVE,
-                )
-                for r in found
-            ]
+            return [_info(r) for r in found]
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -109,32 +125,29 @@ class Epochs(Part):
                 raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"no topic {topic!r}")
             policy = policy_of(t)
             matching = policy.consumers & member_entries(conn, member)
-            if not matching:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
-                )
-            since = self._consumer_since(conn, topic, member, matching)
-            if since is None:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"{member!r} may not consume {topic!r}"
-                )
+            since = self._consumer_since(conn, topic, member, matching) if matching else None
             row = conn.execute(
                 select(epochs).where(epochs.c.topic == topic, epochs.c.epoch == epoch)
             ).first()
-            if row is None:
-                raise ServiceError(404, KdsCode.EPOCH_UNKNOWN, f"{topic!r} has no epoch {epoch}")
             wrapped = conn.execute(
                 select(epoch_keys.c.wrapped).where(
                     epoch_keys.c.topic == topic, epoch_keys.c.epoch == epoch
                 )
             ).scalar()
-            if row.state != LIVE or wrapped is None or now >= row.destroy_after_ms:
+            refusal = authority.grant_refusal(
+                policy,
+                since,
+                None if row is None else _info(row, wrapped is not None),
+                now,
+                revoked=rows.member_revoked(conn, member),
+            )
+            if refusal is not None or row is None or wrapped is None:  # (no row, no key: refused)
+                refusal = refusal or authority.GrantRefusal.DESTROYED
+                status, text = _GRANT_REFUSALS[refusal]
                 raise ServiceError(
-                    410, KdsCode.EPOCH_DESTROYED, f"{topic!r} epoch {epoch} is destroyed"
-                )
-            if not policy.history and row.not_after_ms <= since:
-                raise ServiceError(
-                    403, KdsCode.NOT_GRANTED, f"epoch {epoch} predates {member!r}'s access"
+                    status,
+                    authority.GRANT_REFUSAL_CODES[refusal],
+                    text.format(member=member, topic=topic, epoch=epoch),
                 )
             cert_bytes = rows.latest_certificate(conn, member)
         if cert_bytes is None:
@@ -242,30 +255,10 @@ class Epochs(Part):
             if len(found) < batch:
                 break
         with self.store.write() as conn:
-            for t in conn.execute(
-                select(topics.c.name, topics.c.token_key).where(
-                    topics.c.key_id != self.master.current
-                )
-            ).all():
-                context = token_context(t.name)
-                wrapped = self.master.wrap(self.master.unwrap(t.token_key, context), context)
-                conn.execute(
-                    update(topics)
-                    .where(topics.c.name == t.name)
-                    .values(token_key=wrapped, key_id=self.master.current)
-                )
-                done += 1
-            for a in conn.execute(
-                select(admins).where(admins.c.key_id != self.master.current)
-            ).all():
-                context = b"admin totp " + a.name.encode()
-                wrapped = self.master.wrap(self.master.unwrap(a.totp_wrapped, context), context)
-                conn.execute(
-                    update(admins)
-                    .where(admins.c.name == a.name)
-                    .values(totp_wrapped=wrapped, key_id=self.master.current)
-                )
-                done += 1
+            done += self._rewrap_column(conn, topics, "token_key", lambda r: token_context(r.name))
+            done += self._rewrap_column(
+                conn, admins, "totp_wrapped", lambda r: b"admin totp " + r.name.encode()
+            )
             audit.append(
                 conn,
                 self.root,
@@ -277,6 +270,24 @@ class Epochs(Part):
             )
         return done
 
+    def _rewrap_column(
+        self, conn: Connection, table: Table, column: str, context: Callable[[Row[Any]], bytes]
+    ) -> int:
+        """Re-wrap ``column`` of every row of ``table`` (keyed by ``name``) still wrapped under
+        an older master key; returns how many."""
+        current = self.master.current
+        found = conn.execute(select(table).where(table.c.key_id != current)).all()
+        for row in found:
+            wrapped = self.master.wrap(
+                self.master.unwrap(getattr(row, column), context(row)), context(row)
+            )
+            conn.execute(
+                update(table)
+                .where(table.c.name == row.name)
+                .values({column: wrapped, "key_id": current})
+            )
+        return len(found)
+
     def master_keys_in_use(self) -> set[str]:
         with self.store.read() as conn:
             used = set(conn.execute(select(epoch_keys.c.key_id).distinct()).scalars())
@@ -287,25 +298,15 @@ class Epochs(Part):
 
     def advance(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
         """Publish the next epoch when due (re-checked under the write lock): 1 if published."""
-        latest = rows.latest_not_after(conn, policy.name)
-        if not needs_epoch(policy, latest, now):
+        start = authority.next_epoch_start(policy, rows.latest_not_after(conn, policy.name), now)
+        if start is None:
             return 0
-        # idle past a whole period: start afresh at now, no backlog
-        start = now if latest is None or now >= latest else latest
         self.add_epoch(conn, policy, start, now, actor)
         return 1
 
     def rotate_in(self, conn: Connection, policy: TopicPolicy, now: int, actor: str) -> int:
-        ahead = (
-            conn.execute(
-                select(epochs.c.epoch).where(
-                    epochs.c.topic == policy.name,
-                    epochs.c.state == LIVE,
-                    epochs.c.not_before_ms > now,
-                )
-            )
-            .scalars()
-            .all()
+        ahead = authority.withdrawn_by_rotation(
+            map(_info, conn.execute(select(epochs).where(epochs.c.topic == policy.name))), now
         )
         for number in ahead:  # published ahead but never used: withdraw it
             rows.set_epoch_state(conn, policy.name, number, WITHDRAWN)

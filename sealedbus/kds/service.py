@@ -20,13 +20,10 @@ Refusals raise ``ServiceError`` (``kds/context.py``) with the HTTP status, a sta
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete
 
 from sealedbus.core.suites import Suite
@@ -37,12 +34,11 @@ from sealedbus.kds.context import Context, ServiceError
 from sealedbus.kds.enrollment import Enrollment
 from sealedbus.kds.epochs import Epochs
 from sealedbus.kds.evidence import TOPIC_KEY_DESTROYERS, Evidence, Shredded, TopicKeyDestroyer
-from sealedbus.kds.secrets import MasterKeyring
-from sealedbus.kds.store import Store, erase_topic_subjects, nonces
+from sealedbus.kds.store import erase_topic_subjects, nonces
 from sealedbus.kds.subjects import Subjects
 from sealedbus.kds.topics import Topics
 from sealedbus.keys import signing
-from sealedbus.keys.authority import HOUR_MS, EpochInfo, TopicPolicy
+from sealedbus.keys.authority import EpochInfo, TopicPolicy
 
 __all__ = ["KeyDistributionService", "ServiceError", "TickReport"]
 
@@ -56,28 +52,7 @@ class TickReport:
 
 
 class KeyDistributionService(Context):
-    def __init__(
-        self,
-        store: Store,
-        root: Ed25519PrivateKey,
-        master: MasterKeyring,
-        *,
-        clock: Callable[[], float] = time.time,
-        rng: Callable[[int], bytes] = os.urandom,
-        certificate_lifetime_ms: int = HOUR_MS,
-        replica: str = "kds",
-        totp_clock: Callable[[], float] | None = None,
-    ) -> None:
-        super().__init__(
-            store,
-            root,
-            master,
-            clock=clock,
-            rng=rng,
-            certificate_lifetime_ms=certificate_lifetime_ms,
-            replica=replica,
-            totp_clock=totp_clock,
-        )
+    def _compose(self) -> None:
         self._compaction_pending = True  # also once after a start: an earlier run may have died
         self._next_prune_ms = 0
         self._admins = Admins(self)

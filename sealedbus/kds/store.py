@@ -348,6 +348,10 @@ def member_roles(conn: Connection, member: str) -> list[str]:
     return list(json.loads(roles or "[]"))
 
 
+def member_revoked(conn: Connection, member: str) -> bool:
+    return bool(conn.execute(select(members.c.revoked).where(members.c.name == member)).scalar())
+
+
 def latest_certificate(conn: Connection, member: str) -> bytes | None:
     return conn.execute(
         select(certificates.c.signed)

@@ -7,6 +7,7 @@ Pure: keys, randomness and times come in as arguments.
 
 from __future__ import annotations
 
+import enum
 import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sealedbus.core import suites
+from sealedbus.core.backend import acceptable_point
 from sealedbus.core.signed import (
     COMPROMISE,
     Certificate,
@@ -31,6 +33,7 @@ from sealedbus.core.signed import (
     topic_key_info,
 )
 from sealedbus.core.suites import KeyPair, Suite
+from sealedbus.errors import KdsCode
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -112,6 +115,88 @@ def publish_ahead_ms(policy: TopicPolicy) -> int:
     return max(policy.rotation_ms // 10, 1)
 
 
+# -- the epoch schedule and who gets epoch keys: one rule for LocalKeyService and the KDS ---------
+
+
+def next_epoch_start(
+    policy: TopicPolicy, latest_not_after_ms: int | None, now_ms: int
+) -> int | None:
+    """When the epoch to publish now starts, or None when none is due. ``latest_not_after_ms``
+    is when the topic's highest-numbered epoch ends (None: it has none). The next epoch is
+    published ``publish_ahead_ms`` before the latest one ends and starts when it ends; a topic
+    idle past a whole period starts afresh at now, with no backlog of epochs."""
+    if latest_not_after_ms is None or now_ms >= latest_not_after_ms:
+        return now_ms
+    if now_ms >= latest_not_after_ms - publish_ahead_ms(policy):
+        return latest_not_after_ms
+    return None
+
+
+def withdrawn_by_rotation(epochs: Iterable[EpochInfo], now_ms: int) -> tuple[int, ...]:
+    """The epochs a forced rotation at ``now_ms`` withdraws: those published ahead (starting
+    after now) and not yet destroyed; nothing was sealed to them. The new epoch starts at now."""
+    return tuple(sorted(e.epoch for e in epochs if not e.destroyed and e.not_before_ms > now_ms))
+
+
+class GrantRefusal(enum.Enum):
+    """Why a member may not receive an epoch key (each back end words and raises its own)."""
+
+    REVOKED = "revoked"  # the member is revoked
+    NOT_CONSUMER = "not_consumer"  # not (or no longer) a consumer of the topic
+    UNKNOWN_EPOCH = "unknown_epoch"
+    DESTROYED = "destroyed"  # withdrawn, or past retention
+    PREDATES = "predates"  # ended before the member's access began (and no history)
+
+
+# the code each refusal is reported with (KDS answers; LocalKeyService's UnopenableEnvelope)
+GRANT_REFUSAL_CODES: dict[GrantRefusal, KdsCode] = {
+    GrantRefusal.REVOKED: KdsCode.MEMBER_REVOKED,
+    GrantRefusal.NOT_CONSUMER: KdsCode.NOT_GRANTED,
+    GrantRefusal.UNKNOWN_EPOCH: KdsCode.EPOCH_UNKNOWN,
+    GrantRefusal.DESTROYED: KdsCode.EPOCH_DESTROYED,
+    GrantRefusal.PREDATES: KdsCode.PREDATES_ACCESS,
+}
+
+
+def grant_refusal(
+    policy: TopicPolicy,
+    since_ms: int | None,
+    epoch: EpochInfo | None,
+    now_ms: int,
+    *,
+    revoked: bool = False,
+) -> GrantRefusal | None:
+    """Whether a member may receive the key of ``epoch`` (None: no such epoch) of the topic of
+    ``policy``: None if it may. ``since_ms`` is since when it may consume the topic (None: it
+    may not)."""
+    if revoked:
+        return GrantRefusal.REVOKED
+    if since_ms is None:
+        return GrantRefusal.NOT_CONSUMER
+    if epoch is None:
+        return GrantRefusal.UNKNOWN_EPOCH
+    if epoch.destroyed or now_ms >= epoch.destroy_after_ms:
+        return GrantRefusal.DESTROYED
+    if not policy.history and epoch.not_after_ms <= since_ms:
+        return GrantRefusal.PREDATES
+    return None
+
+
+def needs_reissue(
+    cert: Certificate | None,
+    produce: Iterable[str],
+    consume: Iterable[str],
+    now_ms: int,
+    lifetime_ms: int,
+) -> bool:
+    """Whether a member's current certificate ``cert`` (None: it has none) must be replaced by a
+    new one: when half its lifetime is gone, or when the topics it may produce to or consume
+    changed (a certificate lists them)."""
+    if cert is None or cert.not_after_ms - now_ms <= lifetime_ms // 2:
+        return True
+    return (cert.produce, cert.consume) != (tuple(sorted(produce)), tuple(sorted(consume)))
+
+
 def new_epoch(
     policy: TopicPolicy, epoch: int, not_before_ms: int, seed: bytes
 ) -> tuple[EpochDescription, KeyPair]:
@@ -141,6 +226,8 @@ def issue_certificate(
     serial: int,
 ) -> Certificate:
     Ed25519PublicKey.from_public_bytes(identity_public)  # raises ValueError on a bad key
+    if not acceptable_point(identity_public):  # anyone could sign as it (SPEC.md 5.4)
+        raise ValueError("identity key is of small order or not canonically encoded")
     suites.check_public_key(receive_suite, receive_public)
     return Certificate(
         member=member,

@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sealedbus.core.cache import BoundedCache
 from sealedbus.core.signed import (
     AuditHead,
     Certificate,
@@ -358,10 +359,11 @@ class KeyServiceClient:
         self._epochs: dict[str, _TopicEpochs] = {}
         self._highest: dict[str, int] = {}
         self._keys: dict[tuple[str, int], EpochKeys] = {}
-        self._prefetched: dict[tuple[str, int], int] = {}
+        self._prefetched: BoundedCache[tuple[str, int], int] = BoundedCache(_MAX_CACHED_CERTS)
         self._next_prefetch_ms = 0
-        self._certs: dict[bytes, Certificate] = {}
-        self._unknown_certs: dict[bytes, int] = {}  # certificate id -> ask again after (ms)
+        self._certs: BoundedCache[bytes, Certificate] = BoundedCache(_MAX_CACHED_CERTS)
+        # certificate id -> ask again after (ms)
+        self._unknown_certs: BoundedCache[bytes, int] = BoundedCache(_MAX_CACHED_CERTS)
         self._topic_keys: dict[str, bytes] = {}
         self._revocations: RevocationList | None = None
         self._revocations_fetched_ms = 0
@@ -584,7 +586,7 @@ class KeyServiceClient:
         self._refuse_rolled_back()
         with self._lock:
             cached = self._certs.get(cert_id)
-            unknown_until = self._unknown_certs.get(cert_id, 0)
+            unknown_until = self._unknown_certs.get(cert_id) or 0
         if cached is not None:
             return cached
         if now_ms < unknown_until:  # junk envelopes must not cost a KDS request each
@@ -598,22 +600,18 @@ class KeyServiceClient:
             doc = self._call("GET", f"/v1/certificates/{cert_id.hex()}", now_ms)
         except Refused as exc:
             if exc.reason is KdsCode.UNKNOWN_CERTIFICATE:
-                with self._lock:
-                    if len(self._unknown_certs) >= _MAX_CACHED_CERTS:
-                        self._unknown_certs.clear()
-                    self._unknown_certs[cert_id] = now_ms + _UNKNOWN_CERT_MS
+                self._unknown_certs.put(cert_id, now_ms + _UNKNOWN_CERT_MS)
                 return None
-            raise refusal_error(exc) from None
+            # asked to open an envelope: a revoked member's refusal means "not granted", as
+            # the grant would be refused (and as LocalKeyService says)
+            raise refusal_error(exc, grant=True) from None
         try:
             cert = Certificate.verify(_field(doc, "certificate"), self._root_key(now_ms))
         except SignatureError as exc:
             raise UntrustedResponse(str(exc)) from None
         if cert.cert_id != cert_id:
             raise UntrustedResponse("KDS answered with another certificate")
-        with self._lock:
-            if len(self._certs) >= _MAX_CACHED_CERTS:
-                self._certs.clear()
-            self._certs[cert_id] = cert
+        self._certs.put(cert_id, cert)
         return cert
 
     def revocations(self, now_ms: int) -> RevocationList:
@@ -871,16 +869,12 @@ class KeyServiceClient:
                     next_check = min(next_check, start)
                 elif now_ms < d.not_after_ms:
                     key = (d.topic, d.epoch + 1)
-                    if (
-                        now_ms - self._prefetched.get(key, -_PREFETCH_RETRY_MS)
-                        >= _PREFETCH_RETRY_MS
-                    ):
-                        self._prefetched[key] = now_ms
+                    last = self._prefetched.get(key)
+                    if last is None or now_ms - last >= _PREFETCH_RETRY_MS:
+                        self._prefetched.put(key, now_ms)
                         due.append(key)
                     next_check = min(next_check, now_ms + _PREFETCH_RETRY_MS)
             self._next_prefetch_ms = next_check
-            if len(self._prefetched) > _MAX_CACHED_CERTS:
-                self._prefetched.clear()
 
         def fetch(topic: str, epoch: int) -> None:
             with contextlib.suppress(Exception):  # best effort: the open path fetches on a miss

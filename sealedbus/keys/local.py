@@ -61,6 +61,26 @@ class _Topic:
     subjects: dict[bytes, _Subject] = field(default_factory=dict)  # key id -> key or tombstone
 
 
+def _info(record: _Epoch) -> EpochInfo:
+    d = record.description
+    return EpochInfo(
+        d.topic, d.epoch, d.not_before_ms, d.not_after_ms, d.destroy_after_ms, record.keys is None
+    )
+
+
+# what a refused grant raises: the reason and its text (formatted with member, topic, epoch)
+_GRANT_REFUSALS: dict[authority.GrantRefusal, tuple[Reason, str]] = {
+    authority.GrantRefusal.REVOKED: (Reason.NOT_GRANTED, "member {member!r} is revoked"),
+    authority.GrantRefusal.NOT_CONSUMER: (
+        Reason.NOT_GRANTED,
+        "{member!r} may not consume {topic!r}",
+    ),
+    authority.GrantRefusal.UNKNOWN_EPOCH: (Reason.EPOCH_UNKNOWN, "{topic!r} has no epoch {epoch}"),
+    authority.GrantRefusal.DESTROYED: (Reason.EPOCH_DESTROYED, "{topic!r} epoch {epoch}"),
+    authority.GrantRefusal.PREDATES: (Reason.NOT_GRANTED, "epoch {epoch} predates access"),
+}
+
+
 class LocalKeyService:
     """Key service living in this process. ``enroll()`` hands out a member's ``KeySource``."""
 
@@ -125,7 +145,6 @@ class LocalKeyService:
             topic = self._topics[name] = _Topic(policy, self._rng(32))
             topic.consumer_since = dict.fromkeys(policy.consumers, now)
             self._add_epoch(topic, now)
-            self._current_cert.clear()  # certificates list topics: reissue on next use
 
     def set_policy(
         self,
@@ -145,8 +164,7 @@ class LocalKeyService:
             for member in change.removed_consumers:
                 topic.consumer_since.pop(member, None)
             topic.policy = change.policy
-            self._serial += 1  # certificates name what a member may do: reissue them
-            self._current_cert.clear()
+            self._serial += 1  # certificates name what a member may do: they are reissued
             for member in change.removed_producers:
                 serials = [
                     c.serial
@@ -231,17 +249,7 @@ class LocalKeyService:
         with self._lock:
             topic = self._topic(name)
             self._advance(topic, self._now_ms())
-            return [
-                EpochInfo(
-                    name,
-                    n,
-                    e.description.not_before_ms,
-                    e.description.not_after_ms,
-                    e.description.destroy_after_ms,
-                    e.keys is None,
-                )
-                for n, e in sorted(topic.epochs.items())
-            ]
+            return [_info(e) for _, e in sorted(topic.epochs.items())]
 
     def tick(self) -> None:
         """Advance every topic's schedule to now: publish next epochs, destroy expired keys."""
@@ -280,24 +288,28 @@ class LocalKeyService:
             if member in self._revoked:
                 raise AccessDenied(f"member {member!r} is revoked")
             cert = self._current_cert.get(member)
-            if cert is None or now > cert.not_after_ms - self._cert_lifetime_ms // 2:
-                ident = self._members[member]
-                produce = [t for t, s in self._topics.items() if member in s.policy.producers]
-                consume = [t for t, s in self._topics.items() if member in s.policy.consumers]
-                self._serial += 1
-                cert = authority.issue_certificate(
-                    member,
-                    ident.identity_public,
-                    ident.receive.suite,
-                    ident.receive.public,
-                    produce,
-                    consume,
-                    now,
-                    self._cert_lifetime_ms,
-                    self._serial,
-                )
-                self._certs[cert.cert_id] = cert
-                self._current_cert[member] = cert
+            produce = [t for t, s in self._topics.items() if member in s.policy.producers]
+            consume = [t for t, s in self._topics.items() if member in s.policy.consumers]
+            lifetime = self._cert_lifetime_ms
+            if cert is not None and not authority.needs_reissue(
+                cert, produce, consume, now, lifetime
+            ):
+                return cert
+            ident = self._members[member]
+            self._serial += 1
+            cert = authority.issue_certificate(
+                member,
+                ident.identity_public,
+                ident.receive.suite,
+                ident.receive.public,
+                produce,
+                consume,
+                now,
+                lifetime,
+                self._serial,
+            )
+            self._certs[cert.cert_id] = cert
+            self._current_cert[member] = cert
             return cert
 
     def _sealing_epoch(self, member: str, name: str, now: int) -> EpochDescription:
@@ -315,17 +327,23 @@ class LocalKeyService:
             topic = self._topics.get(name)
             if topic is None:
                 raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN, f"no topic {name!r}")
-            since = topic.consumer_since.get(member)
-            if member in self._revoked or since is None:
-                raise UnopenableEnvelope(Reason.NOT_GRANTED, f"{member!r} may not consume {name!r}")
             self._advance(topic, now)
             record = topic.epochs.get(epoch)
-            if record is None:
-                raise UnopenableEnvelope(Reason.EPOCH_UNKNOWN, f"{name!r} has no epoch {epoch}")
-            if record.keys is None:
-                raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{name!r} epoch {epoch}")
-            if not topic.policy.history and record.description.not_after_ms <= since:
-                raise UnopenableEnvelope(Reason.NOT_GRANTED, f"epoch {epoch} predates access")
+            refusal = authority.grant_refusal(
+                topic.policy,
+                topic.consumer_since.get(member),
+                None if record is None else _info(record),
+                now,
+                revoked=member in self._revoked,
+            )
+            if refusal is not None or record is None or record.keys is None:  # (those: refused)
+                refusal = refusal or authority.GrantRefusal.DESTROYED
+                reason, text = _GRANT_REFUSALS[refusal]
+                raise UnopenableEnvelope(
+                    reason,
+                    text.format(member=member, topic=name, epoch=epoch),
+                    refusal=authority.GRANT_REFUSAL_CODES[refusal],
+                )
             cert = self._certificate_for(member, now)
             try:
                 grant = authority.seal_grant(self._root, record.description, record.keys, cert)
@@ -423,15 +441,14 @@ class LocalKeyService:
             if record.keys is not None and now >= record.description.destroy_after_ms:
                 record.keys = None  # the only reference: the key bytes go with it
         latest = topic.epochs[max(topic.epochs)].description
-        if now >= latest.not_after_ms:
-            self._add_epoch(topic, now)  # idle past a whole period: start afresh, no backlog
-        elif now >= latest.not_after_ms - authority.publish_ahead_ms(topic.policy):
-            self._add_epoch(topic, latest.not_after_ms)
+        start = authority.next_epoch_start(topic.policy, latest.not_after_ms, now)
+        if start is not None:
+            self._add_epoch(topic, start)
 
     def _rotate(self, topic: _Topic, now: int) -> int:
-        for record in topic.epochs.values():
-            if record.description.not_before_ms > now:
-                record.keys = None  # published ahead but never used: withdraw it
+        infos = [_info(e) for e in topic.epochs.values()]
+        for number in authority.withdrawn_by_rotation(infos, now):
+            topic.epochs[number].keys = None  # published ahead but never used: withdraw it
         return self._add_epoch(topic, now)
 
 

@@ -12,7 +12,7 @@ from sealedbus import __version__
 from sealedbus.core import backend
 from sealedbus.ops import demo, inspect_cmd
 
-_PLUGINS = ("sealedbus.kds.cli", "sealedbus.ops.bench")
+_PLUGINS = ("sealedbus.kds.cli", "sealedbus.keys.cli", "sealedbus.ops.bench")
 _EXTRAS = {  # optional dependency -> the extra that installs it
     "fastapi": "kds",
     "uvicorn": "kds",

@@ -17,9 +17,6 @@ from typing import Any, Protocol
 from sealedbus.brokers._common import REASON_HEADER
 from sealedbus.brokers.memory import MemoryBus, MemoryConsumer, MemoryProducer
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.core.signed import Certificate
-from sealedbus.errors import KeyServiceUnavailable
-from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 
@@ -506,35 +503,3 @@ class KafkaDriver:
     def close(self) -> None:
         self.raw.close(timeout=WAIT)
         self.admin.close()
-
-
-class OutageKeys:
-    """The consumer's key source while the KDS is down: what is cached keeps working, anything
-    new raises KeyServiceUnavailable (as KeyServiceClient does past its caches)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.down = False
-        self.certs: set[bytes] = set()
-        self.epochs: set[tuple[str, int]] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def member(self) -> str:
-        return str(self.inner.member)
-
-    def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
-        if self.down and cert_id not in self.certs:
-            raise KeyServiceUnavailable("the key service is down")
-        self.certs.add(cert_id)
-        cert: Certificate | None = self.inner.sender_certificate(cert_id, now_ms)
-        return cert
-
-    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
-        if self.down and (topic, epoch) not in self.epochs:
-            raise KeyServiceUnavailable("the key service is down")
-        self.epochs.add((topic, epoch))
-        keys: EpochKeys = self.inner.epoch_keys(topic, epoch, now_ms)
-        return keys

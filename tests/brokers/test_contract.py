@@ -12,7 +12,7 @@ import time
 import pytest
 
 from sealedbus.errors import AccessDenied, Reason
-from tests.brokers.conftest import World
+from tests.brokers._support import World
 from tests.brokers.drivers import WAIT
 
 SENTINEL = b"sentinel: everything before me was handled"

@@ -16,8 +16,7 @@ import pytest
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import Driver
-from tests.kds._harness import AsgiTransport, Kds, make_kds
-from tests.kds.test_hung_kds import Hangable, HungSocket, RealClock
+from tests.kds._harness import AsgiTransport, Hangable, HungSocket, Kds, RealClock, make_kds
 
 DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),

@@ -15,9 +15,8 @@ from sealedbus.brokers.kafka import SealedKafkaConsumer, SealedKafkaProducer
 from sealedbus.core import wire
 from sealedbus.errors import BrokerError, ConfigurationError, KeyServiceUnavailable, Reason
 from sealedbus.opener import Opener
-from tests.brokers.conftest import World, make_world
+from tests.brokers._support import FlakyKeys, World, make_world
 from tests.brokers.drivers import WAIT, Driver, KafkaDriver, KafkaReceiver, kafka_consumer
-from tests.brokers.test_rabbitmq import FlakyKeys
 
 pytestmark = pytest.mark.kafka
 

@@ -16,7 +16,8 @@ from sealedbus.errors import AccessDenied, KeyServiceError, KeyServiceUnavailabl
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
-from tests.kds._harness import AsgiTransport, Clock, Kds, make_kds
+from tests.clock import Clock
+from tests.kds._harness import AsgiTransport, Kds, make_kds
 
 DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
@@ -100,8 +101,8 @@ def test_junk_during_a_kds_outage_holds_only_its_partition(kds: Kds, kafka_drive
     from kafka import KafkaProducer
 
     from sealedbus.brokers.kafka import SealedKafkaProducer
+    from tests.brokers._support import drain_all
     from tests.brokers.drivers import KafkaDriver, KafkaReceiver
-    from tests.brokers.test_reliability_kafka import drain_all
 
     assert isinstance(kafka_driver, KafkaDriver)
     bootstrap = kafka_driver.bootstrap

@@ -16,9 +16,8 @@ from sealedbus.errors import (
     UntrustedResponse,
 )
 from sealedbus.opener import Opener
-from tests.brokers.conftest import World, make_world
+from tests.brokers._support import FlakyKeys, World, make_world
 from tests.brokers.drivers import MemoryDriver
-from tests.brokers.test_rabbitmq import FlakyKeys
 
 
 @pytest.fixture

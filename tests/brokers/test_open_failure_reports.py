@@ -21,7 +21,8 @@ from sealedbus.kds.store import audit
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
-from tests.kds._harness import Clock, Kds, make_kds, roll_back_audit, snapshot_audit
+from tests.clock import Clock
+from tests.kds._harness import Kds, make_kds, roll_back_audit, snapshot_audit
 
 DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),

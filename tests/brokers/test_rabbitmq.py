@@ -25,7 +25,7 @@ from sealedbus.errors import (
 )
 from sealedbus.keys.source import EpochKeys
 from sealedbus.opener import Opener
-from tests.brokers.conftest import World, make_world
+from tests.brokers._support import FlakyKeys, World, consumer, drain, make_world, producer, queued
 from tests.brokers.drivers import WAIT, Driver, RabbitDriver
 
 pytestmark = pytest.mark.rabbitmq
@@ -51,30 +51,6 @@ def connect(amqp_url: str) -> Iterator[Any]:
     for connection in made:
         if connection.is_open:
             connection.close()
-
-
-def producer(world: World, connection: Any) -> SealedChannel:
-    channel = SealedChannel(connection.channel(), sealer=world.sealer())
-    channel.confirm_delivery()
-    return channel
-
-
-def consumer(world: World, connection: Any, opener: Opener | None = None) -> SealedChannel:
-    return SealedChannel(
-        connection.channel(),
-        opener=opener or world.opener(),
-        dead_letter_exchange=f"{world.topic}.dlx",
-    )
-
-
-def drain(channel: SealedChannel, queue: str, count: int) -> list[tuple[Any, Any, Any]]:
-    out: list[tuple[Any, Any, Any]] = []
-    for method, props, message in channel.consume(queue, inactivity_timeout=WAIT):
-        assert method is not None, "nothing arrived in time"
-        out.append((method, props, message))
-        if len(out) == count:
-            break
-    return out
 
 
 def test_properties_are_sealed_and_expiration_follows_the_envelope(
@@ -167,28 +143,6 @@ def test_nack_gives_a_message_back_and_it_is_accepted_again(world: World, connec
     sub.basic_ack(method2.delivery_tag)
     assert method2.redelivered and message2.body == message.body == b"again"
     assert world.metrics.rejections() == {}
-
-
-class FlakyKeys:
-    """A key source whose epoch keys are unavailable the first ``failures`` times."""
-
-    def __init__(self, inner: Any, failures: int) -> None:
-        self.inner = inner
-        self.failures = failures
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def member(self) -> str:
-        return str(self.inner.member)
-
-    def epoch_keys(self, topic: str, epoch: int, now_ms: int) -> EpochKeys:
-        if self.failures:
-            self.failures -= 1
-            raise KeyServiceUnavailable("the key service is down")
-        result: EpochKeys = self.inner.epoch_keys(topic, epoch, now_ms)
-        return result
 
 
 def test_key_service_outage_requeues_instead_of_dead_lettering(world: World, connect: Any) -> None:
@@ -304,10 +258,6 @@ def batch_producer(world: World, connection: Any, batch_size: int, linger: float
     return SealedChannel(
         connection.channel(), sealer=world.sealer(batch_size=batch_size), linger=linger
     )
-
-
-def queued(connection: Any, queue: str) -> int:
-    return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
 
 
 def test_batch_signing_keeps_order_and_flushes_a_partial_batch(world: World, connect: Any) -> None:

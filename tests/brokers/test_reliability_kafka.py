@@ -21,13 +21,12 @@ from sealedbus.brokers.kafka import SealedFuture, SealedKafkaConsumer, SealedKaf
 from sealedbus.errors import AccessDenied, BrokerError, KeyServiceUnavailable, Reason
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
-from tests.brokers.conftest import World, make_world
+from tests.brokers._support import OutageKeys, World, drain_all, make_world
 from tests.brokers.drivers import (
     WAIT,
     Driver,
     KafkaDriver,
     KafkaReceiver,
-    OutageKeys,
     kafka_consumer,
     unique,
 )
@@ -69,30 +68,6 @@ def fill(world: World, bootstrap: str, count: int, *, start: int = 0) -> None:
         assert all(f.succeeded() for f in futures)
     finally:
         producer.close(timeout=WAIT)
-
-
-def drain_all(
-    receiver: KafkaReceiver, count: int, timeout: float = 120.0, into: list[int] | None = None
-) -> list[int]:
-    """Take up to ``count`` records (waiting at most ``timeout``); the bodies, in delivery order,
-    added to ``into`` as they come (kept when the consumer raises midway). The iterator is kept
-    across calls: a record counts as handled once the next is asked for."""
-    got: list[int] = [] if into is None else into
-    count += len(got)
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        if receiver._records is None:
-            receiver._records = iter(receiver.consumer)
-        try:
-            r = next(receiver._records, None)
-        except BaseException:
-            receiver._records = None
-            raise
-        if r is None:  # consumer_timeout_ms without records
-            receiver._records = None
-            continue
-        got.append(int(r.value))
-    return got
 
 
 def raw_records(bootstrap: str, topic: str, limit: int) -> list[Any]:

@@ -20,10 +20,9 @@ from sealedbus.brokers.rabbitmq import BatchNotPublished, SealedChannel
 from sealedbus.errors import BrokerError, KeyServiceUnavailable, Reason
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
-from tests.brokers.conftest import World, make_world
-from tests.brokers.drivers import WAIT, Driver, OutageKeys
+from tests.brokers._support import OutageKeys, World, consumer, make_world, producer, queued
+from tests.brokers.drivers import WAIT, Driver
 from tests.brokers.faults import CutProxy
-from tests.brokers.test_rabbitmq import consumer, producer, queued
 
 pytestmark = pytest.mark.rabbitmq
 

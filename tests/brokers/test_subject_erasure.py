@@ -17,7 +17,8 @@ import pytest
 from sealedbus.core import wire
 from sealedbus.errors import Reason
 from sealedbus.keys.local import LocalKeyService
-from tests.brokers.conftest import DRIVERS, World
+from tests.brokers._support import World
+from tests.brokers.conftest import DRIVERS
 from tests.brokers.drivers import Driver
 
 SENTINEL = b"sentinel: everything before me was handled"

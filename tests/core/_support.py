@@ -23,8 +23,7 @@ from sealedbus.errors import (
     UnopenableEnvelope,
 )
 from sealedbus.keys.local import LocalMember
-
-T0 = 1_700_000_000.0  # a fixed "now"; whole seconds so that ms conversions are exact
+from tests.clock import Clock
 
 FAST = settings(
     max_examples=50,
@@ -59,23 +58,6 @@ REASON_CLASS: dict[Reason, type[InvalidEnvelope]] = {
 # A tampered envelope may fail any check, except these two: they are only reached by envelopes
 # that authenticated, so seeing one for a modified envelope means the modification went unnoticed.
 ACCEPTED_ONLY_AFTER_AUTH = frozenset({Reason.DUPLICATE, Reason.TOO_OLD})
-
-
-class Clock:
-    """A clock the test moves by hand: ``clock()`` reads it, ``clock.advance(s)`` moves it."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-    @property
-    def ms(self) -> int:
-        return int(self.t * 1000)
 
 
 MEMBERS = ("producer", "producer2", "consumer", "consumer2", "outsider")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ._support import Clock, World, make_world
+from tests.clock import Clock
+
+from ._support import World, make_world
 
 
 @pytest.fixture

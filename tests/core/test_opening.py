@@ -9,8 +9,9 @@ import pytest
 from sealedbus import AccessDenied, LocalKeyService, Opener, Reason
 from sealedbus.core import wire
 from sealedbus.errors import ConfigurationError, DuplicateEnvelope, UnknownTopic
+from tests.clock import Clock
 
-from ._support import Clock, World, reencode, rejected
+from ._support import World, reencode, rejected
 
 # -- replay ---------------------------------------------------------------------------------
 

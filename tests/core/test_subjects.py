@@ -9,8 +9,9 @@ from sealedbus import Reason
 from sealedbus.core import suites, wire
 from sealedbus.errors import AccessDenied, ConfigurationError
 from sealedbus.ops.inspect_cmd import describe
+from tests.clock import Clock
 
-from ._support import Clock, World, flip, reencode, rejected, tampered_rejected
+from ._support import World, flip, reencode, rejected, tampered_rejected
 
 TTL = 60.0  # the default subject key cache
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,7 @@ from sealedbus.kds.service import KeyDistributionService
 from sealedbus.kds.store import Store, audit, audit_checkpoints, audit_head, heads
 from sealedbus.keys.client import KeyServiceClient, enroll
 from sealedbus.keys.identity import MemberIdentity
-
-T0 = 1_700_000_000.0
+from tests.clock import Clock
 
 
 class AsgiTransport(httpx.BaseTransport):
@@ -71,17 +72,6 @@ def settle() -> None:
 
 def http_client(app: FastAPI) -> httpx.Client:
     return httpx.Client(transport=AsgiTransport(app), base_url="http://testserver")
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -212,3 +202,60 @@ def roll_back_audit(store: Store, snap: dict[str, list[dict[str, Any]]]) -> None
                 conn.execute(insert(table), snap[table.name])
         conn.execute(delete(heads).where(heads.c.name == "audit"))
         conn.execute(insert(heads), snap["heads"])
+
+
+# -- a KDS that hangs (tests/kds/test_hung_kds.py, tests/brokers/test_hung_kds.py) -------------
+
+
+class RealClock(Clock):
+    """Real time passing from ``now``, plus what ``advance`` adds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now + (time.monotonic() - self._start)
+
+
+class HungSocket:
+    """A TCP listener that accepts every connection and never reads from or answers it."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class Hangable(httpx.BaseTransport):
+    """The in-process KDS while ``hung`` is False; then every request goes to a socket that
+    never answers. Records which thread made each request that went to the hung socket."""
+
+    def __init__(self, inner: httpx.BaseTransport, hung: HungSocket) -> None:
+        self.inner = inner
+        self.hung = False
+        self._socket = httpx.HTTPTransport()
+        self._port = hung.port
+        self.hung_callers: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.hung:
+            return self.inner.handle_request(request)
+        self.hung_callers.append(threading.current_thread().name)
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
+        return self._socket.handle_request(request)

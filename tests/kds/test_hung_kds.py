@@ -5,7 +5,6 @@ figures are printed, never asserted."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,61 +15,7 @@ import pytest
 
 from sealedbus import Opener, Sealer
 
-from ._harness import AsgiTransport, Clock, Kds, make_kds
-
-
-class RealClock(Clock):
-    """Real time passing from ``now``, plus what ``advance`` adds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._start = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.now + (time.monotonic() - self._start)
-
-
-class HungSocket:
-    """A TCP listener that accepts every connection and never reads from or answers it."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.accepted:
-            conn.close()
-
-
-class Hangable(httpx.BaseTransport):
-    """The in-process KDS while ``hung`` is False; then every request goes to a socket that
-    never answers. Records which thread made each request that went to the hung socket."""
-
-    def __init__(self, inner: httpx.BaseTransport, hung: HungSocket) -> None:
-        self.inner = inner
-        self.hung = False
-        self._socket = httpx.HTTPTransport()
-        self._port = hung.port
-        self.hung_callers: list[str] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.hung:
-            return self.inner.handle_request(request)
-        self.hung_callers.append(threading.current_thread().name)
-        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
-        return self._socket.handle_request(request)
+from ._harness import AsgiTransport, Hangable, HungSocket, Kds, RealClock, make_kds
 
 
 @pytest.fixture

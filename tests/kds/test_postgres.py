@@ -16,8 +16,10 @@ from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.store import Store, audit, epochs
 from sealedbus.keys.identity import MemberIdentity
 from sealedbus.keys.keyfiles import read_secret
+from tests.keys import test_semantics as semantics
+from tests.keys._backends import Backend, KdsBackend
 
-from . import test_destruction, test_security, test_semantics
+from . import test_destruction, test_security
 from ._harness import Kds, make_kds
 from ._processes import KdsProcess, init, totp_code
 
@@ -37,14 +39,23 @@ def pg_kds(database: str, tmp_path: Path) -> Iterator[Kds]:
     kds.store.dispose()
 
 
+SAME_SEMANTICS: list[Callable[[Backend], None]] = [
+    semantics.test_round_trip_keeps_body_sender_and_headers,
+    semantics.test_removing_a_consumer_rotates_at_once,
+    semantics.test_revoking_a_member_rotates_and_refuses_it,
+    semantics.test_forced_rotation_refuses_the_withdrawn_epoch,
+]
 SAME_AS_SQLITE: list[Callable[..., None]] = [
-    test_semantics.test_client_is_a_key_source_and_round_trips,
-    test_semantics.test_removing_a_consumer_rotates_at_once,
-    test_semantics.test_revoking_a_member_rotates_and_refuses_it,
-    test_semantics.test_forced_rotation_withdraws_the_epoch_published_ahead,
     test_security.test_replayed_request_is_refused,
     test_security.test_enrollment_tokens_are_one_time_short_lived_and_named,
 ]
+
+
+@pytest.mark.parametrize("check", SAME_SEMANTICS, ids=lambda f: f.__name__)
+def test_same_key_service_semantics_on_postgres(
+    pg_kds: Kds, check: Callable[[Backend], None]
+) -> None:
+    check(KdsBackend(pg_kds))
 
 
 @pytest.mark.parametrize("check", SAME_AS_SQLITE, ids=lambda f: f.__name__)

@@ -4,6 +4,7 @@ middle, request signatures and replays, enrollment tokens, TOTP, audit chain, ke
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -12,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import delete, insert, select, update
 
 from sealedbus import Opener, Sealer
+from sealedbus.core.backend import SMALL_ORDER_POINTS
 from sealedbus.core.signed import EpochDescription, SealingEpochAnswer
-from sealedbus.errors import KeyServiceUnavailable, Refused, UntrustedResponse
+from sealedbus.core.suites import Suite
+from sealedbus.errors import KdsCode, KeyServiceUnavailable, Refused, UntrustedResponse
 from sealedbus.kds import auth
 from sealedbus.kds.admin_client import AdminClient
 from sealedbus.kds.api import create_app
@@ -601,3 +604,54 @@ def test_secret_files_are_private(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(SecretError, match="group or others"):
         read_secret(path)
+
+
+def _forged_under_the_identity_point(message: bytes) -> bytes:
+    """A signature OpenSSL accepts for ``message`` under the small-order key 01 00..00 (the
+    neutral point): with A = 0, s·B = R + k·A holds for R = r·B and s = r, whatever k is."""
+    seed = os.urandom(32)
+    h = bytearray(hashlib.sha512(seed).digest()[:32])
+    h[0] &= 248
+    h[31] = (h[31] & 127) | 64
+    r = int.from_bytes(h, "little") % (2**252 + 27742317777372353535851937790883648493)
+    big_r = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return big_r + r.to_bytes(32, "little")
+
+
+def test_small_order_identity_key_cannot_enroll(kds: Kds) -> None:
+    """Enrollment accepted the neutral point as an identity key, with a proof anyone can forge:
+    anyone could then sign requests as the member. Refused now (``weak_key``), before any
+    certificate is issued."""
+    neutral = b"\x01" + bytes(31)
+    token = kds.admin.create_token("svc")
+    receive = MemberIdentity.generate("svc", os.urandom).receive
+    token_key = signing.token_key(token)
+    token_public = token_key.public_key().public_bytes_raw()
+    message = signing.enrollment_message(
+        token_public, "svc", neutral, int(receive.suite), receive.public, kds.clock_ms()
+    )
+    proof = _forged_under_the_identity_point(message)
+    Ed25519PublicKey.from_public_bytes(neutral).verify(proof, message)  # OpenSSL takes it
+    body = {
+        "token_key": base64.b64encode(token_public).decode(),
+        "member": "svc",
+        "identity_public": base64.b64encode(neutral).decode(),
+        "receive_suite": "x25519",
+        "receive_public": base64.b64encode(receive.public).decode(),
+        "timestamp_ms": kds.clock_ms(),
+        "token_proof": base64.b64encode(token_key.sign(message)).decode(),
+        "proof": base64.b64encode(proof).decode(),
+    }
+    response = kds.http.post("/v1/enroll", json=body)
+    assert (response.status_code, response.json()["error"]) == (400, "weak_key")
+    assert kds.service.member_key("svc") is None
+
+
+@pytest.mark.parametrize("point", SMALL_ORDER_POINTS, ids=lambda p: p.hex()[:8])
+def test_small_order_keys_are_refused_by_the_service(kds: Kds, point: bytes) -> None:
+    with pytest.raises(ServiceError) as refused:
+        kds.service.create_token("admin:test", "svc", [], 60_000, point)
+    assert refused.value.code in (KdsCode.WEAK_KEY, KdsCode.INVALID_REQUEST)
+    with pytest.raises(ServiceError) as refused:
+        kds.service.enroll(point, "svc", point, Suite.X25519, bytes(32), kds.clock_ms(), b"", b"")
+    assert refused.value.code is KdsCode.WEAK_KEY

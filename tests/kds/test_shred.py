@@ -26,8 +26,9 @@ from sealedbus.kds.secrets import MASTER_KEYS_FILE, MasterKeyring
 from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import Store, epoch_keys, epochs
 from sealedbus.kds.store import audit as audit_table
+from tests.clock import Clock
 
-from ._harness import Clock, Kds, make_kds, settle
+from ._harness import Kds, make_kds, settle
 
 ROTATION = 60  # s; the next epoch is published 6 s ahead
 

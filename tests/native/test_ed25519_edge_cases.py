@@ -3,6 +3,7 @@ native core's single and batch verification, accept exactly the same signatures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,13 @@ def test_small_order_identity_key_cannot_be_used_to_forge_any_message(core: str)
 
     keys = OneCertificate()
     c = keys.cert
-    keys.cert = authority.issue_certificate(
-        c.member, IDENTITY_POINT, c.receive_suite, c.receive_public, list(c.produce), [], T0_MS,
-        86_400_000, 2,
-    )  # fmt: skip
+    # made by hand: authority.issue_certificate (both key services) refuses such a key now
+    keys.cert = dataclasses.replace(c, identity_public=IDENTITY_POINT, consume=(), serial=2)
+    with pytest.raises(ValueError, match="small order"):
+        authority.issue_certificate(
+            c.member, IDENTITY_POINT, c.receive_suite, c.receive_public, list(c.produce), [],
+            T0_MS, 86_400_000, 2,
+        )  # fmt: skip
     honest = Sealer(keys, clock=lambda: T0_MS / 1000, core=core).seal("orders", b"forged")
     end = len(wire.parse(honest).header_bytes)
     forged = honest[:end] + IDENTITY_POINT + bytes(32) + honest[end + 64 :]

@@ -1,0 +1,115 @@
+"""Regression tests of the sealer (``sealedbus/sealer.py``), each named after the weakness it
+closes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from sealedbus import KeySource
+from sealedbus.core import suites, wire
+from sealedbus.core.suites import Suite
+from sealedbus.errors import ConfigurationError, KeyServiceUnavailable
+from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
+
+from ._support import World
+
+
+def test_nonce_reuse_impossible_across_sessions(world: World) -> None:
+    sealer = world.sealer(max_session_messages=4)
+    envelopes = [sealer.seal("orders", b"%d" % i) for i in range(20)]
+    headers = [wire.parse(e).header for e in envelopes]
+    assert len({(h.session_id, h.seq) for h in headers}) == 20
+    sessions = {h.session_id for h in headers}
+    assert len(sessions) == 5
+    epoch = world.members["consumer"].epoch_keys("orders", 0, world.clock.ms)
+    joined = [suites.join_session(Suite.X25519, b"orders", 0, epoch.keys, s, b"") for s in sessions]
+    # every session has its own key (commitment stands in for it) and nonce base
+    assert len({k.commitment for k in joined}) == len({k.nonce_base for k in joined}) == 5
+    nonces = {(k.commitment, k.nonce(seq)) for k in joined for seq in range(4)}
+    assert len(nonces) == 20
+    # the counter cannot run past the session limit, so a nonce cannot wrap within a session
+    with pytest.raises(ConfigurationError):
+        Sealer(world.members["producer"], max_session_messages=MAX_SESSION_MESSAGES + 1)
+    assert MAX_SESSION_MESSAGES <= wire.MAX_SEQUENCE
+
+
+def test_nonce_counter_is_injective_within_a_session() -> None:
+    epoch = suites.keypair_from_seed(Suite.X25519, os.urandom(32))
+    keys = suites.start_session(Suite.X25519, b"t", 0, epoch.public, os.urandom(32))
+    assert len({keys.nonce(s) for s in range(10_000)}) == 10_000
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"a": 1.5},
+        {"a": None},
+        {"a": [1, 2]},
+        {"a": {"b": 1}},
+        {b"k": "v"},
+        {1: "v"},
+        {"a": 2**64},
+        {"a": -(2**63) - 1},
+    ],
+    ids=["float", "none", "list", "map", "bytes-key", "int-key", "too-big", "too-small"],
+)
+def test_headers_the_opener_refuses_cannot_be_sealed(world: World, headers: object) -> None:
+    """Fail at the producer, not silently at every consumer (where it would be dead-lettered)."""
+    sealer = world.sealer()
+    with pytest.raises(ConfigurationError):
+        sealer.seal("orders", b"x", headers=headers)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        sealer.add("orders", b"x", headers=headers)  # type: ignore[arg-type]
+    assert sealer.pending == 0
+    assert world.opener().open("orders", sealer.seal("orders", b"ok")).body == b"ok"
+
+
+def test_forked_sealer_does_not_reuse_nonces(world: World) -> None:
+    """A child process continuing its parent's session would repeat (session, seq) pairs."""
+    sealer = world.sealer()
+    sealer.seal("orders", b"parent warms up the session")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: seal one message and hand it back
+        try:
+            os.write(write_end, sealer.seal("orders", b"child"))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read_end, 1 << 16)
+    os.close(read_end)
+    assert status == 0 and child
+    parent = sealer.seal("orders", b"parent")
+    child_header, parent_header = wire.parse(child).header, wire.parse(parent).header
+    assert child_header.session_id != parent_header.session_id
+
+
+def test_failed_batch_signature_keeps_the_batch(world: World) -> None:
+    class FailingOnce:
+        def __init__(self, inner: KeySource) -> None:
+            self.inner, self.fail = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def identity(self, now_ms: int, refresh: bool = False) -> Any:
+            if self.fail:
+                self.fail = False
+                raise KeyServiceUnavailable("down")
+            return self.inner.identity(now_ms, refresh)
+
+    keys = FailingOnce(world.members["producer"])
+    sealer = Sealer(keys, batch_size=10, clock=world.clock, epoch_check_interval=0.001)
+    sealer.add("orders", b"a")
+    sealer.add("orders", b"b")
+    world.clock.advance(1)
+    keys.fail = True
+    with pytest.raises(KeyServiceUnavailable):
+        sealer.flush()
+    assert sealer.pending == 2
+    opener = world.opener()
+    assert [opener.open("orders", s.envelope).body for s in sealer.flush()] == [b"a", b"b"]
