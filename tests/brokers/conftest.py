@@ -40,6 +40,14 @@ DRIVERS = [
     pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
     pytest.param("kafka_driver", id="kafka", marks=pytest.mark.kafka),
 ]
+REAL_BROKERS = DRIVERS[1:]
+
+
+@pytest.fixture(params=REAL_BROKERS)
+def driver(request: pytest.FixtureRequest) -> Driver:
+    """Each real broker in turn (tests of what a real client library does, or of a real KDS)."""
+    d: Driver = request.getfixturevalue(request.param)
+    return d
 
 
 @pytest.fixture(params=DRIVERS)

@@ -16,28 +16,20 @@ import pytest
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import Driver
-from tests.kds._harness import AsgiTransport, Hangable, HungSocket, Kds, RealClock, make_kds
-
-DRIVERS = [
-    pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("kafka_driver", id="kafka", marks=pytest.mark.kafka),
-]
+from tests.kds._harness import (
+    AsgiTransport,
+    Hangable,
+    HungSocket,
+    Kds,
+    RealClock,
+    running_kds,
+)
 
 
 @pytest.fixture
 def kds(tmp_path: Path) -> Iterator[Kds]:
-    k = make_kds(tmp_path, clock=RealClock())
-    yield k
-    for client in k.clients:
-        client.close()
-    k.http.close()
-    k.store.dispose()
-
-
-@pytest.fixture(params=DRIVERS)
-def driver(request: pytest.FixtureRequest) -> Driver:
-    d: Driver = request.getfixturevalue(request.param)
-    return d
+    with running_kds(tmp_path, RealClock()) as k:  # brokers and sealers read the real clock
+        yield k
 
 
 def test_a_hung_kds_does_not_stop_broker_traffic(kds: Kds, driver: Driver) -> None:

@@ -17,28 +17,13 @@ from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
 from tests.clock import Clock
-from tests.kds._harness import AsgiTransport, Kds, make_kds
-
-DRIVERS = [
-    pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("kafka_driver", id="kafka", marks=pytest.mark.kafka),
-]
+from tests.kds._harness import AsgiTransport, Kds, running_kds
 
 
 @pytest.fixture
 def kds(tmp_path: Path) -> Iterator[Kds]:
-    k = make_kds(tmp_path, clock=Clock(time.time()))  # brokers and sealers read the real clock
-    yield k
-    for client in k.clients:
-        client.close()
-    k.http.close()
-    k.store.dispose()
-
-
-@pytest.fixture(params=DRIVERS)
-def driver(request: pytest.FixtureRequest) -> Driver:
-    d: Driver = request.getfixturevalue(request.param)
-    return d
+    with running_kds(tmp_path, Clock(time.time())) as k:  # brokers and sealers read the real clock
+        yield k
 
 
 @pytest.mark.parametrize("refusal", ["not_granted", "revoked"])

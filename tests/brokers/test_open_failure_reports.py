@@ -22,29 +22,15 @@ from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 from tests.brokers.drivers import WAIT, Driver
 from tests.clock import Clock
-from tests.kds._harness import Kds, make_kds, roll_back_audit, snapshot_audit
+from tests.kds._harness import Kds, roll_back_audit, running_kds, snapshot_audit
 
-DRIVERS = [
-    pytest.param("rabbit_driver", id="rabbitmq", marks=pytest.mark.rabbitmq),
-    pytest.param("kafka_driver", id="kafka", marks=pytest.mark.kafka),
-]
 SENTINEL = b"sentinel"
 
 
 @pytest.fixture
 def kds(tmp_path: Path) -> Iterator[Kds]:
-    k = make_kds(tmp_path, clock=Clock(time.time()))
-    yield k
-    for client in k.clients:
-        client.close()
-    k.http.close()
-    k.store.dispose()
-
-
-@pytest.fixture(params=DRIVERS)
-def driver(request: pytest.FixtureRequest) -> Driver:
-    d: Driver = request.getfixturevalue(request.param)
-    return d
+    with running_kds(tmp_path, Clock(time.time())) as k:  # brokers and sealers read the real clock
+        yield k
 
 
 def open_failures(kds: Kds, expect: int) -> list[dict[str, Any]]:

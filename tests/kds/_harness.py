@@ -9,6 +9,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,16 @@ class Hangable(httpx.BaseTransport):
         self.hung_callers.append(threading.current_thread().name)
         request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
         return self._socket.handle_request(request)
+
+
+@contextmanager
+def running_kds(tmp_path: Path, clock: Clock) -> Iterator[Kds]:
+    """``make_kds``, closed afterwards: its members' clients, its HTTP client and its database."""
+    k = make_kds(tmp_path, clock=clock)
+    try:
+        yield k
+    finally:
+        for client in k.clients:
+            client.close()
+        k.http.close()
+        k.store.dispose()
