@@ -240,9 +240,6 @@ def _topic_out(p: TopicPolicy) -> TopicIn:
     )
 
 
-Metrics = KdsMetrics  # the name kds/cli.py imports
-
-
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length claims (or
     with none, chunked): the body is read here first, then handed to the app."""
@@ -426,10 +423,10 @@ def create_app(
     enroll_per_minute: int = 10,
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
-    metrics: Metrics | None = None,
+    metrics: KdsMetrics | None = None,
     is_leader: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
-    m = metrics or Metrics()
+    m = metrics or KdsMetrics()
     limiter = RateLimit(enroll_per_minute, time.monotonic)
     reports = evidence.FailureReports(
         RateLimit(evidence.REPORT_RATE_PER_MINUTE, time.monotonic).allow

@@ -270,7 +270,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from sealedbus.kds.api import Metrics, create_app
+    from sealedbus.kds.api import create_app
+    from sealedbus.kds.metrics import KdsMetrics
     from sealedbus.kds.scheduler import Scheduler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -287,7 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise usage("--admin-session-ttl: must be 10 to 86400 seconds")
     listener = _listen(args.host, args.port)  # before the slow start: a busy port is one line
     service = _open_service(args, args.replica)
-    metrics = Metrics()
+    metrics = KdsMetrics()
     scheduler = Scheduler(
         service, interval=args.scheduler_interval, lease_seconds=args.lease, metrics=metrics
     )
