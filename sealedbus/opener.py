@@ -33,7 +33,7 @@ from sealedbus.errors import (
     UnauthenticEnvelope,
     UnopenableEnvelope,
 )
-from sealedbus.keys.source import KeySource
+from sealedbus.keys.source import DropsEpochs, KeySource
 from sealedbus.keys.ttlcache import TtlCache
 from sealedbus.metrics import (
     CACHE_SENDER,
@@ -366,6 +366,11 @@ class Opener:
             if now >= self._next_sweep_ms:  # session keys of destroyed epochs go too
                 self._next_sweep_ms = now + _SWEEP_MS
                 self._sessions.drop_if(lambda cached: now >= cached[1].destroy_after_ms)
+            gone = self.keys.dropped_epochs(now) if isinstance(self.keys, DropsEpochs) else ()
+            if gone:  # destroyed early (a topic shred): sessions and the topics' subject keys
+                topics = {t for t, _ in gone}
+                self._sessions.drop_if(lambda c: (c[1].topic, c[1].epoch) in gone)
+                self._subject_keys.drop_keys(lambda key: key[0] in topics)
         return held[0]
 
     def _session(

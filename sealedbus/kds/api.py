@@ -196,6 +196,21 @@ class AuditEntriesOut(_Model):
     entries: list[AuditEntryOut]
 
 
+class EpochsHeld(_Model):
+    """Epochs a member holds keys for, by topic (``POST /v1/epochs/gone``)."""
+
+    epochs: dict[
+        Annotated[str, StringConstraints(pattern=signing.TOPIC_PATTERN)],
+        list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]],
+    ] = Field(max_length=evidence.MAX_LIVENESS_QUERY)
+
+
+class EpochsGone(_Model):
+    """Those of them no longer live (unsigned: clients only drop cached keys on it)."""
+
+    gone: dict[str, list[int]]
+
+
 class OpenFailureIn(_Model):
     """A client's report of an envelope it could not open: nothing from the message but the
     sender certificate id of its clear header."""
@@ -378,7 +393,7 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
         raise ServiceError(403, KdsCode.MEMBER_REVOKED, f"member {principal!r} is revoked")
     kind = "admin" if admin else "member"
     expires = int(stamp) + 2 * signing.MAX_SKEW_MS
-    if request.method in ("GET", "HEAD"):  # a signed read costs no database write
+    if request.method in ("GET", "HEAD") or target in _SIGNED_READS:  # no database write
         fresh = request.app.state.read_nonces.remember(f"{kind}:{principal}", nonce, expires, now)
     else:
         fresh = service.remember_nonce(f"{kind}:{principal}", nonce, expires)
@@ -391,6 +406,8 @@ def _verify(request: Request, body: bytes, admin: bool) -> str:
     return principal
 
 
+# POSTs that only read (a body too large for a URL): their nonces are kept as a GET's are
+_SIGNED_READS = frozenset({b"/v1/epochs/gone"})
 _NOBODY = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
 
 
@@ -628,6 +645,23 @@ def create_app(
         return AuditHeadOut(
             head=_enc(evidence.audit_head(service.store, service.root, service.now_ms()))
         )
+
+    @app.post("/v1/epochs/gone", response_model=EpochsGone, tags=["members"])
+    def epochs_gone(body: EpochsHeld, who: Member) -> EpochsGone:
+        """Which of the epochs the member holds keys for it can no longer be granted (destroyed
+        by a shred or retention, withdrawn, unknown, or no longer its to read): running
+        consumers drop those keys and their sessions (``KeyServiceClient``)."""
+        asked = [(t, n) for t, numbers in body.epochs.items() for n in set(numbers)]
+        if len(asked) > evidence.MAX_LIVENESS_QUERY:
+            raise ServiceError(
+                422,
+                KdsCode.INVALID_REQUEST,
+                f"at most {evidence.MAX_LIVENESS_QUERY} epochs per question",
+            )
+        gone: dict[str, list[int]] = {}
+        for topic, epoch in evidence.epochs_gone(service.store, who, asked, service.now_ms()):
+            gone.setdefault(topic, []).append(epoch)
+        return EpochsGone(gone={t: sorted(n) for t, n in gone.items()})
 
     @app.post("/v1/audit/open-failures", response_model=OpenFailureOut, tags=["members"])
     def open_failure(body: OpenFailureIn, who: Member) -> OpenFailureOut:

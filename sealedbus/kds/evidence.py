@@ -5,6 +5,8 @@
   transaction; the topic stays and gets a fresh epoch.
 - The audit head published outside the database (``AuditHead``, SPEC.md 6.12), the chain checked
   against a head kept elsewhere, and the chain exported page by page for a SIEM.
+- Which of the epochs a member holds keys for are no longer live (``epochs_gone``): a shred,
+  retention or a changed policy reached running consumers at their next refresh, not at a restart.
 - Clients' reports of envelopes they could not open, recorded in the audit log and rate limited
   per member (``FailureReports``); clients limit themselves too.
 
@@ -20,13 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection
+from sqlalchemy import Connection, and_, select
 
 from sealedbus.kds import audit
 from sealedbus.kds import store as rows
-from sealedbus.kds.context import DESTROYED, Context, Part, load_policy
+from sealedbus.kds.context import DESTROYED, Context, Part, load_policy, member_entries, policy_of
 from sealedbus.kds.epochs import Epochs
-from sealedbus.kds.store import Store
+from sealedbus.kds.store import Store, epoch_keys, epochs
+
+MAX_LIVENESS_QUERY = 1000  # (topic, epoch) pairs per question
 
 MAX_EXPORT_PAGE = 1000
 REPORT_RATE_PER_MINUTE = 30  # per member, on each replica; bursts of as many
@@ -69,6 +73,50 @@ class Evidence(Part):
             )
             fresh = self._epochs.add_epoch(conn, policy, now, now, actor)
         return Shredded(destroyed, other, fresh)
+
+
+def epochs_gone(
+    store: Store, member: str, asked: list[tuple[str, int]], now_ms: int
+) -> list[tuple[str, int]]:
+    """Of the ``asked`` (topic, epoch) pairs, those ``member`` can no longer be granted a key
+    for: the key was destroyed (a shred, retention, a withdrawn epoch), the epoch is past its
+    destruction time or does not exist, or the topic is gone or no longer lets the member
+    consume. For topics the member may not consume, every asked pair is answered, whatever its
+    state, so the answer tells nothing about topics it cannot read.
+
+    The answer is not signed: clients only drop cached keys on it (to fetch them again, signed,
+    if they are still live), never accept anything."""
+    gone: list[tuple[str, int]] = []
+    by_topic: dict[str, list[int]] = {}
+    for topic, epoch in asked:
+        by_topic.setdefault(topic, []).append(epoch)
+    with store.read() as conn:
+        entries = member_entries(conn, member)
+        revoked = rows.member_revoked(conn, member)
+        for topic, numbers in by_topic.items():
+            row = rows.topic_row(conn, topic)
+            if revoked or row is None or not policy_of(row).consumers & entries:
+                gone.extend((topic, n) for n in numbers)
+                continue
+            live = set(
+                conn.execute(
+                    select(epochs.c.epoch)
+                    .join(
+                        epoch_keys,
+                        and_(
+                            epoch_keys.c.topic == epochs.c.topic,
+                            epoch_keys.c.epoch == epochs.c.epoch,
+                        ),
+                    )
+                    .where(
+                        epochs.c.topic == topic,
+                        epochs.c.epoch.in_(numbers),
+                        epochs.c.destroy_after_ms > now_ms,
+                    )
+                ).scalars()
+            )
+            gone.extend((topic, n) for n in numbers if n not in live)
+    return gone
 
 
 def audit_head(store: Store, root: Ed25519PrivateKey, now_ms: int) -> bytes:

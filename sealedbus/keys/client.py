@@ -14,6 +14,17 @@ the request (the list for at most ``revocation_max_age``, a producer's epoch vie
 ``max_epoch_staleness``), and raises ``KeyServiceUnavailable`` (retryable; ``StaleRevocations``
 for the list) after that, at once while the outage backoff runs.
 
+Every ``epoch_refresh`` seconds (in the background, when ``dropped_epochs`` is asked: openers do
+at each revocation check) the client also asks the KDS which of the epochs it holds keys for are
+no longer live (``POST /v1/epochs/gone``) and drops those keys at once: a topic shred reaches a
+consumer that is reading within ``epoch_refresh`` plus its opener's revocation check interval
+(and one KDS round trip), not at the epoch's ``destroy_after``; one that read nothing for
+``revocation_max_age`` asks before its next open (as it fetches its revocation list then). A
+consumer resuming after a shorter pause learns in the background: what it opens in its first
+revocation check interval may still come from the shredded epochs. That answer is not signed:
+it can only make the client forget a key (fetched again, signed, while it is live), never
+accept one.
+
 Evidence (``docs/threat-model.md``, *Rollback*): with its periodic refreshes the client fetches
 the KDS's signed audit head (SPEC.md 6.12) every ``audit_head_refresh`` seconds and remembers the
 highest; a head that goes backwards makes it refuse that KDS for good (``AuditRollback``, from
@@ -71,6 +82,8 @@ _MAX_CACHED_CERTS = 10_000
 _UNKNOWN_CERT_MS = 60_000
 _PREFETCH_RETRY_MS = 1000
 _SWEEP_MS = 10_000  # how often cached epoch keys past their destruction time are dropped
+_GONE_BATCH = 500  # (topic, epoch) pairs per question to /v1/epochs/gone
+_GONE_BATCH_CHARS = 32_000  # and topic-name characters, well under the KDS's body limit
 
 
 URL_ENV = "SEALEDBUS_KDS_URL"
@@ -359,6 +372,9 @@ class KeyServiceClient:
         self._epochs: dict[str, _TopicEpochs] = {}
         self._highest: dict[str, int] = {}
         self._keys: dict[tuple[str, int], EpochKeys] = {}
+        self._dropped: set[tuple[str, int]] = set()  # dropped early, not yet told to the opener
+        self._gone_checked_ms = 0
+        self._gone_answered_ms = 0  # when the KDS last said which held epochs are gone
         self._prefetched: BoundedCache[tuple[str, int], int] = BoundedCache(_MAX_CACHED_CERTS)
         self._next_prefetch_ms = 0
         self._certs: BoundedCache[bytes, Certificate] = BoundedCache(_MAX_CACHED_CERTS)
@@ -521,6 +537,49 @@ class KeyServiceClient:
             self._prefetch_due(now_ms)
             return cached
         return self._fetch_grant(topic, epoch, now_ms)
+
+    def dropped_epochs(self, now_ms: int) -> frozenset[tuple[str, int]]:
+        """The epochs whose keys this client dropped since the last call because the KDS said
+        they are no longer live. Asks it again in the background every ``epoch_refresh``; when
+        no answer came for ``revocation_max_age`` (the caller was idle that long: its revocation
+        list is fetched before answering too), asks before answering, so a consumer that
+        resumes reading refuses a shredded topic from its first message."""
+        with self._lock:
+            asking = bool(self._keys) and not self._down(now_ms) and not self._rollback
+            due = asking and now_ms - self._gone_checked_ms >= self._epoch_refresh_ms
+            stale = asking and now_ms - self._gone_answered_ms >= self._revocation_max_age_ms
+            if due:
+                self._gone_checked_ms = now_ms
+        if stale:
+            with contextlib.suppress(Exception):  # unanswered: keep serving from the cache
+                self.drop_gone_epochs(now_ms)
+        elif due:
+            self._background("epochs-gone", lambda: self.drop_gone_epochs(now_ms))
+        with self._lock:
+            dropped, self._dropped = frozenset(self._dropped), set()
+        return dropped
+
+    def drop_gone_epochs(self, now_ms: int) -> set[tuple[str, int]]:
+        """Ask the KDS now which of the epochs held are no longer live (destroyed by a shred or
+        retention, withdrawn, or no longer this member's to read) and drop their keys; returns
+        them (``dropped_epochs`` reports them too). Only pairs asked about are dropped, whatever
+        the answer says; a malformed answer drops nothing (``UntrustedResponse``)."""
+        self._refuse_rolled_back()
+        with self._lock:
+            held = sorted(self._keys)
+        gone: set[tuple[str, int]] = set()
+        for batch in _batches(held):
+            try:
+                doc = self._call("POST", "/v1/epochs/gone", now_ms, {"epochs": batch})
+            except Refused as exc:
+                raise refusal_error(exc) from None
+            gone |= _gone(doc, batch)
+        with self._lock:
+            for key in gone:
+                self._keys.pop(key, None)
+            self._dropped |= gone
+            self._gone_answered_ms = max(self._gone_answered_ms, now_ms)
+        return gone
 
     def topic_key(self, topic: str, now_ms: int) -> bytes:
         self._refuse_rolled_back()
@@ -847,6 +906,8 @@ class KeyServiceClient:
             self._keys = {
                 k: v for k, v in self._keys.items() if now_ms < v.description.destroy_after_ms
             }
+            if not self._keys:  # the only key held is this one, live as of now
+                self._gone_answered_ms = max(self._gone_answered_ms, now_ms)
             self._keys[(topic, epoch)] = result
             self._next_prefetch_ms = 0
         return result
@@ -884,6 +945,36 @@ class KeyServiceClient:
             threading.Thread(
                 target=fetch, args=(topic, epoch), name="kds-prefetch", daemon=True
             ).start()
+
+
+def _batches(held: list[tuple[str, int]]) -> list[dict[str, list[int]]]:
+    """``held`` as bodies for /v1/epochs/gone, each small enough for the KDS's limits."""
+    batches: list[dict[str, list[int]]] = [{}]
+    pairs = chars = 0
+    for topic, epoch in held:
+        if pairs >= _GONE_BATCH or chars >= _GONE_BATCH_CHARS:
+            batches.append({})
+            pairs = chars = 0
+        if topic not in batches[-1]:
+            chars += len(topic)
+        batches[-1].setdefault(topic, []).append(epoch)
+        pairs += 1
+    return [b for b in batches if b]
+
+
+def _gone(doc: Any, asked: dict[str, list[int]]) -> set[tuple[str, int]]:
+    """The pairs of ``asked`` that the answer names as gone; nothing else, whatever it says."""
+    try:
+        answer = doc["gone"]
+        named = {
+            (topic, epoch)
+            for topic, epochs in answer.items()
+            for epoch in epochs
+            if isinstance(topic, str) and type(epoch) is int
+        }
+    except (KeyError, TypeError, AttributeError):
+        raise UntrustedResponse("KDS answer lacks a valid 'gone'") from None
+    return {(topic, epoch) for topic, epochs in asked.items() for epoch in epochs} & named
 
 
 class _Bucket:

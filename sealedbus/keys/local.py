@@ -245,6 +245,21 @@ class LocalKeyService:
                 topic.subjects[key_id] = _Subject(None, None)
             return key_id
 
+    def shred_topic(self, name: str) -> tuple[list[int], int]:
+        """Destroy every key of topic ``name`` now, as ``admin topic shred`` does on the KDS:
+        each epoch key still held (published ahead included) and every subject key, then start
+        a fresh epoch. Returns (the destroyed epochs, the fresh one). Members drop their copies
+        and openers their sessions at their next revocation check (``dropped_epochs``)."""
+        with self._lock:
+            topic = self._topic(name)
+            destroyed = sorted(n for n, e in topic.epochs.items() if e.keys is not None)
+            for number in destroyed:
+                topic.epochs[number].keys = None
+            for key_id in topic.subjects:
+                topic.subjects[key_id] = _Subject(None, None)
+            topic.subject_ids.clear()
+            return destroyed, self._add_epoch(topic, self._now_ms())
+
     def epochs(self, name: str) -> list[EpochInfo]:
         with self._lock:
             topic = self._topic(name)
@@ -513,6 +528,17 @@ class LocalMember:
 
     def sender_certificate(self, cert_id: bytes, now_ms: int) -> Certificate | None:
         return self._service._sender(cert_id)
+
+    def dropped_epochs(self, now_ms: int) -> frozenset[tuple[str, int]]:
+        """Epoch keys held that the service destroyed before their time (``shred_topic``):
+        dropped now, and named so the opener drops its sessions too."""
+        with self._lock:
+            held = list(self._keys)
+        gone = frozenset(k for k in held if self._service._is_destroyed(*k, now_ms))
+        with self._lock:
+            for key in gone:
+                self._keys.pop(key, None)
+        return gone
 
     def revocations(self, now_ms: int) -> RevocationList:
         return self._service._revocation_list()

@@ -1,7 +1,8 @@
 """The interface through which sealers and openers get keys, on behalf of one member.
 
 ``LocalKeyService.enroll()`` returns one (in-process), ``KeyServiceClient`` is one (network KDS);
-``Sealer`` and ``Opener`` accept either and cannot tell them apart.
+``Sealer`` and ``Opener`` accept either and cannot tell them apart. Both also implement the
+optional ``DropsEpochs`` (how a topic shred reaches a running opener).
 """
 
 from __future__ import annotations
@@ -83,4 +84,18 @@ class KeySource(Protocol):
         serial; for key compromise or from a time on) and certificates withdrawn from a topic
         their member no longer produces to. Raises StaleRevocations (retryable) when the list
         held is too old to use and no fresh one can be had."""
+        ...
+
+
+@runtime_checkable
+class DropsEpochs(Protocol):
+    """The optional part of a ``KeySource``: both shipped sources have it (``KeyServiceClient``,
+    ``LocalKeyService``'s members); an opener treats a source without it as one that never
+    drops a key before its ``destroy_after``."""
+
+    def dropped_epochs(self, now_ms: int) -> frozenset[tuple[str, int]]:
+        """The (topic, epoch) pairs whose keys this source dropped since the last call because
+        they stopped being live before their ``destroy_after`` (a topic shred), so that callers
+        drop what they derived from them (an opener's sessions, its subject keys of the topic).
+        """
         ...

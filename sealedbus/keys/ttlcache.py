@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -44,6 +45,12 @@ class TtlCache(Generic[K, V]):
             self._d.move_to_end(key)
             while len(self._d) > self.size:
                 self._d.popitem(last=False)
+
+    def drop_keys(self, stale: Callable[[K], bool]) -> None:
+        """Forget every entry whose key is ``stale``."""
+        with self._lock:
+            for key in [k for k in self._d if stale(k)]:
+                del self._d[key]
 
     def clear(self) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ import time
 from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import make_url
@@ -19,16 +21,17 @@ from sqlalchemy.engine import make_url
 from sealedbus import Opener, Reason, Sealer
 from sealedbus.core import suites
 from sealedbus.core.signed import EpochDescription
-from sealedbus.errors import SecretError, UnopenableEnvelope
+from sealedbus.errors import Refused, SecretError, UnopenableEnvelope, UntrustedResponse
 from sealedbus.kds import cli
 from sealedbus.kds.context import key_context as _key_context
 from sealedbus.kds.secrets import MASTER_KEYS_FILE, MasterKeyring
 from sealedbus.kds.service import ServiceError
 from sealedbus.kds.store import Store, epoch_keys, epochs
 from sealedbus.kds.store import audit as audit_table
+from sealedbus.keys.client import KeyServiceClient
 from tests.clock import Clock
 
-from ._harness import Kds, make_kds, settle
+from ._harness import AsgiTransport, Kds, make_kds, settle
 
 ROTATION = 60  # s; the next epoch is published 6 s ahead
 
@@ -266,3 +269,162 @@ def test_nothing_opens_a_shredded_topic_from_the_live_database_on_postgres(
     finally:
         kds.http.close()
         kds.store.dispose()
+
+
+# -- consumers already running when the shred happens ----------------------------------------
+
+REFRESH = 10.0  # KeyServiceClient's default epoch_refresh (s): how often it asks what is gone
+CHECK = 1.0  # the Opener's default revocation_check_interval (s): how often it hears of it
+
+
+def _running_consumer(kds: Kds, **options: Any) -> tuple[list[bytes], Opener]:
+    """A consumer that opened the topic's first message (it holds epoch 0's key and session)
+    and three more messages sealed before the shred, not read yet."""
+    kds.admin.create_topic("phi", producers=["p", "late"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    before = [sealer.seal("phi", b"before %d" % i) for i in range(4)]
+    consumer = Opener(kds.member("c", **options), clock=kds.clock)
+    assert consumer.open("phi", before[0]).body == b"before 0"
+    return before[1:], consumer
+
+
+def _refused_as_destroyed(consumer: Opener, envelopes: list[bytes]) -> None:
+    for envelope in envelopes:
+        with pytest.raises(UnopenableEnvelope) as refused:
+            consumer.open("phi", envelope)
+        assert refused.value.reason is Reason.EPOCH_DESTROYED
+
+
+def test_shred_reaches_a_running_consumer_within_its_refresh_without_a_restart(kds: Kds) -> None:
+    """Regression (issue 14): a consumer running before a shred kept the topic's epoch keys and
+    sessions until each epoch's destroy_after, opening its old messages until restarted."""
+    before, consumer = _running_consumer(kds)
+    kds.admin.shred_topic("phi")
+    kds.clock.advance(REFRESH)
+    after = Sealer(kds.member("late"), clock=kds.clock).seal("phi", b"after")
+    # the fresh epoch opens; this open's revocation check asked the KDS in the background
+    assert consumer.open("phi", after).body == b"after"
+    settle()
+    kds.clock.advance(CHECK)  # the opener's next check hears what its key source dropped
+    _refused_as_destroyed(consumer, before)
+
+
+def test_shred_reaches_an_idle_consumer_at_its_first_message(kds: Kds) -> None:
+    """A consumer that read nothing for ``revocation_max_age`` asks before it opens again (as it
+    fetches its revocation list): no backlog of the shredded topic's messages opens meanwhile."""
+    before, consumer = _running_consumer(kds, revocation_max_age=40)
+    kds.admin.shred_topic("phi")
+    kds.clock.advance(40)
+    _refused_as_destroyed(consumer, before)
+    after = Sealer(kds.member("late"), clock=kds.clock).seal("phi", b"after")
+    assert consumer.open("phi", after).body == b"after"
+
+
+def test_rotation_does_not_drop_live_keys(kds: Kds) -> None:
+    """Only what is gone is dropped: after rotations the consumer still holds and uses the
+    older epoch's key (live until its destroy_after)."""
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"], rotation=ROTATION)
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    first = [sealer.seal("phi", b"epoch 0 %d" % i) for i in range(2)]
+    client = kds.member("c")
+    consumer = Opener(client, clock=kds.clock)
+    assert consumer.open("phi", first[0]).body == b"epoch 0 0"
+    for _ in range(3):
+        kds.clock.advance(ROTATION)
+        kds.service.tick("test")
+        assert client.drop_gone_epochs(kds.clock_ms()) == set()
+    assert consumer.open("phi", first[1]).body == b"epoch 0 1"
+
+
+# -- POST /v1/epochs/gone ----------------------------------------------------------------------
+
+
+def test_epochs_gone_answers_what_the_member_can_no_longer_be_granted(kds: Kds) -> None:
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"])
+    kds.admin.create_topic("other", producers=["p"], consumers=["someone"])
+    client = kds.member("c")
+
+    def gone(asked: dict[str, list[int]]) -> Any:
+        return client._http.call("POST", "/v1/epochs/gone", {"epochs": asked})["gone"]
+
+    # live epoch kept; unknown epoch, unknown topic, a topic it may not read (live or not): gone
+    assert gone({"phi": [0, 7], "nope": [0], "other": [0, 3]}) == {
+        "phi": [7],
+        "nope": [0],
+        "other": [0, 3],
+    }
+    fresh = kds.admin.shred_topic("phi")["fresh_epoch"]
+    assert gone({"phi": [0, fresh]}) == {"phi": [0]}
+    with pytest.raises(Refused) as refused:  # bounded
+        gone({"phi": list(range(1001))})
+    assert refused.value.status == 422
+    with pytest.raises(Refused) as refused:  # members only
+        client._http.call("POST", "/v1/epochs/gone", {"epochs": {"phi": [0]}}, signed=False)
+    assert refused.value.status == 401
+
+
+class _Forging(httpx.BaseTransport):
+    """The KDS, except that someone between it and the client answers /v1/epochs/gone (and,
+    when set, grants) as they like."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.gone: dict[str, Any] | None = None  # httpx.Response arguments
+        self.grant: dict[str, Any] | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/epochs/gone" and self.gone is not None:
+            return httpx.Response(200, **self.gone)
+        if request.url.path.endswith("/grant") and self.grant is not None:
+            return httpx.Response(200, **self.grant)
+        return self.inner.handle_request(request)
+
+
+def test_unsigned_epochs_gone_answer_cannot_make_a_client_accept_a_key(kds: Kds) -> None:
+    """The answer is not signed: forged, it may make a client drop keys (fetched again, signed)
+    or tell it nothing, but never hand it a key or make it open an envelope."""
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    sent = [sealer.seal("phi", b"m%d" % i) for i in range(4)]
+    forging = _Forging(AsgiTransport(kds.app))
+    with httpx.Client(transport=forging, base_url="http://testserver") as http:
+        _forged_answers(kds, forging, Opener(kds.member("c", http=http), clock=kds.clock), sent)
+        settle()
+
+
+def _forged_answers(kds: Kds, forging: _Forging, consumer: Opener, sent: list[bytes]) -> None:
+    client = consumer.keys
+    assert isinstance(client, KeyServiceClient)
+    assert consumer.open("phi", sent[0]).body == b"m0"
+
+    # garbage: refused as untrusted, nothing dropped
+    garbage: list[dict[str, Any]] = [
+        {"content": b"not json"},
+        {"json": [1, 2]},
+        {"json": {"gone": "phi"}},
+        {"json": {"nothing": {}}},
+    ]
+    for forged in garbage:
+        forging.gone = forged
+        with pytest.raises(UntrustedResponse):
+            client.drop_gone_epochs(kds.clock_ms())
+    forging.gone = {"json": {"gone": {"phi": ["0", 0.0, None]}}}
+    assert client.drop_gone_epochs(kds.clock_ms()) == set()
+    kds.clock.advance(CHECK)
+    assert consumer.open("phi", sent[1]).body == b"m1"  # the session was kept
+    settle()  # (that open asked in the background, with the forged answer: nothing dropped)
+
+    # pairs not asked about are ignored; an asked one is dropped and fetched again, signed
+    forging.gone = {"json": {"gone": {"phi": [0, 99], "evil": [1]}}}
+    assert client.drop_gone_epochs(kds.clock_ms()) == {("phi", 0)}
+    kds.service.rotate("admin:test", "phi")  # epoch 1: a genuine grant, of the wrong epoch
+    kds.clock.advance(1)
+    forging.grant = None
+    other = client._http.call("GET", "/v1/topics/phi/epochs/1/grant")
+    forging.grant = {"json": other}
+    with pytest.raises(UntrustedResponse):
+        client.epoch_keys("phi", 0, kds.clock_ms())
+    with pytest.raises(UntrustedResponse):
+        consumer.open("phi", sent[2])  # the opener lost its session too: it asks, and refuses
+    forging.grant = forging.gone = None
+    assert consumer.open("phi", sent[2]).body == b"m2"  # the genuine key, fetched again

@@ -62,6 +62,10 @@ class Backend(Protocol):
 
     def revoke(self, member: str, *, compromised: bool = True) -> None: ...
 
+    def shred_topic(self, name: str) -> int:
+        """Destroy every key of the topic now; returns the fresh epoch."""
+        ...
+
     def epochs(self, name: str) -> list[EpochInfo]: ...
 
     def tick(self) -> None: ...
@@ -100,6 +104,9 @@ class LocalBackend:
 
     def revoke(self, member: str, *, compromised: bool = True) -> None:
         self.ks.revoke(member, compromised=compromised)
+
+    def shred_topic(self, name: str) -> int:
+        return self.ks.shred_topic(name)[1]
 
     def epochs(self, name: str) -> list[EpochInfo]:
         return self.ks.epochs(name)
@@ -193,6 +200,10 @@ class KdsBackend:
     def revoke(self, member: str, *, compromised: bool = True) -> None:
         with _translated():
             self.kds.admin.revoke(member, compromised=compromised)
+
+    def shred_topic(self, name: str) -> int:
+        with _translated():
+            return int(self.kds.admin.shred_topic(name)["fresh_epoch"])
 
     def epochs(self, name: str) -> list[EpochInfo]:
         self.tick()

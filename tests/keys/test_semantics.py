@@ -183,6 +183,29 @@ def test_retention_destroys_epoch_keys(short: World, clock: Clock, topic: str) -
     assert opener.open(topic, sealer.seal(topic, b"now")).body == b"now"
 
 
+@pytest.mark.parametrize("topic", ["orders", "vault"])
+def test_shred_reaches_a_running_opener_within_its_refresh(
+    world: World, clock: Clock, topic: str
+) -> None:
+    """Regression (issue 14): an opener running before a topic shred kept its sessions (and the
+    KDS client its epoch keys) until destroy_after, so it opened the topic's earlier messages
+    until restarted. Now it refuses them within the client's epoch refresh (10 s) and the
+    opener's revocation check (1 s)."""
+    sealer, opener = world.sealer(), world.opener()
+    first, kept = sealer.seal(topic, b"first"), sealer.seal(topic, b"kept")
+    assert opener.open(topic, first).body == b"first"
+    fresh = world.ks.shred_topic(topic)
+    clock.advance(10)  # the KDS client asks what is gone, in the background of this open:
+    after = sealer.seal(topic, b"after")
+    assert _epoch(after) == fresh
+    assert opener.open(topic, after).body == b"after"
+    settle()
+    clock.advance(1)  # and the opener hears of it at its next revocation check
+    rejected(lambda: opener.open(topic, kept), Reason.EPOCH_DESTROYED)
+    rejected(lambda: world.opener().open(topic, kept), Reason.EPOCH_DESTROYED)
+    assert opener.open(topic, sealer.seal(topic, b"still")).body == b"still"
+
+
 def test_retention_applies_to_a_new_consumer_with_history(ks: Backend, clock: Clock) -> None:
     world = populate(ks, rotation_period=PERIOD, retention=RETENTION, history=True)
     envelope = world.sealer().seal("orders", b"x")
