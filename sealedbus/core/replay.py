@@ -180,6 +180,37 @@ class ReplayGuard:
         if self._count > self.max_sessions:
             self._evict(max(self._senders, key=lambda k: len(self._senders[k])))
 
+    def admit(
+        self,
+        sender: Hashable,
+        session: Hashable,
+        seq: int,
+        scope: Hashable = None,
+        floor: int = -1,
+    ) -> Seen:
+        """``check``, then ``mark`` when it was NEW: one step, as an opener takes it. The usual
+        case (a window held, ``seq`` past everything seen, no floor to lift) costs a few lookups."""
+        sessions = self._senders.get(sender)
+        scopes = None if sessions is None else sessions.get(session)
+        if scopes is not None and self._count <= self.max_sessions:  # else mark evicts
+            own, every = scopes.get(scope), scopes.get(_EVERY)
+            if (
+                own is not None
+                and floor <= own.floor
+                and seq > own._highest
+                and (every is None or seq > every._highest)
+                and (scope is None or every is not None)
+            ):
+                sessions.move_to_end(session)  # type: ignore[union-attr]
+                own.mark(seq)
+                if scope is not None:
+                    every.mark(seq)  # type: ignore[union-attr]
+                return Seen.NEW
+        seen = self.check(sender, session, seq, scope, floor)
+        if seen is Seen.NEW:
+            self.mark(sender, session, seq, scope, floor)
+        return seen
+
     def unmark(self, sender: Hashable, session: Hashable, seq: int, scope: Hashable = None) -> None:
         scopes = self._scopes(sender, session)
         if scopes is None:

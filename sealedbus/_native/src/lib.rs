@@ -7,6 +7,7 @@
 //! no class per wire struct. Failures come back as the reason codes of SPEC.md section 8.
 
 mod crypto;
+mod fast;
 mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -471,6 +472,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SigningKey>()?;
     m.add_class::<VerifyingKey>()?;
     m.add_class::<RootCache>()?;
+    m.add_class::<fast::OpenTable>()?;
     m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
