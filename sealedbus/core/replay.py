@@ -20,6 +20,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Hashable
 from enum import Enum
+from functools import lru_cache
 
 
 class Seen(Enum):
@@ -28,6 +29,7 @@ class Seen(Enum):
     TOO_OLD = "too_old"
 
 
+@lru_cache(maxsize=4096)  # asked per message (Kafka's replay state, floors) of few sessions
 def session_digest(cert_id: bytes, epoch: int, session_id: bytes) -> bytes:
     """8 bytes naming a producer session of a topic in carried-over replay state (a collision
     needs 2**32 sessions at once; it could only make a message look already opened)."""
