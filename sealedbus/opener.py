@@ -169,6 +169,7 @@ class Opener:
             OpenedMessage, self._skew_ms, self._max_age_ms, max_envelope
         )
         self._fast_suite = Suite.X25519 in self.suites  # the only suite the fast path takes
+        self._fast_max_envelope = max_envelope
         self._fast_lock = threading.Lock()
 
     def open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
@@ -398,7 +399,12 @@ class Opener:
         ``_finish``, which decide and name any refusal) or what ``_finish_fast`` takes. It
         accepts only envelopes of senders and sessions handed over by ``_prepare`` and
         ``_session``, after SPEC.md 7 steps 1-9 as those run them."""
-        if self._fast is None or not self._fast:
+        if (
+            self._fast is None
+            or not self._fast
+            or self.max_envelope != self._fast_max_envelope  # public settings changed since
+            or Suite.X25519 not in self.suites
+        ):
             return [None] * len(items)
         now = int(self._clock() * 1000)
         try:  # the list the handed-over senders were checked against, refreshed as step 6 does

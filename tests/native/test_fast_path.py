@@ -157,3 +157,16 @@ def test_fast_path_forgets_a_destroyed_epoch() -> None:
     world.clock.advance(400)
     world.ks.tick()
     rejected(lambda: opener.open("orders", envelopes[1]))
+
+
+def test_fast_path_follows_the_openers_public_settings() -> None:
+    """``max_envelope`` and ``suites`` are public attributes: changed after the fast path was
+    warmed, they still decide."""
+    warm, *envelopes = _sealed(batch=True, n=2)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    opener.open("orders", warm)
+    opener.max_envelope = 100
+    rejected(lambda: opener.open("orders", envelopes[0]), Reason.TOO_LARGE)
+    opener.max_envelope = 1 << 20
+    opener.suites = frozenset()
+    rejected(lambda: opener.open("orders", envelopes[1]), Reason.SUITE)
