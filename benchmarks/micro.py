@@ -6,9 +6,12 @@ For 128 B, 1 KB and 16 KB payloads, in per-message and batch (N=64) signing mode
 native core) and through ``Opener.open`` one at a time, for each core, and the ratio
 native / pure measured in the same run (the two cores alternate inside each measurement).
 Rates are messages per CPU second of the measuring thread, so that other processes on a
-shared machine do not count.
+shared machine do not count. Each opener opens a pool of ``--pool`` batches (default 100, 6,400
+envelopes of one session) before a fresh one takes over, so none is a replay: the first batch
+of each opener goes through every Python step (with the native core, later ones through its
+fast path), as a consumer's first fetch of a session does.
 
-    .venv/bin/python benchmarks/micro.py [--seconds 1.0] [--json]
+    .venv/bin/python benchmarks/micro.py [--seconds 1.0] [--pool 100] [--json]
     .venv/bin/python benchmarks/micro.py --callgrind   # instructions per message (valgrind)
 
 The peer rows put what teams write by hand today next to sealed-batch: a shared-key Fernet
@@ -124,14 +127,16 @@ def _seal_count(b: _Bench, core: str, mode: str, body: bytes) -> int:
     return len(b.seal(core, mode, body))
 
 
-def bench(seconds: float) -> list[dict[str, object]]:
+def bench(seconds: float, pool_batches: int = 100) -> list[dict[str, object]]:
     b = _Bench()
     rows: list[dict[str, object]] = []
     for size in SIZES:
         body = os.urandom(size)
         for mode in MODES:
             seal = _rates({c: partial(_seal_count, b, c, mode, body) for c in CORES}, seconds)
-            pools = {c: [e for _ in range(20) for e in b.seal(c, mode, body)] for c in CORES}
+            pools = {
+                c: [e for _ in range(pool_batches) for e in b.seal(c, mode, body)] for c in CORES
+            }
             many = _rates({c: _OpenLoop(b.consumer, pools[c], c, True) for c in CORES}, seconds)
             one = _rates({c: _OpenLoop(b.consumer, pools[c], c, False) for c in CORES}, seconds)
             row: dict[str, object] = {"payload_bytes": size, "mode": mode}
@@ -165,7 +170,7 @@ class _FernetLoop:
         return BATCH
 
 
-def peer(seconds: float) -> list[dict[str, object]]:
+def peer(seconds: float, pool_batches: int = 100) -> list[dict[str, object]]:
     """Fernet next to sealed-batch on the fastest core, per payload size, in the same run."""
     b = _Bench()
     core = CORES[-1]
@@ -180,7 +185,7 @@ def peer(seconds: float) -> list[dict[str, object]]:
             },
             seconds,
         )
-        pool = [e for _ in range(20) for e in b.seal(core, "batch", body)]
+        pool = [e for _ in range(pool_batches) for e in b.seal(core, "batch", body)]
         opened = _rates(
             {
                 "fernet": _FernetLoop(fernet, body, decrypt=True),
@@ -262,6 +267,13 @@ def callgrind(n1: int = 128, n2: int = 640) -> list[dict[str, object]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement (all cores)")
+    ap.add_argument(
+        "--pool",
+        type=int,
+        default=100,
+        help="batches of 64 envelopes each opener opens before a fresh one starts (its first"
+        " batch of a session goes through every Python step; default 100)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON rows")
     ap.add_argument("--callgrind", action="store_true", help="instructions per message")
     ap.add_argument(
@@ -288,8 +300,8 @@ def main() -> int:
             counts = " ".join(f"{r[f'{c}_instructions_per_msg']:>16,}" for c in CORES)
             print(f"{r['mode']:<12} {r['op']:<10} {counts} {r.get('ratio', ''):>8}")
         return 0
-    rows = bench(args.seconds)
-    peers = peer(args.seconds)
+    rows = bench(args.seconds, args.pool)
+    peers = peer(args.seconds, args.pool)
     if args.json:
         print(json.dumps({**meta, "rows": rows, "peer": peers}, indent=2))
         return 0

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -88,7 +89,14 @@ class _SubjectKey:
     ikms: dict[bytes, bytes] = field(default_factory=dict)
 
 
+_Joins = dict[_SessionKey, tuple[CoreSession, EpochDescription]]
 _SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped, used or not
+_EVER = 1 << 64  # later than any sent-at: ``revokes(cert, _EVER)`` if any entry covers cert
+
+
+def _fits(*ms: int) -> bool:
+    """Whether times can go to the fast path (signed 64-bit; else the slow path serves)."""
+    return all(-(1 << 63) <= t < (1 << 63) for t in ms)
 
 
 @dataclass(slots=True)
@@ -151,6 +159,13 @@ class Opener:
         self._revocation_list: tuple[RevocationList, int] | None = None
         self._floors: dict[tuple[str, Hashable], dict[bytes, int]] = {}
         self._next_sweep_ms = 0
+        # the native core's fast path: senders and sessions checked here, handed over (below)
+        self._fast = self._core.new_open_table(
+            OpenedMessage, self._skew_ms, self._max_age_ms, max_envelope
+        )
+        self._fast_suite = Suite.X25519 in self.suites  # the only suite the fast path takes
+        self._fast_max_envelope = max_envelope
+        self._fast_lock = threading.Lock()
 
     def open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         """Open one envelope read from ``topic``. Raises an InvalidEnvelope subclass (with
@@ -182,8 +197,11 @@ class Opener:
         KeyServiceUnavailable: then release the messages after it that the caller will not hand
         on, so their redelivery opens).
 
-        The checks run in Python, then the cryptography of the whole batch in one call to the
-        core (per-message signatures verified as one batch). With the pure core and
+        With the native core, envelopes of senders and sessions already checked here go
+        through its fast path: one call parses, checks, verifies and decrypts them. The others
+        (and any the fast path does not accept) get the checks in Python, then the cryptography
+        in one call to the core (per-message signatures verified as one batch), then every one
+        the replay window, in order. With the pure core and
         ``threads > 1`` they are opened on a pool instead: Ed25519 verification and AES-GCM
         release the GIL, so per-message signatures verify on several cores at once."""
         if len(items) < 2:
@@ -191,36 +209,46 @@ class Opener:
         if self._pool is not None and self._core is backend.PURE:
             return list(self._pool.map(self._open_or_error, items))
         start = time.perf_counter()
-        results: list[OpenedMessage | SealedbusError | None] = []
-        prepared: list[tuple[int, OpenJob]] = []
-        for item in items:
+        fast = self._open_fast(items)  # opened natively, or None: the steps below decide
+        results: list[OpenedMessage | SealedbusError | None] = [None] * len(items)
+        prepared: dict[int, OpenJob] = {}
+        joins: _Joins = {}
+        for i, item in enumerate(items):
+            if fast[i] is not None:
+                continue
             topic, data, scope = item[0], item[1], item[2] if len(item) > 2 else None
             try:
-                p = self._prepare(topic, bytes(data), scope)
+                p = self._prepare(topic, bytes(data), scope, joins)
             except InvalidEnvelope as exc:
                 self.metrics.rejected(topic, exc.reason.value)
-                results.append(exc)
+                results[i] = exc
                 continue
             except SealedbusError as exc:
-                results.append(exc)
+                results[i] = exc
                 continue
             if isinstance(p, OpenedMessage):  # plaintext passed through
                 self.metrics.opened(topic, len(p.body), 0.0)
-                results.append(p)
+                results[i] = p
             else:
-                prepared.append((len(results), p))
-                results.append(None)  # set below
-        opened = self._core.open_many([p for _, p in prepared], self._trees)
+                prepared[i] = p
+        outcomes = self._core.open_many(list(prepared.values()), self._trees) if prepared else []
+        verdicts = dict(zip(prepared, outcomes, strict=True))
         each = (time.perf_counter() - start) / len(items)
-        for (i, p), outcome in zip(prepared, opened, strict=True):
+        for i, item in enumerate(items):  # step 10 in order, whichever path opened it
+            if results[i] is not None:
+                continue
+            topic, done = item[0], fast[i]
             try:
-                message = self._finish(p, outcome)
+                if done is None:
+                    message = self._finish(prepared[i], verdicts[i])
+                else:
+                    message = self._finish_fast(done)
             except InvalidEnvelope as exc:
-                self.metrics.rejected(p.topic, exc.reason.value)
+                self.metrics.rejected(topic, exc.reason.value)
                 results[i] = exc
                 continue
             try:
-                self.metrics.opened(p.topic, len(message.body), each)
+                self.metrics.opened(topic, len(message.body), each)
             except BaseException:  # a faulty metrics sink must not eat the message
                 self.release(message)
                 raise
@@ -263,12 +291,18 @@ class Opener:
             }
 
     def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
+        if self._fast is not None:
+            done = self._open_fast(((topic, data, scope),))[0]
+            if done is not None:
+                return self._finish_fast(done)
         p = self._prepare(topic, data, scope)
         if isinstance(p, OpenedMessage):
             return p
         return self._finish(p, self._core.open_many([p], self._trees)[0])
 
-    def _prepare(self, topic: str, data: bytes, scope: Hashable = None) -> OpenJob | OpenedMessage:
+    def _prepare(
+        self, topic: str, data: bytes, scope: Hashable = None, joins: _Joins | None = None
+    ) -> OpenJob | OpenedMessage:
         """SPEC.md 7 steps 1-7 (every policy check); the cryptography is left to the core."""
         now = int(self._clock() * 1000)
         if len(data) > self.max_envelope:
@@ -301,9 +335,11 @@ class Opener:
         if revocations.withdraws(cert, topic):
             raise UnauthenticEnvelope(Reason.SENDER_NOT_ALLOWED, f"{cert.member} (withdrawn)")
 
-        session, joined = self._session(topic, h, now)
-        if h.subject:
-            session = self._subject_session(topic, h, session, now)
+        if self._fast is not None and not revocations.revokes(cert, _EVER):
+            self._hand_over_sender(topic, h.cert_id, sender, revocations)
+        session, joined = self._session(topic, h, now, joins)
+        if h.subject:  # never on the fast path (its flags are refused there): joined stays the
+            session = self._subject_session(topic, h, session, now)  # parent session's
         return OpenJob(session, sender.identity, parsed, data, topic, cert.member, scope, joined)
 
     def _finish(self, p: OpenJob, outcome: backend.Opened | InvalidEnvelope) -> OpenedMessage:
@@ -313,23 +349,12 @@ class Opener:
         )
         if p.joined is not None and verified:  # cached only once a signature showed the sender
             self._sessions.put(*p.joined)  # made it (decryption comes after the signature)
+            self._hand_over(*p.joined)
         if isinstance(outcome, InvalidEnvelope):
             raise outcome
         headers, body = outcome
         topic, h, scope = p.topic, p.parsed.header, p.scope
-        replay_sender, replay_session = (topic, h.cert_id), (h.epoch, h.session_id)
-        with self._lock:  # checked after decryption, atomically with marking it seen
-            floors = self._floors.get((topic, scope))
-            floor = -1
-            if floors:
-                floor = floors.get(session_digest(h.cert_id, h.epoch, h.session_id), -1)
-            seen = self._replay.check(replay_sender, replay_session, h.seq, scope, floor)
-            if seen is Seen.NEW:
-                self._replay.mark(replay_sender, replay_session, h.seq, scope, floor)
-        if seen is Seen.DUPLICATE:
-            raise DuplicateEnvelope()
-        if seen is Seen.TOO_OLD:
-            raise DuplicateEnvelope(Reason.TOO_OLD)
+        self._admit(topic, (topic, h.cert_id), (h.epoch, h.session_id), h.seq, scope)
         return OpenedMessage(
             body=body,
             headers=headers,
@@ -344,6 +369,94 @@ class Opener:
             scope=scope,
             subject_key_id=h.subject_key_id or None,
         )
+
+    def _admit(
+        self,
+        topic: str,
+        replay_sender: tuple[str, bytes],
+        replay_session: tuple[int, bytes],
+        seq: int,
+        scope: Hashable,
+    ) -> None:
+        """Step 10: the replay window, checked after decryption, atomically with marking the
+        message seen (whichever path opened it: one window per session and scope)."""
+        with self._lock:
+            floors = self._floors.get((topic, scope))
+            floor = -1
+            if floors:
+                cert_id, (epoch, session_id) = replay_sender[1], replay_session
+                floor = floors.get(session_digest(cert_id, epoch, session_id), -1)
+            seen = self._replay.admit(replay_sender, replay_session, seq, scope, floor)
+        if seen is Seen.DUPLICATE:
+            raise DuplicateEnvelope()
+        if seen is Seen.TOO_OLD:
+            raise DuplicateEnvelope(Reason.TOO_OLD)
+
+    def _open_fast(self, items: Sequence[Sequence[object]]) -> list[Any]:
+        """The native core's fast path over ``items``: for each, None (left to ``_prepare`` and
+        ``_finish``, which decide and name any refusal) or what ``_finish_fast`` takes. It
+        accepts only envelopes of senders and sessions handed over by ``_prepare`` and
+        ``_session``, after SPEC.md 7 steps 1-9 as those run them."""
+        if (
+            self._fast is None
+            or not self._fast
+            or self.max_envelope != self._fast_max_envelope  # public settings changed since
+            or Suite.X25519 not in self.suites
+        ):
+            return [None] * len(items)
+        now = int(self._clock() * 1000)
+        held = self._revocation_list  # the list the handed-over senders were checked against
+        if held is None or now - held[1] >= self._check_ms:
+            return [None] * len(items)  # a refresh is due: step 6 of the Python steps asks
+        return self._fast.open(items, now, self._trees)  # type: ignore[no-any-return]
+
+    def _finish_fast(self, done: Any) -> OpenedMessage:
+        """Step 10 for an envelope the fast path opened, which built the message (no headers
+        yet: they are decoded here, as ``NativeCore.open_many`` decodes them)."""
+        message, packed, replay_sender, replay_session = done
+        self.metrics.key_cache(CACHE_SENDER, True)
+        self.metrics.key_cache(CACHE_SESSION, True)
+        if packed:  # set on the fresh message before anyone else holds it
+            object.__setattr__(message, "headers", backend.decode_headers(packed))
+        self._admit(message.topic, replay_sender, replay_session, message.sequence, message.scope)
+        return message  # type: ignore[no-any-return]
+
+    def _hand_over_sender(
+        self, topic: str, cert_id: bytes, sender: _Sender, revocations: RevocationList
+    ) -> None:
+        """Give the fast path a sender certified for ``topic`` that no entry of the revocation
+        list covers, under that list only (a refresh in between clears the table)."""
+        cert = sender.cert
+        if not _fits(cert.not_before_ms, cert.not_after_ms):
+            return
+        with self._fast_lock:
+            held = self._revocation_list
+            if self._fast is not None and held is not None and held[0] is revocations:
+                self._fast.add_sender(
+                    topic,
+                    cert_id,
+                    sender.identity,
+                    cert.member,
+                    cert.not_before_ms,
+                    cert.not_after_ms,
+                )
+
+    def _hand_over(
+        self, cache_key: _SessionKey, cached: tuple[CoreSession, EpochDescription]
+    ) -> None:
+        """Give the fast path a session whose signature verified (suite 1 only)."""
+        topic, epoch_number, _, suite = cache_key
+        epoch = cached[1]
+        limits = (epoch.not_before_ms, epoch.not_after_ms, epoch.max_age_ms or 0)
+        if (
+            self._fast is not None
+            and suite is Suite.X25519
+            and self._fast_suite
+            and _fits(*limits, epoch.destroy_after_ms)
+        ):
+            self._fast.add_session(
+                topic, epoch_number, cached[0].handle, *limits, epoch.destroy_after_ms
+            )
 
     def _sender(self, cert_id: bytes, now: int) -> _Sender:
         """The sender's certificate (cached) and identity key."""
@@ -361,23 +474,32 @@ class Opener:
         """The key source's revocation list, asked again each ``revocation_check_interval``."""
         held = self._revocation_list
         if held is None or now - held[1] >= self._check_ms:
-            held = self._revocation_list = (self.keys.revocations(now), now)
+            fresh = self.keys.revocations(now)
+            with self._fast_lock:  # the fast path's senders were checked against the old list
+                if self._fast is not None and (held is None or held[0] is not fresh):
+                    self._fast.clear()
+                held = self._revocation_list = (fresh, now)
             self.metrics.revocations(held[0].issued_at_ms / 1000)
             if now >= self._next_sweep_ms:  # session keys of destroyed epochs go too
                 self._next_sweep_ms = now + _SWEEP_MS
                 self._sessions.drop_if(lambda cached: now >= cached[1].destroy_after_ms)
+                if self._fast is not None:
+                    self._fast.clear()
             gone = self.keys.dropped_epochs(now) if isinstance(self.keys, DropsEpochs) else ()
             if gone:  # destroyed early (a topic shred): sessions and the topics' subject keys
                 topics = {t for t, _ in gone}
                 self._sessions.drop_if(lambda c: (c[1].topic, c[1].epoch) in gone)
                 self._subject_keys.drop_keys(lambda key: key[0] in topics)
+                if self._fast is not None:  # and the sessions handed to the fast path
+                    self._fast.clear()
         return held[0]
 
     def _session(
-        self, topic: str, h: wire.Header, now: int
+        self, topic: str, h: wire.Header, now: int, joins: _Joins | None = None
     ) -> tuple[CoreSession, tuple[_SessionKey, tuple[CoreSession, EpochDescription]] | None]:
         """The session, and the cache entry to add once the envelope's signature verified
-        (None when it came from the cache): unauthenticated input never fills the cache."""
+        (None when it came from the cache): unauthenticated input never fills the cache.
+        ``joins``: sessions joined for earlier envelopes of the same batch (one join each)."""
         cache_key = (topic, h.epoch, h.session_id, h.suite)  # suite: a hit skips _join's check
         cached = self._sessions.get(cache_key)
         self.metrics.key_cache(CACHE_SESSION, cached is not None)
@@ -385,8 +507,16 @@ class Opener:
         if cached is None or now >= cached[1].destroy_after_ms:
             if cached is not None:
                 self._sessions.pop(cache_key)  # the epoch is past retention: forget it
-            cached = self._join(topic, h, now)
+            pending = None if joins is None else joins.get(cache_key)
+            if pending is not None and now < pending[1].destroy_after_ms:
+                cached = pending  # joined for an earlier envelope of this batch, not verified yet
+            else:
+                cached = self._join(topic, h, now)
+                if joins is not None:
+                    joins[cache_key] = cached
             joined = (cache_key, cached)
+        elif self._fast is not None:
+            self._hand_over(cache_key, cached)  # verified before: the fast path may use it
         ctx, epoch = cached
         if ctx.encapsulation != h.encapsulation:  # a hit must not skip 4.2's hash check
             raise UnopenableEnvelope(Reason.DECRYPT_FAILED, "not the session's encapsulation")

@@ -14,7 +14,7 @@ from sealedbus.ops.cli import main
 
 pytestmark = pytest.mark.slow
 
-MODES = {"plain", "sealed-message", "sealed-batch"}
+MODES = {"plain", "sealed-message", "sealed-batch", "fernet"}
 
 
 def test_quick_run_writes_rows_for_every_transport_size_and_mode(

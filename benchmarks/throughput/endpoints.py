@@ -22,6 +22,7 @@ the consumer subtracts it from the time it got the opened message: that is the l
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import struct
@@ -35,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import pika
+from cryptography.fernet import Fernet
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
 from sealedbus.brokers.kafka import SealedKafkaConsumer, SealedKafkaProducer
@@ -44,7 +46,9 @@ from sealedbus.keys.local import LocalKeyService, LocalMember
 from sealedbus.opener import Opener
 from sealedbus.sealer import Sealer
 
-MODES = ("plain", "sealed-message", "sealed-batch")
+# fernet: the peer, what teams write by hand today: one shared cryptography.fernet key around
+# the bare client (no sender signature, no per-member keys, no topic binding, no replay window)
+MODES = ("plain", "sealed-message", "sealed-batch", "fernet")
 BATCH_SIZE = 64  # messages per Merkle batch
 LINGER = 0.005  # seconds: sealed-batch flush age, and Kafka's linger_ms for every mode
 PREFETCH = 1000
@@ -81,10 +85,15 @@ class _Drbg:
         return hashlib.shake_256(self.seed + self.counter.to_bytes(8, "big")).digest(n)
 
 
+def fernet_key(setup: Setup) -> Fernet:
+    """The peer's one shared key, the same in every worker of one run."""
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(setup.seed + b"fernet").digest()))
+
+
 def key_members(setup: Setup) -> tuple[LocalMember, LocalMember]:
     """The producer and consumer members, identical in every worker of one run."""
     ks = LocalKeyService(clock=lambda: setup.t0, rng=_Drbg(setup.seed))
-    for mode in MODES[1:]:
+    for mode in ("sealed-message", "sealed-batch"):
         ks.create_topic(
             topic_name(setup.run_id, mode),
             producers=["producer"],
@@ -298,6 +307,30 @@ class _KafkaConsumer:
             self.next_offset = None
 
 
+# -- the Fernet peer: the bare client of the transport, bodies encrypted with one shared key ----
+class _FernetProducer:
+    def __init__(self, plain: Producer, fernet: Fernet) -> None:
+        self.plain, self.fernet = plain, fernet
+
+    def send(self, body: bytes) -> None:
+        self.plain.send(self.fernet.encrypt(body))
+
+    def idle(self, seconds: float) -> None:
+        self.plain.idle(seconds)
+
+    def flush(self) -> None:
+        self.plain.flush()
+
+
+class _FernetConsumer:
+    def __init__(self, plain: Consumer, fernet: Fernet) -> None:
+        self.plain, self.fernet = plain, fernet
+
+    def receive(self, n: int, deadline: float, got: Callable[[bytes], None]) -> int:
+        decrypt = self.fernet.decrypt
+        return self.plain.receive(n, deadline, lambda token: got(decrypt(token)))
+
+
 # -- worker ------------------------------------------------------------------------------------
 class Transport:
     """The producers and consumers of one transport in one process, made on first use."""
@@ -319,13 +352,16 @@ class Transport:
     def producer(self, mode: str) -> Producer:
         if mode not in self._producers:
             topic, s, member = topic_name(self.setup.run_id, mode), self.setup, self.producer_member
+            kind = "plain" if mode == "fernet" else mode  # the peer sends through the bare client
             made: Producer
             if s.transport == "memory":
-                made = _MemoryProducer(self.bus, topic, mode, member)
+                made = _MemoryProducer(self.bus, topic, kind, member)
             elif s.transport == "rabbitmq":
-                made = _RabbitProducer(self._amqp(), topic, mode, member)
+                made = _RabbitProducer(self._amqp(), topic, kind, member)
             else:
-                made = _KafkaProducer(s.kafka_bootstrap, topic, mode, member)
+                made = _KafkaProducer(s.kafka_bootstrap, topic, kind, member)
+            if mode == "fernet":
+                made = _FernetProducer(made, fernet_key(s))
             self._producers[mode] = made
         return self._producers[mode]
 
@@ -335,13 +371,16 @@ class Transport:
             threads = s.open_threads if mode == "sealed-message" else 1
             opener = Opener(self.consumer_member, threads=threads)
             self._openers.append(opener)
+            kind = "plain" if mode == "fernet" else mode
             made: Consumer
             if s.transport == "memory":
-                made = _MemoryConsumer(self.bus, topic, mode, opener)
+                made = _MemoryConsumer(self.bus, topic, kind, opener)
             elif s.transport == "rabbitmq":
-                made = _RabbitConsumer(self._amqp(), topic, mode, opener)
+                made = _RabbitConsumer(self._amqp(), topic, kind, opener)
             else:
-                made = _KafkaConsumer(s.kafka_bootstrap, topic, mode, opener)
+                made = _KafkaConsumer(s.kafka_bootstrap, topic, kind, opener)
+            if mode == "fernet":
+                made = _FernetConsumer(made, fernet_key(s))
             self._consumers[mode] = made
         return self._consumers[mode]
 

@@ -52,14 +52,26 @@ class Plan:
     quick: bool
 
     @classmethod
-    def make(cls, quick: bool, transports: Sequence[str], rounds: int | None = None) -> Plan:
+    def make(
+        cls,
+        quick: bool,
+        transports: Sequence[str],
+        rounds: int | None = None,
+        sizes: Sequence[int] = SIZES,
+    ) -> Plan:
         if quick:
             return cls(
-                tuple(transports), SIZES, rounds or 1, dict.fromkeys(SIZES, 300), 100, 2000.0, True
+                tuple(transports),
+                tuple(sizes),
+                rounds or 1,
+                dict.fromkeys(SIZES, 300),
+                100,
+                2000.0,
+                True,
             )
         return cls(
             tuple(transports),
-            SIZES,
+            tuple(sizes),
             rounds or 5,
             {128: 20000, 1024: 20000, 16384: 4000},
             2000,
@@ -404,7 +416,10 @@ def main_from_args(args: argparse.Namespace) -> int:
     unknown = set(transports) - set(TRANSPORTS)
     if unknown:
         raise SystemExit(f"unknown transports: {', '.join(sorted(unknown))}")
-    plan = Plan.make(args.quick, transports, args.rounds)
+    sizes = tuple(int(x) for x in getattr(args, "sizes", "").split(",") if x) or SIZES
+    if set(sizes) - set(SIZES):
+        raise SystemExit(f"sizes are among {', '.join(map(str, SIZES))}")
+    plan = Plan.make(args.quick, transports, args.rounds, sizes)
     result = run(
         plan,
         amqp_url=args.amqp_url,

@@ -173,6 +173,7 @@ class SealedKafkaProducer:
         self.batch = batch and self.linger > 0
         self._batch_bytes = int(producer.config["batch_size"])
         self._cond = threading.Condition()
+        self._linger_idle = False  # the linger thread waits for a batch to open (not a due time)
         self._started: float | None = None  # monotonic time of the open batch's first record
         self._bytes = 0
         self._closed = False
@@ -261,7 +262,8 @@ class SealedKafkaProducer:
                 self._send_batch(ready)
             elif self._started is None:
                 self._started = time.monotonic()
-                self._cond.notify_all()
+                if self._linger_idle:  # else it wakes at an earlier due time and sees this one
+                    self._cond.notify_all()
         return future
 
     def resend(self, futures: Iterable[SealedFuture]) -> list[SealedFuture]:
@@ -317,7 +319,9 @@ class SealedKafkaProducer:
         with self._cond:
             while not self._closed:
                 if self._started is None:
+                    self._linger_idle = True
                     self._cond.wait()
+                    self._linger_idle = False
                     continue
                 due = self._started + self.linger
                 if self._retry_at is not None:

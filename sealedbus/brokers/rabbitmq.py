@@ -530,7 +530,9 @@ class SealedChannel:
                 with translate_errors("acknowledging a refused message"):
                     self.channel.basic_ack(tag)
             return None
-        message = dataclasses.replace(message, headers=application_headers(message.headers))
+        # only the application's headers; set in place on the message fresh from the opener,
+        # that nothing else holds yet (dataclasses.replace builds it again: 4-8 µs a message)
+        object.__setattr__(message, "headers", application_headers(message.headers))
         if not auto_ack:
             self._unacked[tag] = message
         return message

@@ -20,6 +20,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Hashable
 from enum import Enum
+from functools import lru_cache
 
 
 class Seen(Enum):
@@ -28,6 +29,7 @@ class Seen(Enum):
     TOO_OLD = "too_old"
 
 
+@lru_cache(maxsize=4096)  # asked per message (Kafka's replay state, floors) of few sessions
 def session_digest(cert_id: bytes, epoch: int, session_id: bytes) -> bytes:
     """8 bytes naming a producer session of a topic in carried-over replay state (a collision
     needs 2**32 sessions at once; it could only make a message look already opened)."""
@@ -179,6 +181,37 @@ class ReplayGuard:
             every.mark(seq)
         if self._count > self.max_sessions:
             self._evict(max(self._senders, key=lambda k: len(self._senders[k])))
+
+    def admit(
+        self,
+        sender: Hashable,
+        session: Hashable,
+        seq: int,
+        scope: Hashable = None,
+        floor: int = -1,
+    ) -> Seen:
+        """``check``, then ``mark`` when it was NEW: one step, as an opener takes it. The usual
+        case (a window held, ``seq`` past everything seen, no floor to lift) costs a few lookups."""
+        sessions = self._senders.get(sender)
+        scopes = None if sessions is None else sessions.get(session)
+        if scopes is not None and self._count <= self.max_sessions:  # else mark evicts
+            own, every = scopes.get(scope), scopes.get(_EVERY)
+            if (
+                own is not None
+                and floor <= own.floor
+                and seq > own._highest
+                and (every is None or seq > every._highest)
+                and (scope is None or every is not None)
+            ):
+                sessions.move_to_end(session)  # type: ignore[union-attr]
+                own.mark(seq)
+                if scope is not None:
+                    every.mark(seq)  # type: ignore[union-attr]
+                return Seen.NEW
+        seen = self.check(sender, session, seq, scope, floor)
+        if seen is Seen.NEW:
+            self.mark(sender, session, seq, scope, floor)
+        return seen
 
     def unmark(self, sender: Hashable, session: Hashable, seq: int, scope: Hashable = None) -> None:
         scopes = self._scopes(sender, session)

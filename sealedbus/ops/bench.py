@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of memory,rabbitmq,kafka (default: all three)",
     )
     parser.add_argument(
+        "--sizes",
+        default="",
+        metavar="LIST",
+        help="payload sizes in bytes, among 128,1024,16384 (default: all three)",
+    )
+    parser.add_argument(
         "--amqp-url",
         default=os.environ.get("SEALEDBUS_AMQP_URL", ""),
         metavar="URL",

@@ -173,3 +173,39 @@ def test_the_cross_scope_check_costs_one_window_whatever_the_partitions() -> Non
     assert g.check("s", b"a", 3, scope=40) is Seen.DUPLICATE  # opened in partition 3
     assert g.check("s", b"a", 64, scope=40) is Seen.NEW
     assert g._count == 65  # a window per partition, and one over all of them
+
+
+_steps = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # sender
+        st.integers(0, 2),  # session
+        st.integers(0, 40),  # sequence number
+        st.sampled_from([None, 0, 1]),  # scope
+        st.sampled_from([-1, -1, 3, 12]),  # floor
+        st.booleans(),  # unmark it again afterwards
+    ),
+    max_size=60,
+)
+
+
+@FAST
+@given(steps=_steps)
+def test_admit_is_check_then_mark(steps: list[tuple[int, int, int, int | None, int, bool]]) -> None:
+    """``admit`` (the opener's one step) decides and remembers exactly as ``check`` followed by
+    ``mark`` when NEW, including its shortcut for the usual case."""
+    one, two = ReplayGuard(8, 5, 2), ReplayGuard(8, 5, 2)
+    for sender, session, seq, scope, floor, unmark in steps:
+        seen = two.check(sender, session, seq, scope, floor)
+        if seen is Seen.NEW:
+            two.mark(sender, session, seq, scope, floor)
+        assert one.admit(sender, session, seq, scope, floor) is seen
+        if unmark:
+            one.unmark(sender, session, seq, scope)
+            two.unmark(sender, session, seq, scope)
+    for sender in range(3):
+        for session in range(3):
+            for scope in (None, 0, 1):
+                for seq in range(41):
+                    assert one.check(sender, session, seq, scope) is two.check(
+                        sender, session, seq, scope
+                    )

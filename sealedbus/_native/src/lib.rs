@@ -7,10 +7,12 @@
 //! no class per wire struct. Failures come back as the reason codes of SPEC.md section 8.
 
 mod crypto;
+mod fast;
 mod subject;
+mod trees;
 mod wire;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
@@ -127,13 +129,11 @@ impl VerifyingKey {
     }
 }
 
-type Fifo = (HashSet<Vec<u8>>, VecDeque<Vec<u8>>);
-
-/// Roots of batch trees whose signature verified: (key, size, signature, root), bounded.
+/// Batch trees whose root signature verified, by (key, size, signature): their known nodes by
+/// position (`trees::VerifiedTrees`, as the pure core's `merkle.VerifiedTrees`), bounded.
 #[pyclass(frozen, module = "sealedbus.core._native")]
 struct RootCache {
-    inner: Mutex<Fifo>,
-    capacity: usize,
+    inner: Mutex<trees::VerifiedTrees>,
 }
 
 #[pymethods]
@@ -142,29 +142,21 @@ impl RootCache {
     #[pyo3(signature = (capacity = 4096))]
     fn new(capacity: usize) -> Self {
         RootCache {
-            inner: Mutex::new((HashSet::new(), VecDeque::new())),
-            capacity: capacity.max(1),
+            inner: Mutex::new(trees::VerifiedTrees::new(capacity)),
         }
     }
 }
 
 impl RootCache {
-    fn contains(&self, key: &[u8]) -> bool {
+    fn contains(&self, tree: &[u8], index: u16, size: u16, leaf: [u8; 32], path: &[u8]) -> bool {
         self.inner
             .lock()
-            .map(|g| g.0.contains(key))
+            .map(|mut g| g.contains(tree, index, size, leaf, path))
             .unwrap_or(false)
     }
-    fn insert(&self, key: Vec<u8>) {
+    fn insert(&self, tree: Vec<u8>, index: u16, size: u16, leaf: [u8; 32], path: &[u8]) {
         if let Ok(mut g) = self.inner.lock() {
-            if g.0.insert(key.clone()) {
-                g.1.push_back(key);
-                while g.1.len() > self.capacity {
-                    if let Some(old) = g.1.pop_front() {
-                        g.0.remove(&old);
-                    }
-                }
-            }
+            g.add(tree, index, size, leaf, path);
         }
     }
 }
@@ -254,14 +246,16 @@ enum Outcome {
 
 /// A signature to check: verifier, signature, signed message, the envelopes it decides.
 type Job<'a> = (&'a Verifier, [u8; 64], Vec<u8>, Vec<usize>);
+/// A batch root to remember once its signature verified: tree, index, size, leaf, path.
+type Learn<'a> = (Vec<u8>, u16, u16, [u8; 32], &'a [u8]);
 
 fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
     let mut refused: Vec<Option<Reason>> = vec![None; items.len()];
     let mut layouts = Vec::with_capacity(items.len());
     // signatures to check: (verifier, signature, signed message, envelopes it decides)
     let mut jobs: Vec<Job> = Vec::new();
-    let mut roots: HashMap<Vec<u8>, usize> = HashMap::new(); // cache key -> job index
-    let mut root_keys: Vec<Option<Vec<u8>>> = Vec::new(); // per job
+    let mut roots: HashMap<Vec<u8>, usize> = HashMap::new(); // tree and root -> job index
+    let mut root_keys: Vec<Option<Learn>> = Vec::new(); // per job
     for (i, (s, v, data)) in items.iter().enumerate() {
         let keys = &s.get().keys;
         let verifier = &v.get().0;
@@ -291,26 +285,24 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
             }
             Some((index, size, path_at)) => {
                 let leaf = keys.leaf_hash(header, ct);
-                let Some(root) = wire::root_from_path(
-                    index as usize,
-                    size as usize,
-                    leaf,
-                    &data[path_at..layout.ciphertext],
-                ) else {
+                let path = &data[path_at..layout.ciphertext];
+                let tree = [&verifier.bytes[..], &size.to_be_bytes(), &sig].concat();
+                if cache.contains(&tree, index, size, leaf, path) {
+                    continue; // a verified tree: no signature to check
+                }
+                let Some(root) = wire::root_from_path(index as usize, size as usize, leaf, path)
+                else {
                     refused[i] = Some(Reason::BadSignature);
                     continue;
                 };
-                let key = [&verifier.bytes[..], &size.to_be_bytes(), &sig, &root].concat();
-                if cache.contains(&key) {
-                    continue;
-                }
+                let key = [&tree[..], &root].concat();
                 match roots.get(&key) {
                     Some(j) => jobs[*j].3.push(i),
                     None => {
-                        roots.insert(key.clone(), jobs.len());
+                        roots.insert(key, jobs.len());
                         let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
                         jobs.push((verifier, sig, msg, vec![i]));
-                        root_keys.push(Some(key));
+                        root_keys.push(Some((tree, index, size, leaf, path)));
                     }
                 }
             }
@@ -323,8 +315,8 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
     let verdicts = crypto::verify_many(&checks);
     for ((good, job), key) in verdicts.iter().zip(&jobs).zip(root_keys) {
         if *good {
-            if let Some(key) = key {
-                cache.insert(key);
+            if let Some((tree, index, size, leaf, path)) = key {
+                cache.insert(tree, index, size, leaf, path);
             }
         } else {
             for i in &job.3 {
@@ -472,6 +464,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SigningKey>()?;
     m.add_class::<VerifyingKey>()?;
     m.add_class::<RootCache>()?;
+    m.add_class::<fast::OpenTable>()?;
     m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;

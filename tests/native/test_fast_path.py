@@ -1,0 +1,173 @@
+"""The native opener's fast path (``_native/src/fast.rs``): once a sender and a session have
+opened through every Python check, later envelopes of theirs are parsed, checked, verified and
+decrypted in one native call. It may only accept what the reference path accepts: everything
+else goes back to the Python steps, which name the refusal. These tests warm an opener (so the
+fast path holds the sender and the session), then compare its verdicts with the pure core's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sealedbus.core import backend
+from sealedbus.errors import InvalidEnvelope, Reason
+from sealedbus.opener import Opener
+from sealedbus.sealer import Sealer
+from tests.clock import Clock
+from tests.core._support import make_world, rejected
+from tests.native.test_differential import _mutate, mutations
+from tests.vectors.generate import T0_MS, FixedRng, VectorKeys
+
+pytestmark = pytest.mark.skipif(backend.NATIVE is None, reason="native core not built")
+KEYS = VectorKeys()
+_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _sealed(batch: bool, n: int, ttl: float | None = None) -> list[bytes]:
+    """n + 1 envelopes of one session; the first one warms the openers."""
+    sealer = Sealer(KEYS, clock=lambda: T0_MS / 1000, rng=FixedRng("fast"), core="pure")
+    if not batch:
+        return [sealer.seal("orders", b"m%d" % i, ttl=ttl) for i in range(n + 1)]
+    for i in range(n + 1):
+        sealer.add("orders", b"m%d" % i, ttl=ttl, headers={"i": i})
+    return [s.envelope for s in sealer.flush()]
+
+
+def _verdict(r: Any) -> str:
+    return r.reason.value if isinstance(r, InvalidEnvelope) else f"opened {r.body!r} {r.headers!r}"
+
+
+def _warm_verdicts(
+    core: str, warm: bytes, envelopes: list[bytes], many: bool, clock: Clock, **kwargs: Any
+) -> list[str]:
+    opener = Opener(KEYS, clock=clock, core=core, **kwargs)
+    at = clock.t
+    clock.t = T0_MS / 1000
+    assert not isinstance(opener.open_many([("orders", warm)] * 1)[0], InvalidEnvelope)
+    clock.t = at
+    if core == "native":
+        assert opener._fast is not None and len(opener._fast) == 2  # the sender and the session
+    if many:
+        return [_verdict(r) for r in opener.open_many([("orders", e) for e in envelopes])]
+    out = []
+    for e in envelopes:
+        try:
+            out.append(_verdict(opener.open("orders", e)))
+        except InvalidEnvelope as exc:
+            out.append(_verdict(exc))
+    return out
+
+
+def test_the_fast_path_takes_what_it_was_given() -> None:
+    warm, *envelopes = _sealed(batch=True, n=8)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    assert opener._open_fast([("orders", e) for e in envelopes]) == [None] * 8  # knows nothing
+    opener.open("orders", warm)
+    taken = opener._open_fast([("orders", e) for e in envelopes])
+    assert all(t is not None for t in taken)
+    assert opener._open_fast([("audit", e) for e in envelopes]) == [None] * 8  # another topic
+    opened = opener.open_many([("orders", e) for e in envelopes])
+    assert [getattr(m, "body", m) for m in opened] == [b"m%d" % i for i in range(1, 9)]
+
+
+@_settings
+@given(
+    batch=st.booleans(),
+    hows=st.lists(mutations, min_size=1, max_size=6),
+    replay=st.booleans(),
+    many=st.booleans(),
+)
+def test_a_warm_fast_path_refuses_a_mutation_as_the_pure_core(
+    batch: bool, hows: list[tuple[str, int, int]], replay: bool, many: bool
+) -> None:
+    warm, *envelopes = _sealed(batch, 6)
+    mutated = [_mutate(envelopes[k % len(envelopes)], how) for k, how in enumerate(hows)]
+    mutated += envelopes[:2] + (envelopes[:1] if replay else [])  # the last one: a duplicate
+    clock = Clock(T0_MS / 1000)
+    pure = _warm_verdicts("pure", warm, mutated, many=False, clock=clock)
+    assert _warm_verdicts("native", warm, mutated, many=many, clock=clock) == pure
+
+
+# Around every time limit of SPEC.md 7: the clock skew (120 s), the ttl, the opener's max_age
+# and the epoch's window (VectorKeys: the hour from T0).
+_OFFSETS = st.one_of(
+    st.sampled_from([-120_001, -120_000, 0, 5_000, 125_000, 3_600_000, 3_720_000, 3_720_001]),
+    st.integers(-200_000, 4_000_000),
+)
+
+
+@_settings
+@given(
+    offset_ms=_OFFSETS,
+    ttl=st.none() | st.sampled_from([1.0, 5.0, 60.0]),
+    max_age=st.none() | st.sampled_from([1.0, 30.0]),
+    batch=st.booleans(),
+    many=st.booleans(),
+)
+def test_a_warm_fast_path_keeps_every_time_limit(
+    offset_ms: int, ttl: float | None, max_age: float | None, batch: bool, many: bool
+) -> None:
+    warm, *envelopes = _sealed(batch, 3, ttl=ttl)
+    verdicts = []
+    for core in ("pure", "native"):
+        clock = Clock((T0_MS + offset_ms) / 1000)
+        verdicts.append(
+            _warm_verdicts(core, warm, envelopes, many=many, clock=clock, max_age=max_age)
+        )
+    assert verdicts[0] == verdicts[1]
+
+
+def test_fast_path_never_outlives_a_revocation() -> None:
+    """A sender handed to the fast path is refused as soon as the opener's revocation list
+    names it (next refresh), as on the reference path."""
+    world = make_world()
+    sealer = world.sealer(core="native")
+    opener = world.opener("consumer2", core="native", revocation_check_interval=1.0)
+    envelopes = [sealer.seal("orders", b"x%d" % i) for i in range(3)]
+    opener.open("orders", envelopes[0])
+    assert opener._open_fast([("orders", envelopes[1])])[0] is not None
+    world.ks.revoke("producer")
+    world.clock.advance(1.5)
+    rejected(lambda: opener.open("orders", envelopes[1]), Reason.SENDER_REVOKED)
+    result = opener.open_many([("orders", envelopes[2]), ("orders", envelopes[1])])
+    assert [getattr(r, "reason", None) for r in result] == [Reason.SENDER_REVOKED] * 2
+
+
+def test_fast_path_never_outlives_a_withdrawal() -> None:
+    world = make_world()
+    sealer = world.sealer(core="native")
+    opener = world.opener("consumer2", core="native", revocation_check_interval=1.0)
+    batch = [sealer.add("orders", b"x%d" % i) for i in range(3)]
+    envelopes = [s.envelope for s in sealer.flush()]
+    assert batch == [[], [], []]
+    opener.open("orders", envelopes[0])
+    world.ks.set_policy("orders", producers=["producer2"])
+    world.clock.advance(1.5)
+    rejected(lambda: opener.open("orders", envelopes[1]), Reason.SENDER_NOT_ALLOWED)
+
+
+def test_fast_path_forgets_a_destroyed_epoch() -> None:
+    world = make_world(rotation_period=60.0, retention=120.0)
+    sealer = world.sealer(core="native")
+    opener = world.opener("consumer2", core="native")
+    envelopes = [sealer.seal("orders", b"x%d" % i) for i in range(2)]
+    opener.open("orders", envelopes[0])
+    world.clock.advance(400)
+    world.ks.tick()
+    rejected(lambda: opener.open("orders", envelopes[1]))
+
+
+def test_fast_path_follows_the_openers_public_settings() -> None:
+    """``max_envelope`` and ``suites`` are public attributes: changed after the fast path was
+    warmed, they still decide."""
+    warm, *envelopes = _sealed(batch=True, n=2)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    opener.open("orders", warm)
+    opener.max_envelope = 100
+    rejected(lambda: opener.open("orders", envelopes[0]), Reason.TOO_LARGE)
+    opener.max_envelope = 1 << 20
+    opener.suites = frozenset()
+    rejected(lambda: opener.open("orders", envelopes[1]), Reason.SUITE)
