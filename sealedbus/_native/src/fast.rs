@@ -223,7 +223,7 @@ impl OpenTable {
                     .into_pyobject(py)?
                     .into_any()
             };
-            let fields: [(&Bound<'py, PyString>, Bound<'py, PyAny>); 11] = [
+            let fields: [(&Bound<'py, PyString>, Bound<'py, PyAny>); 12] = [
                 (intern!(py, "body"), body.into_any()),
                 (intern!(py, "headers"), PyDict::new(py).into_any()),
                 (intern!(py, "topic"), topic),
@@ -244,6 +244,8 @@ impl OpenTable {
                     PyBytes::new(py, &session).into_any(),
                 ),
                 (intern!(py, "scope"), scope),
+                // never sealed for a subject: the fast path refuses every flag but batch
+                (intern!(py, "subject_key_id"), py.None().into_bound(py)),
             ];
             let message = new_frozen(message_type, &fields)?;
             let tuple = PyTuple::new(
