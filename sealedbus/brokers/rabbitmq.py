@@ -69,7 +69,7 @@ _RETRYABLE = (
     pika.exceptions.NackError,  # the broker could not take the message now
 )
 
-Delivery = tuple[Any, Any, OpenedMessage]
+_Received = tuple[Any, Any, OpenedMessage]
 """What consumers get: pika's ``Basic.Deliver`` method, its ``BasicProperties``, the message."""
 OnMessage = Callable[["SealedChannel", Any, Any, OpenedMessage], None]
 
@@ -341,7 +341,7 @@ class SealedChannel:
         exclusive: bool = False,
         arguments: Mapping[str, Any] | None = None,
         inactivity_timeout: float | None = None,
-    ) -> Iterator[Delivery | tuple[None, None, None]]:
+    ) -> Iterator[_Received | tuple[None, None, None]]:
         """As pika's ``consume()``, yielding ``(method, properties, OpenedMessage)``; with an
         ``inactivity_timeout``, ``(None, None, None)`` when nothing came for that long.
 
