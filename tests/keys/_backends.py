@@ -22,6 +22,7 @@ from sealedbus.core.suites import Suite
 from sealedbus.errors import Refused, refusal_error
 from sealedbus.keys.authority import DEFAULT_MAX_AGE_MS, EpochInfo
 from tests.clock import Clock
+from tests.core._support import MEMBERS, TOPICS  # one world, whichever key service serves it
 from tests.kds._harness import Kds, make_kds
 
 BACKENDS = ("local", "kds")
@@ -243,17 +244,6 @@ def make_backend(kind: str, clock: Clock, path: Path) -> tuple[Backend, Callable
         kds.store.dispose()
 
     return KdsBackend(kds), close
-
-
-MEMBERS = ("producer", "producer2", "consumer", "consumer2", "outsider")
-
-# name -> (producers, consumers, suite)
-TOPICS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "orders": (("producer", "producer2"), ("consumer", "consumer2"), "x25519"),
-    "vault": (("producer",), ("consumer",), "x25519-mlkem768"),
-    "mirror": (("producer",), ("consumer",), "x25519"),  # same members as "orders"
-    "audit": (("producer2",), ("consumer",), "x25519"),  # "producer" may not produce here
-}
 
 
 @dataclass
