@@ -2,8 +2,8 @@
 
 For 128 B, 1 KB and 16 KB payloads, in per-message and batch (N=64) signing mode: seal rate
 (``Sealer.seal`` per message, or ``add`` of a 64-message batch), open msgs/s through
-``Opener.open_many`` in chunks of 64 (per-message signatures verified as one batch by the
-native core) and through ``Opener.open`` one at a time, for each core, and the ratio
+``Opener.open_many`` in chunks of 64 (per-message signatures verified in one native call, one by
+one) and through ``Opener.open`` one at a time, for each core, and the ratio
 native / pure measured in the same run (the two cores alternate inside each measurement).
 Rates are messages per CPU second of the measuring thread, so that other processes on a
 shared machine do not count. Each opener opens a pool of ``--pool`` batches (default 100, 6,400

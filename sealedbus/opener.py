@@ -200,7 +200,7 @@ class Opener:
         With the native core, envelopes of senders and sessions already checked here go
         through its fast path: one call parses, checks, verifies and decrypts them. The others
         (and any the fast path does not accept) get the checks in Python, then the cryptography
-        in one call to the core (per-message signatures verified as one batch), then every one
+        in one call to the core (per-message signatures verified in it, one by one), then every one
         the replay window, in order. With the pure core and
         ``threads > 1`` they are opened on a pool instead: Ed25519 verification and AES-GCM
         release the GIL, so per-message signatures verify on several cores at once."""

@@ -1,5 +1,6 @@
 """SPEC.md 5.4 against the twelve edge cases of "Taming the many EdDSAs": both cores, and the
-native core's single and batch verification, accept exactly the same signatures."""
+native core's single verification, its ``verify_many`` (what ``open_many`` decides) and its batch
+equation, accept exactly the same signatures."""
 
 from __future__ import annotations
 

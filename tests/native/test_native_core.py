@@ -24,7 +24,7 @@ def _flip(data: bytes, pos: int) -> bytes:
 
 @pytest.mark.parametrize("core", ["pure", "native"])
 def test_a_failed_batch_verification_still_gives_each_envelope_its_reason(core: str) -> None:
-    """Per-message signatures are checked as one batch; when that fails, one by one."""
+    """Per-message signatures checked in one call: each bad envelope gets its own reason."""
     sealer = Sealer(KEYS, clock=lambda: T0_MS / 1000, core=core)
     good = [sealer.seal("orders", b"m%d" % i) for i in range(8)]
     items = list(good)

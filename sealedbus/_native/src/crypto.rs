@@ -259,8 +259,6 @@ fn torsion_free(p: &[u8; 32]) -> bool {
 pub struct Verifier {
     pub bytes: [u8; 32],
     key: Option<VerifyingKey>,
-    /// `A` has no small-order component: its signatures may go into a batch (SPEC.md 5.4)
-    torsion_free: bool,
 }
 
 impl Verifier {
@@ -270,12 +268,7 @@ impl Verifier {
         } else {
             None
         };
-        let torsion_free = key.is_some() && torsion_free(&bytes);
-        Verifier {
-            bytes,
-            key,
-            torsion_free,
-        }
+        Verifier { bytes, key }
     }
 
     /// Rules 1 and 2 of SPEC.md 5.4 (`S` canonical is checked by both equations' decoders).
@@ -306,8 +299,8 @@ impl Verifier {
     /// May this signature go into a batch: rules 1 and 2 hold and both `A` and `R` are
     /// torsion-free, so that the cofactored batch equation decides as the single one does.
     fn batchable(&self, sig: &[u8; 64]) -> bool {
-        self.torsion_free
-            && self.precheck(sig).is_some()
+        self.precheck(sig).is_some()
+            && torsion_free(&self.bytes)
             && torsion_free(sig[..32].try_into().expect("32 bytes"))
     }
 }

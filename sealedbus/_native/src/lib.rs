@@ -424,7 +424,7 @@ fn ed25519_batch_equation(items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<b
 }
 
 /// What `open_many` decides for the signatures of many envelopes: one verdict per
-/// `(public, signature, message)` triple (batch where it may, else or on failure one by one).
+/// `(public, signature, message)` triple (one by one: `crypto::verify_many`).
 #[pyfunction]
 fn ed25519_verify_many(items: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<Vec<bool>> {
     let parsed = parse_triples(&items)?;
