@@ -439,6 +439,34 @@ mod tests {
     }
 
     #[test]
+    fn the_aws_lc_signer_gives_rfc_8032_signatures() {
+        // RFC 8032 7.1, TEST 1 (empty message)
+        let seed = bytes("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        let signer = Signer::new(seed.try_into().unwrap());
+        assert_eq!(
+            signer.public().to_vec(),
+            bytes("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        );
+        assert_eq!(
+            signer.sign(b"").to_vec(),
+            bytes(concat!(
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555",
+                "fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+            ))
+        );
+        // and the same bytes as the signer it replaced (curve25519-dalek's, via ed25519-zebra)
+        let zebra = ed25519_zebra::SigningKey::from([7u8; 32]);
+        let signer = Signer::new([7u8; 32]);
+        for msg in [&b""[..], b"m", &[9u8; 1200]] {
+            assert_eq!(signer.sign(msg), zebra.sign(msg).to_bytes());
+        }
+        assert_eq!(
+            signer.public(),
+            <[u8; 32]>::from(VerificationKeyBytes::from(&zebra))
+        );
+    }
+
+    #[test]
     fn session_round_trip_and_tamper() {
         let s = SessionKeys::derive(b"orders", b"ctx", [3u8; 32], b"ikm");
         let header = [9u8; 74];
