@@ -366,8 +366,13 @@ class SealedChannel:
                 inactivity_timeout=inactivity_timeout,
             )
         while True:
-            with translate_errors(f"consuming {queue!r}"):
+            try:  # not a context manager: this runs once per message
                 item = next(deliveries, None)
+            except Exception as exc:
+                error = _translated(f"consuming {queue!r}", exc)
+                if error is exc:
+                    raise
+                raise error from exc
             if item is None:
                 return
             method, properties, body = item
