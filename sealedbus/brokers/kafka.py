@@ -83,20 +83,29 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     __slots__ = ("_done", "envelope", "key", "partition", "ref", "timestamp_ms", "topic")
     _waiting = threading.Lock()  # guards _done: an Event only for futures someone waits on
 
-    def __init__(self, topic: str = "", ref: Any = None) -> None:
+    def __init__(
+        self,
+        topic: str = "",
+        ref: Any = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         super().__init__()
         self._done: threading.Event | None = None
         self.topic = topic
         self.ref = ref
         self.envelope: bytes | None = None
-        self.key: bytes | None = None
-        self.partition: int | None = None
-        self.timestamp_ms: int | None = None
+        self.key = key  # where the record goes: the broker's key, partition and timestamp
+        self.partition = partition
+        self.timestamp_ms = timestamp_ms
 
     def _wake(self) -> None:
-        with self._waiting:
-            if self._done is not None:
-                self._done.set()
+        # no lock: this runs after ``is_done`` is set, and ``get`` creates the Event before it
+        # reads ``is_done`` again, so one of the two always sees the other
+        done = self._done
+        if done is not None:
+            done.set()
 
     def success(self, value: Any) -> Any:
         result = super().success(value)
@@ -123,18 +132,6 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         if self.exception is not None:
             raise self.exception
         return self.value
-
-    def follow(self, kafka_future: Any) -> None:
-        kafka_future.add_callback(self.success)
-        kafka_future.add_errback(self.failure)
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    key: bytes | None
-    partition: int | None
-    timestamp_ms: int | None
-    future: SealedFuture
 
 
 _LOST_MEMBERSHIP = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
@@ -177,7 +174,7 @@ class SealedKafkaProducer:
         self._started: float | None = None  # monotonic time of the open batch's first record
         self._bytes = 0
         self._closed = False
-        self._waiting: list[_Context] = []  # contexts of the open batch (to fail on close)
+        self._waiting: list[SealedFuture] = []  # futures of the open batch (to fail on close)
         self._retry_at: float | None = None  # the linger thread's next try after a failed flush
         self._failures = 0
         self.last_error: BaseException | None = None  # what the linger thread last failed with
@@ -211,19 +208,22 @@ class SealedKafkaProducer:
         returned future; when not batching, what kafka-python's ``send`` raises at once comes as a
         BrokerError.
         """
-        if (
-            key is not None
-            and not isinstance(key, bytes)
-            and (
-                self.key_tokenizer is not None or self.producer.config.get("key_serializer") is None
+        if key is None and headers is None:  # the common case: nothing to bind or check
+            clear_key, sealed_headers = None, None
+        else:
+            if (
+                key is not None
+                and not isinstance(key, bytes)
+                and (
+                    self.key_tokenizer is not None
+                    or self.producer.config.get("key_serializer") is None
+                )
+            ):
+                raise ConfigurationError(f"key must be bytes or None, not {type(key).__name__}")
+            clear_key, sealed_headers = tokenize_key(
+                self.key_tokenizer, topic, key, check_headers(_header_map(headers))
             )
-        ):
-            raise ConfigurationError(f"key must be bytes or None, not {type(key).__name__}")
-        clear_key, sealed_headers = tokenize_key(
-            self.key_tokenizer, topic, key, check_headers(_header_map(headers))
-        )
-        future = SealedFuture(topic, ref)
-        context = _Context(clear_key, partition, timestamp_ms, future)
+        future = SealedFuture(topic, ref, clear_key, partition, timestamp_ms)
         with self._cond:
             if self._closed:
                 raise ConfigurationError("the producer is closed")
@@ -236,7 +236,8 @@ class SealedKafkaProducer:
                     ttl=ttl,
                     subject=subject,
                 )
-                self._send_sealed(topic, data, context)
+                with translate_errors(f"sending to {topic!r}"):
+                    self._send_sealed(future, data)
                 return future
             before = self.sealer.pending
             try:
@@ -246,14 +247,14 @@ class SealedKafkaProducer:
                     headers=sealed_headers,
                     content_type=content_type,
                     ttl=ttl,
-                    context=context,
+                    context=future,
                     subject=subject,
                 )
             except Exception:
                 if self.sealer.pending <= before:
                     raise  # not added: nothing will be sent
                 ready = []  # added, but the full batch could not be signed: the thread retries
-            self._waiting.append(context)
+            self._waiting.append(future)
             self._bytes += len(value)
             if not ready and self._bytes >= self._batch_bytes:
                 with contextlib.suppress(Exception):  # the linger thread retries it
@@ -276,10 +277,9 @@ class SealedKafkaProducer:
         for old in futures:
             if old.envelope is None:
                 raise ConfigurationError(f"message {old.ref!r} was never sealed: send it again")
-            future = SealedFuture(old.topic, old.ref)
-            context = _Context(old.key, old.partition, old.timestamp_ms, future)
-            with self._cond:
-                self._send_sealed(old.topic, old.envelope, context)
+            future = SealedFuture(old.topic, old.ref, old.key, old.partition, old.timestamp_ms)
+            with self._cond, translate_errors(f"sending to {old.topic!r}"):
+                self._send_sealed(future, old.envelope)
             out.append(future)
         return out
 
@@ -351,9 +351,9 @@ class SealedKafkaProducer:
         )
         if error is not exc:
             error.__cause__ = exc
-        for context in self._waiting:
-            if not context.future.is_done:
-                context.future.failure(error)
+        for future in self._waiting:
+            if not future.is_done:
+                future.failure(error)
         self._waiting = []
 
     def _send_batch(self, batch: list[Any]) -> None:
@@ -364,37 +364,34 @@ class SealedKafkaProducer:
         self._failures = 0
         self._bytes = 0
         self._waiting = []
-        failed: BrokerError | None = None
-        for sealed in batch:
-            context = sealed.context
-            if not isinstance(context, _Context):
-                raise ConfigurationError("the sealer's batch holds another adapter's messages")
-            if failed is not None:  # keep per-key order: nothing after a failed send goes out
-                context.future.failure(failed)
-                continue
-            try:
-                self._send_sealed(sealed.topic, sealed.envelope, context)
-            except Exception as exc:
-                failed = (
-                    exc
-                    if isinstance(exc, BrokerError)
-                    else broker_error(f"sending to {sealed.topic!r}", exc)
-                )
-                context.future.failure(failed)
-
-    def _send_sealed(self, topic: str, data: bytes, context: _Context) -> None:
-        future = context.future
-        future.topic, future.envelope, future.key = topic, data, context.key
-        future.partition, future.timestamp_ms = context.partition, context.timestamp_ms
-        with translate_errors(f"sending to {topic!r}"):
-            sent = self.producer.send(
-                topic,
-                data,
-                key=context.key,
-                partition=context.partition,
-                timestamp_ms=context.timestamp_ms,
+        futures = [sealed.context for sealed in batch]
+        if not all(isinstance(f, SealedFuture) for f in futures):
+            raise ConfigurationError("the sealer's batch holds another adapter's messages")
+        i = 0
+        try:  # one handler for the batch: this loop runs once per record
+            for i, sealed in enumerate(batch):
+                self._send_sealed(futures[i], sealed.envelope)
+        except Exception as exc:
+            failed = (
+                exc
+                if isinstance(exc, BrokerError)
+                else broker_error(f"sending to {futures[i].topic!r}", exc)
             )
-        context.future.follow(sent)
+            for future in futures[i:]:  # keep per-key order: nothing after it goes out
+                future.failure(failed)
+
+    def _send_sealed(self, future: SealedFuture, data: bytes) -> None:
+        """Send one sealed record where ``future`` says; kafka-python's errors propagate."""
+        future.envelope = data
+        sent = self.producer.send(
+            future.topic,
+            data,
+            key=future.key,
+            partition=future.partition,
+            timestamp_ms=future.timestamp_ms,
+        )
+        sent.add_callback(future.success)
+        sent.add_errback(future.failure)
 
 
 def _header_map(headers: KafkaHeaders | None) -> dict[str, HeaderValue] | None:

@@ -119,16 +119,24 @@ def translate_errors(what: str) -> Iterator[None]:
     pika's ValueError / TypeError (bad arguments) become non-retryable ones."""
     try:
         yield
-    except _NOT_RETRYABLE as exc:
-        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
-    except _RETRYABLE as exc:
-        raise BrokerError(f"{what}: {exc!r}", retryable=True) from exc
-    except pika.exceptions.AMQPError as exc:
-        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, SealedbusError):
+    except Exception as exc:
+        error = _translated(what, exc)
+        if error is exc:
             raise
-        raise BrokerError(f"{what}: {exc!r}", retryable=False) from exc
+        raise error from exc
+
+
+def _translated(what: str, exc: Exception) -> Exception:
+    """The ``BrokerError`` for one of pika's exceptions; any other exception as it is."""
+    if isinstance(exc, _NOT_RETRYABLE):  # some are subclasses of retryable ones: first
+        return BrokerError(f"{what}: {exc!r}", retryable=False)
+    if isinstance(exc, _RETRYABLE):
+        return BrokerError(f"{what}: {exc!r}", retryable=True)
+    if isinstance(exc, pika.exceptions.AMQPError) or (
+        isinstance(exc, ValueError | TypeError) and not isinstance(exc, SealedbusError)
+    ):
+        return BrokerError(f"{what}: {exc!r}", retryable=False)
+    return exc
 
 
 class SealedChannel:
@@ -315,22 +323,23 @@ class SealedChannel:
     def _publish_sealed(self, todo: list[Sealed], *, keep: bool) -> None:
         """Publish sealed messages in order; at the first failure raise BatchNotPublished with
         it and the rest (and, with ``keep``, keep them for the next publish or flush)."""
-        for i, sealed in enumerate(todo):
-            to = sealed.context
-            try:
-                with translate_errors(f"publishing to {to.exchange!r}"):
-                    self.channel.basic_publish(
-                        to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory
-                    )
-            except BrokerError as exc:
-                if keep:
-                    self._unsent = todo[i:] if exc.retryable else todo[i + 1 :]
-                kept = f" ({len(self._unsent)} kept for the next publish or flush)"
-                raise BatchNotPublished(
-                    f"{exc}; {len(todo) - i} message(s) not known published{kept if keep else ''}",
-                    retryable=exc.retryable,
-                    unpublished=[_unpublished(s) for s in todo[i:]],
-                ) from exc.__cause__
+        i, publish = 0, self.channel.basic_publish
+        try:  # one handler for all: this loop runs once per message
+            for i, sealed in enumerate(todo):  # noqa: B007  # i: where it failed
+                to = sealed.context
+                publish(to.exchange, to.routing_key, sealed.envelope, to.properties, to.mandatory)
+        except Exception as exc:
+            error = _translated(f"publishing to {todo[i].context.exchange!r}", exc)
+            if not isinstance(error, BrokerError):
+                raise
+            if keep:
+                self._unsent = todo[i:] if error.retryable else todo[i + 1 :]
+            kept = f" ({len(self._unsent)} kept for the next publish or flush)"
+            raise BatchNotPublished(
+                f"{error}; {len(todo) - i} message(s) not known published{kept if keep else ''}",
+                retryable=error.retryable,
+                unpublished=[_unpublished(s) for s in todo[i:]],
+            ) from exc
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -357,8 +366,13 @@ class SealedChannel:
                 inactivity_timeout=inactivity_timeout,
             )
         while True:
-            with translate_errors(f"consuming {queue!r}"):
+            try:  # not a context manager: this runs once per message
                 item = next(deliveries, None)
+            except Exception as exc:
+                error = _translated(f"consuming {queue!r}", exc)
+                if error is exc:
+                    raise
+                raise error from exc
             if item is None:
                 return
             method, properties, body = item
