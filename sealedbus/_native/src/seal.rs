@@ -61,12 +61,42 @@ pub fn seal<'py>(
             ));
         }
     }
-    let envelopes = py.allow_threads(|| seal_all(&signer.0, &items, batch));
+    // each envelope is a bytes object laid out here, under the GIL (header, batch index and
+    // size, sealed headers and body in clear), then sealed in place without it
+    let n = items.len();
+    let mut layouts = Vec::with_capacity(n);
+    let mut envelopes = Vec::with_capacity(n);
+    for (i, item) in items.iter().enumerate() {
+        let layout = Layout::of(item, i, n, batch);
+        envelopes.push(PyBytes::new_with(py, layout.len, |e| {
+            layout.write_clear(item, i, n, e);
+            Ok(())
+        })?);
+        layouts.push(layout);
+    }
+    let buffers: Vec<Buffer> = envelopes
+        .iter()
+        .zip(&layouts)
+        .map(|(e, layout)| {
+            // SAFETY: a bytes object just created and held in `envelopes`
+            Buffer(
+                unsafe { ffi::PyBytes_AsString(e.as_ptr()) }.cast(),
+                layout.len,
+            )
+        })
+        .collect();
+    let (signer, sealing, laid_out) = (&signer.0, &items, &layouts);
+    py.allow_threads(move || {
+        let mut buffers: Vec<&mut [u8]> = buffers
+            .into_iter()
+            // SAFETY: each buffer is the content of a distinct bytes object created above, alive
+            // as long as `envelopes`, and seen by no other code until this returns
+            .map(|b| unsafe { std::slice::from_raw_parts_mut(b.0, b.1) })
+            .collect();
+        seal_in_place(signer, sealing, laid_out, &mut buffers);
+    });
     let Some(cls) = sealed_type else {
-        return Ok(envelopes
-            .iter()
-            .map(|e| PyBytes::new(py, e).into_any())
-            .collect());
+        return Ok(envelopes.into_iter().map(Bound::into_any).collect());
     };
     let new = py.get_type::<PyAny>().getattr(intern!(py, "__new__"))?;
     let names = [
@@ -80,7 +110,7 @@ pub fn seal<'py>(
         .map(|(item, e)| {
             let values = [
                 item.9.bind(py).clone(),
-                PyBytes::new(py, &e).into_any(),
+                e.into_any(),
                 item.10.bind(py).clone(),
             ];
             let obj = new.call1((cls,))?;
@@ -107,66 +137,104 @@ fn set_field(
     Ok(())
 }
 
-/// Every envelope, laid out once: header, signature (filled in last), batch index, size and
-/// inclusion path, then `u16 len(headers) || headers || body` encrypted in place and its tag.
-fn seal_all(signer: &crate::crypto::Signer, items: &[SealItem], batch: bool) -> Vec<Vec<u8>> {
-    let n = items.len();
-    let size = (n as u16).to_be_bytes();
-    let mut aad = Vec::new();
-    let mut envelopes = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n); // (end of the header, start of the ciphertext)
-    let mut leaves = Vec::with_capacity(if batch { n } else { 0 });
-    for (i, (s, head, seq, sent_at, ttl, content_type, tail, headers, body, _, _)) in
-        items.iter().enumerate()
-    {
-        let keys = &s.get().keys;
+/// The content of a bytes object under construction, to fill in without the GIL.
+struct Buffer(*mut u8, usize);
+
+// SAFETY: the bytes object stays alive and unshared while another thread fills it in
+unsafe impl Send for Buffer {}
+
+/// Where the parts of one envelope lie: header, signature (filled in last), batch index, size
+/// and inclusion path, then `u16 len(headers) || headers || body` encrypted in place and its
+/// tag.
+struct Layout {
+    header_end: usize,
+    ciphertext: usize,
+    len: usize,
+    batch: bool,
+}
+
+impl Layout {
+    fn of(item: &SealItem, i: usize, n: usize, batch: bool) -> Self {
+        let (_, _, _, _, _, content_type, tail, headers, body, _, _) = item;
         let header_end = HEADER_FIXED + content_type.len() + tail.len();
         let proof = if batch {
             4 + 32 * wire::path_length(i, n).expect("index < size")
         } else {
             0
         };
-        let ct_at = header_end + SIGNATURE_LEN + proof;
-        let mut e = Vec::with_capacity(ct_at + 2 + headers.len() + body.len() + TAG_LEN);
-        e.extend_from_slice(head);
-        e.extend_from_slice(&seq.to_be_bytes());
-        e.extend_from_slice(&sent_at.to_be_bytes());
-        e.extend_from_slice(&ttl.to_be_bytes());
-        e.push(content_type.len() as u8);
-        e.extend_from_slice(content_type);
-        e.extend_from_slice(tail);
-        e.resize(ct_at, 0); // signature and proof: written once the tree is signed
-        if batch {
-            e[header_end + SIGNATURE_LEN..][..2].copy_from_slice(&(i as u16).to_be_bytes());
-            e[header_end + SIGNATURE_LEN + 2..][..2].copy_from_slice(&size);
+        let ciphertext = header_end + SIGNATURE_LEN + proof;
+        Layout {
+            header_end,
+            ciphertext,
+            len: ciphertext + 2 + headers.len() + body.len() + TAG_LEN,
+            batch,
         }
-        e.extend_from_slice(&(headers.len() as u16).to_be_bytes());
-        e.extend_from_slice(headers);
-        e.extend_from_slice(body);
-        let (front, plain) = e.split_at_mut(ct_at);
-        let tag = keys.encrypt_in_place(*seq, &front[..header_end], &mut aad, plain);
-        e.extend_from_slice(&tag);
-        let (header, ct) = (&e[..header_end], &e[ct_at..]);
+    }
+
+    /// Everything but the signature, the inclusion path and the encryption.
+    fn write_clear(&self, item: &SealItem, i: usize, n: usize, e: &mut [u8]) {
+        let (_, head, seq, sent_at, ttl, content_type, tail, headers, body, _, _) = item;
+        let mut at = 0;
+        for part in [
+            &head[..],
+            &seq.to_be_bytes(),
+            &sent_at.to_be_bytes(),
+            &ttl.to_be_bytes(),
+            &[content_type.len() as u8],
+            content_type,
+            tail,
+        ] {
+            e[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        if self.batch {
+            let proof = self.header_end + SIGNATURE_LEN;
+            e[proof..proof + 2].copy_from_slice(&(i as u16).to_be_bytes());
+            e[proof + 2..proof + 4].copy_from_slice(&(n as u16).to_be_bytes());
+        }
+        let plain = self.ciphertext;
+        e[plain..plain + 2].copy_from_slice(&(headers.len() as u16).to_be_bytes());
+        e[plain + 2..plain + 2 + headers.len()].copy_from_slice(headers);
+        e[plain + 2 + headers.len()..self.len - TAG_LEN].copy_from_slice(body);
+    }
+}
+
+/// Encrypt every envelope in place, then sign each, or one Merkle root over all of them whose
+/// signature and inclusion paths go into every envelope.
+fn seal_in_place(
+    signer: &crate::crypto::Signer,
+    items: &[SealItem],
+    layouts: &[Layout],
+    envelopes: &mut [&mut [u8]],
+) {
+    let n = items.len();
+    let batch = layouts[0].batch;
+    let mut aad = Vec::new();
+    let mut leaves = Vec::with_capacity(if batch { n } else { 0 });
+    for ((item, layout), e) in items.iter().zip(layouts).zip(envelopes.iter_mut()) {
+        let keys = &item.0.get().keys;
+        let (h, c) = (layout.header_end, layout.ciphertext);
+        let (front, rest) = e.split_at_mut(c);
+        let (plain, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        tag.copy_from_slice(&keys.encrypt_in_place(item.2, &front[..h], &mut aad, plain));
         if batch {
-            leaves.push(keys.leaf_hash(header, ct));
+            leaves.push(keys.leaf_hash(&e[..h], &e[c..]));
         } else {
-            let sig = signer.sign(&keys.message_signing_input(header, ct));
-            e[header_end..header_end + SIGNATURE_LEN].copy_from_slice(&sig);
-        }
-        offsets.push((header_end, ct_at));
-        envelopes.push(e);
-    }
-    if batch {
-        // where each path ends: the sibling k levels below the top of the tree is the path's
-        // (depth - 1 - k)th, bottom-up
-        let root = wire::tree(&leaves, 0, 0, &mut |i, k, node| {
-            let at = offsets[i].1 - 32 * (k + 1);
-            envelopes[i][at..at + 32].copy_from_slice(node);
-        });
-        let sig = signer.sign(&[wire::SIGN_BATCH_ROOT, &size, &root].concat());
-        for (e, (h, _)) in envelopes.iter_mut().zip(&offsets) {
-            e[*h..*h + SIGNATURE_LEN].copy_from_slice(&sig);
+            let sig = signer.sign(&keys.message_signing_input(&e[..h], &e[c..]));
+            e[h..h + SIGNATURE_LEN].copy_from_slice(&sig);
         }
     }
-    envelopes
+    if !batch {
+        return;
+    }
+    let root = wire::tree(&leaves, 0, 0, &mut |i, k, node| {
+        // the sibling k levels below the top of the tree is the last but k on the path
+        let at = layouts[i].ciphertext - 32 * (k + 1);
+        envelopes[i][at..at + 32].copy_from_slice(node);
+    });
+    let size = (n as u16).to_be_bytes();
+    let sig = signer.sign(&[wire::SIGN_BATCH_ROOT, &size, &root].concat());
+    for (e, layout) in envelopes.iter_mut().zip(layouts) {
+        e[layout.header_end..layout.header_end + SIGNATURE_LEN].copy_from_slice(&sig);
+    }
 }
