@@ -8,7 +8,7 @@ use curve25519_dalek::Scalar;
 use ed25519_dalek::VerifyingKey;
 use ed25519_zebra::{batch, Signature, VerificationKeyBytes};
 use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use sha2::Sha256 as HkdfHash;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::wire::{self, Reason};
@@ -40,7 +40,7 @@ impl SessionKeys {
         info.extend_from_slice(context);
         info.extend_from_slice(&session_id);
         let mut secret = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, ikm)
+        Hkdf::<HkdfHash>::new(None, ikm)
             .expand(&info, secret.as_mut())
             .expect("32 bytes is a valid HKDF length");
         Self::from_secret(topic, context, session_id, secret)
@@ -53,7 +53,7 @@ impl SessionKeys {
         session_id: [u8; 32],
         secret: Zeroizing<[u8; 32]>,
     ) -> Self {
-        let expand = Hkdf::<Sha256>::from_prk(secret.as_ref()).expect("32-byte PRK");
+        let expand = Hkdf::<HkdfHash>::from_prk(secret.as_ref()).expect("32-byte PRK");
         let mut key = Zeroizing::new([0u8; 32]);
         let mut nonce_base = Zeroizing::new([0u8; 12]);
         let mut commitment = Zeroizing::new([0u8; 32]);
@@ -171,16 +171,50 @@ impl SessionKeys {
         v
     }
 
-    /// Merkle leaf hash of the signed content (5.3), without building it (sha2: the SHA
-    /// extensions where the CPU has them, no FFI context per hash).
+    /// Merkle leaf hash of the signed content (5.3), without building it.
     pub fn leaf_hash(&self, header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update([0u8]);
+        h.update(&[0u8]);
         h.update(&self.leaf_prefix);
         h.update(header);
         h.update(self.commitment.as_ref());
         h.update(ciphertext);
-        h.finalize().into()
+        h.finish()
+    }
+}
+
+/// SHA-256 through AWS-LC's low-level interface: the context lives on the stack (an FFI digest
+/// context allocates one and dispatches through EVP on every call, a third of the cost of a
+/// 65-byte Merkle node), the blocks go through AWS-LC's assembly (the SHA extensions where the
+/// CPU has them, else AVX2 or SSSE3: what OpenSSL does for the pure core).
+pub struct Sha256(aws_lc_sys::SHA256_CTX);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    pub fn new() -> Self {
+        let mut ctx = std::mem::MaybeUninit::<aws_lc_sys::SHA256_CTX>::uninit();
+        // SAFETY: SHA256_Init initializes the whole context; it cannot fail
+        unsafe {
+            aws_lc_sys::SHA256_Init(ctx.as_mut_ptr());
+            Sha256(ctx.assume_init())
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        // SAFETY: an initialized context and a valid slice; SHA256_Update cannot fail
+        unsafe { aws_lc_sys::SHA256_Update(&mut self.0, data.as_ptr().cast(), data.len()) };
+    }
+
+    pub fn finish(mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // SAFETY: an initialized context and a 32-byte output
+        unsafe { aws_lc_sys::SHA256_Final(out.as_mut_ptr(), &mut self.0) };
+        out
     }
 }
 

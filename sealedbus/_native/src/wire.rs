@@ -1,7 +1,7 @@
 //! Envelope layout (SPEC.md section 2) and the Merkle tree of batch signatures (section 5.3).
 //! Parsing never trusts a length it has not checked against the bytes present.
 
-use sha2::{Digest, Sha256};
+use crate::crypto::Sha256;
 
 pub const MAGIC: [u8; 2] = [0x53, 0xB1];
 pub const VERSION: u8 = 1;
@@ -126,15 +126,13 @@ pub fn leaf_prefix(topic: &[u8]) -> Vec<u8> {
     v
 }
 
-/// An interior node (RFC 9162): SHA-256(0x01 || left || right). The sha2 crate uses the SHA
-/// extensions where the CPU has them and keeps its state on the stack: a third of the cost of
-/// an FFI digest context for these 65 bytes.
+/// An interior node (RFC 9162): SHA-256(0x01 || left || right).
 pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update([1u8]);
+    h.update(&[1u8]);
     h.update(left);
     h.update(right);
-    h.finalize().into()
+    h.finish()
 }
 
 /// Siblings on the inclusion path of leaf `index` in a tree of `size` leaves (RFC 9162).
