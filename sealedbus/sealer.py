@@ -165,39 +165,15 @@ class Sealer:
         in clear (the envelope carries a random subject key id)."""
         start = time.perf_counter()
         with self._lock:
-            fast = self._fast.get(topic)
-            drafted = None
-            if (
-                fast is not None
-                and headers is None
-                and ttl is None
-                and subject is None
-                and not content_type
-                and len(body) <= self.max_body
-            ):
-                now = int(self._clock() * 1000)
-                deadline, session, _, head, tail, signer = fast
-                seq = session.next_seq
-                if now < deadline and seq < self.max_session_messages:
-                    session.next_seq = seq + 1
-                    item = (
-                        session.ctx.handle,
-                        head,
-                        seq,
-                        now,
-                        0,
-                        b"",
-                        tail,
-                        b"",
-                        body,
-                        topic,
-                        None,
-                    )
-                    drafted = signer, item, 0.0
             try:
-                signer, item, _ = drafted or self._draft(
-                    topic, body, headers, content_type, ttl, batch=False, subject=subject
-                )
+                drafted = None
+                if headers is None and ttl is None and subject is None and not content_type:
+                    drafted = self._shortcut(topic, body)
+                if drafted is None:
+                    drafted = self._draft(
+                        topic, body, headers, content_type, ttl, batch=False, subject=subject
+                    )[:2]
+                signer, item = drafted
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
@@ -221,7 +197,7 @@ class Sealer:
         with self._lock:
             pending = self._pending
             fast = self._fast.get(topic)
-            # the fast path: what _draft would check cannot have changed before fast[0]
+            # the fast path, as _shortcut (inline: a call per message is 3% of a batch's time)
             if (
                 fast is not None
                 and headers is None
@@ -304,6 +280,21 @@ class Sealer:
         for t, (n, b) in per_topic.items():
             self.metrics.sealed(t, n, b, elapsed * n / len(batch))
         return sealed
+
+    def _shortcut(
+        self, topic: str, body: bytes
+    ) -> tuple[Ed25519PrivateKey, backend.SealItem] | None:
+        """A per-message item by the topic's fast path, if open and not due for a check."""
+        fast = self._fast.get(topic)
+        if fast is None or len(body) > self.max_body:
+            return None
+        now = int(self._clock() * 1000)
+        deadline, session, _, head, tail, signer = fast
+        seq = session.next_seq
+        if now >= deadline or seq >= self.max_session_messages:
+            return None
+        session.next_seq = seq + 1
+        return signer, (session.ctx.handle, head, seq, now, 0, b"", tail, b"", body, topic, None)
 
     def _draft(
         self,
