@@ -79,9 +79,9 @@ class _Session:
 
 # A topic's fast path (``Sealer.add``/``seal`` with default headers, content type, ttl and no
 # subject): until ``deadline`` (ms) nothing that ``_draft`` checks can have changed, so a
-# message needs only a sequence number. (deadline, session, head batch, head per-message, tail,
-# signer)
-_Fast = tuple[int, _Session, bytes, bytes, bytes, Ed25519PrivateKey]
+# message needs only a sequence number. (deadline, session, its core handle, head batch, head
+# per-message, tail, signer)
+_Fast = tuple[int, _Session, Any, bytes, bytes, bytes, Ed25519PrivateKey]
 
 
 class Sealer:
@@ -194,7 +194,9 @@ class Sealer:
     ) -> list[Sealed]:
         """Add a message to the open batch; returns the whole batch once it is full, else [].
         ``subject`` as for ``seal``."""
-        with self._lock:
+        lock = self._lock  # acquire/release: half the cost of `with` per message
+        lock.acquire()
+        try:
             pending = self._pending
             fast = self._fast.get(topic)
             # the fast path, as _shortcut (inline: a call per message is 3% of a batch's time)
@@ -208,7 +210,7 @@ class Sealer:
             ):
                 now_s = self._clock()
                 now = int(now_s * 1000)
-                deadline, session, head, _, tail, _ = fast
+                deadline, session, handle, head, _, tail, _ = fast
                 seq = session.next_seq
                 if now < deadline and seq < self.max_session_messages:
                     session.next_seq = seq + 1
@@ -216,7 +218,7 @@ class Sealer:
                         self.pending_since = now_s
                     pending.append(
                         (
-                            session.ctx.handle,
+                            handle,
                             head,
                             seq,
                             now,
@@ -252,6 +254,8 @@ class Sealer:
             if len(pending) < self.batch_size:
                 return []
             return self._close_batch()
+        finally:
+            lock.release()
 
     def flush(self) -> list[Sealed]:
         """Close the open batch now (adapters call this every few ms and before sending)."""
@@ -289,12 +293,12 @@ class Sealer:
         if fast is None or len(body) > self.max_body:
             return None
         now = int(self._clock() * 1000)
-        deadline, session, _, head, tail, signer = fast
+        deadline, session, handle, _, head, tail, signer = fast
         seq = session.next_seq
         if now >= deadline or seq >= self.max_session_messages:
             return None
         session.next_seq = seq + 1
-        return signer, (session.ctx.handle, head, seq, now, 0, b"", tail, b"", body, topic, None)
+        return signer, (handle, head, seq, now, 0, b"", tail, b"", body, topic, None)
 
     def _draft(
         self,
@@ -346,6 +350,7 @@ class Sealer:
             self._fast[topic] = (
                 deadline,
                 session,
+                session.ctx.handle,
                 session.head(True, cert.cert_id),
                 session.head(False, cert.cert_id),
                 tail,
