@@ -10,6 +10,7 @@ Two signing modes:
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ from sealedbus.keys.ttlcache import TtlCache
 from sealedbus.metrics import Metrics, NoMetrics, key_service_error_kind
 
 _LIVE: weakref.WeakSet[Sealer] = weakref.WeakSet()
+_TOPIC = operator.itemgetter(9)  # of a backend.SealItem
+_BODY = operator.itemgetter(8)
 
 
 def _reset_in_forked_child() -> None:
@@ -74,12 +77,11 @@ class _Session:
         return head
 
 
-@dataclass(slots=True)
-class _Pending:
-    topic: str
-    item: backend.SealItem
-    size: int
-    context: Any
+# A topic's fast path (``Sealer.add``/``seal`` with default headers, content type, ttl and no
+# subject): until ``deadline`` (ms) nothing that ``_draft`` checks can have changed, so a
+# message needs only a sequence number. (deadline, session, its core handle, head batch, head
+# per-message, tail, signer)
+_Fast = tuple[int, _Session, Any, bytes, bytes, bytes, Ed25519PrivateKey]
 
 
 class Sealer:
@@ -122,7 +124,8 @@ class Sealer:
         self._checked_ms: dict[str, int] = {}
         self._identity: tuple[Ed25519PrivateKey, Certificate] | None = None
         self._identity_checked_ms = -1
-        self._pending: list[_Pending] = []
+        self._fast: dict[str, _Fast] = {}
+        self._pending: list[backend.SealItem] = []
         self.pending_since: float | None = None  # clock() when the open batch got its first one
         try:  # (topic, subject) -> its public key: an erasure reaches this sealer within the TTL
             self._subject_keys: TtlCache[tuple[str, str], SubjectKey] = TtlCache(
@@ -137,6 +140,7 @@ class Sealer:
         reuse AES-GCM nonces. It starts afresh; the parent still sends the open batch."""
         self._lock = threading.Lock()
         self._sessions.clear()
+        self._fast.clear()
         self._checked_ms.clear()
         self._subject_keys.clear()
         self._pending = []
@@ -162,13 +166,18 @@ class Sealer:
         start = time.perf_counter()
         with self._lock:
             try:
-                signer, item = self._draft(
-                    topic, body, headers, content_type, ttl, batch=False, subject=subject
-                )
+                drafted = None
+                if headers is None and ttl is None and subject is None and not content_type:
+                    drafted = self._shortcut(topic, body)
+                if drafted is None:
+                    drafted = self._draft(
+                        topic, body, headers, content_type, ttl, batch=False, subject=subject
+                    )[:2]
+                signer, item = drafted
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
-            sealed = self._core.seal(self._core.signer(signer), [item], False)[0]
+            sealed: bytes = self._core.seal(self._core.signer(signer), [item], False)[0]
         self.metrics.sealed(topic, 1, len(body), time.perf_counter() - start)
         return sealed
 
@@ -185,20 +194,68 @@ class Sealer:
     ) -> list[Sealed]:
         """Add a message to the open batch; returns the whole batch once it is full, else [].
         ``subject`` as for ``seal``."""
-        with self._lock:
+        lock = self._lock  # acquire/release: half the cost of `with` per message
+        lock.acquire()
+        try:
+            pending = self._pending
+            fast = self._fast.get(topic)
+            # the fast path, as _shortcut (inline: a call per message is 3% of a batch's time)
+            if (
+                fast is not None
+                and headers is None
+                and ttl is None
+                and subject is None
+                and not content_type
+                and len(body) <= self.max_body
+            ):
+                now_s = self._clock()
+                now = int(now_s * 1000)
+                deadline, session, handle, head, _, tail, _ = fast
+                seq = session.next_seq
+                if now < deadline and seq < self.max_session_messages:
+                    session.next_seq = seq + 1
+                    if not pending:
+                        self.pending_since = now_s
+                    pending.append(
+                        (
+                            handle,
+                            head,
+                            seq,
+                            now,
+                            0,
+                            b"",
+                            tail,
+                            b"",
+                            body,
+                            topic,
+                            context,
+                        )
+                    )
+                    if len(pending) < self.batch_size:
+                        return []
+                    return self._close_batch()
             try:
-                _, item = self._draft(
-                    topic, body, headers, content_type, ttl, batch=True, subject=subject
+                _, item, now_s = self._draft(
+                    topic,
+                    body,
+                    headers,
+                    content_type,
+                    ttl,
+                    batch=True,
+                    subject=subject,
+                    context=context,
                 )
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
                 raise
-            if not self._pending:
-                self.pending_since = self._clock()
-            self._pending.append(_Pending(topic, item, len(body), context))
-            if len(self._pending) < self.batch_size:
+            if not pending:
+                self.pending_since = now_s
+            pending.append(item)
+            if len(pending) < self.batch_size:
                 return []
             return self._close_batch()
+        finally:
+            lock.release()
 
     def flush(self) -> list[Sealed]:
         """Close the open batch now (adapters call this every few ms and before sending)."""
@@ -213,16 +270,35 @@ class Sealer:
         start = time.perf_counter()
         signer = self._signer(int(self._clock() * 1000))[0]  # may raise: keep the batch till then
         batch, self._pending, self.pending_since = self._pending, [], None
-        # the whole linger batch in one call: encrypt, Merkle tree, one signature
-        envelopes = self._core.seal(self._core.signer(signer), [p.item for p in batch], True)
-        per_topic: dict[str, tuple[int, int]] = {}
-        for p in batch:
-            n, b = per_topic.get(p.topic, (0, 0))
-            per_topic[p.topic] = (n + 1, b + p.size)
+        # the whole linger batch in one call: headers, encryption, Merkle tree, one signature
+        sealed: list[Sealed] = self._core.seal(self._core.signer(signer), batch, True, Sealed)
         elapsed = time.perf_counter() - start
+        topics = set(map(_TOPIC, batch))
+        if len(topics) == 1:
+            self.metrics.sealed(batch[0][9], len(batch), sum(map(len, map(_BODY, batch))), elapsed)
+            return sealed
+        per_topic: dict[str, tuple[int, int]] = {}
+        for item in batch:
+            n, b = per_topic.get(item[9], (0, 0))
+            per_topic[item[9]] = (n + 1, b + len(item[8]))
         for t, (n, b) in per_topic.items():
             self.metrics.sealed(t, n, b, elapsed * n / len(batch))
-        return [Sealed(p.topic, e, p.context) for p, e in zip(batch, envelopes, strict=True)]
+        return sealed
+
+    def _shortcut(
+        self, topic: str, body: bytes
+    ) -> tuple[Ed25519PrivateKey, backend.SealItem] | None:
+        """A per-message item by the topic's fast path, if open and not due for a check."""
+        fast = self._fast.get(topic)
+        if fast is None or len(body) > self.max_body:
+            return None
+        now = int(self._clock() * 1000)
+        deadline, session, handle, _, head, tail, signer = fast
+        seq = session.next_seq
+        if now >= deadline or seq >= self.max_session_messages:
+            return None
+        session.next_seq = seq + 1
+        return signer, (handle, head, seq, now, 0, b"", tail, b"", body, topic, None)
 
     def _draft(
         self,
@@ -234,7 +310,10 @@ class Sealer:
         *,
         batch: bool,
         subject: str | None = None,
-    ) -> tuple[Ed25519PrivateKey, backend.SealItem]:
+        context: Any = None,
+    ) -> tuple[Ed25519PrivateKey, backend.SealItem, float]:
+        """Check one message and give it a sequence number: the signer, the item to seal and the
+        time read. Opens the topic's fast path while nothing changes."""
         if len(body) > self.max_body:
             raise ConfigurationError(f"body of {len(body)} bytes exceeds max_body {self.max_body}")
         ttl_ms = 0 if ttl is None else int(ttl * 1000)
@@ -243,26 +322,54 @@ class Sealer:
         content_type_b = content_type.encode()
         if len(content_type_b) > wire.MAX_CONTENT_TYPE:
             raise ConfigurationError("content_type is limited to 255 bytes")
-        now = int(self._clock() * 1000)
+        now_s = self._clock()
+        now = int(now_s * 1000)
         signer, cert = self._signer(now)
         if topic not in cert.produce:  # policy changed since: fetch a fresh certificate once
             signer, cert = self._signer(now, refresh=True)
         if subject is not None and not subject:
             raise ConfigurationError("a subject id is a non-empty string")
         session = self._session(topic, now)
-        ctx, subject_fields = session.ctx, b""
+        ctx, tail = session.ctx, session.ctx.encapsulation
         if subject is not None:
             subject_fields, ctx = self._subject_session(topic, subject, session, now)
-        seq = session.next_seq
-        header_bytes = session.head(batch, cert.cert_id, subject is not None) + wire.header_tail(
-            seq, now, ttl_ms, content_type_b, session.ctx.encapsulation, subject_fields
-        )
-        session.next_seq += 1
+            tail = subject_fields + tail
         try:  # sealed headers checked now; encrypted with the batch (one native call)
-            inner = envelope.encode_inner(headers, b"")
-            return signer, (ctx.handle, header_bytes, inner, body)
+            packed = envelope.pack_headers(headers)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
+        seq = session.next_seq
+        session.next_seq += 1
+        head = session.head(batch, cert.cert_id, subject is not None)
+        if subject is None and topic in cert.produce:
+            deadline = min(
+                session.expires_ms,
+                self._checked_ms[topic] + self._check_ms,
+                self._identity_checked_ms + self._check_ms,
+            )
+            self._fast[topic] = (
+                deadline,
+                session,
+                session.ctx.handle,
+                session.head(True, cert.cert_id),
+                session.head(False, cert.cert_id),
+                tail,
+                signer,
+            )
+        item = (
+            ctx.handle,
+            head,
+            seq,
+            now,
+            ttl_ms,
+            content_type_b,
+            tail,
+            packed,
+            body,
+            topic,
+            context,
+        )
+        return signer, item, now_s
 
     def _subject_session(
         self, topic: str, subject: str, session: _Session, now: int
@@ -287,6 +394,7 @@ class Sealer:
 
     def _signer(self, now: int, refresh: bool = False) -> tuple[Ed25519PrivateKey, Certificate]:
         if refresh or self._identity is None or now - self._identity_checked_ms >= self._check_ms:
+            self._fast.clear()  # a fast path holds the certificate id it was opened under
             self._identity = self.keys.identity(now, refresh)
             self._identity_checked_ms = now
         return self._identity
@@ -300,6 +408,7 @@ class Sealer:
             and session.next_seq < self.max_session_messages
         ):
             return session
+        self._fast.pop(topic, None)  # reopened by _draft once the session is checked
         epoch = self.keys.sealing_epoch(topic, now)
         self._checked_ms[topic] = now
         self.metrics.sealing_epoch(

@@ -47,9 +47,12 @@ except ImportError:  # not built (no cargo at install time): the pure core serve
     _native = None
 
 Opened = tuple[dict[str, HeaderValue], bytes]
-# CoreSession.handle, header bytes (with the sequence number), sealed-headers prefix
-# (u16 h || headers), body
-SealItem = tuple[Any, bytes, bytes, bytes]
+# One message to seal, as the sealer drafts it: CoreSession.handle, header head (magic through
+# session id, ``wire.header_head``), sequence number, sent at (ms), ttl (ms, 0: none), content
+# type, header tail (subject fields || encapsulation), packed sealed headers
+# (``envelope.pack_headers``), body; then the topic and the caller's context, which the cores
+# only hand back (``seal``'s ``sealed_type``). The cores build the header (``wire.header_tail``).
+SealItem = tuple[Any, bytes, int, int, int, bytes, bytes, bytes, bytes, str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,13 @@ class Core(Protocol):
 
     def verifier(self, key: Ed25519PublicKey) -> Any: ...
 
-    def seal(self, signer: Any, items: Sequence[SealItem], batch: bool) -> list[bytes]: ...
+    def seal(
+        self, signer: Any, items: Sequence[SealItem], batch: bool, sealed_type: Any = None
+    ) -> list[Any]:
+        """The envelopes of ``items`` in order: each signed (per-message), or with ``batch`` one
+        signature over their Merkle root. As bytes, or with ``sealed_type`` (a frozen dataclass
+        with slots) as ``sealed_type(topic, envelope, context)``."""
+        ...
 
     def new_cache(self) -> Any: ...
 
@@ -166,8 +175,7 @@ def _precheck(key_ok: bool, signature: bytes) -> None:
         raise UnauthenticEnvelope(Reason.BAD_SIGNATURE)
 
 
-def _prefix_seq(header_bytes: bytes) -> int:
-    return int.from_bytes(header_bytes[57:61], "big")
+_LEN16 = wire.INNER_HEADERS_LEN
 
 
 class PureCore:
@@ -209,15 +217,23 @@ class PureCore:
     def verifier(self, key: Ed25519PublicKey) -> Any:
         return (key, acceptable_point(key.public_bytes_raw()))
 
-    def seal(self, signer: Any, items: Sequence[SealItem], batch: bool) -> list[bytes]:
+    def seal(
+        self, signer: Any, items: Sequence[SealItem], batch: bool, sealed_type: Any = None
+    ) -> list[Any]:
         drafts = []
-        for ctx, header_bytes, prefix, body in items:
-            ciphertext = ctx.encrypt(_prefix_seq(header_bytes), header_bytes, prefix + body)
+        for ctx, head, seq, sent_at_ms, ttl_ms, content_type, tail, headers, body, _, _ in items:
+            header_bytes = head + wire.header_tail(seq, sent_at_ms, ttl_ms, content_type, tail)
+            plaintext = _LEN16.pack(len(headers)) + headers + body
+            ciphertext = ctx.encrypt(seq, header_bytes, plaintext)
             signed = (ctx.leaf_hash if batch else ctx.signed_content)(header_bytes, ciphertext)
             drafts.append(envelope.Draft(header_bytes, ciphertext, signed))
         if batch:
-            return envelope.finish_batch(signer, drafts)
-        return [envelope.finish_single(signer, d) for d in drafts]
+            envelopes = envelope.finish_batch(signer, drafts)
+        else:
+            envelopes = [envelope.finish_single(signer, d) for d in drafts]
+        if sealed_type is None:
+            return envelopes
+        return [sealed_type(i[9], e, i[10]) for i, e in zip(items, envelopes, strict=True)]
 
     def new_cache(self) -> Any:
         return merkle.VerifiedTrees()
@@ -320,8 +336,10 @@ class NativeCore:
     def verifier(self, key: Ed25519PublicKey) -> Any:
         return self._n.VerifyingKey(key.public_bytes_raw())
 
-    def seal(self, signer: Any, items: Sequence[SealItem], batch: bool) -> list[bytes]:
-        return self._n.seal(signer, items, batch)  # type: ignore[no-any-return]
+    def seal(
+        self, signer: Any, items: Sequence[SealItem], batch: bool, sealed_type: Any = None
+    ) -> list[Any]:
+        return self._n.seal(signer, items, batch, sealed_type)  # type: ignore[no-any-return]
 
     def new_cache(self) -> Any:
         return self._n.RootCache()

@@ -90,16 +90,25 @@ def _unique_pairs(pairs: list[tuple[object, object]]) -> dict[object, object]:
     return result
 
 
-def encode_inner(headers: Headers | None, body: bytes) -> bytes:
-    """Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
-    if headers and not all(_is_header(k, v) for k, v in headers.items()):
+def pack_headers(headers: Headers | None) -> bytes:
+    """The sealed headers as the inner payload carries them after their u16 length (b"" for
+    none). Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
+    if not headers:
+        return b""
+    if not all(_is_header(k, v) for k, v in headers.items()):
         raise TypeError("sealed headers map str to str, bytes or int (not bool)")
     try:
-        packed = bytes(msgpack.packb(dict(headers), use_bin_type=True)) if headers else b""
+        packed = bytes(msgpack.packb(dict(headers), use_bin_type=True))
     except OverflowError:
         raise ValueError("header integers must fit in 64 bits") from None
     if len(packed) > MAX_HEADERS_BYTES:
         raise ValueError("sealed headers exceed 65535 bytes")
+    return packed
+
+
+def encode_inner(headers: Headers | None, body: bytes) -> bytes:
+    """Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
+    packed = pack_headers(headers)
     return _LEN16.pack(len(packed)) + packed + body
 
 

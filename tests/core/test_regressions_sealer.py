@@ -7,14 +7,22 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sealedbus import KeySource
-from sealedbus.core import suites, wire
+from sealedbus.core import backend, suites, wire
 from sealedbus.core.suites import Suite
-from sealedbus.errors import ConfigurationError, KeyServiceUnavailable
+from sealedbus.errors import (
+    AccessDenied,
+    ConfigurationError,
+    KeyServiceError,
+    KeyServiceUnavailable,
+)
 from sealedbus.sealer import MAX_SESSION_MESSAGES, Sealer
+from tests.vectors.generate import FixedRng
 
-from ._support import World
+from ._support import World, make_world
 
 
 def test_nonce_reuse_impossible_across_sessions(world: World) -> None:
@@ -113,3 +121,92 @@ def test_failed_batch_signature_keeps_the_batch(world: World) -> None:
     assert sealer.pending == 2
     opener = world.opener()
     assert [opener.open("orders", s.envelope).body for s in sealer.flush()] == [b"a", b"b"]
+
+
+class _NoShortcut(dict[str, Any]):
+    """A Sealer's fast-path table that never keeps an entry: every message takes the full path."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        pass
+
+
+ARGUMENTS: dict[str, dict[str, Any]] = {
+    "ttl": {"ttl": 5.0},
+    "type": {"content_type": "text/plain"},
+    "headers": {"headers": {"k": 1}},
+    "subject": {"subject": "P-1"},
+}
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["plain", "plain", "plain", "ttl", "type", "headers", "subject", "seal"]),
+        st.sampled_from(["orders", "mirror", "audit"]),  # "audit": only after a policy change
+        st.integers(-300, 700),  # ms the clock moves first (a wall clock may step back)
+        st.sampled_from([None, None, None, "rotate", "policy"]),  # and what changes first
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _outcome(sealer: Sealer, kind: str, topic: str, kwargs: dict[str, Any]) -> object:
+    try:
+        if kind == "seal":
+            return sealer.seal(topic, b"one", **kwargs)
+        return [(s.topic, s.envelope) for s in sealer.add(topic, b"m", **kwargs)]
+    except KeyServiceError as exc:  # refused (not a producer) or no epoch (clock set back)
+        return repr(exc)
+
+
+@pytest.mark.parametrize("core", ["pure", "native"] if backend.NATIVE else ["pure"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps)
+def test_fast_path_cannot_outlive_a_check_the_full_path_makes(
+    core: str, steps: list[tuple[str, str, int, str | None]]
+) -> None:
+    """``add`` and ``seal`` skip the identity, certificate, epoch and session checks for a topic
+    until the earliest moment one of them could change; sealed with the shortcut, every
+    envelope must be the one the full path seals, across epoch checks, rotations, certificates
+    reissued, session age and message limits."""
+    world = make_world()
+    sealers = [
+        Sealer(
+            world.members["producer"],
+            clock=world.clock,
+            rng=FixedRng("fast path"),
+            core=core,
+            batch_size=3,
+            max_session_messages=5,
+            max_session_seconds=1.5,
+            epoch_check_interval=1.0,
+        )
+        for _ in range(2)
+    ]
+    sealers[1]._fast = _NoShortcut()
+    producers = ["producer2"]
+    for kind, topic, advance_ms, change in steps:
+        world.clock.advance(advance_ms / 1000)
+        if change == "rotate":
+            world.ks.rotate(topic)
+        elif change == "policy":  # the producer's certificate is reissued (another topic)
+            producers = ["producer2"] if len(producers) == 2 else ["producer2", "producer"]
+            world.ks.set_policy("audit", producers=producers)
+        kwargs = ARGUMENTS.get(kind, {})
+        out = [_outcome(s, kind, topic, kwargs) for s in sealers]
+        assert out[0] == out[1]
+    assert [(b.topic, b.envelope) for b in sealers[0].flush()] == [
+        (b.topic, b.envelope) for b in sealers[1].flush()
+    ]
+
+
+def test_fast_path_ends_when_the_producer_is_removed(world: World) -> None:
+    """A producer removed from a topic is refused at the next epoch check, shortcut or not."""
+    sealer = world.sealer(batch_size=100, epoch_check_interval=1.0)
+    for _ in range(3):
+        sealer.add("orders", b"x")
+        sealer.seal("orders", b"x")
+    world.ks.set_policy("orders", producers=["producer2"])
+    world.clock.advance(1.0)
+    with pytest.raises(AccessDenied):
+        sealer.add("orders", b"x")
+    with pytest.raises(AccessDenied):
+        sealer.seal("orders", b"x")

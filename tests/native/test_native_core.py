@@ -60,8 +60,8 @@ def test_native_session_refuses_to_seal_in_a_forked_child() -> None:
         epoch.suite, b"orders", epoch.epoch, epoch.public_key, FixedRng("fork")(32)
     )
     signer = core.signer(KEYS.signing)
-    header = b"\x53\xb1\x01\x01\x00" + bytes(69)
-    item = (session.handle, header, b"\x00\x00", b"x")
+    head = b"\x53\xb1\x01\x01\x00" + bytes(52)  # wire.header_head: magic through session id
+    item = (session.handle, head, 0, T0_MS, 0, b"", b"", b"", b"x", "orders", None)
     assert core.seal(signer, [item], False)  # fine in the parent
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():

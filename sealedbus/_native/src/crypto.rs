@@ -2,13 +2,12 @@
 //! Every secret lives in a type that zeroizes itself on drop.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use aws_lc_rs::digest;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::VerifyingKey;
 use ed25519_zebra::{batch, Signature, VerificationKeyBytes};
 use hkdf::Hkdf;
-use sha2::Sha256;
+use sha2::Sha256 as HkdfHash;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::wire::{self, Reason};
@@ -40,7 +39,7 @@ impl SessionKeys {
         info.extend_from_slice(context);
         info.extend_from_slice(&session_id);
         let mut secret = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, ikm)
+        Hkdf::<HkdfHash>::new(None, ikm)
             .expand(&info, secret.as_mut())
             .expect("32 bytes is a valid HKDF length");
         Self::from_secret(topic, context, session_id, secret)
@@ -53,7 +52,7 @@ impl SessionKeys {
         session_id: [u8; 32],
         secret: Zeroizing<[u8; 32]>,
     ) -> Self {
-        let expand = Hkdf::<Sha256>::from_prk(secret.as_ref()).expect("32-byte PRK");
+        let expand = Hkdf::<HkdfHash>::from_prk(secret.as_ref()).expect("32-byte PRK");
         let mut key = Zeroizing::new([0u8; 32]);
         let mut nonce_base = Zeroizing::new([0u8; 12]);
         let mut commitment = Zeroizing::new([0u8; 32]);
@@ -102,18 +101,37 @@ impl SessionKeys {
     }
 
     /// `header || signature placeholder`-free ciphertext of `prefix || body` (SPEC.md 4.4).
+    #[cfg(test)]
     pub fn encrypt(&self, seq: u32, header: &[u8], prefix: &[u8], body: &[u8]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(prefix.len() + body.len() + wire::TAG_LEN);
         buf.extend_from_slice(prefix);
         buf.extend_from_slice(body);
-        self.cipher
-            .seal_in_place_append_tag(
+        let tag = self.encrypt_in_place(seq, header, &mut Vec::new(), &mut buf);
+        buf.extend_from_slice(&tag);
+        buf
+    }
+
+    /// Encrypt `plain` where it lies (SPEC.md 4.4) and return the tag; `aad` is scratch space
+    /// the caller may reuse across messages.
+    pub fn encrypt_in_place(
+        &self,
+        seq: u32,
+        header: &[u8],
+        aad: &mut Vec<u8>,
+        plain: &mut [u8],
+    ) -> [u8; wire::TAG_LEN] {
+        aad.clear();
+        aad.extend_from_slice(&self.aad_prefix);
+        aad.extend_from_slice(header);
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(self.nonce(seq)), // one sequence number, one nonce
-                Aad::from(self.aad(header)),
-                &mut buf,
+                Aad::from(&aad[..]),
+                plain,
             )
             .expect("AES-GCM encryption of under 64 GiB cannot fail");
-        buf
+        tag.as_ref().try_into().expect("16-byte tag")
     }
 
     pub fn decrypt(&self, seq: u32, header: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, Reason> {
@@ -154,13 +172,48 @@ impl SessionKeys {
 
     /// Merkle leaf hash of the signed content (5.3), without building it.
     pub fn leaf_hash(&self, header: &[u8], ciphertext: &[u8]) -> [u8; 32] {
-        let mut h = digest::Context::new(&digest::SHA256);
+        let mut h = Sha256::new();
         h.update(&[0u8]);
         h.update(&self.leaf_prefix);
         h.update(header);
         h.update(self.commitment.as_ref());
         h.update(ciphertext);
-        h.finish().as_ref().try_into().expect("32 bytes")
+        h.finish()
+    }
+}
+
+/// SHA-256 through AWS-LC's low-level interface: the context lives on the stack (an FFI digest
+/// context allocates one and dispatches through EVP on every call, a third of the cost of a
+/// 65-byte Merkle node), the blocks go through AWS-LC's assembly (the SHA extensions where the
+/// CPU has them, else AVX2 or SSSE3: what OpenSSL does for the pure core).
+pub struct Sha256(aws_lc_sys::SHA256_CTX);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    pub fn new() -> Self {
+        let mut ctx = std::mem::MaybeUninit::<aws_lc_sys::SHA256_CTX>::uninit();
+        // SAFETY: SHA256_Init initializes the whole context; it cannot fail
+        unsafe {
+            aws_lc_sys::SHA256_Init(ctx.as_mut_ptr());
+            Sha256(ctx.assume_init())
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        // SAFETY: an initialized context and a valid slice; SHA256_Update cannot fail
+        unsafe { aws_lc_sys::SHA256_Update(&mut self.0, data.as_ptr().cast(), data.len()) };
+    }
+
+    pub fn finish(mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // SAFETY: an initialized context and a 32-byte output
+        unsafe { aws_lc_sys::SHA256_Final(out.as_mut_ptr(), &mut self.0) };
+        out
     }
 }
 
@@ -653,7 +706,7 @@ mod ed25519_timing {
             }
             lap(11);
             for m in &msgs {
-                std::hint::black_box(digest::digest(&digest::SHA512, m));
+                std::hint::black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, m));
             }
             lap(12);
             let empty = signer.sign(b"");

@@ -8,6 +8,7 @@
 
 mod crypto;
 mod fast;
+mod seal;
 mod subject;
 mod trees;
 mod wire;
@@ -159,82 +160,6 @@ impl RootCache {
             g.add(tree, index, size, leaf, path);
         }
     }
-}
-
-type SealItem = (Py<Session>, PyBackedBytes, PyBackedBytes, PyBackedBytes);
-
-/// Seal a batch: for each `(session, header bytes, sealed-headers prefix, body)` encrypt
-/// `prefix || body`; with `batch` sign one Merkle root over all of them (SPEC.md 5.3), else
-/// sign each (5.2). Returns the envelopes in order.
-#[pyfunction]
-fn seal<'py>(
-    py: Python<'py>,
-    signer: &SigningKey,
-    items: Vec<SealItem>,
-    batch: bool,
-) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    if items.is_empty() || items.len() > 0xFFFF {
-        return Err(PyValueError::new_err("a batch holds 1 to 65535 envelopes"));
-    }
-    let pid = std::process::id();
-    for (s, header, _, _) in &items {
-        if s.get().pid != pid {
-            return Err(PyValueError::new_err(
-                "session belongs to another process (fork)",
-            ));
-        }
-        if header.len() < wire::HEADER_FIXED {
-            return Err(PyValueError::new_err("header too short"));
-        }
-    }
-    let envelopes = py.allow_threads(|| {
-        let sealed: Vec<(&[u8], Vec<u8>)> = items
-            .iter()
-            .map(|(s, header, prefix, body)| {
-                let seq = wire::Layout::seq(header);
-                (&header[..], s.get().keys.encrypt(seq, header, prefix, body))
-            })
-            .collect();
-        if !batch {
-            return sealed
-                .iter()
-                .zip(&items)
-                .map(|((header, ct), (s, _, _, _))| {
-                    let sig = signer
-                        .0
-                        .sign(&s.get().keys.message_signing_input(header, ct));
-                    [*header, &sig[..], ct].concat()
-                })
-                .collect::<Vec<_>>();
-        }
-        let leaves: Vec<[u8; 32]> = sealed
-            .iter()
-            .zip(&items)
-            .map(|((h, ct), (s, _, _, _))| s.get().keys.leaf_hash(h, ct))
-            .collect();
-        let (root, paths) = wire::build(&leaves);
-        let size = (items.len() as u16).to_be_bytes();
-        let sig = signer
-            .0
-            .sign(&[wire::SIGN_BATCH_ROOT, &size, &root].concat());
-        sealed
-            .iter()
-            .zip(paths)
-            .enumerate()
-            .map(|(i, ((header, ct), path))| {
-                [
-                    *header,
-                    &sig[..],
-                    &(i as u16).to_be_bytes(),
-                    &size,
-                    &path,
-                    ct,
-                ]
-                .concat()
-            })
-            .collect()
-    });
-    Ok(envelopes.iter().map(|e| PyBytes::new(py, e)).collect())
 }
 
 type OpenItem = (Py<Session>, Py<VerifyingKey>, PyBackedBytes);
@@ -469,7 +394,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
     m.add_function(wrap_pyfunction!(subject::session_subject, m)?)?;
-    m.add_function(wrap_pyfunction!(seal, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::seal, m)?)?;
     m.add_function(wrap_pyfunction!(open_many, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_verify, m)?)?;
     m.add_function(wrap_pyfunction!(ed25519_batch_equation, m)?)?;

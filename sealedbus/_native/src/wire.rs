@@ -1,6 +1,8 @@
 //! Envelope layout (SPEC.md section 2) and the Merkle tree of batch signatures (section 5.3).
 //! Parsing never trusts a length it has not checked against the bytes present.
 
+use crate::crypto::Sha256;
+
 pub const MAGIC: [u8; 2] = [0x53, 0xB1];
 pub const VERSION: u8 = 1;
 pub const FLAG_BATCH: u8 = 0x01;
@@ -14,6 +16,7 @@ pub const SIGN_ENVELOPE: &[u8] = b"sealedbus/1 envelope\x00";
 pub const SIGN_MESSAGE: &[u8] = b"sealedbus/1 message\x00";
 pub const SIGN_BATCH_ROOT: &[u8] = b"sealedbus/1 batch root\x00";
 pub const SEQ_OFFSET: usize = 57;
+pub const HEADER_HEAD: usize = SEQ_OFFSET; // magic through session id: fixed for a session
 
 /// The reason codes of SPEC.md section 8 that the native core can decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,12 +126,13 @@ pub fn leaf_prefix(topic: &[u8]) -> Vec<u8> {
     v
 }
 
+/// An interior node (RFC 9162): SHA-256(0x01 || left || right).
 pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut h = Sha256::new();
     h.update(&[1u8]);
     h.update(left);
     h.update(right);
-    h.finish().as_ref().try_into().expect("32 bytes")
+    h.finish()
 }
 
 /// Siblings on the inclusion path of leaf `index` in a tree of `size` leaves (RFC 9162).
@@ -185,21 +189,40 @@ pub fn root_from_path(index: usize, size: usize, leaf: [u8; 32], path: &[u8]) ->
 /// Root and every inclusion path (concatenated siblings, bottom-up) of a non-empty tree.
 pub fn build(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<Vec<u8>>) {
     let n = leaves.len();
+    let mut paths: Vec<Vec<u8>> = (0..n)
+        .map(|i| vec![0u8; 32 * path_length(i, n).unwrap_or(0)])
+        .collect();
+    let root = tree(leaves, 0, 0, &mut |i, k, node| {
+        let at = paths[i].len() - 32 * (k + 1);
+        paths[i][at..at + 32].copy_from_slice(node);
+    });
+    (root, paths)
+}
+
+/// The root of `leaves` (leaf `start` onwards of a tree, `depth` levels below its root), calling
+/// `put(leaf, k, sibling)` for each node on each leaf's inclusion path, where `k` counts the
+/// levels from the top of the path (its last sibling). No allocation: the sealer writes the
+/// siblings straight into the envelopes.
+pub fn tree(
+    leaves: &[[u8; 32]],
+    start: usize,
+    depth: usize,
+    put: &mut impl FnMut(usize, usize, &[u8; 32]),
+) -> [u8; 32] {
+    let n = leaves.len();
     if n == 1 {
-        return (leaves[0], vec![Vec::new()]);
+        return leaves[0];
     }
     let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros()); // largest power of two < n
-    let (left, mut left_paths) = build(&leaves[..k]);
-    let (right, right_paths) = build(&leaves[k..]);
-    for p in left_paths.iter_mut() {
-        p.extend_from_slice(&right);
+    let left = tree(&leaves[..k], start, depth + 1, put);
+    let right = tree(&leaves[k..], start + k, depth + 1, put);
+    for i in start..start + k {
+        put(i, depth, &right);
     }
-    let mut paths = left_paths;
-    for mut p in right_paths {
-        p.extend_from_slice(&left);
-        paths.push(p);
+    for i in start + k..start + n {
+        put(i, depth, &left);
     }
-    (node_hash(&left, &right), paths)
+    node_hash(&left, &right)
 }
 
 #[cfg(test)]
