@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sealedbus.core import backend
 from sealedbus.errors import InvalidEnvelope, Reason
-from sealedbus.opener import Opener
+from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealer
 from tests.clock import Clock
 from tests.core._support import make_world, rejected
@@ -64,11 +64,12 @@ def _warm_verdicts(
 def test_the_fast_path_takes_what_it_was_given() -> None:
     warm, *envelopes = _sealed(batch=True, n=8)
     opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
-    assert opener._open_fast([("orders", e) for e in envelopes]) == [None] * 8  # knows nothing
+    assert opener._open_fast([("orders", e) for e in envelopes]) == ([None] * 8, False)  # none
     opener.open("orders", warm)
-    taken = opener._open_fast([("orders", e) for e in envelopes])
-    assert all(t is not None for t in taken)
-    assert opener._open_fast([("audit", e) for e in envelopes]) == [None] * 8  # another topic
+    taken, final = opener._open_fast([("orders", e) for e in envelopes])
+    assert not final  # sealed headers: decoded, then admitted, by the Python opener
+    assert all(type(t) is tuple for t in taken)
+    assert opener._open_fast([("audit", e) for e in envelopes]) == ([None] * 8, False)  # topic
     opened = opener.open_many([("orders", e) for e in envelopes])
     assert [getattr(m, "body", m) for m in opened] == [b"m%d" % i for i in range(1, 9)]
 
@@ -89,6 +90,48 @@ def test_a_warm_fast_path_refuses_a_mutation_as_the_pure_core(
     clock = Clock(T0_MS / 1000)
     pure = _warm_verdicts("pure", warm, mutated, many=False, clock=clock)
     assert _warm_verdicts("native", warm, mutated, many=many, clock=clock) == pure
+
+
+def test_the_fast_path_admits_in_order_through_the_openers_replay_windows() -> None:
+    """Without sealed headers the fast path finishes the envelopes: step 10 included, through
+    the replay windows the Python steps and ``release`` use."""
+    warm, *envelopes = _sealed(batch=False, n=4)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    opener.open("orders", warm)
+    items = [("orders", e) for e in envelopes[:3]] + [("orders", envelopes[1])]
+    opened = opener.open_many(items)
+    assert [_verdict(r) for r in opened] == [
+        "opened b'm1' {}",
+        "opened b'm2' {}",
+        "opened b'm3' {}",
+        "duplicate",
+    ]
+    assert opener._open_fast([("orders", envelopes[0])]) == ([1], True)  # a duplicate
+    rejected(lambda: opener.open("orders", warm), Reason.DUPLICATE)  # the slow path's window
+    first = opened[0]
+    assert isinstance(first, OpenedMessage)
+    opener.release(first)  # not taken: its redelivery opens, on the fast path
+    assert _verdict(opener.open_many([("orders", envelopes[0])] * 2)[0]) == "opened b'm1' {}"
+    assert [_verdict(r) for r in opener.open_many([("orders", envelopes[3])] * 2)] == [
+        "opened b'm4' {}",
+        "duplicate",
+    ]
+
+
+def test_the_fast_path_keeps_the_batch_order_past_a_message_it_leaves() -> None:
+    """A message the fast path hands back unfinished (sealed headers to decode) stops its
+    admitting: the window sees the batch in order, so a message one window ahead does not make
+    the earlier one too old."""
+    sealer = Sealer(KEYS, clock=lambda: T0_MS / 1000, rng=FixedRng("fast"), core="pure")
+    warm = sealer.seal("orders", b"m0")
+    envelopes = [sealer.seal("orders", b"m1", headers={"h": 1}), sealer.seal("orders", b"m2")]
+    items = [("orders", e) for e in envelopes]
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core, replay_window=1)
+        opener.open("orders", warm)
+        verdicts[core] = [_verdict(r) for r in opener.open_many(items)]
+    assert verdicts["native"] == verdicts["pure"] == ["opened b'm1' {'h': 1}", "opened b'm2' {}"]
 
 
 # Around every time limit of SPEC.md 7: the clock skew (120 s), the ttl, the opener's max_age

@@ -8,6 +8,7 @@
 
 mod crypto;
 mod fast;
+mod replay;
 mod subject;
 mod trees;
 mod wire;
@@ -465,6 +466,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VerifyingKey>()?;
     m.add_class::<RootCache>()?;
     m.add_class::<fast::OpenTable>()?;
+    m.add_class::<replay::ReplayGuard>()?;
     m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
