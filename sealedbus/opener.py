@@ -170,6 +170,7 @@ class Opener:
             OpenedMessage, self._skew_ms, self._max_age_ms, max_envelope
         )
         self._fast_suite = Suite.X25519 in self.suites  # the only suite the fast path takes
+        self._fast_suites = self.suites, self._fast_suite  # as last seen (``suites`` is public)
         self._fast_max_envelope = max_envelope
         self._fast_lock = threading.Lock()
 
@@ -334,9 +335,11 @@ class Opener:
 
     def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         if self._fast is not None:
-            done = self._open_fast(((topic, data, scope),))[0][0]
-            if done is not None:
-                return self._finish_fast(done)
+            now = self._fast_now()
+            if now is not None:
+                done = self._fast.open_one(topic, data, scope, now, self._trees, self._replay)
+                if done is not None:
+                    return self._finish_fast(done)
         p = self._prepare(topic, data, scope)
         if isinstance(p, OpenedMessage):
             return p
@@ -440,25 +443,35 @@ class Opener:
         whether it finished every one (step 10 included). It accepts only envelopes of senders
         and sessions handed over by ``_prepare`` and ``_session``, after SPEC.md 7 steps 1-9 as
         those run them, and admits through the replay windows the other steps use, in order."""
-        if (
-            self._fast is None
-            or not self._fast
-            or self.max_envelope != self._fast_max_envelope  # public settings changed since
-            or Suite.X25519 not in self.suites
-        ):
+        now = self._fast_now()
+        if now is None:
             return [None] * len(items), False
+        return self._fast.open(items, now, self._trees, self._replay)  # type: ignore[no-any-return]
+
+    def _fast_now(self) -> int | None:
+        """The time (ms) for the fast path, or None when it may not be asked now."""
+        if self._fast is None or self.max_envelope != self._fast_max_envelope:
+            return None  # (public settings changed since)
+        suites, x25519 = self._fast_suites
+        if suites is not self.suites:  # changed: asked again (an Enum's hash runs in Python)
+            suites = self.suites
+            self._fast_suites = suites, (x25519 := Suite.X25519 in suites)
+        if not x25519:
+            return None
         now = int(self._clock() * 1000)
         held = self._revocation_list  # the list the handed-over senders were checked against
         if held is None or now - held[1] >= self._check_ms:
-            return [None] * len(items), False  # a refresh is due: step 6 of the Python steps asks
-        return self._fast.open(items, now, self._trees, self._replay)  # type: ignore[no-any-return]
+            return None  # a refresh is due: step 6 of the Python steps asks
+        return now
 
     def _finish_fast(self, done: Any) -> OpenedMessage:
         """For an envelope the fast path opened, which built the message: the message it also
         admitted, the code of its refusal as a replay, or step 10 here (with the headers, which
         are decoded here, as ``NativeCore.open_many`` decodes them)."""
-        self.metrics.key_cache(CACHE_SENDER, True)
-        self.metrics.key_cache(CACHE_SESSION, True)
+        metrics = self.metrics
+        if type(metrics) is not NoMetrics:
+            metrics.key_cache(CACHE_SENDER, True)
+            metrics.key_cache(CACHE_SESSION, True)
         if type(done) is OpenedMessage:
             return done
         if type(done) is int:

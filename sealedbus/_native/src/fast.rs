@@ -203,6 +203,24 @@ impl OpenTable {
         self.entries.lock().map(|n| *n).unwrap_or(0)
     }
 
+    /// `open` of the one item `(topic, envelope, scope)`: its result alone.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (topic, envelope, scope, now_ms, cache, guard = None))]
+    fn open_one<'py>(
+        &self,
+        py: Python<'py>,
+        topic: Bound<'py, PyAny>,
+        envelope: Bound<'py, PyAny>,
+        scope: Bound<'py, PyAny>,
+        now_ms: i64,
+        cache: &RootCache,
+        guard: Option<&ReplayGuard>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let item = PyTuple::new(py, [topic, envelope, scope])?.into_any();
+        let (mut results, _) = self.open(py, vec![item], now_ms, cache, guard)?;
+        Ok(results.pop().flatten())
+    }
+
     /// Open what may take the fast path among `items` (`(topic, envelope)` or `(topic,
     /// envelope, scope)`). Each result, in order, is None (left to the Python opener), or
     /// `(message, sealed headers, sender key, session key)`: the message built as the opener

@@ -8,7 +8,7 @@
 //! keys (hash, then `==`); every method runs with the GIL held.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use pyo3::exceptions::PyValueError;
@@ -69,6 +69,30 @@ impl PartialEq for Key {
 }
 
 impl Eq for Key {}
+
+/// Keys carry Python's hash (already mixed for tuples, str and bytes; ints are themselves):
+/// one multiplication spreads it over the bits hashbrown uses, instead of SipHash per lookup.
+/// Only keys of envelopes whose signature verified (or the caller's own) ever get here.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_isize(&mut self, i: isize) {
+        self.0 = (self.0 ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 /// `ReplayWindow`: the highest sequence number seen and a bitmap of the `size` below it, kept
 /// as a ring (bit `seq % size`); sequence numbers at or below `floor` count as seen (not exact).
@@ -179,14 +203,16 @@ impl Scopes {
 }
 
 struct Sessions {
-    by_key: HashMap<Key, Scopes>,
-    lru: BTreeMap<u64, Key>, // tick -> session
-    order: u64,              // when the sender came (ties of the global bound: oldest first)
+    by_key: KeyMap<Scopes>,
+    // tick -> session, each session once, at or before its last use (`touch` only moves its
+    // tick; `evict` puts a stale entry back at its last use and looks again)
+    lru: BTreeMap<u64, Key>,
+    order: u64, // when the sender came (ties of the global bound: oldest first)
 }
 
 #[derive(Default)]
 struct Inner {
-    senders: HashMap<Key, Sessions>,
+    senders: KeyMap<Sessions>,
     count: usize, // windows held, over every sender, session and scope
     clock: u64,
 }
@@ -352,6 +378,9 @@ impl ReplayGuard {
         floor: i64,
     ) -> Seen {
         let mut inner = self.lock(py);
+        if inner.admit_usual(self, sender, session, seq, scope, floor) {
+            return Seen::New;
+        }
         let seen = inner.check(self.window, sender, session, seq, scope, floor);
         if seen == Seen::New {
             inner.mark(
@@ -369,6 +398,52 @@ impl ReplayGuard {
 }
 
 impl Inner {
+    /// `ReplayGuard.admit`'s shortcut: a window held, `seq` past everything seen, no floor to
+    /// lift, nothing to evict: marked (true), else nothing done (false).
+    fn admit_usual(
+        &mut self,
+        g: &ReplayGuard,
+        sender: &Key,
+        session: &Key,
+        seq: i64,
+        scope: &Key,
+        floor: i64,
+    ) -> bool {
+        if self.count > g.max_sessions {
+            return false;
+        }
+        let Some(scopes) = self
+            .senders
+            .get_mut(sender)
+            .and_then(|s| s.by_key.get_mut(session))
+        else {
+            return false;
+        };
+        let scoped = !scope.is_none();
+        let every_ok = match &scopes.every {
+            None => !scoped,
+            Some(every) => seq > every.highest,
+        };
+        if !every_ok {
+            return false;
+        }
+        let Some(own) = scopes.find(scope) else {
+            return false;
+        };
+        if floor > own.floor || seq <= own.highest {
+            return false;
+        }
+        own.mark(seq, g.window);
+        if scoped {
+            if let Some(every) = scopes.every.as_mut() {
+                every.mark(seq, g.window);
+            }
+        }
+        self.clock += 1;
+        scopes.tick = self.clock;
+        true
+    }
+
     fn check(
         &mut self,
         size: i64,
@@ -427,14 +502,11 @@ impl Inner {
             .senders
             .entry(sender.clone_ref(py))
             .or_insert(Sessions {
-                by_key: HashMap::new(),
+                by_key: KeyMap::default(),
                 lru: BTreeMap::new(),
                 order: tick,
             });
         if let Some(scopes) = sessions.by_key.get_mut(&session) {
-            if let Some(k) = sessions.lru.remove(&scopes.tick) {
-                sessions.lru.insert(tick, k);
-            }
             scopes.tick = tick;
         } else {
             sessions.lru.insert(tick, session.clone_ref(py));
@@ -500,9 +572,18 @@ impl Inner {
         let Some(sessions) = self.senders.get_mut(sender) else {
             return;
         };
-        if let Some((_, oldest)) = sessions.lru.pop_first() {
-            if let Some(scopes) = sessions.by_key.remove(&oldest) {
-                self.count -= scopes.windows();
+        while let Some((at, oldest)) = sessions.lru.pop_first() {
+            match sessions.by_key.get(&oldest).map(|s| s.tick) {
+                Some(used) if used != at => {
+                    sessions.lru.insert(used, oldest); // used since: not the oldest
+                }
+                Some(_) => {
+                    if let Some(scopes) = sessions.by_key.remove(&oldest) {
+                        self.count -= scopes.windows();
+                    }
+                    break;
+                }
+                None => {} // cannot happen: each session held has one entry
             }
         }
         if sessions.by_key.is_empty() {
