@@ -215,10 +215,20 @@ class Opener:
             return [self._open_or_error(item) for item in items]
         if self._pool is not None and self._core is backend.PURE:
             return list(self._pool.map(self._open_or_error, items))
+        return self._open_many(items, warm=True)
+
+    def _open_many(
+        self, items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]], warm: bool
+    ) -> list[OpenedMessage | SealedbusError]:
         start = time.perf_counter()
         fast, final = self._open_fast(items)  # opened natively, or None: the steps below decide
         if final:  # every one opened (and admitted) or refused as a replay there
             return self._report_fast(items, fast, start)
+        if warm and fast[0] is None and self._fast is not None and len(items) > 2:
+            # the fast path does not know the first one's sender or session (a consumer's
+            # first fetch of a session): it alone through every step hands them over, then
+            # the rest (in order after it) may take the fast path
+            return [self._open_or_error(items[0]), *self._open_many(items[1:], warm=False)]
         results: list[OpenedMessage | SealedbusError | None] = [None] * len(items)
         prepared: dict[int, OpenJob] = {}
         joins: _Joins = {}

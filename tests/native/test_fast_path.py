@@ -214,3 +214,23 @@ def test_fast_path_follows_the_openers_public_settings() -> None:
     opener.max_envelope = 1 << 20
     opener.suites = frozenset()
     rejected(lambda: opener.open("orders", envelopes[1]), Reason.SUITE)
+
+
+@pytest.mark.parametrize("bad", [0, 3, 7])
+def test_a_cold_batch_checks_each_envelopes_path_on_its_own(bad: int) -> None:
+    """A batch opened cold checks its tree's root once, then takes the cache's short walk for
+    the tree's other envelopes: one with a changed path or ciphertext, first or later, is
+    refused alone, as on the reference path."""
+    warm, *envelopes = _sealed(batch=True, n=8)
+    envelopes[bad] = envelopes[bad][:-40] + bytes([envelopes[bad][-40] ^ 1]) + envelopes[bad][-39:]
+    path_flip = bytearray(envelopes[(bad + 1) % 8])
+    path_flip[len(path_flip) // 2] ^= 0x80
+    items = [("orders", e) for e in [warm, *envelopes, bytes(path_flip)]]
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core)
+        # not warm=True: its first envelope alone would make the tree known before the rest
+        verdicts[core] = [_verdict(r) for r in opener._open_many(items, warm=False)]
+    assert verdicts["native"] == verdicts["pure"]
+    assert verdicts["native"][bad + 1] == "bad_signature"
+    assert sum(v.startswith("opened") for v in verdicts["native"]) == 8
