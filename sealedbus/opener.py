@@ -286,6 +286,10 @@ class Opener:
         metrics = self.metrics
         quiet = type(metrics) is NoMetrics
         each = (time.perf_counter() - start) / len(items)
+        opened_many = getattr(metrics, "opened_many", None)
+        hits = getattr(metrics, "key_cache_hits", None)
+        if not quiet and opened_many is not None and hits is not None:
+            return self._report_many(items, fast, each, opened_many, hits)
         for i, r in enumerate(fast):
             if not quiet:
                 metrics.key_cache(CACHE_SENDER, True)
@@ -299,6 +303,34 @@ class Opener:
                 except BaseException:  # a faulty metrics sink must not eat the messages
                     self._release_all(fast[i:])  # the fast path admitted every one
                     raise
+        return fast
+
+    def _report_many(
+        self,
+        items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]],
+        fast: list[Any],
+        each: float,
+        opened_many: Callable[[str, int, int, float], None],
+        hits: Callable[[str, int], None],
+    ) -> list[OpenedMessage | SealedbusError]:
+        """``_report_fast`` to a ``metrics.BatchMetrics`` sink: one report per topic."""
+        opened: dict[str, list[int]] = {}  # topic -> [messages, payload bytes]
+        for i, r in enumerate(fast):
+            if type(r) is int:
+                fast[i] = exc = _replayed(r)
+                self.metrics.rejected(items[i][0], exc.reason.value)
+            else:
+                counts = opened.setdefault(r.topic, [0, 0])
+                counts[0] += 1
+                counts[1] += len(r.body)
+        try:
+            hits(CACHE_SENDER, len(fast))
+            hits(CACHE_SESSION, len(fast))
+            for topic, (count, size) in opened.items():
+                opened_many(topic, count, size, each)
+        except BaseException:  # a faulty metrics sink must not eat the messages
+            self._release_all(fast)
+            raise
         return fast
 
     def _release_all(self, done: Sequence[Any]) -> None:
