@@ -205,7 +205,8 @@ class Opener:
         on, so their redelivery opens).
 
         With the native core, envelopes of senders and sessions already checked here go
-        through its fast path: one call parses, checks, verifies and decrypts them. The others
+        through its fast path: one call parses, checks, verifies and decrypts them, and runs
+        the replay window over them in order (up to the first one it leaves). The others
         (and any the fast path does not accept) get the checks in Python, then the cryptography
         in one call to the core (per-message signatures verified as one batch), then every one
         the replay window, in order. With the pure core and

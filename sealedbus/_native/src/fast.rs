@@ -179,6 +179,7 @@ impl OpenTable {
     /// The floors of `topic` in `scope` (`Opener.restore_replay`), replacing those held.
     fn set_floors(
         &self,
+        py: Python<'_>,
         topic: &str,
         scope: &Bound<'_, PyAny>,
         floors: HashMap<Vec<u8>, i64>,
@@ -188,9 +189,7 @@ impl OpenTable {
             .into_iter()
             .filter_map(|(d, seq)| Some((d.as_slice().try_into().ok()?, seq)))
             .collect();
-        let Ok(mut held) = self.floors.lock() else {
-            return Ok(());
-        };
+        let mut held = crate::replay::lock(py, &self.floors);
         let scopes = held.entry(topic.to_owned()).or_default();
         match scopes.iter_mut().find(|(k, _)| *k == scope) {
             Some((_, f)) => *f = floors,
@@ -263,7 +262,7 @@ impl OpenTable {
         }
         let outcomes = py.allow_threads(|| open_all(&jobs, cache));
         let message_type = self.message_type.bind(py);
-        let floors = self.floors.lock().ok().filter(|f| !f.is_empty());
+        let floors = Some(crate::replay::lock(py, &self.floors)).filter(|f| !f.is_empty());
         let mut finished = 0; // results[..finished] are final (admitted or refused here)
         for ((i, a, topic, scope, topic_str), (outcome, job)) in
             accepted.into_iter().zip(outcomes.into_iter().zip(&jobs))

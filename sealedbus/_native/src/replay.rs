@@ -338,6 +338,21 @@ impl ReplayGuard {
     }
 }
 
+/// A lock held around Python calls (a key's `__eq__` may let another thread run): taken with
+/// the GIL released when another thread holds it, so that no thread ever waits for it while
+/// holding the GIL the holder may be waiting for.
+pub fn lock<'a, T: Send>(py: Python<'_>, mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match mutex.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => py.allow_threads(|| {
+                drop(mutex.lock()); // wait for it without the GIL, then try again
+            }),
+        }
+    }
+}
+
 fn keys(
     py: Python<'_>,
     sender: &Bound<'_, PyAny>,
@@ -353,18 +368,8 @@ fn keys(
 }
 
 impl ReplayGuard {
-    /// The lock, taken with the GIL released when another thread holds it (which may be
-    /// waiting for the GIL inside a key's `__eq__`).
     fn lock(&self, py: Python<'_>) -> MutexGuard<'_, Inner> {
-        loop {
-            match self.inner.try_lock() {
-                Ok(g) => return g,
-                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(TryLockError::WouldBlock) => py.allow_threads(|| {
-                    drop(self.inner.lock()); // wait for it without the GIL, then try again
-                }),
-            }
-        }
+        lock(py, &self.inner)
     }
 
     /// `check`, then `mark` when NEW: the opener's step 10 in one step.
