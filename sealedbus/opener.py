@@ -189,8 +189,11 @@ class Opener:
         except KeyServiceError as exc:
             self.metrics.key_service_error(topic, key_service_error_kind(exc))
             raise
+        metrics = self.metrics
+        if type(metrics) is NoMetrics:
+            return message
         try:
-            self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
+            metrics.opened(topic, len(message.body), time.perf_counter() - start)
         except BaseException:  # a faulty metrics sink must not eat the message
             self.release(message)
             raise
