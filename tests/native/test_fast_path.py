@@ -234,3 +234,21 @@ def test_a_cold_batch_checks_each_envelopes_path_on_its_own(bad: int) -> None:
     assert verdicts["native"] == verdicts["pure"]
     assert verdicts["native"][bad + 1] == "bad_signature"
     assert sum(v.startswith("opened") for v in verdicts["native"]) == 8
+
+
+def test_the_fast_path_admits_with_the_floors_carried_over() -> None:
+    """``restore_replay`` floors (by ``OpenedMessage.replay_digest``) count on the fast path as
+    on the Python steps: at or below the floor a duplicate in its scope, not in another."""
+    warm, *envelopes = _sealed(batch=False, n=8)
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core)
+        first = opener.open("orders", warm, scope=1)  # warm: sender and session known
+        opener.restore_replay("orders", 0, {first.replay_digest: first.sequence + 4})
+        if core == "native":
+            assert len(opener._fast) == 2  # the rest take the fast path
+        items = [("orders", e, 0) for e in envelopes] + [("orders", envelopes[2], 1)]
+        verdicts[core] = [_verdict(r) for r in opener.open_many(items)]
+    assert verdicts["native"] == verdicts["pure"]
+    assert verdicts["native"][:5] == ["duplicate"] * 4 + ["opened b'm5' {}"]
+    assert verdicts["native"][-1] == "opened b'm3' {}"  # a floor is not exact: not elsewhere
