@@ -342,7 +342,9 @@ class NativeCore:
         """The opener's fast path (``_native/src/fast.rs``): senders and sessions the opener
         checked, whose envelopes one call per batch parses, checks, verifies and decrypts into
         ``message_type`` instances (the opener's frozen dataclass)."""
-        return self._n.OpenTable(message_type, skew_ms, max_age_ms, max_envelope)
+        return self._n.OpenTable(
+            message_type, skew_ms, max_age_ms, max_envelope, decode_headers=decode_headers
+        )
 
     def new_replay_guard(
         self, window: int, max_sessions: int, max_sessions_per_sender: int = 1024

@@ -67,11 +67,11 @@ def test_the_fast_path_takes_what_it_was_given() -> None:
     assert opener._open_fast([("orders", e) for e in envelopes]) == ([None] * 8, False)  # none
     opener.open("orders", warm)
     taken, final = opener._open_fast([("orders", e) for e in envelopes])
-    assert not final  # sealed headers: decoded, then admitted, by the Python opener
-    assert all(type(t) is tuple for t in taken)
+    assert final  # opened, sealed headers decoded, admitted by the replay window
+    assert [(m.body, m.headers) for m in taken] == [(b"m%d" % i, {"i": i}) for i in range(1, 9)]
     assert opener._open_fast([("audit", e) for e in envelopes]) == ([None] * 8, False)  # topic
-    opened = opener.open_many([("orders", e) for e in envelopes])
-    assert [getattr(m, "body", m) for m in opened] == [b"m%d" % i for i in range(1, 9)]
+    again = opener.open_many([("orders", e) for e in envelopes])
+    assert [getattr(r, "reason", r) for r in again] == [Reason.DUPLICATE] * 8
 
 
 @_settings
@@ -119,16 +119,17 @@ def test_the_fast_path_admits_in_order_through_the_openers_replay_windows() -> N
 
 
 def test_the_fast_path_keeps_the_batch_order_past_a_message_it_leaves() -> None:
-    """A message the fast path hands back unfinished (sealed headers to decode) stops its
-    admitting: the window sees the batch in order, so a message one window ahead does not make
-    the earlier one too old."""
-    sealer = Sealer(KEYS, clock=lambda: T0_MS / 1000, rng=FixedRng("fast"), core="pure")
+    """A message the fast path leaves to the Python steps (sealed for a subject: same session,
+    same counter) stops its admitting: the window sees the batch in order, so a message one
+    window ahead does not make the earlier one too old."""
+    world = make_world()
+    sealer = world.sealer(core="pure")
     warm = sealer.seal("orders", b"m0")
-    envelopes = [sealer.seal("orders", b"m1", headers={"h": 1}), sealer.seal("orders", b"m2")]
-    items = [("orders", e) for e in envelopes]
+    left = sealer.seal("orders", b"m1", subject="P-1", headers={"h": 1})
+    items = [("orders", left), ("orders", sealer.seal("orders", b"m2"))]
     verdicts = {}
     for core in ("pure", "native"):
-        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core, replay_window=1)
+        opener = world.opener(core=core, replay_window=1)
         opener.open("orders", warm)
         verdicts[core] = [_verdict(r) for r in opener.open_many(items)]
     assert verdicts["native"] == verdicts["pure"] == ["opened b'm1' {'h': 1}", "opened b'm2' {}"]

@@ -10,7 +10,7 @@
 //!
 //! Given the opener's replay guard (`replay.rs`, the one its Python steps use too), it also runs
 //! step 10 for the envelopes it opened, in order, up to the first one it hands back unfinished
-//! (left to the Python opener, or carrying sealed headers to decode): those and all after them
+//! (left to the Python opener, or sealed headers that do not decode): those and all after them
 //! the Python opener admits, in order, so the window sees the batch's order whichever path
 //! opened each envelope.
 
@@ -65,6 +65,8 @@ type Floors = HashMap<String, Vec<(Key, HashMap<[u8; 8], i64>)>>;
 #[pyclass(frozen, module = "sealedbus.core._native")]
 pub struct OpenTable {
     message_type: Py<PyType>, // the opener's OpenedMessage (a frozen dataclass with slots)
+    // `backend.decode_headers`: sealed headers of a message admitted here are decoded first
+    decode_headers: Option<Py<PyAny>>,
     topics: Mutex<HashMap<String, Topic>>,
     entries: Mutex<usize>,
     floors: Mutex<Floors>, // kept by `clear`: replay state, not trust
@@ -77,16 +79,20 @@ pub struct OpenTable {
 #[pymethods]
 impl OpenTable {
     #[new]
-    #[pyo3(signature = (message_type, skew_ms, max_age_ms, max_envelope, capacity = 100_000))]
+    #[pyo3(signature = (
+        message_type, skew_ms, max_age_ms, max_envelope, capacity = 100_000, decode_headers = None
+    ))]
     fn new(
         message_type: Py<PyType>,
         skew_ms: i64,
         max_age_ms: Option<i64>,
         max_envelope: usize,
         capacity: usize,
+        decode_headers: Option<Py<PyAny>>,
     ) -> Self {
         OpenTable {
             message_type,
+            decode_headers,
             topics: Mutex::new(HashMap::new()),
             entries: Mutex::new(0),
             floors: Mutex::new(HashMap::new()),
@@ -225,9 +231,9 @@ impl OpenTable {
     /// `(message, sealed headers, sender key, session key)`: the message built as the opener
     /// builds it but with no headers yet (the opener decodes the packed sealed headers, if any,
     /// then checks the replay window under the two keys before handing it on). With `guard`,
-    /// the leading results the fast path finished are instead the message itself (admitted by
-    /// the replay window) or 1 (a duplicate) or 2 (too old). Also returned: whether every
-    /// result is finished so.
+    /// the leading results the fast path finished are instead the message itself (its sealed
+    /// headers decoded, admitted by the replay window) or 1 (a duplicate) or 2 (too old). Also
+    /// returned: whether every result is finished so.
     #[pyo3(signature = (items, now_ms, cache, guard = None))]
     fn open<'py>(
         &self,
@@ -275,6 +281,13 @@ impl OpenTable {
             let content_type = std::str::from_utf8(&data[HEADER_FIXED..ct_end]).unwrap_or("");
             let body = PyBytes::new(py, &plain[at..]);
             let headers = PyBytes::new(py, &plain[2..at]);
+            // admitted here only in order: then sealed headers are decoded here first (a
+            // failure leaves the message to the Python opener, which decodes and refuses it)
+            let inline = guard.is_some() && finished == i;
+            let decoded = match &self.decode_headers {
+                Some(decode) if inline && at > 2 => decode.bind(py).call1((&headers,)).ok(),
+                _ => None,
+            };
             zeroize::Zeroize::zeroize(&mut plain);
             let epoch = a.session_key.bind(py).get_item(0)?;
             let scope_obj = scope.clone();
@@ -288,7 +301,13 @@ impl OpenTable {
             };
             let fields: [(&Bound<'py, PyString>, Bound<'py, PyAny>); 12] = [
                 (intern!(py, "body"), body.into_any()),
-                (intern!(py, "headers"), PyDict::new(py).into_any()),
+                (
+                    intern!(py, "headers"),
+                    match &decoded {
+                        Some(d) => d.clone(),
+                        None => PyDict::new(py).into_any(),
+                    },
+                ),
                 (intern!(py, "topic"), topic),
                 (intern!(py, "sender"), a.member.into_bound(py).into_any()),
                 (intern!(py, "epoch"), epoch),
@@ -311,7 +330,7 @@ impl OpenTable {
                 (intern!(py, "subject_key_id"), py.None().into_bound(py)),
             ];
             let message = new_frozen(message_type, &fields)?;
-            if let Some(guard) = guard.filter(|_| finished == i && at == 2) {
+            if let Some(guard) = guard.filter(|_| inline && (at == 2 || decoded.is_some())) {
                 if let Ok(scope) = Key::new(&scope_obj) {
                     let floor = floors.as_ref().map_or(-1, |f| {
                         floor_of(f, &topic_str, &scope, &data[9..25], a.epoch, &data[25..57])
