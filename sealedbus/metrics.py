@@ -75,6 +75,18 @@ class Metrics(Protocol):
         """Sealing or opening on ``topic`` failed for want of keys (``KEY_SERVICE_ERRORS``)."""
 
 
+class BatchMetrics(Protocol):
+    """Optional: reports of many messages at once, which an opener makes (``open_many``) when
+    a sink has both methods. Each must count exactly as the single reports it stands for."""
+
+    def opened_many(self, topic: str, count: int, payload_bytes: int, seconds: float) -> None:
+        """``count`` messages opened and handed on, ``payload_bytes`` in all, ``seconds``
+        each: as ``count`` calls of ``opened``."""
+
+    def key_cache_hits(self, cache: str, count: int) -> None:
+        """As ``count`` calls of ``key_cache(cache, True)``."""
+
+
 class NoMetrics:
     """Drops every report."""
 

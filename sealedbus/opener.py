@@ -18,7 +18,7 @@ from sealedbus.core import backend, suites, wire
 from sealedbus.core.backend import CoreSession, OpenJob
 from sealedbus.core.cache import BoundedCache
 from sealedbus.core.envelope import HeaderValue
-from sealedbus.core.replay import ReplayGuard, Seen, session_digest
+from sealedbus.core.replay import Seen, session_digest
 from sealedbus.core.signed import Certificate, EpochDescription, RevocationList
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
@@ -94,6 +94,11 @@ _SWEEP_MS = 60_000  # how often cached sessions of destroyed epochs are dropped,
 _EVER = 1 << 64  # later than any sent-at: ``revokes(cert, _EVER)`` if any entry covers cert
 
 
+def _replayed(code: int) -> DuplicateEnvelope:
+    """The fast path's refusal by the replay window (1: a duplicate, 2: too old)."""
+    return DuplicateEnvelope() if code == 1 else DuplicateEnvelope(Reason.TOO_OLD)
+
+
 def _fits(*ms: int) -> bool:
     """Whether times can go to the fast path (signed 64-bit; else the slow path serves)."""
     return all(-(1 << 63) <= t < (1 << 63) for t in ms)
@@ -131,7 +136,8 @@ class Opener:
         self._core = backend.get(core)  # "pure", "native", or None: the default (SEALEDBUS_NATIVE)
         try:
             self.suites = frozenset(Suite.parse(s) for s in suites)
-            self._replay = ReplayGuard(replay_window, max_sessions)
+            # the core's replay windows (the native core's fast path admits through them too)
+            self._replay = self._core.new_replay_guard(replay_window, max_sessions)
             # (topic, subject key id) -> private key, or None: erased (erasure is final)
             self._subject_keys: TtlCache[tuple[str, bytes], _SubjectKey | None] = TtlCache(
                 subject_cache_size, int(subject_cache_ttl * 1000)
@@ -164,6 +170,7 @@ class Opener:
             OpenedMessage, self._skew_ms, self._max_age_ms, max_envelope
         )
         self._fast_suite = Suite.X25519 in self.suites  # the only suite the fast path takes
+        self._fast_suites = self.suites, self._fast_suite  # as last seen (``suites`` is public)
         self._fast_max_envelope = max_envelope
         self._fast_lock = threading.Lock()
 
@@ -182,8 +189,11 @@ class Opener:
         except KeyServiceError as exc:
             self.metrics.key_service_error(topic, key_service_error_kind(exc))
             raise
+        metrics = self.metrics
+        if type(metrics) is NoMetrics:
+            return message
         try:
-            self.metrics.opened(topic, len(message.body), time.perf_counter() - start)
+            metrics.opened(topic, len(message.body), time.perf_counter() - start)
         except BaseException:  # a faulty metrics sink must not eat the message
             self.release(message)
             raise
@@ -198,7 +208,8 @@ class Opener:
         on, so their redelivery opens).
 
         With the native core, envelopes of senders and sessions already checked here go
-        through its fast path: one call parses, checks, verifies and decrypts them. The others
+        through its fast path: one call parses, checks, verifies and decrypts them, and runs
+        the replay window over them in order (up to the first one it leaves). The others
         (and any the fast path does not accept) get the checks in Python, then the cryptography
         in one call to the core (per-message signatures verified in it, one by one), then every one
         the replay window, in order. With the pure core and
@@ -208,8 +219,20 @@ class Opener:
             return [self._open_or_error(item) for item in items]
         if self._pool is not None and self._core is backend.PURE:
             return list(self._pool.map(self._open_or_error, items))
+        return self._open_many(items, warm=True)
+
+    def _open_many(
+        self, items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]], warm: bool
+    ) -> list[OpenedMessage | SealedbusError]:
         start = time.perf_counter()
-        fast = self._open_fast(items)  # opened natively, or None: the steps below decide
+        fast, final = self._open_fast(items)  # opened natively, or None: the steps below decide
+        if final:  # every one opened (and admitted) or refused as a replay there
+            return self._report_fast(items, fast, start)
+        if warm and fast[0] is None and self._fast is not None and len(items) > 2:
+            # the fast path does not know the first one's sender or session (a consumer's
+            # first fetch of a session): it alone through every step hands them over, then
+            # the rest (in order after it) may take the fast path
+            return [self._open_or_error(items[0]), *self._open_many(items[1:], warm=False)]
         results: list[OpenedMessage | SealedbusError | None] = [None] * len(items)
         prepared: dict[int, OpenJob] = {}
         joins: _Joins = {}
@@ -250,10 +273,75 @@ class Opener:
             try:
                 self.metrics.opened(topic, len(message.body), each)
             except BaseException:  # a faulty metrics sink must not eat the message
-                self.release(message)
+                self._release_all([message, *fast[i + 1 :]])  # and the ones admitted after it
                 raise
             results[i] = message
         return [r for r in results if r is not None]
+
+    def _report_fast(
+        self,
+        items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]],
+        fast: list[Any],
+        start: float,
+    ) -> list[OpenedMessage | SealedbusError]:
+        """The end of ``open_many`` when the fast path finished every item: each is a message
+        (admitted by the replay window) or the code of its refusal as a replay; the metrics
+        report as for the other paths."""
+        metrics = self.metrics
+        quiet = type(metrics) is NoMetrics
+        each = (time.perf_counter() - start) / len(items)
+        opened_many = getattr(metrics, "opened_many", None)
+        hits = getattr(metrics, "key_cache_hits", None)
+        if not quiet and opened_many is not None and hits is not None:
+            return self._report_many(items, fast, each, opened_many, hits)
+        for i, r in enumerate(fast):
+            if not quiet:
+                metrics.key_cache(CACHE_SENDER, True)
+                metrics.key_cache(CACHE_SESSION, True)
+            if type(r) is int:
+                fast[i] = exc = _replayed(r)
+                metrics.rejected(items[i][0], exc.reason.value)
+            elif not quiet:
+                try:
+                    metrics.opened(r.topic, len(r.body), each)
+                except BaseException:  # a faulty metrics sink must not eat the messages
+                    self._release_all(fast[i:])  # the fast path admitted every one
+                    raise
+        return fast
+
+    def _report_many(
+        self,
+        items: Sequence[tuple[str, bytes] | tuple[str, bytes, Hashable]],
+        fast: list[Any],
+        each: float,
+        opened_many: Callable[[str, int, int, float], None],
+        hits: Callable[[str, int], None],
+    ) -> list[OpenedMessage | SealedbusError]:
+        """``_report_fast`` to a ``metrics.BatchMetrics`` sink: one report per topic."""
+        opened: dict[str, list[int]] = {}  # topic -> [messages, payload bytes]
+        for i, r in enumerate(fast):
+            if type(r) is int:
+                fast[i] = exc = _replayed(r)
+                self.metrics.rejected(items[i][0], exc.reason.value)
+            else:
+                counts = opened.setdefault(r.topic, [0, 0])
+                counts[0] += 1
+                counts[1] += len(r.body)
+        try:
+            hits(CACHE_SENDER, len(fast))
+            hits(CACHE_SESSION, len(fast))
+            for topic, (count, size) in opened.items():
+                opened_many(topic, count, size, each)
+        except BaseException:  # a faulty metrics sink must not eat the messages
+            self._release_all(fast)
+            raise
+        return fast
+
+    def _release_all(self, done: Sequence[Any]) -> None:
+        """Release the messages among ``done`` (admitted, then not handed on)."""
+        for r in done:
+            if type(r) is OpenedMessage:
+                self.release(r)
 
     def _open_or_error(
         self, item: tuple[str, bytes] | tuple[str, bytes, Hashable]
@@ -286,15 +374,18 @@ class Opener:
         at or below it is a duplicate there (or outside the replay window)."""
         with self._lock:  # the state given is the whole state: what it no longer names goes
             held = self._floors.get((topic, scope), {})
-            self._floors[(topic, scope)] = {
-                digest: max(seq, held.get(digest, -1)) for digest, seq in floors.items()
-            }
+            merged = {digest: max(seq, held.get(digest, -1)) for digest, seq in floors.items()}
+            self._floors[(topic, scope)] = merged
+            if self._fast is not None:  # the fast path admits with them too
+                self._fast.set_floors(topic, scope, merged)
 
     def _open(self, topic: str, data: bytes, scope: Hashable = None) -> OpenedMessage:
         if self._fast is not None:
-            done = self._open_fast(((topic, data, scope),))[0]
-            if done is not None:
-                return self._finish_fast(done)
+            now = self._fast_now()
+            if now is not None:
+                done = self._fast.open_one(topic, data, scope, now, self._trees, self._replay)
+                if done is not None:
+                    return self._finish_fast(done)
         p = self._prepare(topic, data, scope)
         if isinstance(p, OpenedMessage):
             return p
@@ -392,30 +483,46 @@ class Opener:
         if seen is Seen.TOO_OLD:
             raise DuplicateEnvelope(Reason.TOO_OLD)
 
-    def _open_fast(self, items: Sequence[Sequence[object]]) -> list[Any]:
+    def _open_fast(self, items: Sequence[Sequence[object]]) -> tuple[list[Any], bool]:
         """The native core's fast path over ``items``: for each, None (left to ``_prepare`` and
-        ``_finish``, which decide and name any refusal) or what ``_finish_fast`` takes. It
-        accepts only envelopes of senders and sessions handed over by ``_prepare`` and
-        ``_session``, after SPEC.md 7 steps 1-9 as those run them."""
-        if (
-            self._fast is None
-            or not self._fast
-            or self.max_envelope != self._fast_max_envelope  # public settings changed since
-            or Suite.X25519 not in self.suites
-        ):
-            return [None] * len(items)
+        ``_finish``, which decide and name any refusal) or what ``_finish_fast`` takes; and
+        whether it finished every one (step 10 included). It accepts only envelopes of senders
+        and sessions handed over by ``_prepare`` and ``_session``, after SPEC.md 7 steps 1-9 as
+        those run them, and admits through the replay windows the other steps use, in order."""
+        now = self._fast_now()
+        if now is None:
+            return [None] * len(items), False
+        return self._fast.open(items, now, self._trees, self._replay)  # type: ignore[no-any-return]
+
+    def _fast_now(self) -> int | None:
+        """The time (ms) for the fast path, or None when it may not be asked now."""
+        if self._fast is None or self.max_envelope != self._fast_max_envelope:
+            return None  # (public settings changed since)
+        suites, x25519 = self._fast_suites
+        if suites is not self.suites:  # changed: asked again (an Enum's hash runs in Python)
+            suites = self.suites
+            self._fast_suites = suites, (x25519 := Suite.X25519 in suites)
+        if not x25519:
+            return None
         now = int(self._clock() * 1000)
         held = self._revocation_list  # the list the handed-over senders were checked against
         if held is None or now - held[1] >= self._check_ms:
-            return [None] * len(items)  # a refresh is due: step 6 of the Python steps asks
-        return self._fast.open(items, now, self._trees)  # type: ignore[no-any-return]
+            return None  # a refresh is due: step 6 of the Python steps asks
+        return now
 
     def _finish_fast(self, done: Any) -> OpenedMessage:
-        """Step 10 for an envelope the fast path opened, which built the message (no headers
-        yet: they are decoded here, as ``NativeCore.open_many`` decodes them)."""
+        """For an envelope the fast path opened, which built the message: the message it also
+        admitted, the code of its refusal as a replay, or step 10 here (with the headers, which
+        are decoded here, as ``NativeCore.open_many`` decodes them)."""
+        metrics = self.metrics
+        if type(metrics) is not NoMetrics:
+            metrics.key_cache(CACHE_SENDER, True)
+            metrics.key_cache(CACHE_SESSION, True)
+        if type(done) is OpenedMessage:
+            return done
+        if type(done) is int:
+            raise _replayed(done)
         message, packed, replay_sender, replay_session = done
-        self.metrics.key_cache(CACHE_SENDER, True)
-        self.metrics.key_cache(CACHE_SESSION, True)
         if packed:  # set on the fresh message before anyone else holds it
             object.__setattr__(message, "headers", backend.decode_headers(packed))
         self._admit(message.topic, replay_sender, replay_session, message.sequence, message.scope)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from sealedbus.core import envelope, merkle, suites, wire
 from sealedbus.core.envelope import HeaderValue
+from sealedbus.core.replay import ReplayGuard, Seen
 from sealedbus.core.suites import Suite
 from sealedbus.errors import (
     InvalidEnvelope,
@@ -120,6 +121,10 @@ class Core(Protocol):
 
     def new_open_table(
         self, message_type: type, skew_ms: int, max_age_ms: int | None, max_envelope: int
+    ) -> Any: ...
+
+    def new_replay_guard(
+        self, window: int, max_sessions: int, max_sessions_per_sender: int = 1024
     ) -> Any: ...
 
 
@@ -243,6 +248,11 @@ class PureCore:
     ) -> Any:
         return None  # no fast path: the opener runs every step itself
 
+    def new_replay_guard(
+        self, window: int, max_sessions: int, max_sessions_per_sender: int = 1024
+    ) -> Any:
+        return ReplayGuard(window, max_sessions, max_sessions_per_sender)
+
     def open_many(self, jobs: Sequence[OpenJob], cache: Any) -> list[Opened | InvalidEnvelope]:
         out: list[Opened | InvalidEnvelope] = []
         for job in jobs:
@@ -350,7 +360,17 @@ class NativeCore:
         """The opener's fast path (``_native/src/fast.rs``): senders and sessions the opener
         checked, whose envelopes one call per batch parses, checks, verifies and decrypts into
         ``message_type`` instances (the opener's frozen dataclass)."""
-        return self._n.OpenTable(message_type, skew_ms, max_age_ms, max_envelope)
+        return self._n.OpenTable(
+            message_type, skew_ms, max_age_ms, max_envelope, decode_headers=decode_headers
+        )
+
+    def new_replay_guard(
+        self, window: int, max_sessions: int, max_sessions_per_sender: int = 1024
+    ) -> Any:
+        """``replay.ReplayGuard`` in Rust (``_native/src/replay.rs``), same API and decisions:
+        the fast path admits through it in the call that opened the envelopes."""
+        seen = (Seen.NEW, Seen.DUPLICATE, Seen.TOO_OLD)
+        return self._n.ReplayGuard(seen, window, max_sessions, max_sessions_per_sender)
 
     def open_many(self, jobs: Sequence[OpenJob], cache: Any) -> list[Opened | InvalidEnvelope]:
         results = self._n.open_many([(j.session.handle, j.verifier, j.data) for j in jobs], cache)

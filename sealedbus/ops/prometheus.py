@@ -61,6 +61,23 @@ _LATENCY_BUCKETS = (
 )
 
 
+def _observe_many(histogram: Any, amount: float, count: int) -> None:
+    """``count`` observations of ``amount``: the sum and the one bucket moved once (through
+    prometheus_client's own value objects, as its ``observe`` moves them), else one by one."""
+    bounds, buckets, total = (
+        getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum")
+    )
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    for bound, bucket in zip(bounds, buckets, strict=True):
+        if amount <= bound:
+            bucket.inc(count)
+            break
+
+
 @dataclass(slots=True)
 class _TopicSeries:
     """The per-topic children, bound once: the hot path does one dict lookup per report."""
@@ -205,6 +222,13 @@ class PrometheusMetrics:
         s.opened_bytes.inc(payload_bytes)
         s.open_seconds.observe(seconds)
 
+    def opened_many(self, topic: str, count: int, payload_bytes: int, seconds: float) -> None:
+        """``count`` calls of ``opened`` (``metrics.BatchMetrics``), counted at once."""
+        s = self._series(topic)
+        s.opened.inc(count)
+        s.opened_bytes.inc(payload_bytes)
+        _observe_many(s.open_seconds, seconds, count)
+
     def rejected(self, topic: str, reason: str) -> None:
         label = self.topic_label(topic)
         self._rejected.labels(label, reason if reason in _REASONS else OTHER).inc()
@@ -231,6 +255,9 @@ class PrometheusMetrics:
 
     def key_cache(self, cache: str, hit: bool) -> None:
         (self._hits if hit else self._misses)[cache].inc()
+
+    def key_cache_hits(self, cache: str, count: int) -> None:
+        self._hits[cache].inc(count)
 
     def key_service_error(self, topic: str, kind: str) -> None:
         kind = kind if kind in KEY_SERVICE_ERRORS else OTHER

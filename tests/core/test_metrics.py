@@ -73,3 +73,79 @@ def test_a_raising_metrics_sink_does_not_eat_the_message(world: World) -> None:
         opener.open("orders", envelope)
     opener.metrics = PrometheusMetrics()
     assert opener.open("orders", envelope).body == b"kept"  # not taken for a duplicate
+
+
+class _PerMessage(PrometheusMetrics):
+    """A sink without the batch reports: the opener reports message by message."""
+
+    opened_many = None  # type: ignore[assignment]
+    key_cache_hits = None  # type: ignore[assignment]
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        # times differ between runs: only the count of the latency histogram compares
+        if not s.name.endswith(("_sum", "_created"))
+        and not (s.name.endswith("_bucket") and s.labels["le"] != "+Inf")
+    }
+
+
+def test_batch_reports_count_as_the_single_reports(world: World) -> None:
+    """``open_many`` reports a batch through ``BatchMetrics`` when the sink has it: the same
+    messages, bytes, histogram buckets, cache hits and refusals as one report per message."""
+    sealer = world.sealer(batch_size=16)
+    envelopes = [s.envelope for i in range(16) for s in sealer.add("orders", b"x" * i)]
+    items = [("orders", e) for e in envelopes[1:]] + [("orders", envelopes[3])]
+    registries = []
+    for metrics in (PrometheusMetrics(), _PerMessage()):
+        opener = world.opener(metrics=metrics)
+        opener.open("orders", envelopes[0])
+        results = opener.open_many(items)
+        assert [getattr(r, "reason", None) for r in results] == [None] * 15 + [Reason.DUPLICATE]
+        registries.append(metrics.registry)
+    assert _samples(registries[0]) == _samples(registries[1])
+    assert _value(registries[0], "sealedbus_messages_opened_total", topic="orders") == 16
+    assert _value(registries[0], "sealedbus_open_seconds_count", topic="orders") == 16
+
+
+def test_a_raising_batch_sink_does_not_eat_the_messages(world: World) -> None:
+    class Broken(PrometheusMetrics):
+        def opened_many(self, topic: str, count: int, payload_bytes: int, seconds: float) -> None:
+            raise RuntimeError("metrics backend down")
+
+        def opened(self, topic: str, payload_bytes: int, seconds: float) -> None:
+            raise RuntimeError("metrics backend down")
+
+    sealer = world.sealer(batch_size=4)
+    envelopes = [s.envelope for i in range(4) for s in sealer.add("orders", b"m%d" % i)]
+    opener = world.opener()
+    opener.open("orders", envelopes[0])  # the native core's fast path knows the session now
+    opener.metrics = Broken()
+    with pytest.raises(RuntimeError):
+        opener.open_many([("orders", e) for e in envelopes[1:]])
+    opener.metrics = PrometheusMetrics()
+    opened = opener.open_many([("orders", e) for e in envelopes[1:]])  # none taken for a replay
+    assert [getattr(m, "body", None) for m in opened] == [b"m1", b"m2", b"m3"]
+
+
+@pytest.mark.parametrize("amount", [0.0, 3e-5, 0.001, 0.0011, 0.7, 99.0])
+def test_many_observations_land_as_one_by_one(amount: float) -> None:
+    one, many = PrometheusMetrics(), PrometheusMetrics()
+    for _ in range(7):
+        one.opened("t", 10, amount)
+    many.opened_many("t", 7, 70, amount)
+    got = [_samples(m.registry) for m in (one, many)]
+    assert got[0] == got[1] != {}
+    buckets = [
+        {le: _value(m.registry, "sealedbus_open_seconds_bucket", topic="t", le=le) for le in LES}
+        for m in (one, many)
+    ]
+    assert buckets[0] == buckets[1]
+    sums = [_value(m.registry, "sealedbus_open_seconds_sum", topic="t") for m in (one, many)]
+    assert sums[1] == pytest.approx(sums[0])
+
+
+LES = ("5e-05", "0.001", "0.0025", "1.0", "+Inf")

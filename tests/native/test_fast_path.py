@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sealedbus.core import backend
 from sealedbus.errors import InvalidEnvelope, Reason
-from sealedbus.opener import Opener
+from sealedbus.opener import OpenedMessage, Opener
 from sealedbus.sealer import Sealer
 from tests.clock import Clock
 from tests.core._support import make_world, rejected
@@ -64,13 +64,14 @@ def _warm_verdicts(
 def test_the_fast_path_takes_what_it_was_given() -> None:
     warm, *envelopes = _sealed(batch=True, n=8)
     opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
-    assert opener._open_fast([("orders", e) for e in envelopes]) == [None] * 8  # knows nothing
+    assert opener._open_fast([("orders", e) for e in envelopes]) == ([None] * 8, False)  # none
     opener.open("orders", warm)
-    taken = opener._open_fast([("orders", e) for e in envelopes])
-    assert all(t is not None for t in taken)
-    assert opener._open_fast([("audit", e) for e in envelopes]) == [None] * 8  # another topic
-    opened = opener.open_many([("orders", e) for e in envelopes])
-    assert [getattr(m, "body", m) for m in opened] == [b"m%d" % i for i in range(1, 9)]
+    taken, final = opener._open_fast([("orders", e) for e in envelopes])
+    assert final  # opened, sealed headers decoded, admitted by the replay window
+    assert [(m.body, m.headers) for m in taken] == [(b"m%d" % i, {"i": i}) for i in range(1, 9)]
+    assert opener._open_fast([("audit", e) for e in envelopes]) == ([None] * 8, False)  # topic
+    again = opener.open_many([("orders", e) for e in envelopes])
+    assert [getattr(r, "reason", r) for r in again] == [Reason.DUPLICATE] * 8
 
 
 @_settings
@@ -89,6 +90,49 @@ def test_a_warm_fast_path_refuses_a_mutation_as_the_pure_core(
     clock = Clock(T0_MS / 1000)
     pure = _warm_verdicts("pure", warm, mutated, many=False, clock=clock)
     assert _warm_verdicts("native", warm, mutated, many=many, clock=clock) == pure
+
+
+def test_the_fast_path_admits_in_order_through_the_openers_replay_windows() -> None:
+    """Without sealed headers the fast path finishes the envelopes: step 10 included, through
+    the replay windows the Python steps and ``release`` use."""
+    warm, *envelopes = _sealed(batch=False, n=4)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    opener.open("orders", warm)
+    items = [("orders", e) for e in envelopes[:3]] + [("orders", envelopes[1])]
+    opened = opener.open_many(items)
+    assert [_verdict(r) for r in opened] == [
+        "opened b'm1' {}",
+        "opened b'm2' {}",
+        "opened b'm3' {}",
+        "duplicate",
+    ]
+    assert opener._open_fast([("orders", envelopes[0])]) == ([1], True)  # a duplicate
+    rejected(lambda: opener.open("orders", warm), Reason.DUPLICATE)  # the slow path's window
+    first = opened[0]
+    assert isinstance(first, OpenedMessage)
+    opener.release(first)  # not taken: its redelivery opens, on the fast path
+    assert _verdict(opener.open_many([("orders", envelopes[0])] * 2)[0]) == "opened b'm1' {}"
+    assert [_verdict(r) for r in opener.open_many([("orders", envelopes[3])] * 2)] == [
+        "opened b'm4' {}",
+        "duplicate",
+    ]
+
+
+def test_the_fast_path_keeps_the_batch_order_past_a_message_it_leaves() -> None:
+    """A message the fast path leaves to the Python steps (sealed for a subject: same session,
+    same counter) stops its admitting: the window sees the batch in order, so a message one
+    window ahead does not make the earlier one too old."""
+    world = make_world()
+    sealer = world.sealer(core="pure")
+    warm = sealer.seal("orders", b"m0")
+    left = sealer.seal("orders", b"m1", subject="P-1", headers={"h": 1})
+    items = [("orders", left), ("orders", sealer.seal("orders", b"m2"))]
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = world.opener(core=core, replay_window=1)
+        opener.open("orders", warm)
+        verdicts[core] = [_verdict(r) for r in opener.open_many(items)]
+    assert verdicts["native"] == verdicts["pure"] == ["opened b'm1' {'h': 1}", "opened b'm2' {}"]
 
 
 # Around every time limit of SPEC.md 7: the clock skew (120 s), the ttl, the opener's max_age
@@ -171,3 +215,41 @@ def test_fast_path_follows_the_openers_public_settings() -> None:
     opener.max_envelope = 1 << 20
     opener.suites = frozenset()
     rejected(lambda: opener.open("orders", envelopes[1]), Reason.SUITE)
+
+
+@pytest.mark.parametrize("bad", [0, 3, 7])
+def test_a_cold_batch_checks_each_envelopes_path_on_its_own(bad: int) -> None:
+    """A batch opened cold checks its tree's root once, then takes the cache's short walk for
+    the tree's other envelopes: one with a changed path or ciphertext, first or later, is
+    refused alone, as on the reference path."""
+    warm, *envelopes = _sealed(batch=True, n=8)
+    envelopes[bad] = envelopes[bad][:-40] + bytes([envelopes[bad][-40] ^ 1]) + envelopes[bad][-39:]
+    path_flip = bytearray(envelopes[(bad + 1) % 8])
+    path_flip[len(path_flip) // 2] ^= 0x80
+    items = [("orders", e) for e in [warm, *envelopes, bytes(path_flip)]]
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core)
+        # not warm=True: its first envelope alone would make the tree known before the rest
+        verdicts[core] = [_verdict(r) for r in opener._open_many(items, warm=False)]
+    assert verdicts["native"] == verdicts["pure"]
+    assert verdicts["native"][bad + 1] == "bad_signature"
+    assert sum(v.startswith("opened") for v in verdicts["native"]) == 8
+
+
+def test_the_fast_path_admits_with_the_floors_carried_over() -> None:
+    """``restore_replay`` floors (by ``OpenedMessage.replay_digest``) count on the fast path as
+    on the Python steps: at or below the floor a duplicate in its scope, not in another."""
+    warm, *envelopes = _sealed(batch=False, n=8)
+    verdicts = {}
+    for core in ("pure", "native"):
+        opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core=core)
+        first = opener.open("orders", warm, scope=1)  # warm: sender and session known
+        opener.restore_replay("orders", 0, {first.replay_digest: first.sequence + 4})
+        if core == "native":
+            assert len(opener._fast) == 2  # the rest take the fast path
+        items = [("orders", e, 0) for e in envelopes] + [("orders", envelopes[2], 1)]
+        verdicts[core] = [_verdict(r) for r in opener.open_many(items)]
+    assert verdicts["native"] == verdicts["pure"]
+    assert verdicts["native"][:5] == ["duplicate"] * 4 + ["opened b'm5' {}"]
+    assert verdicts["native"][-1] == "opened b'm3' {}"  # a floor is not exact: not elsewhere

@@ -8,12 +8,13 @@
 
 mod crypto;
 mod fast;
+mod replay;
 mod seal;
 mod subject;
 mod trees;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
@@ -174,13 +175,82 @@ type Job<'a> = (&'a Verifier, [u8; 64], Vec<u8>, Vec<usize>);
 /// A batch root to remember once its signature verified: tree, index, size, leaf, path.
 type Learn<'a> = (Vec<u8>, u16, u16, [u8; 32], &'a [u8]);
 
+/// Signatures to check and what each decides, planned envelope by envelope.
+#[derive(Default)]
+struct Plan<'a> {
+    jobs: Vec<Job<'a>>,
+    roots: HashMap<Vec<u8>, usize>, // tree and root -> job index
+    learn: Vec<Option<Learn<'a>>>,  // per job
+}
+
+impl<'a> Plan<'a> {
+    /// A batch envelope whose tree is not known verified: its root, checked once per call.
+    #[allow(clippy::too_many_arguments)]
+    fn batch(
+        &mut self,
+        i: usize,
+        verifier: &'a Verifier,
+        sig: [u8; 64],
+        tree: Vec<u8>,
+        (index, size, leaf, path): (u16, u16, [u8; 32], &'a [u8]),
+        refused: &mut [Option<Reason>],
+    ) {
+        let Some(root) = wire::root_from_path(index as usize, size as usize, leaf, path) else {
+            refused[i] = Some(Reason::BadSignature);
+            return;
+        };
+        let key = [&tree[..], &root].concat();
+        match self.roots.get(&key) {
+            Some(j) => self.jobs[*j].3.push(i),
+            None => {
+                self.roots.insert(key, self.jobs.len());
+                let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
+                self.jobs.push((verifier, sig, msg, vec![i]));
+                self.learn.push(Some((tree, index, size, leaf, path)));
+            }
+        }
+    }
+
+    /// Check every signature planned; remember the verified trees, refuse the envelopes of
+    /// the others.
+    fn run(self, cache: &RootCache, refused: &mut [Option<Reason>]) {
+        let checks: Vec<(&Verifier, [u8; 64], &[u8])> = self
+            .jobs
+            .iter()
+            .map(|(v, s, m, _)| (*v, *s, m.as_slice()))
+            .collect();
+        let verdicts = crypto::verify_many(&checks);
+        for ((good, job), key) in verdicts.iter().zip(&self.jobs).zip(self.learn) {
+            if *good {
+                if let Some((tree, index, size, leaf, path)) = key {
+                    cache.insert(tree, index, size, leaf, path);
+                }
+            } else {
+                for i in &job.3 {
+                    refused[*i] = Some(Reason::BadSignature);
+                }
+            }
+        }
+    }
+}
+
+/// An envelope of a tree whose root is being checked in this call: looked up again after.
+type Later<'a> = (
+    usize,
+    &'a Verifier,
+    [u8; 64],
+    Vec<u8>,
+    (u16, u16, [u8; 32], &'a [u8]),
+);
+
 fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
     let mut refused: Vec<Option<Reason>> = vec![None; items.len()];
     let mut layouts = Vec::with_capacity(items.len());
-    // signatures to check: (verifier, signature, signed message, envelopes it decides)
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut roots: HashMap<Vec<u8>, usize> = HashMap::new(); // tree and root -> job index
-    let mut root_keys: Vec<Option<Learn>> = Vec::new(); // per job
+    let mut plan = Plan::default();
+    // trees whose root this call checks: their other envelopes wait for the verdict, then
+    // take the cache's short walk instead of hashing their whole path twice
+    let mut checking: HashSet<Vec<u8>> = HashSet::new();
+    let mut later: Vec<Later> = Vec::new();
     for (i, (s, v, data)) in items.iter().enumerate() {
         let keys = &s.get().keys;
         let verifier = &v.get().0;
@@ -200,13 +270,13 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
         let ct = &data[layout.ciphertext..];
         match layout.batch {
             None => {
-                jobs.push((
+                plan.jobs.push((
                     verifier,
                     sig,
                     keys.message_signing_input(header, ct),
                     vec![i],
                 ));
-                root_keys.push(None);
+                plan.learn.push(None);
             }
             Some((index, size, path_at)) => {
                 let leaf = keys.leaf_hash(header, ct);
@@ -215,39 +285,38 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
                 if cache.contains(&tree, index, size, leaf, path) {
                     continue; // a verified tree: no signature to check
                 }
-                let Some(root) = wire::root_from_path(index as usize, size as usize, leaf, path)
-                else {
-                    refused[i] = Some(Reason::BadSignature);
+                if checking.contains(&tree) {
+                    later.push((i, verifier, sig, tree, (index, size, leaf, path)));
                     continue;
-                };
-                let key = [&tree[..], &root].concat();
-                match roots.get(&key) {
-                    Some(j) => jobs[*j].3.push(i),
-                    None => {
-                        roots.insert(key, jobs.len());
-                        let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
-                        jobs.push((verifier, sig, msg, vec![i]));
-                        root_keys.push(Some((tree, index, size, leaf, path)));
-                    }
                 }
+                checking.insert(tree.clone());
+                plan.batch(
+                    i,
+                    verifier,
+                    sig,
+                    tree,
+                    (index, size, leaf, path),
+                    &mut refused,
+                );
             }
         }
     }
-    let checks: Vec<(&Verifier, [u8; 64], &[u8])> = jobs
-        .iter()
-        .map(|(v, s, m, _)| (*v, *s, m.as_slice()))
-        .collect();
-    let verdicts = crypto::verify_many(&checks);
-    for ((good, job), key) in verdicts.iter().zip(&jobs).zip(root_keys) {
-        if *good {
-            if let Some((tree, index, size, leaf, path)) = key {
-                cache.insert(tree, index, size, leaf, path);
-            }
-        } else {
-            for i in &job.3 {
-                refused[*i] = Some(Reason::BadSignature);
+    plan.run(cache, &mut refused);
+    if !later.is_empty() {
+        let mut again = Plan::default();
+        for (i, verifier, sig, tree, (index, size, leaf, path)) in later {
+            if !cache.contains(&tree, index, size, leaf, path) {
+                again.batch(
+                    i,
+                    verifier,
+                    sig,
+                    tree,
+                    (index, size, leaf, path),
+                    &mut refused,
+                );
             }
         }
+        again.run(cache, &mut refused);
     }
     items
         .iter()
@@ -390,6 +459,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VerifyingKey>()?;
     m.add_class::<RootCache>()?;
     m.add_class::<fast::OpenTable>()?;
+    m.add_class::<replay::ReplayGuard>()?;
     m.add_function(wrap_pyfunction!(session_x25519_start, m)?)?;
     m.add_function(wrap_pyfunction!(session_x25519_join, m)?)?;
     m.add_function(wrap_pyfunction!(session_from_secret, m)?)?;
