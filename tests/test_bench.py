@@ -6,6 +6,8 @@ runner works (``sealedbus bench`` included) and its output has the promised shap
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,25 @@ def test_quick_run_writes_rows_for_every_transport_size_and_mode(
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sealed-batch" in capsys.readouterr().out
+
+
+def test_adapter_benchmark_measures_every_adapter_at_every_level() -> None:
+    """``benchmarks/adapters.py`` on a few messages: each adapter path yields a figure per level,
+    and the adapter (which wraps the core) never costs nothing next to the bare client."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "adapters.py"
+    done = subprocess.run(  # noqa: S603 - this interpreter and the repository's own script
+        [sys.executable, str(script), "--messages", "128", "--rounds", "1", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    rows = json.loads(done.stdout)["rows"]
+    assert [r["path"] for r in rows] == [
+        "kafka-produce",
+        "rabbitmq-publish",
+        "kafka-consume",
+        "rabbitmq-consume",
+    ]
+    for r in rows:
+        assert r["adapter_us_per_msg"] > r["client_us_per_msg"] > 0
