@@ -550,50 +550,7 @@ mod timing {
             std::hint::black_box(s.leaf_hash(&header, &ct));
         }
         println!("leaf hash 16K: {:?}", t.elapsed() / 1000);
-        let signer = Signer::new([7u8; 32]);
-        let v = Verifier::new(signer.public());
-        let zebra = ed25519_zebra::VerificationKey::try_from(v.bytes).unwrap();
-        let msgs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 100]).collect();
-        let jobs: Vec<(&Verifier, [u8; 64], &[u8])> = msgs
-            .iter()
-            .map(|m| (&v, signer.sign(m), m.as_slice()))
-            .collect();
-        // the best of 20 rounds of 64 signatures, in microseconds per signature
-        let mut best = [f64::MAX; 5];
-        for _ in 0..20 {
-            let mut at = std::time::Instant::now();
-            let mut lap = |k: usize| {
-                let us = at.elapsed().as_secs_f64() * 1e6 / 64.0;
-                best[k] = best[k].min(us);
-                at = std::time::Instant::now();
-            };
-            for (v, sig, m) in &jobs {
-                assert!(v.verify(sig, m));
-            }
-            lap(0);
-            for (_, sig, m) in &jobs {
-                assert!(zebra.verify(&Signature::from_bytes(sig), m).is_ok());
-            }
-            lap(1);
-            for (_, sig, _) in &jobs {
-                assert!(torsion_free(sig[..32].try_into().unwrap()));
-            }
-            lap(2);
-            assert!(zebra_batch(jobs.iter()));
-            lap(3);
-            assert!(verify_many(&jobs).iter().all(|b| *b));
-            lap(4);
-        }
-        let names = [
-            "dalek verify",
-            "zebra verify",
-            "R torsion-free",
-            "zebra batch",
-            "verify_many",
-        ];
-        for (name, us) in names.iter().zip(best) {
-            println!("{name}: {us:.1} us per signature");
-        }
+        // Ed25519's building blocks: `ed25519_timing` below
     }
 }
 
