@@ -5,6 +5,7 @@ runner works (``sealedbus bench`` included) and its output has the promised shap
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sealedbus.ops.bench import add_arguments
 from sealedbus.ops.cli import main
 
 pytestmark = pytest.mark.slow
@@ -84,3 +86,24 @@ def test_adapter_benchmark_measures_every_adapter_at_every_level() -> None:
     ]
     for r in rows:
         assert r["adapter_us_per_msg"] > r["client_us_per_msg"] > 0
+
+
+def test_only_a_full_benchmark_run_replaces_the_published_results() -> None:
+    """A partial or smoke run of benchmarks/run.py must not overwrite results/latest.json (the
+    full run of the code it describes) unless --out says so."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+
+    def args(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    assert run.is_full(args())
+    assert run.is_full(args("--rounds", "3", "--sizes", "16384,128,1024"))
+    assert not run.is_full(args("--quick"))
+    assert not run.is_full(args("--transports", "kafka"))
+    assert not run.is_full(args("--sizes", "1024"))

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder for latest.json, latest.md and the PNG plots (default: none, print only)",
+        help="folder for latest.json, latest.md and the PNG plots (default: print only;"
+        " benchmarks/run.py writes benchmarks/results/ after a full run)",
     )
     parser.add_argument(
         "--open-threads",
