@@ -73,9 +73,9 @@ _Received = tuple[Any, Any, OpenedMessage]
 OnMessage = Callable[["SealedChannel", Any, Any, OpenedMessage], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost 1.4 µs a message, against 0.4
 class _Publish:
-    """Where a batched message goes once its batch is signed."""
+    """Where a batched message goes once its batch is signed (never changed once made)."""
 
     exchange: str
     routing_key: str
@@ -232,7 +232,7 @@ class SealedChannel:
         if self.sealer is None:
             raise ConfigurationError("this SealedChannel has no sealer")
         topic = self.topic_of(exchange)
-        props = copy.copy(properties) if properties is not None else pika.BasicProperties()
+        props = _copy_properties(properties)
         ttl = None
         if props.expiration is not None:
             try:
@@ -601,6 +601,18 @@ class SealedChannel:
         self._dead_letter_failures.pop(hashlib.sha256(body).digest(), None)
         if self.opener is not None:
             report_dead_letter(self.opener, topic, exc, body)
+
+
+def _copy_properties(properties: Any) -> Any:
+    """A shallow copy of the publish's properties (new ones for None), as ``copy.copy``; pika's
+    ``BasicProperties`` by its ``__dict__``: ``copy.copy`` takes 3 µs a message, this 0.7."""
+    if properties is None:
+        return pika.BasicProperties()
+    if type(properties) is not pika.BasicProperties:
+        return copy.copy(properties)
+    props = object.__new__(pika.BasicProperties)
+    props.__dict__.update(properties.__dict__)
+    return props
 
 
 def _unpublished(sealed: Sealed) -> Unpublished:

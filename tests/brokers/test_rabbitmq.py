@@ -65,6 +65,7 @@ def test_properties_are_sealed_and_expiration_follows_the_envelope(
         delivery_mode=2,
     )
     pub.basic_publish(world.topic, "rk", b'{"x": 1}', props)
+    assert props.headers == {"patient": "p-1"} and props.content_type == "application/json"
     raw_method, raw_props, raw_body = pub.channel.basic_get(f"{world.topic}.tap", auto_ack=True)
     assert raw_method is not None
     assert raw_props.headers is None and raw_props.content_type == SEALED_CONTENT_TYPE
