@@ -82,7 +82,7 @@ def pack_headers(headers: Headers | None, packer: msgpack.Packer | None = None) 
     none). Raises TypeError or ValueError for headers that ``decode_inner`` would refuse.
 
     ``packer``: a ``msgpack.Packer(use_bin_type=True)`` the caller reuses (and never shares
-    between threads at once): ``msgpack.packb`` makes one, with a 1 MiB buffer, per call."""
+    between threads at once): ``msgpack.packb`` makes one, and allocates its buffer, per call."""
     if not headers:
         return b""
     for key, value in headers.items():  # names str; values of _HEADER_TYPES
