@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealedbus.core import backend, envelope, suites, wire
@@ -77,11 +78,14 @@ class _Session:
         return head
 
 
-# A topic's fast path (``Sealer.add``/``seal`` with default headers, content type, ttl and no
-# subject): until ``deadline`` (ms) nothing that ``_draft`` checks can have changed, so a
-# message needs only a sequence number. (deadline, session, its core handle, head batch, head
-# per-message, tail, signer)
+# A topic's fast path (``Sealer.add``/``seal`` of any message without a subject): until
+# ``deadline`` (ms) nothing that ``_draft`` checks can have changed, so a message needs only its
+# checked ``_options`` and a sequence number. (deadline, session, its core handle, head batch,
+# head per-message, tail, signer)
 _Fast = tuple[int, _Session, Any, bytes, bytes, bytes, Ed25519PrivateKey]
+# A message's ttl (ms, 0: none), content type and packed sealed headers (``Sealer._options``)
+_Options = tuple[int, bytes, bytes]
+_DEFAULTS: _Options = (0, b"", b"")
 
 
 class Sealer:
@@ -125,6 +129,7 @@ class Sealer:
         self._identity: tuple[Ed25519PrivateKey, Certificate] | None = None
         self._identity_checked_ms = -1
         self._fast: dict[str, _Fast] = {}
+        self._packer = msgpack.Packer(use_bin_type=True)  # used under the lock only
         self._pending: list[backend.SealItem] = []
         self.pending_since: float | None = None  # clock() when the open batch got its first one
         try:  # (topic, subject) -> its public key: an erasure reaches this sealer within the TTL
@@ -141,6 +146,7 @@ class Sealer:
         self._lock = threading.Lock()
         self._sessions.clear()
         self._fast.clear()
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._checked_ms.clear()
         self._subject_keys.clear()
         self._pending = []
@@ -165,14 +171,13 @@ class Sealer:
         in clear (the envelope carries a random subject key id)."""
         start = time.perf_counter()
         with self._lock:
+            options = self._options(headers, content_type, ttl)  # checked first, as by add
             try:
                 drafted = None
-                if headers is None and ttl is None and subject is None and not content_type:
-                    drafted = self._shortcut(topic, body)
+                if subject is None:
+                    drafted = self._shortcut(topic, body, options)
                 if drafted is None:
-                    drafted = self._draft(
-                        topic, body, headers, content_type, ttl, batch=False, subject=subject
-                    )[:2]
+                    drafted = self._draft(topic, body, options, batch=False, subject=subject)[:2]
                 signer, item = drafted
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
@@ -197,17 +202,15 @@ class Sealer:
         lock = self._lock  # acquire/release: half the cost of `with` per message
         lock.acquire()
         try:
+            ttl_ms, content_type_b, packed = options = (
+                self._options(headers, content_type, ttl)
+                if headers or content_type or ttl is not None
+                else _DEFAULTS
+            )
             pending = self._pending
             fast = self._fast.get(topic)
             # the fast path, as _shortcut (inline: a call per message is 3% of a batch's time)
-            if (
-                fast is not None
-                and headers is None
-                and ttl is None
-                and subject is None
-                and not content_type
-                and len(body) <= self.max_body
-            ):
+            if fast is not None and subject is None and len(body) <= self.max_body:
                 now_s = self._clock()
                 now = int(now_s * 1000)
                 deadline, session, handle, head, _, tail, _ = fast
@@ -222,10 +225,10 @@ class Sealer:
                             head,
                             seq,
                             now,
-                            0,
-                            b"",
+                            ttl_ms,
+                            content_type_b,
                             tail,
-                            b"",
+                            packed,
                             body,
                             topic,
                             context,
@@ -236,14 +239,7 @@ class Sealer:
                     return self._close_batch()
             try:
                 _, item, now_s = self._draft(
-                    topic,
-                    body,
-                    headers,
-                    content_type,
-                    ttl,
-                    batch=True,
-                    subject=subject,
-                    context=context,
+                    topic, body, options, batch=True, subject=subject, context=context
                 )
             except KeyServiceError as exc:
                 self.metrics.key_service_error(topic, key_service_error_kind(exc))
@@ -285,8 +281,24 @@ class Sealer:
             self.metrics.sealed(t, n, b, elapsed * n / len(batch))
         return sealed
 
+    def _options(self, headers: Headers | None, content_type: str, ttl: float | None) -> _Options:
+        """A message's ttl (ms, 0: none), content type and sealed headers as the core takes
+        them, checked here whichever path seals it (under the lock: the packer is the sealer's).
+        Raises ConfigurationError."""
+        ttl_ms = 0 if ttl is None else int(ttl * 1000)
+        if ttl is not None and not 1 <= ttl_ms <= wire.MAX_TTL_MS:
+            raise ConfigurationError("ttl must be between 1 ms and about 49 days")
+        content_type_b = content_type.encode()
+        if len(content_type_b) > wire.MAX_CONTENT_TYPE:
+            raise ConfigurationError("content_type is limited to 255 bytes")
+        try:  # sealed headers checked now; encrypted with the batch (one native call)
+            packed = envelope.pack_headers(headers, self._packer)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
+        return ttl_ms, content_type_b, packed
+
     def _shortcut(
-        self, topic: str, body: bytes
+        self, topic: str, body: bytes, options: _Options
     ) -> tuple[Ed25519PrivateKey, backend.SealItem] | None:
         """A per-message item by the topic's fast path, if open and not due for a check."""
         fast = self._fast.get(topic)
@@ -298,30 +310,37 @@ class Sealer:
         if now >= deadline or seq >= self.max_session_messages:
             return None
         session.next_seq = seq + 1
-        return signer, (handle, head, seq, now, 0, b"", tail, b"", body, topic, None)
+        ttl_ms, content_type, packed = options
+        return signer, (
+            handle,
+            head,
+            seq,
+            now,
+            ttl_ms,
+            content_type,
+            tail,
+            packed,
+            body,
+            topic,
+            None,
+        )
 
     def _draft(
         self,
         topic: str,
         body: bytes,
-        headers: Headers | None,
-        content_type: str,
-        ttl: float | None,
+        options: _Options,
         *,
         batch: bool,
         subject: str | None = None,
         context: Any = None,
     ) -> tuple[Ed25519PrivateKey, backend.SealItem, float]:
-        """Check one message and give it a sequence number: the signer, the item to seal and the
-        time read. Opens the topic's fast path while nothing changes."""
+        """Check one message (its ``_options`` already checked) and give it a sequence number:
+        the signer, the item to seal and the time read. Opens the topic's fast path while
+        nothing changes."""
         if len(body) > self.max_body:
             raise ConfigurationError(f"body of {len(body)} bytes exceeds max_body {self.max_body}")
-        ttl_ms = 0 if ttl is None else int(ttl * 1000)
-        if ttl is not None and not 1 <= ttl_ms <= wire.MAX_TTL_MS:
-            raise ConfigurationError("ttl must be between 1 ms and about 49 days")
-        content_type_b = content_type.encode()
-        if len(content_type_b) > wire.MAX_CONTENT_TYPE:
-            raise ConfigurationError("content_type is limited to 255 bytes")
+        ttl_ms, content_type_b, packed = options
         now_s = self._clock()
         now = int(now_s * 1000)
         signer, cert = self._signer(now)
@@ -334,10 +353,6 @@ class Sealer:
         if subject is not None:
             subject_fields, ctx = self._subject_session(topic, subject, session, now)
             tail = subject_fields + tail
-        try:  # sealed headers checked now; encrypted with the batch (one native call)
-            packed = envelope.pack_headers(headers)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"headers cannot be sealed: {exc}") from exc
         seq = session.next_seq
         session.next_seq += 1
         head = session.head(batch, cert.cert_id, subject is not None)

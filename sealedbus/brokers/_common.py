@@ -224,6 +224,15 @@ def application_headers(headers: Mapping[str, HeaderValue]) -> dict[str, HeaderV
     return {k: v for k, v in headers.items() if k not in RESERVED_HEADERS}
 
 
+def take_bound_key(headers: dict[str, HeaderValue], broker_key: bytes | str | None) -> None:
+    """``check_bound_key``, then leave only the application's headers in ``headers``
+    (``application_headers``) in place: for a map fresh from the opener that nothing else holds
+    yet (a copy per message costs as much as the check). Raises UnauthenticEnvelope."""
+    check_bound_key(headers, broker_key)
+    headers.pop(BROKER_KEY_HEADER, None)
+    headers.pop(SEALED_KEY_HEADER, None)
+
+
 class OpenedRecord:
     """What adapters hand the application: the opened ``message`` and the broker's ``record``.
 

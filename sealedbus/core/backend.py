@@ -389,8 +389,21 @@ class NativeCore:
 
 
 def decode_headers(packed: bytes) -> dict[str, HeaderValue]:
-    """The sealed headers the native core split off the plaintext (``h`` > 0 bytes)."""
-    return envelope.decode_inner(len(packed).to_bytes(2, "big") + packed)[0]
+    """The sealed headers the native core split off the plaintext (``h`` > 0 bytes).
+
+    Messages in a row mostly carry the same headers (RabbitMQ binds the routing key into each):
+    the last bytes decoded are kept with their headers, and a hit hands out a fresh copy (the
+    caller may change it). The values are immutable (str, bytes, int); one map is kept."""
+    global _last_headers  # noqa: PLW0603 - a one-entry cache, replaced whole (thread-safe)
+    last = _last_headers
+    if last[0] == packed:
+        return dict(last[1])
+    headers = envelope.decode_headers(packed)
+    _last_headers = (bytes(packed), dict(headers))
+    return headers
+
+
+_last_headers: tuple[bytes, dict[str, HeaderValue]] = (b"", {})
 
 
 def _refusal(reason: Reason) -> InvalidEnvelope:

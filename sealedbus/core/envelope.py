@@ -74,31 +74,26 @@ class SessionContext:
         return h.digest()
 
 
-def _is_header(key: object, value: object) -> bool:
-    return (
-        isinstance(key, str)
-        and isinstance(value, str | bytes | int)
-        and value is not True
-        and value is not False
-    )
+_HEADER_TYPES = (str, bytes, int)  # of a sealed header's value (not bool)
 
 
-def _unique_pairs(pairs: list[tuple[object, object]]) -> dict[object, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate header name")
-    return result
-
-
-def pack_headers(headers: Headers | None) -> bytes:
+def pack_headers(headers: Headers | None, packer: msgpack.Packer | None = None) -> bytes:
     """The sealed headers as the inner payload carries them after their u16 length (b"" for
-    none). Raises TypeError or ValueError for headers that ``decode_inner`` would refuse."""
+    none). Raises TypeError or ValueError for headers that ``decode_inner`` would refuse.
+
+    ``packer``: a ``msgpack.Packer(use_bin_type=True)`` the caller reuses (and never shares
+    between threads at once): ``msgpack.packb`` makes one, and allocates its buffer, per call."""
     if not headers:
         return b""
-    if not all(_is_header(k, v) for k, v in headers.items()):
-        raise TypeError("sealed headers map str to str, bytes or int (not bool)")
+    for key, value in headers.items():  # names str; values of _HEADER_TYPES
+        if not isinstance(key, str) or not isinstance(value, _HEADER_TYPES) or type(value) is bool:
+            raise TypeError("sealed headers map str to str, bytes or int (not bool)")
+    plain = headers if type(headers) is dict else dict(headers)
     try:
-        packed = bytes(msgpack.packb(dict(headers), use_bin_type=True))
+        if packer is None:
+            packed = bytes(msgpack.packb(plain, use_bin_type=True))
+        else:
+            packed = bytes(packer.pack(plain))
     except OverflowError:
         raise ValueError("header integers must fit in 64 bits") from None
     if len(packed) > MAX_HEADERS_BYTES:
@@ -120,17 +115,36 @@ def decode_inner(plaintext: bytes) -> tuple[dict[str, HeaderValue], bytes]:
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers truncated")
     if n == 0:
         return {}, plaintext[2:]
+    return decode_headers(plaintext[2 : 2 + n]), plaintext[2 + n :]
+
+
+def decode_headers(packed: bytes) -> dict[str, HeaderValue]:
+    """The sealed headers from their ``h`` > 0 packed bytes: a map of unique str names to str,
+    bytes or int (not bool) values, not empty. Raises MalformedEnvelope."""
     try:
-        headers = msgpack.unpackb(
-            plaintext[2 : 2 + n], raw=False, strict_map_key=True, object_pairs_hook=_unique_pairs
-        )
+        headers = msgpack.unpackb(packed, raw=False, strict_map_key=True)
     except (ValueError, TypeError):
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse") from None
-    if not isinstance(headers, dict) or not all(_is_header(k, v) for k, v in headers.items()):
+    if type(headers) is not dict:
         raise MalformedEnvelope(Reason.MALFORMED, "inner headers are not a string map")
+    if len(headers) != _map_size(packed):  # a name given twice: msgpack kept the last value
+        raise MalformedEnvelope(Reason.MALFORMED, "inner headers do not parse")
+    for key, value in headers.items():  # names str; values of _HEADER_TYPES
+        if not isinstance(key, str) or not isinstance(value, _HEADER_TYPES) or type(value) is bool:
+            raise MalformedEnvelope(Reason.MALFORMED, "inner headers are not a string map")
     if not headers:  # no headers are encoded as h = 0: one encoding, so one signed byte string
         raise MalformedEnvelope(Reason.MALFORMED, "empty header map with h > 0")
-    return headers, plaintext[2 + n :]
+    return headers
+
+
+def _map_size(packed: bytes) -> int:
+    """The number of entries the msgpack map in ``packed`` declares (it parsed as a map)."""
+    first = packed[0]
+    if first == 0xDE:  # map 16
+        return int.from_bytes(packed[1:3], "big")
+    if first == 0xDF:  # map 32
+        return int.from_bytes(packed[1:5], "big")
+    return first & 0x0F  # fixmap: 0x80-0x8f
 
 
 def draft(

@@ -65,6 +65,7 @@ def test_properties_are_sealed_and_expiration_follows_the_envelope(
         delivery_mode=2,
     )
     pub.basic_publish(world.topic, "rk", b'{"x": 1}', props)
+    assert props.headers == {"patient": "p-1"} and props.content_type == "application/json"
     raw_method, raw_props, raw_body = pub.channel.basic_get(f"{world.topic}.tap", auto_ack=True)
     assert raw_method is not None
     assert raw_props.headers is None and raw_props.content_type == SEALED_CONTENT_TYPE
@@ -175,6 +176,31 @@ def test_moved_to_another_exchange_is_dead_lettered(world: World, connect: Any) 
     assert message.body == b"sentinel"
     dead = world.driver.dead_letters(other)
     assert dead == [(Reason.BAD_SIGNATURE.value, body)]
+
+
+def test_moved_to_another_routing_key_is_dead_lettered(world: World, connect: Any) -> None:
+    """The routing key is sealed into every envelope (``bind_key``) and checked on delivery: a
+    broker or shovel re-publishing it under another routing key cannot pass it off as sent
+    there. What reaches the application carries only its own headers."""
+    pub = producer(world, connect())
+    props = pika.BasicProperties(headers={"h": "v"}, content_type="text/plain")
+    pub.basic_publish(world.topic, "orders.eu", b"for orders.eu", props)
+    raw = connect().channel()
+    method, raw_props, body = raw.basic_get(f"{world.topic}.q", auto_ack=True)  # intercepted
+    assert method is not None and method.routing_key == "orders.eu"
+    raw.confirm_delivery()  # in the queue before the sentinel
+    raw.basic_publish(world.topic, "orders.us", body, raw_props)  # same exchange, other key
+    pub.basic_publish(world.topic, "orders.eu", b"sentinel", props)
+    sub = consumer(world, connect())
+    [(method, _, message)] = drain(sub, f"{world.topic}.q", 1)
+    sub.basic_ack(method.delivery_tag)
+    assert (method.routing_key, message.body, message.headers, message.content_type) == (
+        "orders.eu",
+        b"sentinel",
+        {"h": "v"},
+        "text/plain",
+    )
+    assert world.driver.dead_letters(world.topic) == [(Reason.BAD_SIGNATURE.value, body)]
 
 
 def test_tls_with_the_test_ca(world: World, amqp_tls: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pika.exceptions
 import pytest
 
-from sealedbus import LocalKeyService, Sealer
+from sealedbus import LocalKeyService, Opener, Sealer
 from sealedbus.brokers.rabbitmq import BatchNotPublished, SealedChannel, translate_errors
 from sealedbus.errors import BrokerError, ConfigurationError
 
@@ -88,3 +88,43 @@ def test_a_final_failure_mid_batch_drops_the_failed_message_only() -> None:
     assert len(info.value.unpublished) == 3  # the failed one and the two after it
     assert len(sealed.unpublished) == 2  # retrying the unroutable one cannot help
     assert isinstance(info.value.__cause__, pika.exceptions.UnroutableError)
+
+
+class _Deliveries:
+    """A channel whose ``consume`` raises ``error`` at the first delivery."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.connection = self
+
+    def channel(self) -> Any:
+        return _Deliveries(self.error)
+
+    def confirm_delivery(self) -> None:
+        pass
+
+    def consume(self, queue: str, **_: Any) -> Any:
+        raise self.error
+        yield  # a generator, as pika's
+
+
+@pytest.mark.parametrize(
+    ("raised", "retryable"),
+    [(pika.exceptions.AMQPConnectionError("lost"), True), (ValueError("bad"), False)],
+)
+def test_a_failure_while_consuming_becomes_a_broker_error(
+    raised: Exception, retryable: bool
+) -> None:
+    ks = LocalKeyService()
+    ks.create_topic("t", producers=["p"], consumers=["c"])
+    opener = Opener(ks.enroll("c"))
+    channel = SealedChannel(_Deliveries(raised), opener=opener, declare_dead_letter=False)
+    with pytest.raises(BrokerError) as info:
+        next(channel.consume("q"))
+    assert info.value.retryable is retryable
+    assert info.value.__cause__ is raised
+    other = SealedChannel(
+        _Deliveries(RuntimeError("ours")), opener=opener, declare_dead_letter=False
+    )
+    with pytest.raises(RuntimeError):
+        next(other.consume("q"))

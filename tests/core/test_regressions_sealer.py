@@ -134,11 +134,21 @@ ARGUMENTS: dict[str, dict[str, Any]] = {
     "ttl": {"ttl": 5.0},
     "type": {"content_type": "text/plain"},
     "headers": {"headers": {"k": 1}},
+    "empty": {"headers": {}},
+    # as SealedChannel.basic_publish seals them: the routing key bound, the content type sealed
+    "bound": {"headers": {"sealedbus.broker-key": b"orders.eu"}, "content_type": "app/json"},
+    "many": {
+        "headers": {"a": "\u00e9", "b": b"\x00", "n": -(2**63), "m": 2**64 - 1},
+        "content_type": "text/plain; charset=utf-8",
+        "ttl": 0.25,
+    },
     "subject": {"subject": "P-1"},
+    "subject+headers": {"subject": "P-2", "headers": {"k": "v"}, "content_type": "t"},
 }
+KINDS = ["plain", "plain", "ttl", "type", "headers", "empty", "bound", "bound", "many"]
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["plain", "plain", "plain", "ttl", "type", "headers", "subject", "seal"]),
+        st.sampled_from([*KINDS, "subject", "subject+headers", "seal", "seal+bound", "seal+many"]),
         st.sampled_from(["orders", "mirror", "audit"]),  # "audit": only after a policy change
         st.integers(-300, 700),  # ms the clock moves first (a wall clock may step back)
         st.sampled_from([None, None, None, "rotate", "policy"]),  # and what changes first
@@ -150,7 +160,7 @@ steps = st.lists(
 
 def _outcome(sealer: Sealer, kind: str, topic: str, kwargs: dict[str, Any]) -> object:
     try:
-        if kind == "seal":
+        if kind.startswith("seal"):
             return sealer.seal(topic, b"one", **kwargs)
         return [(s.topic, s.envelope) for s in sealer.add(topic, b"m", **kwargs)]
     except KeyServiceError as exc:  # refused (not a producer) or no epoch (clock set back)
@@ -166,7 +176,8 @@ def test_fast_path_cannot_outlive_a_check_the_full_path_makes(
     """``add`` and ``seal`` skip the identity, certificate, epoch and session checks for a topic
     until the earliest moment one of them could change; sealed with the shortcut, every
     envelope must be the one the full path seals, across epoch checks, rotations, certificates
-    reissued, session age and message limits."""
+    reissued, session age and message limits, with and without sealed headers, content type
+    and ttl (the shortcut carries them as the full path does)."""
     world = make_world()
     sealers = [
         Sealer(
@@ -190,7 +201,7 @@ def test_fast_path_cannot_outlive_a_check_the_full_path_makes(
         elif change == "policy":  # the producer's certificate is reissued (another topic)
             producers = ["producer2"] if len(producers) == 2 else ["producer2", "producer"]
             world.ks.set_policy("audit", producers=producers)
-        kwargs = ARGUMENTS.get(kind, {})
+        kwargs = ARGUMENTS.get(kind.removeprefix("seal+"), {})
         out = [_outcome(s, kind, topic, kwargs) for s in sealers]
         assert out[0] == out[1]
     assert [(b.topic, b.envelope) for b in sealers[0].flush()] == [
@@ -210,3 +221,39 @@ def test_fast_path_ends_when_the_producer_is_removed(world: World) -> None:
         sealer.add("orders", b"x")
     with pytest.raises(AccessDenied):
         sealer.seal("orders", b"x")
+
+
+def test_fast_path_seals_headers_content_type_and_ttl(world: World) -> None:
+    """Messages with sealed headers, a content type or a ttl (every RabbitMQ publish binds its
+    routing key in the headers) take the topic's fast path, and still carry exactly what the
+    caller sealed: a fast path that dropped or reused them would open with other headers."""
+    sealer = world.sealer(batch_size=4)
+    sealer.seal("orders", b"warm")
+    sealer.add("orders", b"warm")
+    sealer.flush()
+
+    def no_full_path(*_: object, **__: object) -> None:
+        raise AssertionError("took the full path")
+
+    sealer._draft = no_full_path  # type: ignore[assignment, method-assign]
+    sent: list[tuple[dict[str, Any], str, float | None]] = [
+        ({"sealedbus.broker-key": b"a.b", "n": 1}, "app/json", None),
+        ({"sealedbus.broker-key": b"a.c", "n": 1}, "", 5.0),
+        ({}, "text/plain", None),
+    ]
+    with pytest.raises(ConfigurationError):  # refused before it is given a sequence number
+        sealer.add("orders", b"x", headers={"big": 2**64})
+    with pytest.raises(ConfigurationError):
+        sealer.add("orders", b"x", headers={"flag": True})
+    for h, t, ttl in sent:
+        assert sealer.add("orders", b"batch", headers=h, content_type=t, ttl=ttl) == []
+    envelopes = [s.envelope for s in sealer.flush()]
+    envelopes += [
+        sealer.seal("orders", b"single", headers=h, content_type=t, ttl=ttl) for h, t, ttl in sent
+    ]
+    opener = world.opener()
+    opened = [opener.open("orders", e) for e in envelopes]
+    expected = [*sent, *sent]
+    assert [(m.headers, m.content_type, m.expires_at is not None) for m in opened] == [
+        (h, t, ttl is not None) for h, t, ttl in expected
+    ]

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealedbus import InvalidEnvelope, Reason
-from sealedbus.core import envelope, suites, wire
+from sealedbus.core import backend, envelope, suites, wire
 from sealedbus.core.replay import ReplayWindow, Seen
 from sealedbus.core.signed import Certificate, SignatureError
 from sealedbus.core.suites import Suite
@@ -130,6 +130,16 @@ def test_duplicate_or_boolean_sealed_headers_are_refused() -> None:
     packed = b"\x82\xa1a\xa1x\xa1a\xa1y"
     with pytest.raises(MalformedEnvelope):
         envelope.decode_inner(len(packed).to_bytes(2, "big") + packed + b"body")
+    # the same as a map 16 and a map 32 (msgpack keeps the last value of a name given twice)
+    for packed in (
+        b"\xde\x00\x02\xa1a\xa1x\xa1a\xa1y",
+        b"\xdf\x00\x00\x00\x02\xa1a\xa1x\xa1a\xa1y",
+    ):
+        with pytest.raises(MalformedEnvelope):
+            envelope.decode_inner(len(packed).to_bytes(2, "big") + packed + b"body")
+        with pytest.raises(MalformedEnvelope):
+            backend.decode_headers(packed)
+    assert envelope.decode_inner(b"\x00\x07\xde\x00\x01\xa1a\xa1x") == ({"a": "x"}, b"")
     packed_bool = msgpack.packb({"flag": True})
     with pytest.raises(MalformedEnvelope):
         envelope.decode_inner(len(packed_bool).to_bytes(2, "big") + packed_bool)
@@ -151,3 +161,32 @@ def test_certificate_id_hashes_the_signed_bytes_not_a_reencoding() -> None:
     cert = Certificate.verify(signed_bytes, root.public_key())
     assert cert.serial == 7
     assert cert.cert_id == hashlib.sha256(longer).digest()[:16]
+
+
+def test_sealed_headers_changed_by_one_reader_do_not_reach_the_next_message(world: World) -> None:
+    """The headers of messages in a row are decoded once (``backend.decode_headers`` keeps the
+    last): each message must still get a map of its own, and the kept one must not be the one
+    handed out, or an application changing one message's headers would change the next's."""
+    sealer, opener = world.sealer(), world.opener()
+    sealed: dict[str, envelope.HeaderValue] = {"sealedbus.broker-key": b"k", "n": 1}
+    for batch in (False, True):
+        if batch:
+            envelopes = [
+                s.envelope for _ in range(3) for s in sealer.add("orders", b"m", headers=sealed)
+            ]
+            envelopes += [s.envelope for s in sealer.flush()]
+        else:
+            envelopes = [sealer.seal("orders", b"m", headers=sealed) for _ in range(3)]
+        first, second, third = (opener.open("orders", e) for e in envelopes)
+        first.headers["n"] = 2
+        del second.headers["sealedbus.broker-key"]
+        assert third.headers == sealed
+        assert first.headers is not third.headers
+    packed = envelope.pack_headers(sealed)
+    decoded = backend.decode_headers(packed)
+    decoded.clear()
+    assert backend.decode_headers(packed) == sealed
+    assert backend.decode_headers(envelope.pack_headers({"n": 1})) == {"n": 1}
+    with pytest.raises(MalformedEnvelope):  # a refusal is not kept, nor does a kept map pass it
+        backend.decode_headers(packed[:-1])
+    assert backend.decode_headers(packed) == sealed
