@@ -173,8 +173,16 @@ enum Outcome {
     Refused(Reason),
 }
 
-/// A signature to check: verifier, signature, signed message, the envelopes it decides.
-type Job<'a> = (&'a Verifier, [u8; 64], Vec<u8>, Vec<usize>);
+/// What a signature signs: a batch root's signed bytes, or an envelope's signed content
+/// (session keys, header, ciphertext), built only when checked, into one buffer reused.
+enum Signed<'a> {
+    Root(Vec<u8>),
+    Message(&'a SessionKeys, &'a [u8], &'a [u8]),
+}
+
+/// A signature to check: verifier, signature, what it signs, the envelope it decides (and, for
+/// a batch root, the others of its tree in this call).
+type Job<'a> = (&'a Verifier, [u8; 64], Signed<'a>, usize, Vec<usize>);
 /// A batch root to remember once its signature verified: tree, index, size, leaf, path.
 type Learn<'a> = (Vec<u8>, u16, u16, [u8; 32], &'a [u8]);
 
@@ -204,11 +212,12 @@ impl<'a> Plan<'a> {
         };
         let key = [&tree[..], &root].concat();
         match self.roots.get(&key) {
-            Some(j) => self.jobs[*j].3.push(i),
+            Some(j) => self.jobs[*j].4.push(i),
             None => {
                 self.roots.insert(key, self.jobs.len());
                 let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
-                self.jobs.push((verifier, sig, msg, vec![i]));
+                self.jobs
+                    .push((verifier, sig, Signed::Root(msg), i, Vec::new()));
                 self.learn.push(Some((tree, index, size, leaf, path)));
             }
         }
@@ -217,19 +226,26 @@ impl<'a> Plan<'a> {
     /// Check every signature planned; remember the verified trees, refuse the envelopes of
     /// the others.
     fn run(self, cache: &RootCache, refused: &mut [Option<Reason>]) {
-        let checks: Vec<(&Verifier, [u8; 64], &[u8])> = self
+        let mut signed = Vec::new();
+        // one by one, as `crypto::verify_many`
+        let verdicts: Vec<bool> = self
             .jobs
             .iter()
-            .map(|(v, s, m, _)| (*v, *s, m.as_slice()))
+            .map(|(v, sig, what, _, _)| match what {
+                Signed::Root(m) => v.verify(sig, m),
+                Signed::Message(keys, header, ct) => {
+                    keys.message_signing_input_into(&mut signed, header, ct);
+                    v.verify(sig, &signed)
+                }
+            })
             .collect();
-        let verdicts = crypto::verify_many(&checks);
         for ((good, job), key) in verdicts.iter().zip(&self.jobs).zip(self.learn) {
             if *good {
                 if let Some((tree, index, size, leaf, path)) = key {
                     cache.insert(tree, index, size, leaf, path);
                 }
             } else {
-                for i in &job.3 {
+                for i in std::iter::once(&job.3).chain(&job.4) {
                     refused[*i] = Some(Reason::BadSignature);
                 }
             }
@@ -274,8 +290,9 @@ fn open_all(items: &[OpenJob], cache: &RootCache) -> Vec<Outcome> {
                 plan.jobs.push((
                     verifier,
                     sig,
-                    keys.message_signing_input(header, ct),
-                    vec![i],
+                    Signed::Message(keys, header, ct),
+                    i,
+                    Vec::new(),
                 ));
                 plan.learn.push(None);
             }
