@@ -6,6 +6,7 @@ fast path holds the sender and the session), then compare its verdicts with the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pytest
@@ -253,3 +254,71 @@ def test_the_fast_path_admits_with_the_floors_carried_over() -> None:
     assert verdicts["native"] == verdicts["pure"]
     assert verdicts["native"][:5] == ["duplicate"] * 4 + ["opened b'm5' {}"]
     assert verdicts["native"][-1] == "opened b'm3' {}"  # a floor is not exact: not elsewhere
+
+
+def test_replays_are_caught_once_the_fast_path_holds_the_windows_own_keys() -> None:
+    """The Python steps make a session's replay window under their own key tuples; the fast path
+    then takes the window's key objects (found by identity from the next call on). Whichever
+    objects it looks up with, the window must stay the one window of the session."""
+    warm, *envelopes = _sealed(batch=False, n=8)
+    opener = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    opener.open("orders", warm)  # the window: made by the Python steps
+    now = T0_MS
+    _, _, sender_key, session_key = opener._fast.open(
+        [("orders", envelopes[0])], now, opener._trees
+    )[0][0]
+    first = opener.open_many([("orders", e) for e in envelopes[:4]])  # the keys taken here
+    _, _, held_sender, held_session = opener._fast.open(
+        [("orders", envelopes[0])], now, opener._trees
+    )[0][0]
+    assert (held_sender, held_session) == (sender_key, session_key)
+    assert held_sender is not sender_key and held_session is not session_key
+    later = opener.open_many([("orders", e) for e in envelopes[4:]])  # found by identity
+    assert [_verdict(r) for r in first + later] == [f"opened b'm{i}' {{}}" for i in range(1, 9)]
+    again = opener.open_many([("orders", e) for e in [warm, *envelopes]])
+    assert [getattr(r, "reason", r) for r in again] == [Reason.DUPLICATE] * 9
+    rejected(lambda: opener.open("orders", envelopes[5]), Reason.DUPLICATE)  # the slow path's
+    message = later[1]
+    assert isinstance(message, OpenedMessage)
+    opener.release(message)  # the Python side's keys: the same window
+    assert [_verdict(r) for r in opener.open_many([("orders", envelopes[5])] * 2)] == [
+        "opened b'm6' {}",
+        "duplicate",
+    ]
+
+
+def test_the_fast_path_builds_any_message_type_as_its_init_would() -> None:
+    """The fast path fills the message type's slots through their descriptors; a type without
+    slots (fields in the instance dict) gets the same fields through generic setattr."""
+
+    @dataclass(frozen=True)
+    class Plain:
+        body: bytes
+        headers: dict[str, Any]
+        topic: str
+        sender: str | None
+        epoch: int
+        sequence: int
+        sent_at: float
+        content_type: str = ""
+        expires_at: float | None = None
+        session: bytes = b""
+        scope: Any = None
+        subject_key_id: bytes | None = None
+
+    warm, *envelopes = _sealed(batch=False, n=3, ttl=60.0)
+    slotted = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    plain = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
+    plain._fast = backend.NATIVE.new_open_table(  # type: ignore[union-attr]
+        Plain, plain._skew_ms, plain._max_age_ms, plain.max_envelope
+    )
+    for opener in (slotted, plain):
+        opener.open("orders", warm)
+    items = [("orders", e, 7) for e in envelopes]
+    fast = slotted.open_many(items)
+    other: list[Any] = plain.open_many(items)
+    assert all(type(p) is Plain for p in other)
+    for m, p in zip(fast, other, strict=True):
+        assert type(m) is OpenedMessage
+        assert {f.name: getattr(m, f.name) for f in fields(m)} == vars(p)
+        assert m.expires_at == m.sent_at + 60.0 and m.scope == 7

@@ -155,7 +155,16 @@ impl SessionKeys {
 
     /// SPEC.md 5.1 signed content, prefixed for a per-message signature (5.2).
     pub fn message_signing_input(&self, header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(
+        let mut v = Vec::new();
+        self.message_signing_input_into(&mut v, header, ciphertext);
+        v
+    }
+
+    /// `message_signing_input` written into `v` (cleared first): a buffer reused from one
+    /// envelope to the next.
+    pub fn message_signing_input_into(&self, v: &mut Vec<u8>, header: &[u8], ciphertext: &[u8]) {
+        v.clear();
+        v.reserve(
             wire::SIGN_MESSAGE.len()
                 + self.leaf_prefix.len()
                 + header.len()
@@ -167,7 +176,6 @@ impl SessionKeys {
         v.extend_from_slice(header);
         v.extend_from_slice(self.commitment.as_ref());
         v.extend_from_slice(ciphertext);
-        v
     }
 
     /// Merkle leaf hash of the signed content (5.3), without building it.

@@ -15,6 +15,7 @@
 //! opened each envelope.
 
 use std::collections::HashMap;
+use std::ptr;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
@@ -24,7 +25,7 @@ use pyo3::{ffi, intern};
 
 use crate::replay::{Key, ReplayGuard, Seen};
 use crate::wire::{self, FLAG_BATCH, HEADER_FIXED};
-use crate::{open_all, OpenItem, Outcome, RootCache, Session, VerifyingKey};
+use crate::{open_all, OpenJob, Outcome, RootCache, Session, VerifyingKey};
 
 const SUITE_X25519: u8 = 1;
 
@@ -43,6 +44,7 @@ struct Sender {
 /// A session whose first envelope's signature verified, with its epoch's time limits.
 struct Joined {
     session: Py<Session>,
+    epoch: u32,
     key: Py<PyTuple>, // (epoch, session id): the opener's replay key of the session
     replay: Key,
     not_before_ms: i128,
@@ -61,10 +63,37 @@ struct Topic {
 /// highest sequence number handled.
 type Floors = HashMap<String, Vec<(Key, HashMap<[u8; 8], i64>)>>;
 
+/// The fields of the opener's `OpenedMessage`, in the order `OpenTable::open` gives them.
+const FIELDS: [&str; 12] = [
+    "body",
+    "headers",
+    "topic",
+    "sender",
+    "epoch",
+    "sequence",
+    "sent_at",
+    "content_type",
+    "expires_at",
+    "session",
+    "scope",
+    "subject_key_id",
+];
+
+/// How a field of the message type is set: its name and, when the attribute the type's MRO
+/// holds under that name is a data descriptor (a slot's member descriptor), that descriptor
+/// and its setter, which `PyObject_GenericSetAttr` would find and call for every instance.
+struct Setter {
+    name: Py<PyString>,
+    descriptor: Option<(Py<PyAny>, ffi::descrsetfunc)>,
+}
+
 /// The senders and sessions of one opener that may take the fast path, and its settings.
 #[pyclass(frozen, module = "sealedbus.core._native")]
 pub struct OpenTable {
     message_type: Py<PyType>, // the opener's OpenedMessage (a frozen dataclass with slots)
+    // how `object.__new__(message_type)` allocates (None: ask `object.__new__` itself)
+    alloc: Option<ffi::allocfunc>,
+    setters: Vec<Setter>, // one per name of FIELDS
     // `backend.decode_headers`: sealed headers of a message admitted here are decoded first
     decode_headers: Option<Py<PyAny>>,
     topics: Mutex<HashMap<String, Topic>>,
@@ -83,14 +112,22 @@ impl OpenTable {
         message_type, skew_ms, max_age_ms, max_envelope, capacity = 100_000, decode_headers = None
     ))]
     fn new(
+        py: Python<'_>,
         message_type: Py<PyType>,
         skew_ms: i64,
         max_age_ms: Option<i64>,
         max_envelope: usize,
         capacity: usize,
         decode_headers: Option<Py<PyAny>>,
-    ) -> Self {
-        OpenTable {
+    ) -> PyResult<Self> {
+        let cls = message_type.bind(py);
+        let setters = FIELDS
+            .iter()
+            .map(|name| setter(cls, name))
+            .collect::<PyResult<_>>()?;
+        Ok(OpenTable {
+            alloc: allocator(cls),
+            setters,
             message_type,
             decode_headers,
             topics: Mutex::new(HashMap::new()),
@@ -100,7 +137,7 @@ impl OpenTable {
             skew_ms: skew_ms.into(),
             max_age_ms: max_age_ms.map(i128::from),
             max_envelope,
-        }
+        })
     }
 
     /// A sender the opener checked for `topic` (see `Sender`).
@@ -161,6 +198,7 @@ impl OpenTable {
         .unbind();
         let joined = Joined {
             session,
+            epoch,
             replay: Key::new(key.bind(py).as_any())?,
             key,
             not_before_ms: not_before_ms.into(),
@@ -244,39 +282,71 @@ impl OpenTable {
         guard: Option<&ReplayGuard>,
     ) -> PyResult<(Vec<Option<Bound<'py, PyAny>>>, bool)> {
         let mut accepted: Vec<Taken<'py>> = Vec::new();
-        let mut jobs: Vec<OpenItem> = Vec::new();
+        // the senders and sessions the accepted envelopes use, each run of envelopes of the
+        // same sender and session sharing one (references taken once per run, not per envelope)
+        let mut entries: Vec<Entry> = Vec::new();
         {
             let Ok(topics) = self.topics.lock() else {
                 return Ok((vec![None; items.len()], false));
             };
+            let mut topic_seen: Option<(&str, &Topic)> = None;
+            let mut last: Option<Last> = None;
+            let mut run: Option<(&Sender, &Joined)> = None; // of the last entry
             for (i, item) in items.iter().enumerate() {
                 let Some((topic_obj, topic, data, scope)) = unpack(item) else {
                     continue;
                 };
-                let Some(t) = topics.get(&*topic) else {
+                let t = match topic_seen {
+                    Some((name, t)) if name == &*topic => t,
+                    _ => {
+                        let Some((name, t)) = topics.get_key_value(&*topic) else {
+                            continue;
+                        };
+                        topic_seen = Some((name.as_str(), t));
+                        t
+                    }
+                };
+                let Some((sender, joined, fields)) = self.check(t, &data, now_ms.into(), &mut last)
+                else {
                     continue;
                 };
-                if let Some(a) = self.check(py, t, &data, now_ms.into()) {
-                    jobs.push((a.session.clone_ref(py), a.verifier.clone_ref(py), data));
-                    accepted.push((i, a.fields, topic_obj, scope, topic));
+                if !matches!(run, Some((s, j)) if ptr::eq(s, sender) && ptr::eq(j, joined)) {
+                    entries.push(Entry::new(py, &topic, sender, joined)?);
+                    run = Some((sender, joined));
                 }
+                let entry = entries.len() - 1;
+                accepted.push(Taken {
+                    i,
+                    entry,
+                    fields,
+                    topic_obj,
+                    scope,
+                    topic,
+                    data,
+                });
             }
         }
         let mut results: Vec<Option<Bound<'py, PyAny>>> = vec![None; items.len()];
-        if jobs.is_empty() {
+        if accepted.is_empty() {
             return Ok((results, false));
         }
+        let jobs: Vec<OpenJob> = accepted
+            .iter()
+            .map(|a| {
+                let e = &entries[a.entry];
+                (&e.session.get().keys, &e.verifier.get().0, &*a.data)
+            })
+            .collect();
         let outcomes = py.allow_threads(|| open_all(&jobs, cache));
-        let message_type = self.message_type.bind(py);
+        drop(jobs);
         let floors = Some(crate::replay::lock(py, &self.floors)).filter(|f| !f.is_empty());
         let mut finished = 0; // results[..finished] are final (admitted or refused here)
-        for ((i, a, topic, scope, topic_str), (outcome, job)) in
-            accepted.into_iter().zip(outcomes.into_iter().zip(&jobs))
-        {
+        for (a, outcome) in accepted.into_iter().zip(outcomes) {
             let Outcome::Opened(mut plain, at) = outcome else {
                 continue; // refused: the Python opener names the reason
             };
-            let data: &[u8] = &job.2;
+            let (i, f, data) = (a.i, &a.fields, &*a.data);
+            let e = &mut entries[a.entry];
             let ct_end = HEADER_FIXED + data[73] as usize;
             let content_type = std::str::from_utf8(&data[HEADER_FIXED..ct_end]).unwrap_or("");
             let body = PyBytes::new(py, &plain[at..]);
@@ -288,58 +358,46 @@ impl OpenTable {
                 Some(decode) if inline && at > 2 => decode.bind(py).call1((&headers,)).ok(),
                 _ => None,
             };
-            zeroize::Zeroize::zeroize(&mut plain);
-            let epoch = a.session_key.bind(py).get_item(0)?;
-            let scope_obj = scope.clone();
-            let session = [&data[9..25], &data[25..57]].concat();
-            let expires_at = if a.ttl_ms == 0 {
+            crate::wipe(&mut plain);
+            let expires_at = if f.ttl_ms == 0 {
                 py.None().into_bound(py)
             } else {
-                ((a.sent_at_ms as f64 + f64::from(a.ttl_ms)) / 1000.0)
+                ((f.sent_at_ms as f64 + f64::from(f.ttl_ms)) / 1000.0)
                     .into_pyobject(py)?
                     .into_any()
             };
-            let fields: [(&Bound<'py, PyString>, Bound<'py, PyAny>); 12] = [
-                (intern!(py, "body"), body.into_any()),
-                (
-                    intern!(py, "headers"),
-                    match &decoded {
-                        Some(d) => d.clone(),
-                        None => PyDict::new(py).into_any(),
-                    },
-                ),
-                (intern!(py, "topic"), topic),
-                (intern!(py, "sender"), a.member.into_bound(py).into_any()),
-                (intern!(py, "epoch"), epoch),
-                (intern!(py, "sequence"), a.seq.into_pyobject(py)?.into_any()),
-                (
-                    intern!(py, "sent_at"),
-                    (a.sent_at_ms as f64 / 1000.0).into_pyobject(py)?.into_any(),
-                ),
-                (
-                    intern!(py, "content_type"),
-                    PyString::new(py, content_type).into_any(),
-                ),
-                (intern!(py, "expires_at"), expires_at),
-                (
-                    intern!(py, "session"),
-                    PyBytes::new(py, &session).into_any(),
-                ),
-                (intern!(py, "scope"), scope),
+            // in the order of FIELDS
+            let values: [Bound<'py, PyAny>; 12] = [
+                body.into_any(),
+                match &decoded {
+                    Some(d) => d.clone(),
+                    None => PyDict::new(py).into_any(),
+                },
+                a.topic_obj,
+                e.member.bind(py).clone().into_any(),
+                e.epoch.bind(py).clone(),
+                f.seq.into_pyobject(py)?.into_any(),
+                (f.sent_at_ms as f64 / 1000.0).into_pyobject(py)?.into_any(),
+                PyString::new(py, content_type).into_any(),
+                expires_at,
+                // certificate id and session id, adjacent in the header
+                PyBytes::new(py, &data[9..57]).into_any(),
+                a.scope.clone(),
                 // never sealed for a subject: the fast path refuses every flag but batch
-                (intern!(py, "subject_key_id"), py.None().into_bound(py)),
+                py.None().into_bound(py),
             ];
-            let message = new_frozen(message_type, &fields)?;
+            let message = self.new_message(py, values)?;
             if let Some(guard) = guard.filter(|_| inline && (at == 2 || decoded.is_some())) {
-                if let Ok(scope) = Key::new(&scope_obj) {
-                    let floor = floors.as_ref().map_or(-1, |f| {
-                        floor_of(f, &topic_str, &scope, &data[9..25], a.epoch, &data[25..57])
+                if let Ok(scope) = Key::new(&a.scope) {
+                    let floor = floors.as_ref().map_or(-1, |fl| {
+                        floor_of(fl, &a.topic, &scope, &data[9..25], f.epoch, &data[25..57])
                     });
+                    e.admitted = true;
                     let seen = guard.admit_keys(
                         py,
-                        &a.sender_replay,
-                        &a.session_replay,
-                        a.seq.into(),
+                        &e.sender_replay,
+                        &e.session_replay,
+                        f.seq.into(),
                         &scope,
                         floor,
                     );
@@ -356,64 +414,126 @@ impl OpenTable {
                 [
                     message,
                     headers.into_any(),
-                    a.sender_key.into_bound(py).into_any(),
-                    a.session_key.into_bound(py).into_any(),
+                    e.sender_key.bind(py).clone().into_any(),
+                    e.session_key.bind(py).clone().into_any(),
                 ],
             )?;
             results[i] = Some(tuple.into_any());
+        }
+        if let Some(guard) = guard {
+            self.hold_guard_keys(py, guard, entries.iter().filter(|e| e.admitted));
         }
         let all = guard.is_some() && finished == results.len();
         Ok((results, all))
     }
 }
 
-/// An instance of a frozen dataclass with slots, its fields set as its generated `__init__`
-/// sets them (`object.__setattr__`), without the Python call per field.
-fn new_frozen<'py>(
-    cls: &Bound<'py, PyType>,
-    fields: &[(&Bound<'py, PyString>, Bound<'py, PyAny>)],
-) -> PyResult<Bound<'py, PyAny>> {
+/// The setter of field `name` of `cls` (see `Setter`): the attribute the MRO holds under that
+/// name, as `PyObject_GenericSetAttr` looks it up, kept when its type has a `__set__`.
+fn setter(cls: &Bound<'_, PyType>, name: &str) -> PyResult<Setter> {
     let py = cls.py();
-    let obj = py
-        .get_type::<pyo3::types::PyAny>()
-        .call_method1(intern!(py, "__new__"), (cls,))?;
-    for (name, value) in fields {
-        // SAFETY: three valid object pointers held by the GIL; -1 means a Python error is set
-        let rc =
-            unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
-        if rc != 0 {
-            return Err(PyErr::fetch(py));
+    let name = PyString::intern(py, name);
+    let mut descriptor = None;
+    for base in cls.getattr(intern!(py, "__mro__"))?.try_iter()? {
+        let namespace = base?.getattr(intern!(py, "__dict__"))?;
+        if namespace.contains(&name)? {
+            let raw = namespace.get_item(&name)?;
+            // SAFETY: a valid type object; a null slot means no `__set__`
+            let set =
+                unsafe { ffi::PyType_GetSlot(ffi::Py_TYPE(raw.as_ptr()), ffi::Py_tp_descr_set) };
+            if !set.is_null() {
+                // SAFETY: the slot Py_tp_descr_set holds a `descrsetfunc`
+                let set: ffi::descrsetfunc = unsafe { std::mem::transmute(set) };
+                descriptor = Some((raw.unbind(), set));
+            }
+            break;
         }
     }
-    Ok(obj)
+    Ok(Setter {
+        name: name.unbind(),
+        descriptor,
+    })
 }
 
-struct Accepted {
+/// What `object.__new__(cls)` calls to make the instance, `cls`'s `tp_alloc` (the class is
+/// not abstract, so that is all `object.__new__` does without arguments); None: an abstract
+/// class, or no such slot (`object.__new__` is asked, and says why not).
+fn allocator(cls: &Bound<'_, PyType>) -> Option<ffi::allocfunc> {
+    let tp = cls.as_type_ptr();
+    // SAFETY: a valid type object
+    let (flags, alloc) = unsafe {
+        (
+            ffi::PyType_GetFlags(tp),
+            ffi::PyType_GetSlot(tp, ffi::Py_tp_alloc),
+        )
+    };
+    if flags & ffi::Py_TPFLAGS_IS_ABSTRACT != 0 || alloc.is_null() {
+        return None;
+    }
+    // SAFETY: the slot Py_tp_alloc holds an `allocfunc`
+    Some(unsafe { std::mem::transmute::<*mut std::ffi::c_void, ffi::allocfunc>(alloc) })
+}
+
+/// A sender and a session of the table, as the envelopes of one run of them use them.
+struct Entry {
+    topic: String,
+    cert_id: [u8; 16],
+    epoch_number: u32,
+    session_id: [u8; 32],
+    admitted: bool, // an envelope of it went through the replay window here
+    session: Py<Session>,
+    verifier: Py<VerifyingKey>,
+    member: Py<PyString>,
+    epoch: Py<PyAny>,
     sender_key: Py<PyTuple>,
     session_key: Py<PyTuple>,
     sender_replay: Key,
     session_replay: Key,
+}
+
+impl Entry {
+    fn new(py: Python<'_>, topic: &str, sender: &Sender, joined: &Joined) -> PyResult<Self> {
+        Ok(Entry {
+            topic: topic.to_string(),
+            cert_id: sender.cert_id,
+            epoch_number: joined.epoch,
+            session_id: joined.session.get().keys.session_id,
+            admitted: false,
+            session: joined.session.clone_ref(py),
+            verifier: sender.verifier.clone_ref(py),
+            member: sender.member.clone_ref(py),
+            epoch: joined.key.bind(py).get_item(0)?.unbind(),
+            sender_key: sender.key.clone_ref(py),
+            session_key: joined.key.clone_ref(py),
+            sender_replay: sender.replay.clone_ref(py),
+            session_replay: joined.replay.clone_ref(py),
+        })
+    }
+}
+
+/// The header fields of an envelope the checks passed.
+struct Accepted {
     epoch: u32,
-    member: Py<PyString>,
     seq: u32,
     sent_at_ms: u64,
     ttl_ms: u32,
 }
 
-struct Checked<'a> {
-    session: &'a Py<Session>,
-    verifier: &'a Py<VerifyingKey>,
-    fields: Accepted,
-}
+/// The sender and session the last envelope that passed the checks used, in topic `.0`: the
+/// next one of the same sender or session needs no lookup.
+type Last<'a> = (&'a Topic, &'a Sender, &'a Joined);
 
-/// An envelope the checks passed: its index, fields, topic object, scope and topic.
-type Taken<'py> = (
-    usize,
-    Accepted,
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    PyBackedStr,
-);
+/// An envelope the checks passed: its index, its sender and session (in `entries`), fields,
+/// topic object, scope, topic and bytes.
+struct Taken<'py> {
+    i: usize,
+    entry: usize,
+    fields: Accepted,
+    topic_obj: Bound<'py, PyAny>,
+    scope: Bound<'py, PyAny>,
+    topic: PyBackedStr,
+    data: PyBackedBytes,
+}
 
 /// (topic object, topic, envelope, scope) of an item; None for anything else (the Python
 /// opener then deals with it).
@@ -468,6 +588,80 @@ fn u32_at(d: &[u8], at: usize) -> u32 {
 }
 
 impl OpenTable {
+    /// An instance of the message type (a frozen dataclass with slots) with `values` for
+    /// FIELDS, made as `object.__new__` makes it and its fields set as its generated
+    /// `__init__` sets them (`object.__setattr__`), without a Python call per field.
+    fn new_message<'py>(
+        &self,
+        py: Python<'py>,
+        values: [Bound<'py, PyAny>; 12],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cls = self.message_type.bind(py);
+        let obj = match self.alloc {
+            // SAFETY: the type's own allocator; null means a Python error is set
+            Some(alloc) => unsafe {
+                Bound::from_owned_ptr_or_err(py, alloc(cls.as_type_ptr(), 0))?
+            },
+            None => py
+                .get_type::<pyo3::types::PyAny>()
+                .call_method1(intern!(py, "__new__"), (cls,))?,
+        };
+        for (setter, value) in self.setters.iter().zip(&values) {
+            // SAFETY: valid object pointers held by the GIL; -1 means a Python error is set
+            let rc = unsafe {
+                match &setter.descriptor {
+                    Some((descriptor, set)) => {
+                        set(descriptor.as_ptr(), obj.as_ptr(), value.as_ptr())
+                    }
+                    None => ffi::PyObject_GenericSetAttr(
+                        obj.as_ptr(),
+                        setter.name.as_ptr(),
+                        value.as_ptr(),
+                    ),
+                }
+            };
+            if rc != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
+
+    /// For the senders and sessions of `entries`: the replay guard's own key objects, when it
+    /// holds equal ones (the Python steps made the window), so that its lookups for the next
+    /// envelopes find them by identity instead of comparing tuples.
+    fn hold_guard_keys<'e>(
+        &self,
+        py: Python<'_>,
+        guard: &ReplayGuard,
+        entries: impl Iterator<Item = &'e Entry>,
+    ) {
+        for e in entries {
+            let Some((sender, session)) = guard.held_keys(py, &e.sender_replay, &e.session_replay)
+            else {
+                continue;
+            };
+            let Ok(mut topics) = self.topics.lock() else {
+                return;
+            };
+            let Some(t) = topics.get_mut(&*e.topic) else {
+                continue;
+            };
+            if let Some(s) = t.senders.get_mut(&e.cert_id) {
+                if let Ok(key) = sender.object().bind(py).downcast::<PyTuple>() {
+                    s.key = key.clone().unbind();
+                    s.replay = sender;
+                }
+            }
+            if let Some(j) = t.sessions.get_mut(&(e.epoch_number, e.session_id)) {
+                if let Ok(key) = session.object().bind(py).downcast::<PyTuple>() {
+                    j.key = key.clone().unbind();
+                    j.replay = session;
+                }
+            }
+        }
+    }
+
     fn with_topic(&self, topic: &str, add: impl FnOnce(&mut Topic) -> bool) {
         let (Ok(mut topics), Ok(mut n)) = (self.topics.lock(), self.entries.lock()) else {
             return;
@@ -482,14 +676,16 @@ impl OpenTable {
     }
 
     /// SPEC.md 7 steps 1-7 for one envelope, as the Python opener runs them, reduced to "all
-    /// pass" (Some) or "let the Python opener decide" (None).
+    /// pass" (Some: the sender and session it uses, and its fields) or "let the Python opener
+    /// decide" (None). `last`: the sender and session of the last one that passed (the same
+    /// entries as the lookups would give, when the keys are equal), updated.
     fn check<'a>(
         &self,
-        py: Python<'_>,
         t: &'a Topic,
         data: &[u8],
         now: i128,
-    ) -> Option<Checked<'a>> {
+        last: &mut Option<Last<'a>>,
+    ) -> Option<(&'a Sender, &'a Joined, Accepted)> {
         // 1-2: size and layout; only the kinds this path knows (suite 1, no flag but batch)
         if data.len() > self.max_envelope || data.len() < HEADER_FIXED {
             return None;
@@ -513,34 +709,38 @@ impl OpenTable {
             return None;
         }
         // 5-6: a sender checked for this topic, its certificate valid when the envelope was sent
-        let sender = t.senders.get(&cert_id)?;
+        let held = last.filter(|(lt, _, _)| ptr::eq(*lt, t));
+        let sender = match held {
+            Some((_, s, _)) if s.cert_id == cert_id => s,
+            _ => t.senders.get(&cert_id)?,
+        };
         if sender.cert_id != cert_id
             || !(sender.not_before_ms <= sent && sent <= sender.not_after_ms)
         {
             return None;
         }
         // 7: a joined session of an epoch not destroyed, sent within the epoch, young enough
-        let joined = t.sessions.get(&(epoch, session_id))?;
+        let joined = match held {
+            Some((_, _, j))
+                if j.epoch == epoch && j.session.get().keys.session_id == session_id =>
+            {
+                j
+            }
+            _ => t.sessions.get(&(epoch, session_id))?,
+        };
         if now >= joined.destroy_after_ms
             || !(joined.not_before_ms - skew <= sent && sent <= joined.not_after_ms + skew)
             || (joined.max_age_ms != 0 && now > sent + joined.max_age_ms + skew)
         {
             return None;
         }
-        Some(Checked {
-            session: &joined.session,
-            verifier: &sender.verifier,
-            fields: Accepted {
-                sender_key: sender.key.clone_ref(py),
-                session_key: joined.key.clone_ref(py),
-                sender_replay: sender.replay.clone_ref(py),
-                session_replay: joined.replay.clone_ref(py),
-                epoch,
-                member: sender.member.clone_ref(py),
-                seq,
-                sent_at_ms,
-                ttl_ms,
-            },
-        })
+        *last = Some((t, sender, joined));
+        let fields = Accepted {
+            epoch,
+            seq,
+            sent_at_ms,
+            ttl_ms,
+        };
+        Some((sender, joined, fields))
     }
 }

@@ -164,14 +164,25 @@ impl RootCache {
 }
 
 type OpenItem = (Py<Session>, Py<VerifyingKey>, PyBackedBytes);
+/// What `open_all` opens: session keys, the sender's verifier, the envelope (borrowed from the
+/// Python objects the caller holds, so that no reference is counted per envelope).
+type OpenJob<'a> = (&'a SessionKeys, &'a Verifier, &'a [u8]);
 
 enum Outcome {
     Opened(Vec<u8>, usize), // plaintext, offset of the body
     Refused(Reason),
 }
 
-/// A signature to check: verifier, signature, signed message, the envelopes it decides.
-type Job<'a> = (&'a Verifier, [u8; 64], Vec<u8>, Vec<usize>);
+/// What a signature signs: a batch root's signed bytes, or an envelope's signed content
+/// (session keys, header, ciphertext), built only when checked, into one buffer reused.
+enum Signed<'a> {
+    Root(Vec<u8>),
+    Message(&'a SessionKeys, &'a [u8], &'a [u8]),
+}
+
+/// A signature to check: verifier, signature, what it signs, the envelope it decides (and, for
+/// a batch root, the others of its tree in this call).
+type Job<'a> = (&'a Verifier, [u8; 64], Signed<'a>, usize, Vec<usize>);
 /// A batch root to remember once its signature verified: tree, index, size, leaf, path.
 type Learn<'a> = (Vec<u8>, u16, u16, [u8; 32], &'a [u8]);
 
@@ -201,11 +212,12 @@ impl<'a> Plan<'a> {
         };
         let key = [&tree[..], &root].concat();
         match self.roots.get(&key) {
-            Some(j) => self.jobs[*j].3.push(i),
+            Some(j) => self.jobs[*j].4.push(i),
             None => {
                 self.roots.insert(key, self.jobs.len());
                 let msg = [wire::SIGN_BATCH_ROOT, &size.to_be_bytes(), &root].concat();
-                self.jobs.push((verifier, sig, msg, vec![i]));
+                self.jobs
+                    .push((verifier, sig, Signed::Root(msg), i, Vec::new()));
                 self.learn.push(Some((tree, index, size, leaf, path)));
             }
         }
@@ -214,19 +226,26 @@ impl<'a> Plan<'a> {
     /// Check every signature planned; remember the verified trees, refuse the envelopes of
     /// the others.
     fn run(self, cache: &RootCache, refused: &mut [Option<Reason>]) {
-        let checks: Vec<(&Verifier, [u8; 64], &[u8])> = self
+        let mut signed = Vec::new();
+        // one by one, as `crypto::verify_many`
+        let verdicts: Vec<bool> = self
             .jobs
             .iter()
-            .map(|(v, s, m, _)| (*v, *s, m.as_slice()))
+            .map(|(v, sig, what, _, _)| match what {
+                Signed::Root(m) => v.verify(sig, m),
+                Signed::Message(keys, header, ct) => {
+                    keys.message_signing_input_into(&mut signed, header, ct);
+                    v.verify(sig, &signed)
+                }
+            })
             .collect();
-        let verdicts = crypto::verify_many(&checks);
         for ((good, job), key) in verdicts.iter().zip(&self.jobs).zip(self.learn) {
             if *good {
                 if let Some((tree, index, size, leaf, path)) = key {
                     cache.insert(tree, index, size, leaf, path);
                 }
             } else {
-                for i in &job.3 {
+                for i in std::iter::once(&job.3).chain(&job.4) {
                     refused[*i] = Some(Reason::BadSignature);
                 }
             }
@@ -243,7 +262,7 @@ type Later<'a> = (
     (u16, u16, [u8; 32], &'a [u8]),
 );
 
-fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
+fn open_all(items: &[OpenJob], cache: &RootCache) -> Vec<Outcome> {
     let mut refused: Vec<Option<Reason>> = vec![None; items.len()];
     let mut layouts = Vec::with_capacity(items.len());
     let mut plan = Plan::default();
@@ -251,9 +270,7 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
     // take the cache's short walk instead of hashing their whole path twice
     let mut checking: HashSet<Vec<u8>> = HashSet::new();
     let mut later: Vec<Later> = Vec::new();
-    for (i, (s, v, data)) in items.iter().enumerate() {
-        let keys = &s.get().keys;
-        let verifier = &v.get().0;
+    for (i, &(keys, verifier, data)) in items.iter().enumerate() {
         let layout = match wire::parse(data) {
             Ok(l) => l,
             Err(r) => {
@@ -273,8 +290,9 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
                 plan.jobs.push((
                     verifier,
                     sig,
-                    keys.message_signing_input(header, ct),
-                    vec![i],
+                    Signed::Message(keys, header, ct),
+                    i,
+                    Vec::new(),
                 ));
                 plan.learn.push(None);
             }
@@ -322,17 +340,13 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
         .iter()
         .zip(layouts)
         .zip(refused)
-        .map(|(((s, _, data), layout), refused)| {
+        .map(|(((keys, _, data), layout), refused)| {
             if let Some(r) = refused {
                 return Outcome::Refused(r);
             }
             let layout = layout.expect("parsed");
             let header = &data[..layout.header_end];
-            match s
-                .get()
-                .keys
-                .decrypt(wire::Layout::seq(data), header, &data[layout.ciphertext..])
-            {
+            match keys.decrypt(wire::Layout::seq(data), header, &data[layout.ciphertext..]) {
                 Err(r) => Outcome::Refused(r),
                 Ok(plain) => {
                     if plain.len() < 2 {
@@ -349,6 +363,16 @@ fn open_all(items: &[OpenItem], cache: &RootCache) -> Vec<Outcome> {
         .collect()
 }
 
+/// Zeroize a plaintext buffer, its spare capacity too (what `Zeroize` for `Vec` does), with
+/// the zeroize crate's bulk fill of slices (one `memset` behind an optimization barrier), not
+/// its element-by-element volatile writes of `Vec`'s iterator (two instructions a byte).
+fn wipe(plain: &mut Vec<u8>) {
+    use zeroize::Zeroize;
+    plain.spare_capacity_mut().zeroize();
+    plain.as_mut_slice().zeroize();
+    plain.clear();
+}
+
 /// Verify and decrypt a batch of `(session, sender key, envelope)`: per-message signatures
 /// checked as one batch (one by one if it fails), batch roots once each (and then cached).
 /// Each result, in order, is `(sealed headers, body)` or the reason code of its refusal.
@@ -358,7 +382,11 @@ fn open_many<'py>(
     items: Vec<OpenItem>,
     cache: &RootCache,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    let outcomes = py.allow_threads(|| open_all(&items, cache));
+    let jobs: Vec<OpenJob> = items
+        .iter()
+        .map(|(s, v, data)| (&s.get().keys, &v.get().0, &**data))
+        .collect();
+    let outcomes = py.allow_threads(|| open_all(&jobs, cache));
     outcomes
         .into_iter()
         .map(|o| match o {
@@ -370,7 +398,7 @@ fn open_many<'py>(
                         PyBytes::new(py, &plain[at..]),
                     ],
                 )?;
-                zeroize::Zeroize::zeroize(&mut plain);
+                wipe(&mut plain);
                 Ok(t.into_any())
             }
             Outcome::Refused(r) => Ok(PyString::new(py, r.code()).into_any()),
@@ -471,4 +499,19 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ed25519_verify_many, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_build, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wipe_zeroes_the_plaintext_and_the_spare_capacity() {
+        let mut plain = Vec::with_capacity(64);
+        plain.extend_from_slice(&[7u8; 40]);
+        super::wipe(&mut plain);
+        assert!(plain.is_empty());
+        let all = plain.spare_capacity_mut();
+        assert!(all.len() >= 64);
+        // SAFETY: every byte of the capacity was written (zeroed) by `wipe`
+        assert!(all.iter().all(|b| unsafe { b.assume_init() } == 0));
+    }
 }

@@ -34,6 +34,11 @@ impl Key {
         self.obj.as_ptr() == unsafe { ffi::Py_None() }
     }
 
+    /// The Python object.
+    pub fn object(&self) -> &Py<PyAny> {
+        &self.obj
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Key {
         Key {
             hash: self.hash,
@@ -370,6 +375,19 @@ fn keys(
 impl ReplayGuard {
     fn lock(&self, py: Python<'_>) -> MutexGuard<'_, Inner> {
         lock(py, &self.inner)
+    }
+
+    /// The keys held for the window of `session` of `sender`, when either is an equal object
+    /// but not the one given (a window made by the Python steps, which build their own key
+    /// tuples): a caller that uses them from then on is found by identity, not by `==`.
+    pub fn held_keys(&self, py: Python<'_>, sender: &Key, session: &Key) -> Option<(Key, Key)> {
+        let inner = self.lock(py);
+        let (held_sender, sessions) = inner.senders.get_key_value(sender)?;
+        let (held_session, _) = sessions.by_key.get_key_value(session)?;
+        if held_sender.obj.is(&sender.obj) && held_session.obj.is(&session.obj) {
+            return None;
+        }
+        Some((held_sender.clone_ref(py), held_session.clone_ref(py)))
     }
 
     /// `check`, then `mark` when NEW: the opener's step 10 in one step.
