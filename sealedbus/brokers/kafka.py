@@ -12,6 +12,7 @@ the broker carries it is sealed too, so a record moved to another key is refused
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -78,10 +79,33 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     ``ref`` is what the application passed to ``send(ref=...)``; ``envelope`` the sealed bytes
     once sealed (None while its batch waits or when it could not be signed). A failed future
     with an envelope may still have reached the broker: ``SealedKafkaProducer.resend`` sends the
-    same bytes again, and consumers drop the second copy as a duplicate."""
+    same bytes again, and consumers drop the second copy as a duplicate.
 
-    __slots__ = ("_done", "envelope", "key", "partition", "ref", "timestamp_ms", "topic")
-    _waiting = threading.Lock()  # guards _done: an Event only for futures someone waits on
+    It resolves lazily from the client's future: reading ``is_done`` (or ``value``,
+    ``exception``, ``succeeded()``...) looks at the client's future, and only a ``get`` that has
+    to wait or an application callback hooks onto it, so kafka-python's network thread runs no
+    sealedbus code for records nobody watches."""
+
+    __slots__ = (
+        "_cbs",
+        "_ebs",
+        "_event",
+        "_exc",
+        "_hooked",
+        "_resolved",
+        "_sent",
+        "_val",
+        "_watched",
+        "envelope",
+        "key",
+        "partition",
+        "ref",
+        "timestamp_ms",
+        "topic",
+    )
+    # guards resolution, callback lists, the wait Event and the hook: taken only on the rare
+    # paths (application callbacks, waiting, resolution), never per sent record
+    _lock_all = threading.Lock()
 
     def __init__(
         self,
@@ -91,47 +115,162 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        super().__init__()
-        self._done: threading.Event | None = None
+        # no Future.__init__: every method that uses its lock and lists is overridden here
         self.topic = topic
         self.ref = ref
         self.envelope: bytes | None = None
         self.key = key  # where the record goes: the broker's key, partition and timestamp
         self.partition = partition
         self.timestamp_ms = timestamp_ms
+        self._sent: Any = None  # kafka-python's future once the record is handed to the client
+        self._resolved = False
+        self._val: Any = None
+        self._exc: BaseException | None = None
+        self._cbs: list[Any] | None = None  # the application's callbacks / errbacks
+        self._ebs: list[Any] | None = None
+        self._event: threading.Event | None = None  # only for a ``get`` that waits
+        self._watched = False  # someone needs to hear when it resolves: hook the client's future
+        self._hooked = False
 
-    def _wake(self) -> None:
-        # no lock: this runs after ``is_done`` is set, and ``get`` creates the Event before it
-        # reads ``is_done`` again, so one of the two always sees the other
-        done = self._done
-        if done is not None:
-            done.set()
+    # -- state, read from the client's future until it is copied here ---------------------------
 
-    def success(self, value: Any) -> Any:
-        result = super().success(value)
-        self._wake()
-        return result
+    def _check(self) -> bool:
+        """True once resolved, copying the client's outcome when it has one."""
+        if self._resolved:
+            return True
+        sent = self._sent
+        if sent is None or not sent.is_done:
+            return False
+        error = sent.exception
+        with self._lock_all:
+            if not self._resolved:
+                self._settle_locked(sent.value, None if error is None else _sending_error(error))
+        return True
 
-    def failure(self, e: BaseException | type[BaseException]) -> Any:
+    def _settle_locked(self, value: Any, error: BaseException | None) -> None:
+        self._val, self._exc = value, error
+        self._resolved = True
+
+    @property  # overrides the slot of Future (untyped)
+    def is_done(self) -> bool:
+        return self._check()
+
+    @property
+    def value(self) -> Any:
+        return self._val if self._check() else None
+
+    @property
+    def exception(self) -> BaseException | None:
+        return self._exc if self._check() else None
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def _resolve(self, value: Any, error: BaseException | None) -> None:
+        """Resolve (first outcome wins) and run the application's callbacks, once each."""
+        with self._lock_all:
+            if not self._resolved:
+                self._settle_locked(value, error)
+            value, error = self._val, self._exc
+            callbacks = self._ebs if error is not None else self._cbs
+            self._cbs = self._ebs = None
+            event = self._event
+        if event is not None:
+            event.set()
+        for f in callbacks or ():
+            _call(f, value if error is None else error)
+
+    def success(self, value: Any) -> SealedFuture:
+        self._resolve(value, None)
+        return self
+
+    def failure(self, e: BaseException | type[BaseException]) -> SealedFuture:
         if isinstance(e, type):
             e = e()
-        if not isinstance(e, BrokerError):
-            e = broker_error("sending", e)
-        result = super().failure(e)
-        self._wake()
-        return result
+        self._resolve(None, _sending_error(e))
+        return self
+
+    def _sent_as(self, sent: Any) -> None:
+        """The record went to the client as ``sent`` (the sending thread, once)."""
+        self._sent = sent
+        if self._watched:  # else whoever sets it later sees ``_sent`` and hooks
+            self._hook()
+
+    def _watch(self) -> None:
+        """Someone waits or has callbacks: make the client's future report to this one."""
+        self._watched = True
+        if self._sent is not None:
+            self._hook()
+
+    def _hook(self) -> None:
+        with self._lock_all:
+            if self._hooked:
+                return
+            self._hooked = True
+        sent = self._sent
+        sent.add_callback(self._sent_ok)  # runs at once when the client's future is done
+        sent.add_errback(self._sent_failed)
+
+    def _sent_ok(self, value: Any) -> None:
+        self._resolve(value, None)
+
+    def _sent_failed(self, error: BaseException) -> None:
+        self._resolve(None, _sending_error(error))
+
+    # -- kafka-python's Future API -----------------------------------------------------------
+
+    def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
+        return self._add(f, args, kwargs, errback=False)
+
+    def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
+        return self._add(f, args, kwargs, errback=True)
+
+    def _add_cb_eb(self, cb: Any, eb: Any) -> SealedFuture:  # used by Future.chain
+        self._add(cb, (), {}, errback=False)
+        return self._add(eb, (), {}, errback=True)
+
+    def _add(self, f: Any, args: Any, kwargs: Any, *, errback: bool) -> SealedFuture:
+        if args or kwargs:
+            f = functools.partial(f, *args, **kwargs)
+        self._check()
+        with self._lock_all:
+            if not self._resolved:
+                if self._cbs is None:
+                    self._cbs, self._ebs = [], []
+                (self._ebs if errback else self._cbs).append(f)  # type: ignore[union-attr]
+                f = None
+            value, error = self._val, self._exc
+        if f is None:
+            self._watch()
+        elif (error is not None) == errback:
+            _call(f, error if errback else value)
+        return self
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
-        with self._waiting:
-            if not self.is_done and self._done is None:
-                self._done = threading.Event()
-            done = self._done
-        if done is not None and not self.is_done and not done.wait(timeout):
-            raise BrokerError("the record was not acknowledged in time", retryable=True)
-        if self.exception is not None:
-            raise self.exception
-        return self.value
+        if not self._check():
+            with self._lock_all:
+                if self._event is None and not self._resolved:
+                    self._event = threading.Event()
+                event = self._event
+            if event is not None:
+                self._watch()
+                if not event.wait(timeout) and not self._check():
+                    raise BrokerError("the record was not acknowledged in time", retryable=True)
+        if self._exc is not None:
+            raise self._exc
+        return self._val
+
+
+def _sending_error(e: BaseException) -> BaseException:
+    return e if isinstance(e, BrokerError) else broker_error("sending", e)
+
+
+def _call(f: Any, arg: Any) -> None:
+    """Run an application callback as kafka-python does: its exceptions are logged."""
+    try:
+        f(arg)
+    except Exception:
+        log.exception("error in a SealedFuture callback")
 
 
 _LOST_MEMBERSHIP = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
@@ -390,8 +529,7 @@ class SealedKafkaProducer:
             partition=future.partition,
             timestamp_ms=future.timestamp_ms,
         )
-        sent.add_callback(future.success)
-        sent.add_errback(future.failure)
+        future._sent_as(sent)
 
 
 def _header_map(headers: KafkaHeaders | None) -> dict[str, HeaderValue] | None:
