@@ -81,21 +81,15 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     with an envelope may still have reached the broker: ``SealedKafkaProducer.resend`` sends the
     same bytes again, and consumers drop the second copy as a duplicate.
 
-    It resolves lazily from the client's future: reading ``is_done`` (or ``value``,
-    ``exception``, ``succeeded()``...) looks at the client's future, and only a ``get`` that has
-    to wait or an application callback hooks onto it, so kafka-python's network thread runs no
-    sealedbus code for records nobody watches."""
+    It resolves lazily from the client's future: ``is_done``, ``value``, ``exception``,
+    ``succeeded()`` and ``get`` read the client's future, and only a ``get`` that has to wait or
+    an application callback hooks onto it, so kafka-python's network thread runs no sealedbus
+    code for records nobody watches."""
 
     __slots__ = (
-        "_cbs",
-        "_ebs",
-        "_event",
-        "_exc",
-        "_hooked",
-        "_resolved",
+        "_outcome",
         "_sent",
-        "_val",
-        "_watched",
+        "_watchers",
         "envelope",
         "key",
         "partition",
@@ -103,9 +97,8 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         "timestamp_ms",
         "topic",
     )
-    # guards resolution, callback lists, the wait Event and the hook: taken only on the rare
-    # paths (application callbacks, waiting, resolution), never per sent record
-    _lock_all = threading.Lock()
+    # guards _outcome and _watchers; taken on the rare paths only (resolution, callbacks, waits)
+    _lock = threading.Lock()
 
     def __init__(
         self,
@@ -118,65 +111,59 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         # no Future.__init__: every method that uses its lock and lists is overridden here
         self.topic = topic
         self.ref = ref
-        self.envelope: bytes | None = None
         self.key = key  # where the record goes: the broker's key, partition and timestamp
         self.partition = partition
         self.timestamp_ms = timestamp_ms
+        self.envelope: bytes | None = None
         self._sent: Any = None  # kafka-python's future once the record is handed to the client
-        self._resolved = False
-        self._val: Any = None
-        self._exc: BaseException | None = None
-        self._cbs: list[Any] | None = None  # the application's callbacks / errbacks
-        self._ebs: list[Any] | None = None
-        self._event: threading.Event | None = None  # only for a ``get`` that waits
-        self._watched = False  # someone needs to hear when it resolves: hook the client's future
-        self._hooked = False
+        self._outcome: tuple[Any, BaseException | None] | None = None  # (value, error)
+        self._watchers: _Watchers | None = None  # someone waits or has callbacks
 
-    # -- state, read from the client's future until it is copied here ---------------------------
+    # -- state: the client's future's, copied here once it is done ---------------------------
 
-    def _check(self) -> bool:
-        """True once resolved, copying the client's outcome when it has one."""
-        if self._resolved:
-            return True
-        sent = self._sent
-        if sent is None or not sent.is_done:
-            return False
-        error = sent.exception
-        with self._lock_all:
-            if not self._resolved:
-                self._settle_locked(sent.value, None if error is None else _sending_error(error))
-        return True
+    def _check(self) -> tuple[Any, BaseException | None] | None:
+        outcome = self._outcome
+        if outcome is None:
+            sent = self._sent
+            if sent is None or not sent.is_done:
+                return None
+            error = sent.exception
+            with self._lock:  # one translated error, whoever looks first
+                if self._outcome is None:
+                    self._outcome = (sent.value, None if error is None else _sending_error(error))
+                outcome = self._outcome
+        return outcome
 
-    def _settle_locked(self, value: Any, error: BaseException | None) -> None:
-        self._val, self._exc = value, error
-        self._resolved = True
-
-    @property  # overrides the slot of Future (untyped)
+    @property  # shadows Future's slot
     def is_done(self) -> bool:
-        return self._check()
+        return self._check() is not None
 
     @property
     def value(self) -> Any:
-        return self._val if self._check() else None
+        outcome = self._check()
+        return None if outcome is None else outcome[0]
 
     @property
     def exception(self) -> BaseException | None:
-        return self._exc if self._check() else None
+        outcome = self._check()
+        return None if outcome is None else outcome[1]
 
-    # -- resolution --------------------------------------------------------------------------
+    # -- resolution ----------------------------------------------------------------------------
 
     def _resolve(self, value: Any, error: BaseException | None) -> None:
-        """Resolve (first outcome wins) and run the application's callbacks, once each."""
-        with self._lock_all:
-            if not self._resolved:
-                self._settle_locked(value, error)
-            value, error = self._val, self._exc
-            callbacks = self._ebs if error is not None else self._cbs
-            self._cbs = self._ebs = None
-            event = self._event
-        if event is not None:
-            event.set()
-        for f in callbacks or ():
+        """Resolve (the first outcome wins) and run the application's callbacks, once each."""
+        with self._lock:
+            if self._outcome is None:
+                self._outcome = (value, error)
+            value, error = self._outcome
+            watchers = self._watchers
+            if watchers is None:
+                return
+            callbacks = watchers.errbacks if error is not None else watchers.callbacks
+            watchers.callbacks, watchers.errbacks = [], []
+        if watchers.event is not None:
+            watchers.event.set()
+        for f in callbacks:
             _call(f, value if error is None else error)
 
     def success(self, value: Any) -> SealedFuture:
@@ -184,31 +171,30 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         return self
 
     def failure(self, e: BaseException | type[BaseException]) -> SealedFuture:
-        if isinstance(e, type):
-            e = e()
-        self._resolve(None, _sending_error(e))
+        self._resolve(None, _sending_error(e() if isinstance(e, type) else e))
         return self
 
     def _sent_as(self, sent: Any) -> None:
-        """The record went to the client as ``sent`` (the sending thread, once)."""
+        """The record went to the client as ``sent`` (once, on the sending thread)."""
         self._sent = sent
-        if self._watched:  # else whoever sets it later sees ``_sent`` and hooks
+        if self._watchers is not None:  # else whoever sets them later sees ``_sent`` and hooks
             self._hook()
 
-    def _watch(self) -> None:
-        """Someone waits or has callbacks: make the client's future report to this one."""
-        self._watched = True
-        if self._sent is not None:
-            self._hook()
+    def _watch(self) -> _Watchers:
+        """Callers hold ``_lock``."""
+        if self._watchers is None:
+            self._watchers = _Watchers()
+        return self._watchers
 
     def _hook(self) -> None:
-        with self._lock_all:
-            if self._hooked:
+        """Make the client's future report to this one (once; after ``_sent`` and ``_watch``)."""
+        with self._lock:
+            watchers = self._watch()
+            if watchers.hooked:
                 return
-            self._hooked = True
-        sent = self._sent
-        sent.add_callback(self._sent_ok)  # runs at once when the client's future is done
-        sent.add_errback(self._sent_failed)
+            watchers.hooked = True
+        self._sent.add_callback(self._sent_ok)  # at once when the client's future is done
+        self._sent.add_errback(self._sent_failed)
 
     def _sent_ok(self, value: Any) -> None:
         self._resolve(value, None)
@@ -216,49 +202,68 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     def _sent_failed(self, error: BaseException) -> None:
         self._resolve(None, _sending_error(error))
 
-    # -- kafka-python's Future API -----------------------------------------------------------
+    # -- kafka-python's Future API -------------------------------------------------------------
 
     def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
-        return self._add(f, args, kwargs, errback=False)
+        return self._add(functools.partial(f, *args, **kwargs) if args or kwargs else f, False)
 
     def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
-        return self._add(f, args, kwargs, errback=True)
+        return self._add(functools.partial(f, *args, **kwargs) if args or kwargs else f, True)
 
-    def _add_cb_eb(self, cb: Any, eb: Any) -> SealedFuture:  # used by Future.chain
-        self._add(cb, (), {}, errback=False)
-        return self._add(eb, (), {}, errback=True)
+    def _add_cb_eb(self, cb: Any, eb: Any) -> SealedFuture:  # Future.chain uses it
+        return self._add(cb, False)._add(eb, True)
 
-    def _add(self, f: Any, args: Any, kwargs: Any, *, errback: bool) -> SealedFuture:
-        if args or kwargs:
-            f = functools.partial(f, *args, **kwargs)
-        self._check()
-        with self._lock_all:
-            if not self._resolved:
-                if self._cbs is None:
-                    self._cbs, self._ebs = [], []
-                (self._ebs if errback else self._cbs).append(f)  # type: ignore[union-attr]
-                f = None
-            value, error = self._val, self._exc
-        if f is None:
-            self._watch()
-        elif (error is not None) == errback:
+    def _add(self, f: Any, errback: bool) -> SealedFuture:
+        outcome = self._check()
+        if outcome is None:
+            with self._lock:
+                outcome = self._outcome
+                if outcome is None:
+                    watchers = self._watch()
+                    (watchers.errbacks if errback else watchers.callbacks).append(f)
+            if outcome is None:
+                if self._sent is not None:
+                    self._hook()
+                return self
+        value, error = outcome
+        if (error is not None) == errback:
             _call(f, error if errback else value)
         return self
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
-        if not self._check():
-            with self._lock_all:
-                if self._event is None and not self._resolved:
-                    self._event = threading.Event()
-                event = self._event
+        outcome = self._check()
+        if outcome is None:
+            with self._lock:
+                event = None
+                if self._outcome is None:
+                    watchers = self._watch()
+                    if watchers.event is None:
+                        watchers.event = threading.Event()
+                    event = watchers.event
             if event is not None:
-                self._watch()
-                if not event.wait(timeout) and not self._check():
+                if self._sent is not None:
+                    self._hook()
+                if not event.wait(timeout) and self._check() is None:
                     raise BrokerError("the record was not acknowledged in time", retryable=True)
-        if self._exc is not None:
-            raise self._exc
-        return self._val
+            outcome = self._outcome
+            assert outcome is not None  # noqa: S101  # set before the event, or read by _check
+        value, error = outcome
+        if error is not None:
+            raise error
+        return value
+
+
+class _Watchers:
+    """Who hears of a ``SealedFuture``'s outcome: the application's callbacks, ``get`` waiters."""
+
+    __slots__ = ("callbacks", "errbacks", "event", "hooked")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.errbacks: list[Any] = []
+        self.event: threading.Event | None = None
+        self.hooked = False  # the client's future reports to the SealedFuture
 
 
 def _sending_error(e: BaseException) -> BaseException:
@@ -308,7 +313,8 @@ class SealedKafkaProducer:
             raise ConfigurationError("linger must not be negative")
         self.batch = batch and self.linger > 0
         self._batch_bytes = int(producer.config["batch_size"])
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # send() enters it per record: a Condition's is slower
+        self._cond = threading.Condition(self._lock)
         self._linger_idle = False  # the linger thread waits for a batch to open (not a due time)
         self._started: float | None = None  # monotonic time of the open batch's first record
         self._bytes = 0
@@ -363,7 +369,7 @@ class SealedKafkaProducer:
                 self.key_tokenizer, topic, key, check_headers(_header_map(headers))
             )
         future = SealedFuture(topic, ref, clear_key, partition, timestamp_ms)
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise ConfigurationError("the producer is closed")
             if not self.batch:
@@ -380,30 +386,37 @@ class SealedKafkaProducer:
                 return future
             before = self.sealer.pending
             try:
-                ready = self.sealer.add(
-                    topic,
-                    value,
-                    headers=sealed_headers,
-                    content_type=content_type,
-                    ttl=ttl,
-                    context=future,
-                    subject=subject,
-                )
+                if sealed_headers is None and not content_type and ttl is None and subject is None:
+                    ready = self.sealer.add(topic, value, context=future)
+                else:
+                    ready = self.sealer.add(
+                        topic,
+                        value,
+                        headers=sealed_headers,
+                        content_type=content_type,
+                        ttl=ttl,
+                        context=future,
+                        subject=subject,
+                    )
             except Exception:
                 if self.sealer.pending <= before:
                     raise  # not added: nothing will be sent
                 ready = []  # added, but the full batch could not be signed: the thread retries
             self._waiting.append(future)
             self._bytes += len(value)
-            if not ready and self._bytes >= self._batch_bytes:
-                with contextlib.suppress(Exception):  # the linger thread retries it
-                    ready = self.sealer.flush()
             if ready:
                 self._send_batch(ready)
-            elif self._started is None:
-                self._started = time.monotonic()
+                return future
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
                 if self._linger_idle:  # else it wakes at an earlier due time and sees this one
-                    self._cond.notify_all()
+                    self._cond.notify()
+            if self._retry_at is None and (
+                self._bytes >= self._batch_bytes or now - self._started >= self.linger
+            ):
+                # due while sends keep coming: closed here rather than by the linger thread
+                self._close_open_batch()
         return future
 
     def resend(self, futures: Iterable[SealedFuture]) -> list[SealedFuture]:
@@ -469,15 +482,21 @@ class SealedKafkaProducer:
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
-                try:
-                    self._send_batch(self.sealer.flush())
-                except Exception as exc:
-                    self.last_error = exc
-                    self._failures += 1
-                    wait = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(self._failures - 1, 5))
-                    self._retry_at = time.monotonic() + wait
-                    if self.sealer.pending == 0:  # nothing left to retry
-                        self._started = None
+                self._close_open_batch()
+
+    def _close_open_batch(self) -> None:
+        """Seal and send the open batch (callers hold the lock). When it cannot be signed (the
+        key service is down) it stays open and the linger thread retries it after a growing
+        delay (up to a second); send failures go to the futures."""
+        try:
+            self._send_batch(self.sealer.flush())
+        except Exception as exc:
+            self.last_error = exc
+            self._failures += 1
+            wait = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(self._failures - 1, 5))
+            self._retry_at = time.monotonic() + wait
+            if self.sealer.pending == 0:  # nothing left to retry
+                self._started = None
 
     def _fail_waiting(self, exc: BaseException) -> None:
         error = (
@@ -496,7 +515,7 @@ class SealedKafkaProducer:
         self._waiting = []
 
     def _send_batch(self, batch: list[Any]) -> None:
-        """Hand a closed batch to the producer, in order (callers hold ``_cond``). A failing
+        """Hand a closed batch to the producer, in order (callers hold the lock). A failing
         ``send`` fails its future and those of every later record of the batch."""
         self._started = None
         self._retry_at = None
@@ -506,10 +525,21 @@ class SealedKafkaProducer:
         futures = [sealed.context for sealed in batch]
         if not all(isinstance(f, SealedFuture) for f in futures):
             raise ConfigurationError("the sealer's batch holds another adapter's messages")
+        send = self.producer.send
         i = 0
-        try:  # one handler for the batch: this loop runs once per record
+        try:  # one handler for the batch: this loop runs once per record (_send_sealed inline)
             for i, sealed in enumerate(batch):
-                self._send_sealed(futures[i], sealed.envelope)
+                future = futures[i]
+                future.envelope = data = sealed.envelope
+                future._sent = send(
+                    future.topic,
+                    data,
+                    key=future.key,
+                    partition=future.partition,
+                    timestamp_ms=future.timestamp_ms,
+                )
+                if future._watchers is not None:  # see SealedFuture._sent_as
+                    future._hook()
         except Exception as exc:
             failed = (
                 exc
