@@ -726,6 +726,8 @@ class SealedKafkaConsumer:
     def __iter__(self) -> Iterator[ConsumedRecord]:
         timeout = self.consumer.config["consumer_timeout_ms"] / 1000
         idle_since = time.monotonic()
+        ahead = self._opened
+        session, epoch, digest = b"", -1, b""  # the last record's producer session, named
         while True:
             tp = self._ready()
             if tp is None:
@@ -740,26 +742,57 @@ class SealedKafkaConsumer:
                     return
                 continue
             buffer = self._buffers[tp]
-            record = buffer[0]
-            if id(record) not in self._opened:
-                self._open_ahead()
-            opened = self._handle(tp, record)
-            if opened is None:
-                continue  # held, or handled (duplicate, dead-lettered, skipped)
-            buffer.popleft()
-            self._current = opened
-            try:
-                yield opened
-            except BaseException:  # the application raised or left the loop: not handled
-                if self._current is opened:
-                    self._current = None
-                    self.opener.release(opened.message)
-                    buffer.appendleft(record)  # handed on again by the next iteration
-                raise
-            if self._current is not opened:  # close() ran meanwhile: it was given back
-                return
-            self._current = None
-            self._handled(tp, record, opened.message)
+            state = self._state.get(tp)
+            # the partition _ready picked stays first while nothing is held (only a fetch adds
+            # records, and only once every buffer is empty): no _ready per record
+            while buffer:
+                record = buffer[0]
+                if id(record) not in ahead:
+                    self._open_ahead()
+                result = ahead.pop(id(record))
+                if isinstance(result, OpenedMessage):
+                    try:
+                        check_bound_key(result.headers, record.key)
+                    except InvalidEnvelope as exc:
+                        self.opener.release(result)
+                        self.opener.metrics.rejected(record.topic, exc.reason.value)
+                        result = exc
+                if not isinstance(result, OpenedMessage):
+                    self._refused(tp, record, result)
+                    break  # held, or handled (duplicate, dead-lettered, skipped): look again
+                message = result
+                opened = ConsumedRecord(message, record)
+                buffer.popleft()
+                self._current = opened
+                try:
+                    yield opened
+                except BaseException:  # the application raised or left the loop: not handled
+                    if self._current is opened:
+                        self._current = None
+                        self.opener.release(message)
+                        buffer.appendleft(record)  # handed on again by the next iteration
+                    raise
+                if self._current is not opened:  # close() ran meanwhile: it was given back
+                    return
+                self._current = None
+                # _handled, inline for an opened record
+                self._done[tp] = record.offset + 1
+                if self._failures and self._failures.pop(tp, None) is not None and not self._holds:
+                    self._unreported = None  # the wait is over before anyone heard of it
+                if message.session:
+                    if message.session != session or message.epoch != epoch:
+                        session, epoch = message.session, message.epoch
+                        digest = message.replay_digest
+                    if state is None:
+                        state = self._state.setdefault(tp, {})
+                    last = state.get(digest)
+                    seq = message.sequence
+                    state[digest] = (
+                        seq if last is None or seq > last[0] else last[0],
+                        int(message.sent_at),
+                    )
+                if self._holds:
+                    break  # a held partition may be due before this one's next record
 
     def commit(self) -> None:
         """Commit the offsets of every record handled so far (dead-lettered, duplicate, or
@@ -864,29 +897,15 @@ class SealedKafkaConsumer:
         self._failures[tp] = (record.offset, failures)
         return failures
 
-    def _handled(self, tp: Any, record: Any, message: OpenedMessage | None) -> None:
+    def _handled(self, tp: Any, record: Any) -> None:
+        """A record that did not open was handled (as ``__iter__`` does inline for the rest)."""
         self._done[tp] = record.offset + 1
         if self._failures.pop(tp, None) is not None and not self._holds:
             self._unreported = None  # the wait is over before anyone heard of it
-        if message is not None and message.session:
-            state = self._state.setdefault(tp, {})
-            digest = message.replay_digest
-            seq = max(message.sequence, state.get(digest, (-1, 0))[0])
-            state[digest] = (seq, int(message.sent_at))
 
-    def _handle(self, tp: Any, record: Any) -> ConsumedRecord | None:
-        """The record to hand on, or None when it was handled here or its partition is held.
-        Raises what stops this reader (AccessDenied...)."""
-        result = self._opened.pop(id(record))
-        if isinstance(result, OpenedMessage):
-            try:
-                check_bound_key(result.headers, record.key)
-            except InvalidEnvelope as exc:
-                self.opener.release(result)
-                self.opener.metrics.rejected(record.topic, exc.reason.value)
-                result = exc
-            else:
-                return ConsumedRecord(result, record)
+    def _refused(self, tp: Any, record: Any, result: SealedbusError) -> None:
+        """Handle the first record of ``tp``, which did not open (``result``), or hold its
+        partition. Raises what stops this reader (AccessDenied...)."""
         stop = reader_refusal(record.topic, result)
         if stop is not None:
             failures = self._failed(tp, record)
@@ -896,12 +915,12 @@ class SealedKafkaConsumer:
             for later in self._buffers[tp]:  # opened again, in order, when the retry comes
                 self._forget(later)
             self._hold(tp, record, stop, delay)
-            return None
+            return
         assert isinstance(result, InvalidEnvelope)  # noqa: S101  # reader_refusal took the rest
         if is_duplicate(result):
             self._buffers[tp].popleft()
-            self._handled(tp, record, None)
-            return None
+            self._handled(tp, record)
+            return
         try:
             self._dead_letter(record, result)
         except BrokerError as exc:
@@ -910,7 +929,7 @@ class SealedKafkaConsumer:
                 self._opened[id(record)] = result  # still first in line, still refused
                 error = self.undeliverable.retrying(exc, failures)
                 self._hold(tp, record, error, self.undeliverable.delay(failures))
-                return None
+                return
             self.undeliverable.give_up(
                 Undeliverable(
                     record.topic,
@@ -922,8 +941,7 @@ class SealedKafkaConsumer:
             )
             self.skipped += 1
         self._buffers[tp].popleft()
-        self._handled(tp, record, None)
-        return None
+        self._handled(tp, record)
 
     def _revoked(self, partitions: Iterable[Any]) -> None:
         """Runs on kafka-python's IO thread during a rebalance (it must not block there).
