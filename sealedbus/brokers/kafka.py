@@ -292,8 +292,10 @@ class SealedKafkaProducer:
     With ``batch`` (the default) envelopes are signed in Merkle batches that close no later than
     the producer would send: after ``linger`` seconds (the producer's ``linger_ms`` unless given),
     when the sealer's ``batch_size`` messages or the producer's ``batch_size`` bytes are waiting,
-    and on ``flush()`` / ``close()``. With ``linger`` 0 (kafka-python's default) or ``batch=False``
-    each record gets its own signature. Give a batching producer a ``Sealer`` of its own.
+    and on ``flush()`` / ``close()``. The ``send`` that finds the open batch due closes it; a
+    linger thread closes it when no send comes (and retries a batch that could not be signed).
+    With ``linger`` 0 (kafka-python's default) or ``batch=False`` each record gets its own
+    signature. Give a batching producer a ``Sealer`` of its own.
     """
 
     def __init__(
