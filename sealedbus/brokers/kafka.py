@@ -749,9 +749,10 @@ class SealedKafkaConsumer:
             # records, and only once every buffer is empty): no _ready per record
             while buffer:
                 record = buffer[0]
-                if id(record) not in ahead:
+                result = ahead.pop(id(record), None)
+                if result is None:
                     self._open_ahead()
-                result = ahead.pop(id(record))
+                    result = ahead.pop(id(record))
                 if isinstance(result, OpenedMessage):
                     try:
                         check_bound_key(result.headers, record.key)
@@ -992,15 +993,13 @@ class SealedKafkaConsumer:
     def _open_ahead(self) -> None:
         """Open every buffered record at once: with ``Opener(threads=2)`` per-message
         signatures verify on both cores."""
-        todo = [
-            r
-            for tp, buffer in self._buffers.items()
-            if tp not in self._holds
-            for r in buffer
-            if id(r) not in self._opened  # never open one twice
-        ]
+        ahead, holds = self._opened, self._holds
+        todo: list[Any] = []
+        for tp, buffer in self._buffers.items():
+            if tp not in holds:  # never open one twice
+                todo.extend(buffer if not ahead else [r for r in buffer if id(r) not in ahead])
         results = self.opener.open_many([(r.topic, r.value or b"", r.partition) for r in todo])
-        self._opened.update((id(r), result) for r, result in zip(todo, results, strict=True))
+        ahead.update(zip(map(id, todo), results, strict=True))
 
     def _forget(self, record: Any) -> None:
         """Drop an opened-ahead result that will not be handed on, so a redelivery opens."""
