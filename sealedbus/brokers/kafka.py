@@ -98,7 +98,7 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         "topic",
     )
     # guards _outcome and _watchers; taken on the rare paths only (resolution, callbacks, waits)
-    _lock = threading.Lock()
+    _guard = threading.Lock()  # not Future._lock (a slot per future, unused here)
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
             if sent is None or not sent.is_done:
                 return None
             error = sent.exception
-            with self._lock:  # one translated error, whoever looks first
+            with self._guard:  # one translated error, whoever looks first
                 if self._outcome is None:
                     self._outcome = (sent.value, None if error is None else _sending_error(error))
                 outcome = self._outcome
@@ -152,7 +152,7 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
 
     def _resolve(self, value: Any, error: BaseException | None) -> None:
         """Resolve (the first outcome wins) and run the application's callbacks, once each."""
-        with self._lock:
+        with self._guard:
             if self._outcome is None:
                 self._outcome = (value, error)
             value, error = self._outcome
@@ -181,14 +181,14 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
             self._hook()
 
     def _watch(self) -> _Watchers:
-        """Callers hold ``_lock``."""
+        """Callers hold ``_guard``."""
         if self._watchers is None:
             self._watchers = _Watchers()
         return self._watchers
 
     def _hook(self) -> None:
         """Make the client's future report to this one (once; after ``_sent`` and ``_watch``)."""
-        with self._lock:
+        with self._guard:
             watchers = self._watch()
             if watchers.hooked:
                 return
@@ -216,7 +216,7 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     def _add(self, f: Any, errback: bool) -> SealedFuture:
         outcome = self._check()
         if outcome is None:
-            with self._lock:
+            with self._guard:
                 outcome = self._outcome
                 if outcome is None:
                     watchers = self._watch()
@@ -234,7 +234,7 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
         outcome = self._check()
         if outcome is None:
-            with self._lock:
+            with self._guard:
                 event = None
                 if self._outcome is None:
                     watchers = self._watch()
