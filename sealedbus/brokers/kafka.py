@@ -12,6 +12,7 @@ the broker carries it is sealed too, so a record moved to another key is refused
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
@@ -78,10 +79,26 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
     ``ref`` is what the application passed to ``send(ref=...)``; ``envelope`` the sealed bytes
     once sealed (None while its batch waits or when it could not be signed). A failed future
     with an envelope may still have reached the broker: ``SealedKafkaProducer.resend`` sends the
-    same bytes again, and consumers drop the second copy as a duplicate."""
+    same bytes again, and consumers drop the second copy as a duplicate.
 
-    __slots__ = ("_done", "envelope", "key", "partition", "ref", "timestamp_ms", "topic")
-    _waiting = threading.Lock()  # guards _done: an Event only for futures someone waits on
+    It resolves lazily from the client's future: ``is_done``, ``value``, ``exception``,
+    ``succeeded()`` and ``get`` read the client's future, and only a ``get`` that has to wait or
+    an application callback hooks onto it, so kafka-python's network thread runs no sealedbus
+    code for records nobody watches."""
+
+    __slots__ = (
+        "_outcome",
+        "_sent",
+        "_watchers",
+        "envelope",
+        "key",
+        "partition",
+        "ref",
+        "timestamp_ms",
+        "topic",
+    )
+    # guards _outcome and _watchers; taken on the rare paths only (resolution, callbacks, waits)
+    _guard = threading.Lock()  # not Future._lock (a slot per future, unused here)
 
     def __init__(
         self,
@@ -91,47 +108,174 @@ class SealedFuture(Future):  # type: ignore[misc]  # kafka-python ships no type 
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        super().__init__()
-        self._done: threading.Event | None = None
+        # no Future.__init__: every method that uses its lock and lists is overridden here
         self.topic = topic
         self.ref = ref
-        self.envelope: bytes | None = None
         self.key = key  # where the record goes: the broker's key, partition and timestamp
         self.partition = partition
         self.timestamp_ms = timestamp_ms
+        self.envelope: bytes | None = None
+        self._sent: Any = None  # kafka-python's future once the record is handed to the client
+        self._outcome: tuple[Any, BaseException | None] | None = None  # (value, error)
+        self._watchers: _Watchers | None = None  # someone waits or has callbacks
 
-    def _wake(self) -> None:
-        # no lock: this runs after ``is_done`` is set, and ``get`` creates the Event before it
-        # reads ``is_done`` again, so one of the two always sees the other
-        done = self._done
-        if done is not None:
-            done.set()
+    # -- state: the client's future's, copied here once it is done ---------------------------
 
-    def success(self, value: Any) -> Any:
-        result = super().success(value)
-        self._wake()
-        return result
+    def _check(self) -> tuple[Any, BaseException | None] | None:
+        outcome = self._outcome
+        if outcome is None:
+            sent = self._sent
+            if sent is None or not sent.is_done:
+                return None
+            error = sent.exception
+            with self._guard:  # one translated error, whoever looks first
+                if self._outcome is None:
+                    self._outcome = (sent.value, None if error is None else _sending_error(error))
+                outcome = self._outcome
+        return outcome
 
-    def failure(self, e: BaseException | type[BaseException]) -> Any:
-        if isinstance(e, type):
-            e = e()
-        if not isinstance(e, BrokerError):
-            e = broker_error("sending", e)
-        result = super().failure(e)
-        self._wake()
-        return result
+    @property  # shadows Future's slot
+    def is_done(self) -> bool:
+        return self._check() is not None
+
+    @property
+    def value(self) -> Any:
+        outcome = self._check()
+        return None if outcome is None else outcome[0]
+
+    @property
+    def exception(self) -> BaseException | None:
+        outcome = self._check()
+        return None if outcome is None else outcome[1]
+
+    # -- resolution ----------------------------------------------------------------------------
+
+    def _resolve(self, value: Any, error: BaseException | None) -> None:
+        """Resolve (the first outcome wins) and run the application's callbacks, once each."""
+        with self._guard:
+            if self._outcome is None:
+                self._outcome = (value, error)
+            value, error = self._outcome
+            watchers = self._watchers
+            if watchers is None:
+                return
+            callbacks = watchers.errbacks if error is not None else watchers.callbacks
+            watchers.callbacks, watchers.errbacks = [], []
+        if watchers.event is not None:
+            watchers.event.set()
+        for f in callbacks:
+            _call(f, value if error is None else error)
+
+    def success(self, value: Any) -> SealedFuture:
+        self._resolve(value, None)
+        return self
+
+    def failure(self, e: BaseException | type[BaseException]) -> SealedFuture:
+        self._resolve(None, _sending_error(e() if isinstance(e, type) else e))
+        return self
+
+    def _sent_as(self, sent: Any) -> None:
+        """The record went to the client as ``sent`` (once, on the sending thread)."""
+        self._sent = sent
+        if self._watchers is not None:  # else whoever sets them later sees ``_sent`` and hooks
+            self._hook()
+
+    def _watch(self) -> _Watchers:
+        """Callers hold ``_guard``."""
+        if self._watchers is None:
+            self._watchers = _Watchers()
+        return self._watchers
+
+    def _hook(self) -> None:
+        """Make the client's future report to this one (once; after ``_sent`` and ``_watch``)."""
+        with self._guard:
+            watchers = self._watch()
+            if watchers.hooked:
+                return
+            watchers.hooked = True
+        self._sent.add_callback(self._sent_ok)  # at once when the client's future is done
+        self._sent.add_errback(self._sent_failed)
+
+    def _sent_ok(self, value: Any) -> None:
+        self._resolve(value, None)
+
+    def _sent_failed(self, error: BaseException) -> None:
+        self._resolve(None, _sending_error(error))
+
+    # -- kafka-python's Future API -------------------------------------------------------------
+
+    def add_callback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
+        return self._add(functools.partial(f, *args, **kwargs) if args or kwargs else f, False)
+
+    def add_errback(self, f: Any, *args: Any, **kwargs: Any) -> SealedFuture:
+        return self._add(functools.partial(f, *args, **kwargs) if args or kwargs else f, True)
+
+    def _add_cb_eb(self, cb: Any, eb: Any) -> SealedFuture:  # Future.chain uses it
+        return self._add(cb, False)._add(eb, True)
+
+    def _add(self, f: Any, errback: bool) -> SealedFuture:
+        outcome = self._check()
+        if outcome is None:
+            with self._guard:
+                outcome = self._outcome
+                if outcome is None:
+                    watchers = self._watch()
+                    (watchers.errbacks if errback else watchers.callbacks).append(f)
+            if outcome is None:
+                if self._sent is not None:
+                    self._hook()
+                return self
+        value, error = outcome
+        if (error is not None) == errback:
+            _call(f, error if errback else value)
+        return self
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the broker's acknowledgement; returns ``RecordMetadata``."""
-        with self._waiting:
-            if not self.is_done and self._done is None:
-                self._done = threading.Event()
-            done = self._done
-        if done is not None and not self.is_done and not done.wait(timeout):
-            raise BrokerError("the record was not acknowledged in time", retryable=True)
-        if self.exception is not None:
-            raise self.exception
-        return self.value
+        outcome = self._check()
+        if outcome is None:
+            with self._guard:
+                event = None
+                if self._outcome is None:
+                    watchers = self._watch()
+                    if watchers.event is None:
+                        watchers.event = threading.Event()
+                    event = watchers.event
+            if event is not None:
+                if self._sent is not None:
+                    self._hook()
+                if not event.wait(timeout) and self._check() is None:
+                    raise BrokerError("the record was not acknowledged in time", retryable=True)
+            outcome = self._outcome
+            assert outcome is not None  # noqa: S101  # set before the event, or read by _check
+        value, error = outcome
+        if error is not None:
+            raise error
+        return value
+
+
+class _Watchers:
+    """Who hears of a ``SealedFuture``'s outcome: the application's callbacks, ``get`` waiters."""
+
+    __slots__ = ("callbacks", "errbacks", "event", "hooked")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.errbacks: list[Any] = []
+        self.event: threading.Event | None = None
+        self.hooked = False  # the client's future reports to the SealedFuture
+
+
+def _sending_error(e: BaseException) -> BaseException:
+    return e if isinstance(e, BrokerError) else broker_error("sending", e)
+
+
+def _call(f: Any, arg: Any) -> None:
+    """Run an application callback as kafka-python does: its exceptions are logged."""
+    try:
+        f(arg)
+    except Exception:
+        log.exception("error in a SealedFuture callback")
 
 
 _LOST_MEMBERSHIP = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError)
@@ -148,8 +292,10 @@ class SealedKafkaProducer:
     With ``batch`` (the default) envelopes are signed in Merkle batches that close no later than
     the producer would send: after ``linger`` seconds (the producer's ``linger_ms`` unless given),
     when the sealer's ``batch_size`` messages or the producer's ``batch_size`` bytes are waiting,
-    and on ``flush()`` / ``close()``. With ``linger`` 0 (kafka-python's default) or ``batch=False``
-    each record gets its own signature. Give a batching producer a ``Sealer`` of its own.
+    and on ``flush()`` / ``close()``. The ``send`` that finds the open batch due closes it; a
+    linger thread closes it when no send comes (and retries a batch that could not be signed).
+    With ``linger`` 0 (kafka-python's default) or ``batch=False`` each record gets its own
+    signature. Give a batching producer a ``Sealer`` of its own.
     """
 
     def __init__(
@@ -169,7 +315,8 @@ class SealedKafkaProducer:
             raise ConfigurationError("linger must not be negative")
         self.batch = batch and self.linger > 0
         self._batch_bytes = int(producer.config["batch_size"])
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # send() enters it per record: a Condition's is slower
+        self._cond = threading.Condition(self._lock)
         self._linger_idle = False  # the linger thread waits for a batch to open (not a due time)
         self._started: float | None = None  # monotonic time of the open batch's first record
         self._bytes = 0
@@ -224,7 +371,7 @@ class SealedKafkaProducer:
                 self.key_tokenizer, topic, key, check_headers(_header_map(headers))
             )
         future = SealedFuture(topic, ref, clear_key, partition, timestamp_ms)
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise ConfigurationError("the producer is closed")
             if not self.batch:
@@ -241,30 +388,37 @@ class SealedKafkaProducer:
                 return future
             before = self.sealer.pending
             try:
-                ready = self.sealer.add(
-                    topic,
-                    value,
-                    headers=sealed_headers,
-                    content_type=content_type,
-                    ttl=ttl,
-                    context=future,
-                    subject=subject,
-                )
+                if sealed_headers is None and not content_type and ttl is None and subject is None:
+                    ready = self.sealer.add(topic, value, context=future)
+                else:
+                    ready = self.sealer.add(
+                        topic,
+                        value,
+                        headers=sealed_headers,
+                        content_type=content_type,
+                        ttl=ttl,
+                        context=future,
+                        subject=subject,
+                    )
             except Exception:
                 if self.sealer.pending <= before:
                     raise  # not added: nothing will be sent
                 ready = []  # added, but the full batch could not be signed: the thread retries
             self._waiting.append(future)
             self._bytes += len(value)
-            if not ready and self._bytes >= self._batch_bytes:
-                with contextlib.suppress(Exception):  # the linger thread retries it
-                    ready = self.sealer.flush()
             if ready:
                 self._send_batch(ready)
-            elif self._started is None:
-                self._started = time.monotonic()
+                return future
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
                 if self._linger_idle:  # else it wakes at an earlier due time and sees this one
-                    self._cond.notify_all()
+                    self._cond.notify()
+            if self._retry_at is None and (
+                self._bytes >= self._batch_bytes or now - self._started >= self.linger
+            ):
+                # due while sends keep coming: closed here rather than by the linger thread
+                self._close_open_batch()
         return future
 
     def resend(self, futures: Iterable[SealedFuture]) -> list[SealedFuture]:
@@ -330,15 +484,21 @@ class SealedKafkaProducer:
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
-                try:
-                    self._send_batch(self.sealer.flush())
-                except Exception as exc:
-                    self.last_error = exc
-                    self._failures += 1
-                    wait = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(self._failures - 1, 5))
-                    self._retry_at = time.monotonic() + wait
-                    if self.sealer.pending == 0:  # nothing left to retry
-                        self._started = None
+                self._close_open_batch()
+
+    def _close_open_batch(self) -> None:
+        """Seal and send the open batch (callers hold the lock). When it cannot be signed (the
+        key service is down) it stays open and the linger thread retries it after a growing
+        delay (up to a second); send failures go to the futures."""
+        try:
+            self._send_batch(self.sealer.flush())
+        except Exception as exc:
+            self.last_error = exc
+            self._failures += 1
+            wait = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(self._failures - 1, 5))
+            self._retry_at = time.monotonic() + wait
+            if self.sealer.pending == 0:  # nothing left to retry
+                self._started = None
 
     def _fail_waiting(self, exc: BaseException) -> None:
         error = (
@@ -357,7 +517,7 @@ class SealedKafkaProducer:
         self._waiting = []
 
     def _send_batch(self, batch: list[Any]) -> None:
-        """Hand a closed batch to the producer, in order (callers hold ``_cond``). A failing
+        """Hand a closed batch to the producer, in order (callers hold the lock). A failing
         ``send`` fails its future and those of every later record of the batch."""
         self._started = None
         self._retry_at = None
@@ -367,10 +527,21 @@ class SealedKafkaProducer:
         futures = [sealed.context for sealed in batch]
         if not all(isinstance(f, SealedFuture) for f in futures):
             raise ConfigurationError("the sealer's batch holds another adapter's messages")
+        send = self.producer.send
         i = 0
-        try:  # one handler for the batch: this loop runs once per record
+        try:  # one handler for the batch: this loop runs once per record (_send_sealed inline)
             for i, sealed in enumerate(batch):
-                self._send_sealed(futures[i], sealed.envelope)
+                future = futures[i]
+                future.envelope = data = sealed.envelope
+                future._sent = send(
+                    future.topic,
+                    data,
+                    key=future.key,
+                    partition=future.partition,
+                    timestamp_ms=future.timestamp_ms,
+                )
+                if future._watchers is not None:  # see SealedFuture._sent_as
+                    future._hook()
         except Exception as exc:
             failed = (
                 exc
@@ -390,8 +561,7 @@ class SealedKafkaProducer:
             partition=future.partition,
             timestamp_ms=future.timestamp_ms,
         )
-        sent.add_callback(future.success)
-        sent.add_errback(future.failure)
+        future._sent_as(sent)
 
 
 def _header_map(headers: KafkaHeaders | None) -> dict[str, HeaderValue] | None:
@@ -558,6 +728,8 @@ class SealedKafkaConsumer:
     def __iter__(self) -> Iterator[ConsumedRecord]:
         timeout = self.consumer.config["consumer_timeout_ms"] / 1000
         idle_since = time.monotonic()
+        ahead = self._opened
+        session, epoch, digest = b"", -1, b""  # the last record's producer session, named
         while True:
             tp = self._ready()
             if tp is None:
@@ -572,26 +744,58 @@ class SealedKafkaConsumer:
                     return
                 continue
             buffer = self._buffers[tp]
-            record = buffer[0]
-            if id(record) not in self._opened:
-                self._open_ahead()
-            opened = self._handle(tp, record)
-            if opened is None:
-                continue  # held, or handled (duplicate, dead-lettered, skipped)
-            buffer.popleft()
-            self._current = opened
-            try:
-                yield opened
-            except BaseException:  # the application raised or left the loop: not handled
-                if self._current is opened:
-                    self._current = None
-                    self.opener.release(opened.message)
-                    buffer.appendleft(record)  # handed on again by the next iteration
-                raise
-            if self._current is not opened:  # close() ran meanwhile: it was given back
-                return
-            self._current = None
-            self._handled(tp, record, opened.message)
+            state = self._state.get(tp)
+            # the partition _ready picked stays first while nothing is held (only a fetch adds
+            # records, and only once every buffer is empty): no _ready per record
+            while buffer:
+                record = buffer[0]
+                result = ahead.pop(id(record), None)
+                if result is None:
+                    self._open_ahead()
+                    result = ahead.pop(id(record))
+                if isinstance(result, OpenedMessage):
+                    try:
+                        check_bound_key(result.headers, record.key)
+                    except InvalidEnvelope as exc:
+                        self.opener.release(result)
+                        self.opener.metrics.rejected(record.topic, exc.reason.value)
+                        result = exc
+                if not isinstance(result, OpenedMessage):
+                    self._refused(tp, record, result)
+                    break  # held, or handled (duplicate, dead-lettered, skipped): look again
+                message = result
+                opened = ConsumedRecord(message, record)
+                buffer.popleft()
+                self._current = opened
+                try:
+                    yield opened
+                except BaseException:  # the application raised or left the loop: not handled
+                    if self._current is opened:
+                        self._current = None
+                        self.opener.release(message)
+                        buffer.appendleft(record)  # handed on again by the next iteration
+                    raise
+                if self._current is not opened:  # close() ran meanwhile: it was given back
+                    return
+                self._current = None
+                # _handled, inline for an opened record
+                self._done[tp] = record.offset + 1
+                if self._failures and self._failures.pop(tp, None) is not None and not self._holds:
+                    self._unreported = None  # the wait is over before anyone heard of it
+                if message.session:
+                    if message.session != session or message.epoch != epoch:
+                        session, epoch = message.session, message.epoch
+                        digest = message.replay_digest
+                    if state is None:
+                        state = self._state.setdefault(tp, {})
+                    last = state.get(digest)
+                    seq = message.sequence
+                    state[digest] = (
+                        seq if last is None or seq > last[0] else last[0],
+                        int(message.sent_at),
+                    )
+                if self._holds:
+                    break  # a held partition may be due before this one's next record
 
     def commit(self) -> None:
         """Commit the offsets of every record handled so far (dead-lettered, duplicate, or
@@ -696,29 +900,15 @@ class SealedKafkaConsumer:
         self._failures[tp] = (record.offset, failures)
         return failures
 
-    def _handled(self, tp: Any, record: Any, message: OpenedMessage | None) -> None:
+    def _handled(self, tp: Any, record: Any) -> None:
+        """A record that did not open was handled (as ``__iter__`` does inline for the rest)."""
         self._done[tp] = record.offset + 1
         if self._failures.pop(tp, None) is not None and not self._holds:
             self._unreported = None  # the wait is over before anyone heard of it
-        if message is not None and message.session:
-            state = self._state.setdefault(tp, {})
-            digest = message.replay_digest
-            seq = max(message.sequence, state.get(digest, (-1, 0))[0])
-            state[digest] = (seq, int(message.sent_at))
 
-    def _handle(self, tp: Any, record: Any) -> ConsumedRecord | None:
-        """The record to hand on, or None when it was handled here or its partition is held.
-        Raises what stops this reader (AccessDenied...)."""
-        result = self._opened.pop(id(record))
-        if isinstance(result, OpenedMessage):
-            try:
-                check_bound_key(result.headers, record.key)
-            except InvalidEnvelope as exc:
-                self.opener.release(result)
-                self.opener.metrics.rejected(record.topic, exc.reason.value)
-                result = exc
-            else:
-                return ConsumedRecord(result, record)
+    def _refused(self, tp: Any, record: Any, result: SealedbusError) -> None:
+        """Handle the first record of ``tp``, which did not open (``result``), or hold its
+        partition. Raises what stops this reader (AccessDenied...)."""
         stop = reader_refusal(record.topic, result)
         if stop is not None:
             failures = self._failed(tp, record)
@@ -728,12 +918,12 @@ class SealedKafkaConsumer:
             for later in self._buffers[tp]:  # opened again, in order, when the retry comes
                 self._forget(later)
             self._hold(tp, record, stop, delay)
-            return None
+            return
         assert isinstance(result, InvalidEnvelope)  # noqa: S101  # reader_refusal took the rest
         if is_duplicate(result):
             self._buffers[tp].popleft()
-            self._handled(tp, record, None)
-            return None
+            self._handled(tp, record)
+            return
         try:
             self._dead_letter(record, result)
         except BrokerError as exc:
@@ -742,7 +932,7 @@ class SealedKafkaConsumer:
                 self._opened[id(record)] = result  # still first in line, still refused
                 error = self.undeliverable.retrying(exc, failures)
                 self._hold(tp, record, error, self.undeliverable.delay(failures))
-                return None
+                return
             self.undeliverable.give_up(
                 Undeliverable(
                     record.topic,
@@ -754,8 +944,7 @@ class SealedKafkaConsumer:
             )
             self.skipped += 1
         self._buffers[tp].popleft()
-        self._handled(tp, record, None)
-        return None
+        self._handled(tp, record)
 
     def _revoked(self, partitions: Iterable[Any]) -> None:
         """Runs on kafka-python's IO thread during a rebalance (it must not block there).
@@ -804,15 +993,13 @@ class SealedKafkaConsumer:
     def _open_ahead(self) -> None:
         """Open every buffered record at once: with ``Opener(threads=2)`` per-message
         signatures verify on both cores."""
-        todo = [
-            r
-            for tp, buffer in self._buffers.items()
-            if tp not in self._holds
-            for r in buffer
-            if id(r) not in self._opened  # never open one twice
-        ]
+        ahead, holds = self._opened, self._holds
+        todo: list[Any] = []
+        for tp, buffer in self._buffers.items():
+            if tp not in holds:  # never open one twice
+                todo.extend(buffer if not ahead else [r for r in buffer if id(r) not in ahead])
         results = self.opener.open_many([(r.topic, r.value or b"", r.partition) for r in todo])
-        self._opened.update((id(r), result) for r, result in zip(todo, results, strict=True))
+        ahead.update(zip(map(id, todo), results, strict=True))
 
     def _forget(self, record: Any) -> None:
         """Drop an opened-ahead result that will not be handed on, so a redelivery opens."""

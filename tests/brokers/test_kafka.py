@@ -397,6 +397,24 @@ def test_linger_thread_retries_a_batch_it_could_not_sign() -> None:
         producer.close()
 
 
+def test_a_due_batch_is_closed_by_the_next_send_without_the_linger_thread() -> None:
+    fake = _FakeKafkaProducer()
+    producer = SealedKafkaProducer(fake, make_world_keys(), linger=60.0)
+    try:
+        first = producer.send("t", b"a")
+        assert fake.sent == [] and not first.is_done
+        with producer._lock:
+            assert producer._started is not None
+            producer._started -= 120.0  # as if the linger thread were late
+        second = producer.send("t", b"b")
+        assert len(fake.sent) == 2  # closed on the sending thread, both records in it
+        assert first.get(0) == second.get(0) == "metadata"
+        big = producer.send("t", b"x" * 20000)  # over the producer's batch_size on its own
+        assert len(fake.sent) == 3 and big.get(0) == "metadata"
+    finally:
+        producer.close()
+
+
 def test_null_value_and_null_key_record_is_dead_lettered(world: World, bootstrap: str) -> None:
     world.topic = KafkaDriver(bootstrap).new_topic(partitions=1)
     world.keys.create_topic(world.topic, producers=["producer"], consumers=["consumer"])
