@@ -388,18 +388,15 @@ class SealedKafkaProducer:
                 return future
             before = self.sealer.pending
             try:
-                if sealed_headers is None and not content_type and ttl is None and subject is None:
-                    ready = self.sealer.add(topic, value, context=future)
-                else:
-                    ready = self.sealer.add(
-                        topic,
-                        value,
-                        headers=sealed_headers,
-                        content_type=content_type,
-                        ttl=ttl,
-                        context=future,
-                        subject=subject,
-                    )
+                ready = self.sealer.add(
+                    topic,
+                    value,
+                    headers=sealed_headers,
+                    content_type=content_type,
+                    ttl=ttl,
+                    context=future,
+                    subject=subject,
+                )
             except Exception:
                 if self.sealer.pending <= before:
                     raise  # not added: nothing will be sent
