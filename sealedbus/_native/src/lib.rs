@@ -374,7 +374,7 @@ fn wipe(plain: &mut Vec<u8>) {
 }
 
 /// Verify and decrypt a batch of `(session, sender key, envelope)`: per-message signatures
-/// checked as one batch (one by one if it fails), batch roots once each (and then cached).
+/// checked one by one (SPEC.md 5.4), batch roots once each (and then cached).
 /// Each result, in order, is `(sealed headers, body)` or the reason code of its refusal.
 #[pyfunction]
 fn open_many<'py>(
