@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +32,7 @@ from typing import Any, ClassVar
 
 from kafka import TopicPartition
 from kafka.future import Future
+from micro import instructions  # the script's own folder is on sys.path
 
 from sealedbus import KeySource, LocalKeyService, Opener, Sealer
 from sealedbus.brokers.kafka import SealedKafkaConsumer, SealedKafkaProducer
@@ -284,25 +282,14 @@ def measure(messages: int, rounds: int) -> list[dict[str, object]]:
 
 
 def callgrind(n1: int = 640, n2: int = 3200) -> list[dict[str, object]]:
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
     rows: list[dict[str, object]] = []
     for path in PATHS:
         ir: dict[str, int] = {}
         for level in LEVELS:
-            counts = []
-            for n in (n1, n2):
-                cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-                cmd += [sys.executable, __file__, "--workload", path, level, str(n), str(n2)]
-                done = subprocess.run(  # noqa: S603 - valgrind and this script, no shell
-                    cmd, env=env, capture_output=True, text=True, check=True
-                )
-                found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
-                if found is None:
-                    raise RuntimeError(done.stderr[-2000:])
-                counts.append(int(found.group(1)))
+            counts = [
+                instructions(__file__, ["--workload", path, level, str(n), str(n2)])
+                for n in (n1, n2)
+            ]
             ir[level] = round((counts[1] - counts[0]) / (n2 - n1))
         ir["adapter_only"] = ir["adapter"] - ir["core"]
         row: dict[str, object] = {"path": path, "payload_bytes": SIZE}

@@ -230,27 +230,36 @@ def workload(core: str, op: str, mode: str, n: int, pool_size: int) -> None:
         loop()
 
 
-def callgrind(n1: int = 128, n2: int = 640) -> list[dict[str, object]]:
+def instructions(script: str, args: list[str]) -> int:
+    """The instructions ``valgrind --tool=callgrind`` counts for ``python script args`` (string
+    hashes seeded, so that dict layouts and their counts repeat)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
+    cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script]
+    done = subprocess.run(  # noqa: S603 - valgrind and a benchmark script, no shell
+        [*cmd, *args],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(done.stderr[-2000:])
+    return int(found.group(1))
+
+
+def callgrind(n1: int = 128, n2: int = 640) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
     for mode in MODES:
         for op in OPS:
             row: dict[str, object] = {"payload_bytes": 1024, "mode": mode, "op": op}
             for core in CORES:
-                counts = []
-                for n in (n1, n2):
-                    cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-                    cmd += [sys.executable, __file__, "--workload", core, op, mode, str(n), str(n2)]
-                    done = subprocess.run(  # noqa: S603 - valgrind and this script, no shell
-                        cmd, env=env, capture_output=True, text=True, check=True
-                    )
-                    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
-                    if found is None:
-                        raise RuntimeError(done.stderr[-2000:])
-                    counts.append(int(found.group(1)))
+                counts = [
+                    instructions(__file__, ["--workload", core, op, mode, str(n), str(n2)])
+                    for n in (n1, n2)
+                ]
                 messages = (max(1, n2 // BATCH) - max(1, n1 // BATCH)) * BATCH
                 row[f"{core}_instructions_per_msg"] = round((counts[1] - counts[0]) / messages)
             if "native" in CORES:
