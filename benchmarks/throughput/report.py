@@ -53,7 +53,7 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in h["versions"].items())
         + f". {h['mode']} run, {h['rounds']} round(s), {h['started_at']}.",
         "",
-        "| transport | payload | mode | msgs/s end to end (min-max) | MB/s | ratio | "
+        "| transport | payload | mode | msgs/s end to end (min-max) | MB/s | ratio (min-max) | "
         "produce msgs/s (ratio) | consume msgs/s (ratio) | p50 ms | p99 ms | "
         "CPU µs/msg producer | CPU µs/msg consumer | overhead B |",
         "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -62,7 +62,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['transport']} | {r['payload_bytes']} | {r['mode']} | "
             f"{r['msgs_per_s']:,.0f} ({r['msgs_per_s_min']:,.0f}-{r['msgs_per_s_max']:,.0f}) | "
-            f"{r['mb_per_s']:.1f} | {r['ratio_to_plain']:.2f} | "
+            f"{r['mb_per_s']:.1f} | {r['ratio_to_plain']:.2f} "
+            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
             f"{r['produce_msgs_per_s']:,.0f} ({r['produce_ratio_to_plain']:.2f}) | "
             f"{r['consume_msgs_per_s']:,.0f} ({r['consume_ratio_to_plain']:.2f}) | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['producer_cpu_us_per_msg']:.1f} | "

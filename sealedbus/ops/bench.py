@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="rounds per configuration, each in fresh processes; the median is reported "
-        "(default: 5, or 1 with --quick; README.md's figures are from --rounds 3)",
+        "(default: 5, or 1 with --quick; benchmarks/results/ holds a full run)",
     )
     parser.add_argument(
         "--transports",
