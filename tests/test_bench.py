@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,8 @@ from sealedbus.ops.cli import main
 
 pytestmark = pytest.mark.slow
 
-MODES = {"plain", "sealed-message", "sealed-batch", "fernet"}
+MODES_IN_ORDER = ("plain", "sealed-message", "sealed-batch", "fernet")
+MODES = set(MODES_IN_ORDER)
 
 
 def test_quick_run_writes_rows_for_every_transport_size_and_mode(
@@ -58,9 +61,11 @@ def test_quick_run_writes_rows_for_every_transport_size_and_mode(
             assert r["ratio_to_plain"] == 1.0 and r["overhead_bytes"] == 0
         else:
             assert r["ratio_to_plain"] > 0 and r["overhead_bytes"] > 0
+        assert r["ratio_min"] <= r["ratio_to_plain"] <= r["ratio_max"]
 
     table = (tmp_path / "latest.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header row plus one per result row
+    assert "| ratio (min-max) |" in table  # the spread of the per-round ratios, not only the median
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sealed-batch" in capsys.readouterr().out
@@ -107,3 +112,42 @@ def test_only_a_full_benchmark_run_replaces_the_published_results() -> None:
     assert not run.is_full(args("--quick"))
     assert not run.is_full(args("--transports", "kafka"))
     assert not run.is_full(args("--sizes", "1024"))
+
+
+def test_end_to_end_cpu_probe_splits_the_cpu_between_producer_consumer_and_broker(
+    kafka_bootstrap: str,
+) -> None:
+    """``benchmarks/e2e_cpu.py`` on a few messages: a row per mode, with the producer's and the
+    consumer's CPU, and the broker's when it runs on this machine."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "e2e_cpu.py"
+    done = subprocess.run(  # noqa: S603 - this interpreter and the repository's own script
+        [sys.executable, str(script), "--messages", "300", "--rounds", "2", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "SEALEDBUS_KAFKA_BOOTSTRAP": kafka_bootstrap},
+    )
+    result = json.loads(done.stdout)
+    assert result["transport"] == "kafka" and result["rounds"] == 2
+    assert [r["mode"] for r in result["rows"]] == list(MODES_IN_ORDER)
+    for r in result["rows"]:
+        assert r["msgs_per_s"] > 0 and r["ratio_min"] <= r["ratio_to_plain"] <= r["ratio_max"]
+        assert r["producer_cpu_us"] >= 0 and r["consumer_cpu_us"] >= 0
+        assert 0 <= r["idle_pct"] <= 100
+
+
+def test_the_cpu_probe_finds_the_process_listening_on_a_port() -> None:
+    """How ``e2e_cpu.py`` finds a local broker: the listening socket's owner, through /proc."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import e2e_cpu
+    finally:
+        sys.path.pop(0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        assert e2e_cpu.listening_pid(port) is None  # bound, not listening yet
+        listener.listen()
+        assert e2e_cpu.listening_pid(port) == os.getpid()
+    assert e2e_cpu.process_cpu(os.getpid()) > 0
