@@ -79,7 +79,8 @@ def _median(values: list[float], digits: int = 1) -> float:
 def probe(
     transport: str, url: str, size: int, rounds: int, n: int, verbose: bool = True
 ) -> dict[str, Any]:
-    port = urlsplit(url if "://" in url else f"kafka://{url}").port
+    first = url.split(",", maxsplit=1)[0]  # of a bootstrap list, the first server
+    port = urlsplit(first if "://" in first else f"kafka://{first}").port
     broker = listening_pid(port) if port else None
     plan = runner.Plan.make(False, [transport], 1, [size])
     run_id = secrets.token_hex(4)

@@ -6,12 +6,14 @@ runner works (``sealedbus bench`` included) and its output has the promised shap
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 MODES_IN_ORDER = ("plain", "sealed-message", "sealed-batch", "fernet")
 MODES = set(MODES_IN_ORDER)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_quick_run_writes_rows_for_every_transport_size_and_mode(
@@ -74,15 +77,7 @@ def test_quick_run_writes_rows_for_every_transport_size_and_mode(
 def test_adapter_benchmark_measures_every_adapter_at_every_level() -> None:
     """``benchmarks/adapters.py`` on a few messages: each adapter path yields a figure per level,
     and the adapter (which wraps the core) never costs nothing next to the bare client."""
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "adapters.py"
-    done = subprocess.run(  # noqa: S603 - this interpreter and the repository's own script
-        [sys.executable, str(script), "--messages", "128", "--rounds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    rows = json.loads(done.stdout)["rows"]
+    rows = _script_json("adapters.py", "--messages", "128", "--rounds", "1")["rows"]
     assert [r["path"] for r in rows] == [
         "kafka-produce",
         "rabbitmq-publish",
@@ -96,11 +91,7 @@ def test_adapter_benchmark_measures_every_adapter_at_every_level() -> None:
 def test_only_a_full_benchmark_run_replaces_the_published_results() -> None:
     """A partial or smoke run of benchmarks/run.py must not overwrite results/latest.json (the
     full run of the code it describes) unless --out says so."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import run
-    finally:
-        sys.path.pop(0)
+    run = _benchmark("run")
 
     def args(*argv: str) -> argparse.Namespace:
         parser = argparse.ArgumentParser()
@@ -119,31 +110,22 @@ def test_end_to_end_cpu_probe_splits_the_cpu_between_producer_consumer_and_broke
 ) -> None:
     """``benchmarks/e2e_cpu.py`` on a few messages: a row per mode, with the producer's and the
     consumer's CPU, and the broker's when it runs on this machine."""
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "e2e_cpu.py"
-    done = subprocess.run(  # noqa: S603 - this interpreter and the repository's own script
-        [sys.executable, str(script), "--messages", "300", "--rounds", "2", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "SEALEDBUS_KAFKA_BOOTSTRAP": kafka_bootstrap},
+    result = _script_json(
+        "e2e_cpu.py", "--messages", "300", "--rounds", "2", kafka_bootstrap=kafka_bootstrap
     )
-    result = json.loads(done.stdout)
+    local_broker = _benchmark("e2e_cpu").listening_pid(int(kafka_bootstrap.rsplit(":", 1)[1]))
     assert result["transport"] == "kafka" and result["rounds"] == 2
     assert [r["mode"] for r in result["rows"]] == list(MODES_IN_ORDER)
     for r in result["rows"]:
         assert r["msgs_per_s"] > 0 and r["ratio_min"] <= r["ratio_to_plain"] <= r["ratio_max"]
         assert r["producer_cpu_us"] >= 0 and r["consumer_cpu_us"] >= 0
         assert 0 <= r["idle_pct"] <= 100
+        assert (r["broker_cpu_us"] is not None) == (local_broker is not None)
 
 
 def test_the_cpu_probe_finds_the_process_listening_on_a_port() -> None:
     """How ``e2e_cpu.py`` finds a local broker: the listening socket's owner, through /proc."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import e2e_cpu
-    finally:
-        sys.path.pop(0)
+    e2e_cpu = _benchmark("e2e_cpu")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
@@ -151,3 +133,26 @@ def test_the_cpu_probe_finds_the_process_listening_on_a_port() -> None:
         listener.listen()
         assert e2e_cpu.listening_pid(port) == os.getpid()
     assert e2e_cpu.process_cpu(os.getpid()) > 0
+
+
+def _benchmark(name: str) -> Any:
+    """A script of benchmarks/, imported as a module (its folder is its import root)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def _script_json(script: str, *args: str, kafka_bootstrap: str = "") -> Any:
+    """What a script of benchmarks/ prints with ``--json``."""
+    env = {**os.environ, "SEALEDBUS_KAFKA_BOOTSTRAP": kafka_bootstrap} if kafka_bootstrap else None
+    done = subprocess.run(  # noqa: S603 - this interpreter and the repository's own script
+        [sys.executable, str(BENCHMARKS / script), *args, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=env,
+    )
+    return json.loads(done.stdout)
