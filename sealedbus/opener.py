@@ -246,6 +246,10 @@ class Opener:
                 self.metrics.rejected(topic, exc.reason.value)
                 results[i] = exc
                 continue
+            except KeyServiceError as exc:  # reported as ``open`` reports it
+                self.metrics.key_service_error(topic, key_service_error_kind(exc))
+                results[i] = exc
+                continue
             except SealedbusError as exc:
                 results[i] = exc
                 continue

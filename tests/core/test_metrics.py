@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sealedbus import PrometheusMetrics, Reason
+from sealedbus import KeyServiceUnavailable, Opener, PrometheusMetrics, Reason
 
 from ._support import World, rejected
 
@@ -73,6 +75,46 @@ def test_a_raising_metrics_sink_does_not_eat_the_message(world: World) -> None:
         opener.open("orders", envelope)
     opener.metrics = PrometheusMetrics()
     assert opener.open("orders", envelope).body == b"kept"  # not taken for a duplicate
+
+
+class _Down:
+    """A member whose key service cannot be reached: every lookup raises."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def down(*args: Any, **kwargs: Any) -> Any:
+            raise KeyServiceUnavailable(f"the key service is down ({name})")
+
+        return down
+
+
+def test_open_many_counts_each_key_service_error_as_open_does(world: World) -> None:
+    """Every envelope that ``open_many`` cannot open for want of keys counts once, as ``open``
+    counts it (before the fix, a batch reported none of them, or only its first)."""
+    sealer = world.sealer(batch_size=4)
+    envelopes = [s.envelope for i in range(4) for s in sealer.add("orders", b"m%d" % i)]
+    metrics = PrometheusMetrics()
+    opener = Opener(_Down(world.members["consumer"]), metrics=metrics, clock=world.clock)
+    results = opener.open_many([("orders", e) for e in envelopes])
+    assert [type(r) for r in results] == [KeyServiceUnavailable] * 4
+    errors = "sealedbus_key_service_errors_total"
+    assert _value(metrics.registry, errors, topic="orders", error="unavailable") == 4
+    with pytest.raises(KeyServiceUnavailable):
+        opener.open("orders", envelopes[0])
+    assert _value(metrics.registry, errors, topic="orders", error="unavailable") == 5
+    rejections = [
+        s.value
+        for metric in metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "sealedbus_envelopes_rejected_total"
+    ]
+    assert sum(rejections) == 0  # a key service outage is not the envelope's fault
 
 
 class _PerMessage(PrometheusMetrics):
