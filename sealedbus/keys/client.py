@@ -80,6 +80,10 @@ _MAX_CACHED_CERTS = 10_000
 # An id the KDS did not know is asked again only after this long. Ids are hashes of issued
 # certificates, so a real one is never unknown first; the answer is not signed, so not forever.
 _UNKNOWN_CERT_MS = 60_000
+# An epoch the KDS called destroyed is refused without asking again for this long, so that a
+# backlog of a shredded topic does not cost a KDS request per message. Destruction is final,
+# but the refusal is not signed, so not forever either.
+_DESTROYED_MS = 60_000
 _PREFETCH_RETRY_MS = 1000
 _SWEEP_MS = 10_000  # how often cached epoch keys past their destruction time are dropped
 _GONE_BATCH = 500  # (topic, epoch) pairs per question to /v1/epochs/gone
@@ -380,6 +384,10 @@ class KeyServiceClient:
         self._certs: BoundedCache[bytes, Certificate] = BoundedCache(_MAX_CACHED_CERTS)
         # certificate id -> ask again after (ms)
         self._unknown_certs: BoundedCache[bytes, int] = BoundedCache(_MAX_CACHED_CERTS)
+        # (topic, epoch) the KDS called destroyed -> (ask again after (ms), its refusal code)
+        self._destroyed: BoundedCache[tuple[str, int], tuple[int, KdsCode | None]] = BoundedCache(
+            _MAX_CACHED_CERTS
+        )
         self._topic_keys: dict[str, bytes] = {}
         self._revocations: RevocationList | None = None
         self._revocations_fetched_ms = 0
@@ -536,6 +544,11 @@ class KeyServiceClient:
         if cached is not None:
             self._prefetch_due(now_ms)
             return cached
+        until, refusal = self._destroyed.get((topic, epoch)) or (0, None)
+        if now_ms < until:  # a shredded topic's backlog: one KDS request, not one per message
+            raise UnopenableEnvelope(
+                Reason.EPOCH_DESTROYED, f"{topic!r} epoch {epoch}", refusal=refusal
+            )
         return self._fetch_grant(topic, epoch, now_ms)
 
     def dropped_epochs(self, now_ms: int) -> frozenset[tuple[str, int]]:
@@ -888,7 +901,10 @@ class KeyServiceClient:
         try:
             doc = self._call("GET", f"/v1/topics/{topic}/epochs/{epoch}/grant", now_ms)
         except Refused as exc:
-            raise refusal_error(exc, grant=True) from None
+            error = refusal_error(exc, grant=True)
+            if isinstance(error, UnopenableEnvelope) and error.reason is Reason.EPOCH_DESTROYED:
+                self._destroyed.put((topic, epoch), (now_ms + _DESTROYED_MS, error.refusal))
+            raise error from None
         root = self._root_key(now_ms)
         try:
             description = EpochDescription.verify(_field(doc, "description"), root)
@@ -900,6 +916,7 @@ class KeyServiceClient:
         except (SignatureError, authority.GrantError) as exc:
             raise UntrustedResponse(str(exc)) from None
         if now_ms >= description.destroy_after_ms:
+            self._destroyed.put((topic, epoch), (now_ms + _DESTROYED_MS, None))
             raise UnopenableEnvelope(Reason.EPOCH_DESTROYED, f"{topic!r} epoch {epoch}")
         result = EpochKeys(description, keys)
         with self._lock:

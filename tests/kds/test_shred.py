@@ -428,3 +428,31 @@ def _forged_answers(kds: Kds, forging: _Forging, consumer: Opener, sent: list[by
         consumer.open("phi", sent[2])  # the opener lost its session too: it asks, and refuses
     forging.grant = forging.gone = None
     assert consumer.open("phi", sent[2]).body == b"m2"  # the genuine key, fetched again
+
+
+def test_a_shredded_topics_backlog_costs_one_key_request_per_epoch_not_one_per_message(
+    kds: Kds,
+) -> None:
+    """Regression: each message of a shredded topic's backlog asked the KDS for its epoch's keys
+    again, so a consumer dead-lettering a million of them sent a million requests. The refusal
+    is remembered for a minute (it is not signed, so not for good)."""
+    kds.admin.create_topic("phi", producers=["p"], consumers=["c"])
+    sealer = Sealer(kds.member("p"), clock=kds.clock)
+    backlog = [sealer.seal("phi", b"before %d" % i) for i in range(20)]
+    kds.admin.shred_topic("phi")
+    asked: list[str] = []
+
+    def count(request: httpx.Request) -> None:
+        if request.url.path.endswith("/grant"):
+            asked.append(request.url.path)
+
+    kds.http.event_hooks["request"].append(count)  # what reaches the KDS, as it is sent
+    consumer = Opener(kds.member("c"), clock=kds.clock)
+    _refused_as_destroyed(consumer, backlog)
+    assert asked == ["/v1/topics/phi/epochs/0/grant"]
+    kds.clock.advance(59)
+    _refused_as_destroyed(consumer, backlog)
+    assert len(asked) == 1
+    kds.clock.advance(2)  # a minute on: asked again, once
+    _refused_as_destroyed(consumer, backlog)
+    assert len(asked) == 2
