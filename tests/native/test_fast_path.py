@@ -6,7 +6,7 @@ fast path holds the sender and the session), then compare its verdicts with the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, field, fields, make_dataclass
 from typing import Any
 
 import pytest
@@ -291,20 +291,12 @@ def test_the_fast_path_builds_any_message_type_as_its_init_would() -> None:
     """The fast path fills the message type's slots through their descriptors; a type without
     slots (fields in the instance dict) gets the same fields through generic setattr."""
 
-    @dataclass(frozen=True)
-    class Plain:
-        body: bytes
-        headers: dict[str, Any]
-        topic: str
-        sender: str | None
-        epoch: int
-        sequence: int
-        sent_at: float
-        content_type: str = ""
-        expires_at: float | None = None
-        session: bytes = b""
-        scope: Any = None
-        subject_key_id: bytes | None = None
+    # OpenedMessage's fields, without slots: the test follows the type when a field is added
+    plain_fields: list[Any] = [
+        (f.name, f.type) if f.default is MISSING else (f.name, f.type, field(default=f.default))
+        for f in fields(OpenedMessage)
+    ]
+    Plain = make_dataclass("Plain", plain_fields, frozen=True)
 
     warm, *envelopes = _sealed(batch=False, n=3, ttl=60.0)
     slotted = Opener(KEYS, clock=lambda: T0_MS / 1000, core="native")
