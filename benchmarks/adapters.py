@@ -300,7 +300,7 @@ def callgrind(n1: int = 640, n2: int = 3200) -> list[dict[str, object]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--messages", type=int, default=BATCH * 100, help="messages per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print JSON rows")

@@ -156,7 +156,7 @@ def probe(
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--transport", choices=("kafka", "rabbitmq"), default="kafka")
     ap.add_argument("--size", type=int, default=1024, help="payload bytes (default 1024)")
     ap.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
