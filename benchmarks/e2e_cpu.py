@@ -100,15 +100,9 @@ def probe(
         for r in range(rounds):
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 pids = [producer.process.pid, consumer.process.pid, broker]
-                before = [process_cpu(p) if p else 0.0 for p in pids] + [machine_idle()]
-                tag = consumer.request("consume", mode=mode, n=n, timeout=timeout)
-                p = producer.result(
-                    producer.request("produce", mode=mode, size=size, n=n, rate=0), timeout
-                )
-                c = consumer.result(tag, timeout + 5)
-                after = [process_cpu(p) if p else 0.0 for p in pids] + [machine_idle()]
-                if c["count"] != n:
-                    raise RuntimeError(f"{mode}: {c['count']} of {n} messages arrived")
+                before = [process_cpu(pid) if pid else 0.0 for pid in pids] + [machine_idle()]
+                p, c = runner.end_to_end(producer, consumer, mode, size, n, timeout)
+                after = [process_cpu(pid) if pid else 0.0 for pid in pids] + [machine_idle()]
                 wall = (c["end_ns"] - p["start_ns"]) / 1e9
                 used = [(b - a) / n * 1e6 for a, b in zip(before, after, strict=True)]
                 row = {

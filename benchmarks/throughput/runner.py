@@ -176,10 +176,7 @@ def _trial(
     s.producer_cpu_us.append(p["cpu_s"] / n * 1e6)
     s.consumer_cpu_us.append(c["cpu_s"] / n * 1e6)
 
-    tag = consumer.request("consume", mode=mode, n=n, timeout=timeout)
-    p = producer.result(producer.request("produce", mode=mode, size=size, n=n, rate=0), timeout)
-    c = consumer.result(tag, timeout + 5)
-    _check(c, n, "end-to-end")
+    p, c = end_to_end(producer, consumer, mode, size, n, timeout)
     s.e2e.append(n / ((c["end_ns"] - p["start_ns"]) / 1e9))
 
     m = plan.latency_messages
@@ -190,6 +187,19 @@ def _trial(
     c = consumer.result(tag, timeout + 5)
     _check(c, m, "latency")
     s.latency_ns.frombytes(c["latency_ns"])
+
+
+def end_to_end(
+    producer: _Worker, consumer: _Worker, mode: str, size: int, n: int, timeout: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The end-to-end phase: ``n`` messages produced while the consumer reads them; the
+    producer's and the consumer's replies (throughput runs from the first send to the last
+    message opened: ``consumer["end_ns"] - producer["start_ns"]``)."""
+    tag = consumer.request("consume", mode=mode, n=n, timeout=timeout)
+    p = producer.result(producer.request("produce", mode=mode, size=size, n=n, rate=0), timeout)
+    c = consumer.result(tag, timeout + 5)
+    _check(c, n, "end-to-end")
+    return p, c
 
 
 def _check(result: dict[str, Any], expected: int, phase: str) -> None:
